@@ -1,0 +1,57 @@
+"""seglosses: loss functions for image segmentation, correct on every input and fast.
+
+Every loss is a pure function in :mod:`seglosses.functional` and an ``nn.Module`` here; compound losses
+come from spec strings with :func:`create_loss`.
+"""
+
+from ._core.errors import SegLossError
+from ._core.registry import list_losses
+from ._core.targets import input_checks, set_input_checks
+from .losses.base import LossModule
+from .losses.compound import CompoundLoss, create_loss
+from .losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss
+from .losses.focal import BinaryFocalLoss, FocalLoss
+from .losses.overlap import (
+    BinaryDiceLoss,
+    BinaryFocalTverskyLoss,
+    BinaryGeneralizedDiceLoss,
+    BinaryJaccardLoss,
+    BinaryTverskyLoss,
+    DiceLoss,
+    FocalTverskyLoss,
+    GeneralizedDiceLoss,
+    JaccardLoss,
+    TverskyLoss,
+)
+from .functional import *  # noqa: F401,F403  (the pure functions, also at top level)
+from .functional import __all__ as _functional_all
+from .weights import ClassFrequency, class_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BinaryCrossEntropyLoss",
+    "BinaryDiceLoss",
+    "BinaryFocalLoss",
+    "BinaryFocalTverskyLoss",
+    "BinaryGeneralizedDiceLoss",
+    "BinaryJaccardLoss",
+    "BinaryTverskyLoss",
+    "ClassFrequency",
+    "CompoundLoss",
+    "CrossEntropyLoss",
+    "DiceLoss",
+    "FocalLoss",
+    "FocalTverskyLoss",
+    "GeneralizedDiceLoss",
+    "JaccardLoss",
+    "LossModule",
+    "SegLossError",
+    "TverskyLoss",
+    "class_weights",
+    "create_loss",
+    "input_checks",
+    "list_losses",
+    "set_input_checks",
+    *_functional_all,
+]

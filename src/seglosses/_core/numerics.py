@@ -1,0 +1,36 @@
+"""Numerically careful helpers shared by the losses."""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import Tensor
+
+
+def safe_pow(base: Tensor, exponent: Union[float, Tensor]) -> Tensor:
+    """``base ** exponent`` for ``base >= 0`` with a finite gradient everywhere.
+
+    ``d/db b^γ = γ b^(γ-1)`` is infinite at ``b = 0`` for ``γ < 1``; there the value is ``0^γ`` (1 for
+    ``γ = 0``, else 0) and the gradient is taken as 0, the limit of the losses built on it.
+    """
+    positive = base > 0
+    powered = torch.where(positive, base, 1.0) ** exponent
+    zero_power = torch.as_tensor(exponent, device=base.device) == 0
+    return torch.where(positive, powered, zero_power.to(powered.dtype))
+
+
+def softmax_f32(logits: Tensor) -> Tensor:
+    """Softmax over the class dim, computed and returned in float32 for half inputs."""
+    dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+    return torch.softmax(logits, dim=1, dtype=dtype)
+
+
+def sigmoid_f32(logits: Tensor) -> Tensor:
+    """Sigmoid, computed and returned in float32 for half inputs."""
+    return torch.sigmoid(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits)
+
+
+def compute_dtype(logits: Tensor) -> torch.dtype:
+    """The dtype losses compute in: float32 for half inputs, else the logits' own."""
+    return torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype

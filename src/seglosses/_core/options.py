@@ -1,0 +1,127 @@
+"""Checks of option values (cheap, no data read); shared by loss functions and modules."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .errors import SegLossError, expected, unknown_choice
+
+Reduction = Literal["none", "mean", "sum"]
+REDUCTIONS = ("none", "mean", "sum")
+ClassValues = Union[float, Sequence[float], Tensor]
+
+
+def _data_checks_enabled() -> bool:
+    from .targets import input_checks_enabled
+
+    return input_checks_enabled()
+
+
+def check_choice(option: str, value: str, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise with the valid ones listed."""
+    if not isinstance(value, str) or value not in choices:
+        raise unknown_choice(option, value, choices)
+    return value
+
+
+def check_reduction(reduction: str) -> str:
+    return check_choice("reduction", reduction, REDUCTIONS)
+
+
+def check_number(
+    option: str,
+    value: object,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a float if it is a real number in the given interval."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise expected(f"{option} to be a real number", repr(value))
+    ok_low = value > low if low_open else value >= low
+    ok_high = value < high if high_open else value <= high
+    if not (ok_low and ok_high):
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        raise expected(f"{option} in {left}{low:g}, {high:g}{right}", value)
+    return float(value)
+
+
+def check_ignore_index(ignore_index: Optional[int]) -> Optional[int]:
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise expected("ignore_index to be an int or None", repr(ignore_index))
+    return ignore_index
+
+
+def check_bool(option: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise expected(f"{option} to be True or False", repr(value))
+    return value
+
+
+def class_values(
+    option: str,
+    values: Optional[ClassValues],
+    *,
+    num_classes: Optional[int] = None,
+    low: float = 0.0,
+    high: float = math.inf,
+    allow_scalar: bool = True,
+) -> Optional[Tensor]:
+    """Validate a scalar or per-class option and return it as a float tensor (0-d or ``(C,)``).
+
+    ``num_classes`` is checked when given (modules know it only at the first forward). The values must
+    be finite and in ``[low, high]``.
+    """
+    if values is None:
+        return None
+    if isinstance(values, bool):
+        raise expected(f"{option} to be a number or one value per class", repr(values))
+    if isinstance(values, (int, float)):
+        if not allow_scalar:
+            raise expected(f"{option} to have one value per class", repr(values))
+        tensor = torch.tensor(float(values))
+    else:
+        try:
+            tensor = torch.as_tensor(values)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise expected(f"{option} as a number or a sequence of numbers", repr(values)) from error
+        if tensor.dtype == torch.bool or tensor.is_complex():
+            raise expected(f"{option} with real values", f"dtype {tensor.dtype}")
+        tensor = tensor.to(torch.get_default_dtype()) if not tensor.is_floating_point() else tensor
+        if tensor.ndim > 1 or (tensor.ndim == 0 and not allow_scalar):
+            raise expected(f"{option} as one value per class, shape (C,)", f"shape {tuple(tensor.shape)}")
+        if tensor.ndim == 1 and tensor.numel() == 0:
+            raise expected(f"{option} with at least one value", "an empty sequence")
+    # Python numbers are always checked; a tensor only with the data checks on (reading it may sync).
+    from_python = not isinstance(values, Tensor)
+    if from_python or (_data_checks_enabled() and not torch.compiler.is_compiling()):
+        finite = torch.isfinite(tensor).all()
+        if not bool(finite) or bool((tensor < low).any()) or bool((tensor > high).any()):
+            raise expected(f"{option} values finite and in [{low:g}, {high:g}]", tensor.tolist())
+    if num_classes is not None and tensor.ndim == 1 and tensor.numel() != num_classes:
+        raise expected(f"{option} of length C = {num_classes}", f"length {tensor.numel()}")
+    return tensor
+
+
+def class_tensor(values: Optional[Tensor], logits: Tensor, option: str) -> Optional[Tensor]:
+    """A checked per-class option on the logits' device and compute dtype, its length checked against C."""
+    if values is None:
+        return None
+    if values.ndim == 1 and values.numel() != logits.shape[1]:
+        raise expected(f"{option} of length C = {logits.shape[1]}", f"length {values.numel()}")
+    dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+    return values.to(device=logits.device, dtype=dtype)
+
+
+def channel_tensor(values: Optional[Tensor], logits: Tensor) -> Optional[Tensor]:
+    """A scalar or ``(C,)`` tensor shaped to broadcast over ``(N, C, *S)``."""
+    if values is None or values.ndim == 0:
+        return values
+    return values.view(1, -1, *([1] * (logits.ndim - 2)))

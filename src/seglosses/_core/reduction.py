@@ -1,0 +1,57 @@
+"""One reduction for every loss: ``none | mean | sum``.
+
+What ``mean`` divides by (the convention of the whole library):
+
+* **Pixel losses** (cross-entropy, focal): ``none`` returns the per-element loss with the target's
+  element shape, ``(N, *S)`` for softmax losses and ``(N, C, *S)`` for ``binary_*`` losses, 0 at ignored
+  elements. ``mean`` divides the sum by the number of valid elements or, with class weights, by the sum of
+  the weights of the valid elements (as ``torch.nn.functional.cross_entropy`` does). Factors that belong
+  to a loss's own formula (focal's ``α_t (1-p_t)^γ``) are not weights in that sense.
+* **Region losses** (Dice, Jaccard, Tversky, ...): ``none`` returns ``(N, C)``, one loss per sample and
+  class, or ``(C,)`` with ``batch=True``, already multiplied by the class weight when one is given;
+  ``mean`` divides the sum by ``N · Σ_c w_c`` (``N · C`` without weights), i.e. the weighted mean over
+  classes averaged over samples.
+
+A batch with no valid element gives 0, attached to the graph, never NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def safe_ratio(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` where ``den != 0``, else ``num`` (which is 0 when nothing counted): never NaN from 0/0."""
+    return num / torch.where(den == 0, torch.ones_like(den), den)
+
+
+def reduce(loss: Tensor, reduction: str, denominator: Optional[Tensor] = None) -> Tensor:
+    """Reduce an element-wise loss whose ignored entries are already 0.
+
+    ``mean`` is ``loss.sum() / denominator`` (default: ``loss.numel()``); a zero denominator gives 0.
+    """
+    if reduction == "none":
+        return loss
+    total = loss.sum(dtype=torch.float32) if loss.dtype in (torch.float16, torch.bfloat16) else loss.sum()
+    if reduction == "sum":
+        return total
+    if denominator is None:
+        return total / loss.numel()
+    return safe_ratio(total, denominator.to(total.dtype))
+
+
+def reduce_region(loss: Tensor, reduction: str, weight: Optional[Tensor] = None) -> Tensor:
+    """Reduce a per-(sample, class) loss ``(N, C)`` or per-class loss ``(C,)`` (see module docstring)."""
+    if weight is not None:
+        loss = loss * weight.to(loss)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    samples = loss.numel() // loss.shape[-1]
+    if weight is None:
+        return loss.mean()
+    return safe_ratio(loss.sum(), weight.to(loss).sum() * samples)

@@ -1,0 +1,221 @@
+"""Input checks and target preparation: the only place that reads targets and ``ignore_index``.
+
+Softmax losses take logits ``(N, C, *S)`` and either an integer *index* target ``(N, *S)`` with values in
+``[0, C)`` (or ``ignore_index``) or a float *dense* target ``(N, C, *S)`` (one-hot or soft, values in
+``[0, 1]``). ``binary_*`` losses take a target of the logits' shape (bool, integer or float in ``[0, 1]``);
+with an integer target, elements equal to ``ignore_index`` are ignored. ``ignore_index`` applies to
+index and integer targets only: a float target marks nothing as ignored.
+
+Checks of shapes, dtypes and options always run. Checks that read the data (finite logits, target
+range) cost a pass and one host synchronisation; :func:`set_input_checks` turns them off, and they are
+skipped while ``torch.compile`` traces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, List, Optional
+
+import torch
+from torch import Tensor
+
+from .errors import SegLossError, expected
+
+_INPUT_CHECKS = True
+
+
+def set_input_checks(enabled: bool) -> None:
+    """Turn the checks that read the data (finite logits, target range) on or off globally.
+
+    Off, a NaN or ``+inf`` logit at a valid pixel gives a non-finite loss (never a finite one); an
+    out-of-range target is undefined behaviour of the underlying torch operation.
+    """
+    global _INPUT_CHECKS
+    if not isinstance(enabled, bool):
+        raise expected("enabled to be True or False", repr(enabled))
+    _INPUT_CHECKS = enabled
+
+
+def input_checks_enabled() -> bool:
+    """Whether the data-reading checks run now (never while ``torch.compile`` traces)."""
+    return _INPUT_CHECKS and not torch.compiler.is_compiling()
+
+
+@contextlib.contextmanager
+def input_checks(enabled: bool) -> Iterator[None]:
+    """Context manager form of :func:`set_input_checks`; restores the previous setting on exit."""
+    previous = _INPUT_CHECKS
+    set_input_checks(enabled)
+    try:
+        yield
+    finally:
+        set_input_checks(previous)
+
+
+def _shape(t: Tensor) -> str:
+    return str(tuple(t.shape))
+
+
+def check_logits(logits: Tensor, *, min_classes: int = 1, name: str = "logits") -> None:
+    """Shape and dtype checks of logits ``(N, C, *S)`` with one to three spatial dims."""
+    if not isinstance(logits, Tensor):
+        raise expected(f"{name} to be a torch.Tensor", type(logits).__name__)
+    if not 3 <= logits.ndim <= 5:
+        raise expected(f"{name} of shape (N, C, *S) with 1 to 3 spatial dims", f"shape {_shape(logits)}")
+    if not logits.is_floating_point():
+        raise expected(f"floating-point {name}", f"dtype {logits.dtype}")
+    if logits.numel() == 0:
+        raise expected(f"non-empty {name}", f"shape {_shape(logits)}")
+    if logits.shape[1] < min_classes:
+        raise expected(
+            f"{name} with at least {min_classes} classes for a softmax loss (use a binary_* loss "
+            "for a single channel)",
+            f"C = {logits.shape[1]}",
+        )
+
+
+@dataclass
+class SoftmaxTarget:
+    """A prepared softmax target: exactly one of ``index`` and ``dense`` is set.
+
+    ``index``: ``(N, *S)`` int64 with ignored pixels set to 0 (safe for ``gather``); ``valid``: ``(N, *S)``
+    bool, or None when every pixel counts. ``dense``: ``(N, C, *S)`` float, every pixel valid.
+    """
+
+    index: Optional[Tensor] = None
+    dense: Optional[Tensor] = None
+    valid: Optional[Tensor] = None
+
+
+@dataclass
+class BinaryTarget:
+    """A prepared binary target ``(N, C, *S)`` in the logits' float dtype, and its valid mask or None."""
+
+    dense: Tensor
+    valid: Optional[Tensor] = None
+
+
+def _finite_problem(logits: Tensor, name: str) -> Optional[str]:
+    """Count NaN and +inf entries (-inf is a legal logit: probability 0)."""
+    nan = int(torch.isnan(logits).sum())
+    posinf = int(torch.isposinf(logits).sum())
+    if nan == 0 and posinf == 0:
+        return None
+    parts = [f"{nan} NaN"] * bool(nan) + [f"{posinf} +inf"] * bool(posinf)
+    return f"expected finite {name}, got {' and '.join(parts)}"
+
+
+def _run_data_checks(logits: Tensor, stats: List[Tensor], name: str) -> List[float]:
+    """One host sync: the logits' sum (finite in the common case) and the target statistics."""
+    total = logits.sum(dtype=torch.float32)
+    values = torch.stack([total, *[s.to(torch.float32) for s in stats]]).tolist()
+    if not torch.isfinite(torch.tensor(values[0])):
+        # Slow path, only when something is off (or the sum overflowed): count what is wrong.
+        problem = _finite_problem(logits, name)
+        if problem is not None:
+            raise SegLossError(problem)
+    return values[1:]
+
+
+def check_finite(tensor: Tensor, name: str = "logits") -> None:
+    """Raise if ``tensor`` has NaN or +inf entries (when input checks are on)."""
+    if input_checks_enabled():
+        _run_data_checks(tensor, [], name)
+
+
+def softmax_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> SoftmaxTarget:
+    """Check logits and target of a softmax loss and prepare the target (see module docstring)."""
+    check_logits(logits, min_classes=2)
+    if not isinstance(target, Tensor):
+        raise expected("target to be a torch.Tensor", type(target).__name__)
+    if target.device != logits.device:
+        raise expected(f"target on the logits' device {logits.device}", f"device {target.device}")
+    n, c, spatial = logits.shape[0], logits.shape[1], tuple(logits.shape[2:])
+    if target.shape == logits.shape and target.dtype != torch.bool:
+        return SoftmaxTarget(dense=_dense_target(logits, target))
+    index_shape = (n, *spatial)
+    if target.shape != index_shape:
+        raise expected(
+            f"target of shape (N, *S) = {index_shape} (class indices) or (N, C, *S) = "
+            f"{tuple(logits.shape)} (one-hot or soft)",
+            f"shape {_shape(target)}",
+        )
+    if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
+        raise expected("an integer index target (class indices, e.g. torch.long)", f"dtype {target.dtype}")
+    valid = None if ignore_index is None else target != ignore_index
+    if input_checks_enabled():
+        lo, hi = _run_data_checks(logits, list(torch.aminmax(target)), "logits")
+        if lo < 0 or hi >= c:
+            _report_index_range(target, valid, c, ignore_index)
+    index = target.long()
+    if valid is not None:
+        index = index.masked_fill(~valid, 0)
+    return SoftmaxTarget(index=index, valid=valid)
+
+
+def _report_index_range(target: Tensor, valid: Optional[Tensor], c: int, ignore_index: Optional[int]) -> None:
+    """Raise for index values outside [0, C) that are not ignore_index (slow path)."""
+    bad = (target < 0) | (target >= c)
+    if valid is not None:
+        bad &= valid
+    if bool(bad.any()):
+        values = torch.unique(target[bad])[:5].tolist()
+        extra = "" if ignore_index is None else f" or ignore_index = {ignore_index}"
+        raise expected(f"target class indices in [0, {c}){extra}", f"values {values}")
+
+
+def _dense_target(logits: Tensor, target: Tensor) -> Tensor:
+    """Check a dense (one-hot / soft) target of the logits' shape and return it as float."""
+    if target.is_complex():
+        raise expected("a real-valued target", f"dtype {target.dtype}")
+    dense = target if target.is_floating_point() else target.to(logits.dtype)
+    if input_checks_enabled():
+        lo, hi = _run_data_checks(logits, list(torch.aminmax(dense)), "logits")
+        if not (0.0 <= lo and hi <= 1.0):
+            raise expected("one-hot or soft target values in [0, 1]", f"values in [{lo:g}, {hi:g}]")
+    return dense
+
+
+def binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> BinaryTarget:
+    """Check logits and a binary target of the same shape; ``ignore_index`` applies to integer targets."""
+    check_logits(logits)
+    if not isinstance(target, Tensor):
+        raise expected("target to be a torch.Tensor", type(target).__name__)
+    if target.device != logits.device:
+        raise expected(f"target on the logits' device {logits.device}", f"device {target.device}")
+    if target.shape != logits.shape:
+        hint = ""
+        if target.ndim == logits.ndim - 1:
+            hint = " (add the channel dim: target.unsqueeze(1))"
+        raise expected(f"target of the logits' shape {tuple(logits.shape)}{hint}", f"shape {_shape(target)}")
+    if target.is_complex():
+        raise expected("a real-valued target", f"dtype {target.dtype}")
+    valid = None
+    if ignore_index is not None and not target.is_floating_point() and target.dtype != torch.bool:
+        valid = target != ignore_index
+    if input_checks_enabled():
+        lo, hi = _run_data_checks(logits, list(torch.aminmax(target.to(torch.float32))), "logits")
+        if lo < 0 or hi > 1:
+            _report_binary_range(target, valid, ignore_index)
+    dense = target.to(logits.dtype)
+    if valid is not None:
+        dense = dense.masked_fill(~valid, 0)
+    return BinaryTarget(dense=dense, valid=valid)
+
+
+def _report_binary_range(target: Tensor, valid: Optional[Tensor], ignore_index: Optional[int]) -> None:
+    bad = (target < 0) | (target > 1)
+    if valid is not None:
+        bad &= valid
+    if bool(bad.any()):
+        values = torch.unique(target[bad])[:5].tolist()
+        extra = "" if ignore_index is None else f" or ignore_index = {ignore_index}"
+        raise expected(f"binary target values in [0, 1]{extra}", f"values {values}")
+
+
+def num_valid(valid: Optional[Tensor], shape: torch.Size, device: torch.device) -> Tensor:
+    """Number of valid elements as a float32 tensor (no host sync)."""
+    if valid is None:
+        return torch.tensor(float(shape.numel()), device=device)
+    return valid.sum(dtype=torch.float32)

@@ -1,0 +1,37 @@
+"""Every pure loss function of seglosses: ``import seglosses.functional as SF``.
+
+The functions take ``(logits, target)`` and keyword-only options; see :mod:`seglosses._core.reduction`
+for what ``reduction`` returns and what ``mean`` divides by.
+"""
+
+from .losses.cross_entropy import binary_cross_entropy_loss, cross_entropy_loss
+from .losses.focal import binary_focal_loss, focal_loss
+from .losses.overlap import (
+    binary_dice_loss,
+    binary_focal_tversky_loss,
+    binary_generalized_dice_loss,
+    binary_jaccard_loss,
+    binary_tversky_loss,
+    dice_loss,
+    focal_tversky_loss,
+    generalized_dice_loss,
+    jaccard_loss,
+    tversky_loss,
+)
+
+__all__ = [
+    "binary_cross_entropy_loss",
+    "binary_dice_loss",
+    "binary_focal_loss",
+    "binary_focal_tversky_loss",
+    "binary_generalized_dice_loss",
+    "binary_jaccard_loss",
+    "binary_tversky_loss",
+    "cross_entropy_loss",
+    "dice_loss",
+    "focal_loss",
+    "focal_tversky_loss",
+    "generalized_dice_loss",
+    "jaccard_loss",
+    "tversky_loss",
+]

@@ -1,0 +1,91 @@
+"""The base of every loss module: options validated once, tensors kept as buffers, the function called."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, ClassVar, Dict, List, Type
+
+from torch import Tensor, nn
+
+from .._core.errors import SegLossError, unknown_choice
+
+
+def keyword_options(function: Callable[..., Any]) -> Dict[str, inspect.Parameter]:
+    """The keyword-only options of a loss function (everything after ``logits, target``)."""
+    params = inspect.signature(function).parameters.values()
+    return {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+class LossModule(nn.Module):
+    """``nn.Module`` form of a pure loss function.
+
+    Subclasses (made by :func:`module_for`) set ``function`` (the pure loss) and ``check_options`` (the
+    option check the function itself runs). ``__init__`` takes the function's keyword options, fills in
+    its defaults and runs the check once, so a bad or unknown option fails at construction with a
+    :class:`SegLossError`. Tensor-valued options (class weights, α) become buffers that follow
+    ``.to(device)`` and ``state_dict``. ``forward(logits, target)`` calls the function with the options.
+    """
+
+    function: ClassVar[Callable[..., Tensor]]
+    check_options: ClassVar[Callable[..., Dict[str, Any]]]
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        known = keyword_options(type(self).function)
+        for name in options:
+            if name not in known:
+                raise unknown_choice(f"an option of {type(self).__name__}", name, known)
+        options = {name: options.get(name, p.default) for name, p in known.items()}
+        checked = type(self).check_options(**options)
+        self._plain_options: Dict[str, Any] = {}
+        self._tensor_options: List[str] = []
+        for name, value in options.items():
+            if isinstance(checked.get(name), Tensor):
+                self.register_buffer(name, checked[name])
+                self._tensor_options.append(name)
+            else:
+                self._plain_options[name] = value
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        """The options this module passes to its function (tensor options as the current buffers)."""
+        return {**self._plain_options, **{name: getattr(self, name) for name in self._tensor_options}}
+
+    @property
+    def reduction(self) -> str:
+        return str(self._plain_options.get("reduction", "mean"))
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return type(self).function(logits, target, **self.options)
+
+    def extra_repr(self) -> str:
+        parts = [f"{k}={v!r}" for k, v in self._plain_options.items()]
+        parts += [f"{k}={getattr(self, k).tolist()}" for k in self._tensor_options]
+        return ", ".join(parts)
+
+
+def module_for(
+    name: str, function: Callable[..., Tensor], check_options: Callable[..., Dict[str, Any]]
+) -> Type[LossModule]:
+    """Make the ``nn.Module`` class of a loss function; its constructor takes the function's options."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += list(keyword_options(function).values())
+    namespace = {
+        "function": staticmethod(function),
+        "check_options": staticmethod(check_options),
+        "__doc__": f"Module form of :func:`{function.__name__}`; the constructor takes its options.\n\n"
+        + (inspect.getdoc(function) or ""),
+        "__module__": function.__module__,
+        "__qualname__": name,
+    }
+
+    def __init__(self: LossModule, **options: Any) -> None:
+        LossModule.__init__(self, **options)
+
+    __init__.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    __init__.__qualname__ = f"{name}.__init__"
+    namespace["__init__"] = __init__
+    return type(name, (LossModule,), namespace)
+
+
+__all__ = ["LossModule", "SegLossError", "keyword_options", "module_for"]

@@ -1,0 +1,474 @@
+"""Overlap (region) losses: Dice, Jaccard, Tversky, focal Tversky, generalised Dice (SPEC section 3).
+
+Every loss here is built from the per-class statistics of :mod:`seglosses._core.stats` over the valid
+pixels of one sample (or of the whole batch with ``batch=True``)::
+
+    TP_c = Σ p y     FP_c = Σ p (1 - y)     FN_c = Σ (1 - p) y
+
+Options shared by all: ``include_background`` (softmax losses: keep class 0), ``batch`` (pool the
+statistics over the batch), ``smooth`` (``s``, added to numerator and denominator), ``weight`` (per-class
+weights of the class mean), ``ignore_index`` and ``reduction`` (``none`` -> ``(N, C)``, or ``(C,)`` with
+``batch=True``; see :mod:`seglosses._core.reduction`).
+
+**Empty classes.** A class absent from the target and the prediction is a perfect match (loss 0); a class
+absent from the target but predicted is a full miss (loss 1, up to ``s``). The rule applies where a
+denominator is exactly 0 (only possible with ``s = 0``), so a NaN input stays NaN. Every class enters the
+class mean, absent ones included (with the loss above), so that the loss is continuous in the prediction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .._core.numerics import safe_pow, sigmoid_f32, softmax_f32
+from .._core.options import (
+    ClassValues,
+    Reduction,
+    check_bool,
+    check_ignore_index,
+    check_number,
+    check_reduction,
+    class_tensor,
+    class_values,
+)
+from .._core.reduction import reduce_region
+from .._core.stats import Overlap, overlap_from_dense, overlap_from_index
+from .._core.targets import binary_target, softmax_target
+from .._core.registry import register
+from .base import module_for
+
+
+
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den``, and 1 (a perfect score) where ``den == 0`` exactly: both sets empty."""
+    empty = den == 0
+    return torch.where(empty, 1.0, num / torch.where(empty, 1.0, den))
+
+
+def dice_score(s: Overlap, smooth: float) -> Tensor:
+    """``(2 TP + s) / (2 TP + FP + FN + s)``."""
+    return _ratio(2 * s.tp + smooth, 2 * s.tp + s.fp + s.fn + smooth)
+
+
+def jaccard_score(s: Overlap, smooth: float) -> Tensor:
+    """``(TP + s) / (TP + FP + FN + s)``."""
+    return _ratio(s.tp + smooth, s.tp + s.fp + s.fn + smooth)
+
+
+def tversky_score(s: Overlap, smooth: float, alpha: float, beta: float) -> Tensor:
+    """``(TP + s) / (TP + α FP + β FN + s)``."""
+    return _ratio(s.tp + smooth, s.tp + alpha * s.fp + beta * s.fn + smooth)
+
+
+def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Overlap:
+    """Statistics ``(N, C)`` from logits: softmax over classes, or sigmoid per channel for ``binary``."""
+    if binary:
+        prepared = binary_target(logits, target, ignore_index)
+        return overlap_from_dense(sigmoid_f32(logits), prepared.dense, prepared.valid)
+    soft = softmax_target(logits, target, ignore_index)
+    probs = softmax_f32(logits)
+    if soft.index is not None:
+        return overlap_from_index(probs, soft.index, soft.valid)
+    return overlap_from_dense(probs, soft.dense)
+
+
+PerClass = Callable[[Overlap, Dict[str, Optional[Tensor]]], Tensor]
+
+
+def _region(
+    logits: Tensor,
+    target: Tensor,
+    opts: Dict[str, Any],
+    binary: bool,
+    per_class: PerClass,
+    class_options: Tuple[str, ...] = (),
+    weight_in_reduction: bool = True,
+) -> Tensor:
+    """Prepare -> statistics -> per-class loss -> reduce, shared by every region loss.
+
+    ``per_class(stats, tensors)`` gets the statistics and the per-class options named in
+    ``class_options`` (and ``weight``), already checked against C and cut to the kept classes.
+    """
+    stats = _overlap(logits, target, opts["ignore_index"], binary)
+    names = ("weight", *class_options)
+    tensors = {name: class_tensor(opts[name], stats.tp, name) for name in names}
+    if not binary and not opts["include_background"]:
+        stats = stats.select(1)
+        tensors = {k: v[1:] if v is not None and v.ndim == 1 else v for k, v in tensors.items()}
+    if opts["batch"]:
+        stats = stats.pooled()
+    weight = tensors["weight"] if weight_in_reduction else None
+    return reduce_region(per_class(stats, tensors), opts["reduction"], weight)
+
+
+def check_region_options(
+    *,
+    include_background: bool = True,
+    batch: bool,
+    smooth: float,
+    weight: Optional[ClassValues],
+    ignore_index: Optional[int],
+    reduction: str,
+    **specific: Any,
+) -> Dict[str, Any]:
+    """Validate the options every region loss shares; loss-specific ones are checked by the caller."""
+    return {
+        "include_background": check_bool("include_background", include_background),
+        "batch": check_bool("batch", batch),
+        "smooth": check_number("smooth", smooth, low=0.0),
+        "weight": class_values("weight", weight, allow_scalar=False),
+        "ignore_index": check_ignore_index(ignore_index),
+        "reduction": check_reduction(reduction),
+        **specific,
+    }
+
+
+def check_tversky_options(*, alpha: float, beta: float, **shared: Any) -> Dict[str, Any]:
+    return check_region_options(
+        alpha=check_number("alpha", alpha, low=0.0), beta=check_number("beta", beta, low=0.0), **shared
+    )
+
+
+def check_focal_tversky_options(
+    *, alpha: float, beta: float, gamma: Union[float, ClassValues], **shared: Any
+) -> Dict[str, Any]:
+    opts = check_tversky_options(alpha=alpha, beta=beta, **shared)
+    opts["gamma"] = class_values("gamma", gamma)
+    return opts
+
+
+# --- Dice --------------------------------------------------------------------------------------------
+
+_SHARED_DOC = """
+    Args:
+        logits: ``(N, C, *S)``, one to three spatial dims.
+        target: {target}
+        include_background: keep class 0 (softmax losses only).
+        batch: pool TP / FP / FN over the batch: one loss per class.
+        smooth: ``s >= 0`` added to numerator and denominator.
+        weight: per-class weights ``(C,)`` of the class mean.
+        ignore_index: target value whose pixels count nowhere.
+        reduction: ``none`` -> ``(N, C)`` (``(C,)`` with ``batch=True``); ``mean`` / ``sum`` -> scalar.
+"""
+_SOFTMAX_TARGET = "class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``; ``p = softmax(z)``."
+_BINARY_TARGET = "the logits' shape; bool, integer or float in ``[0, 1]``; ``p = sigmoid(z)`` per channel."
+
+
+def _document(function: Callable[..., Tensor], binary: bool) -> Callable[..., Tensor]:
+    function.__doc__ = (function.__doc__ or "") + _SHARED_DOC.format(
+        target=_BINARY_TARGET if binary else _SOFTMAX_TARGET
+    )
+    return function
+
+
+def _dice(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
+    return _region(logits, target, opts, binary, lambda s, _: 1 - dice_score(s, opts["smooth"]))
+
+
+def dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    include_background: bool = True,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Soft Dice loss ``1 - (2 TP + s) / (2 TP + FP + FN + s)`` per class, averaged over classes (macro).
+
+    **Erratum** (document section 3.1.3): the document's gradient is not the derivative of its own loss.
+    With ``I = Σ y p``, ``U = Σ y + Σ p`` (one class), ``∂L/∂p_i = -(2 y_i (U + s) - (2 I + s)) / (U + s)^2``.
+    """
+    opts = check_region_options(
+        include_background=include_background, batch=batch, smooth=smooth, weight=weight,
+        ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
+    return _dice(logits, target, opts, binary=False)
+
+
+def binary_dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Soft Dice loss per sigmoid channel, ``1 - (2 TP + s) / (2 TP + FP + FN + s)``, averaged over channels."""
+    opts = check_region_options(
+        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction
+    )
+    return _dice(logits, target, opts, binary=True)
+
+
+# --- Jaccard -----------------------------------------------------------------------------------------
+
+
+def _jaccard(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
+    return _region(logits, target, opts, binary, lambda s, _: 1 - jaccard_score(s, opts["smooth"]))
+
+
+def jaccard_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    include_background: bool = True,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Soft Jaccard (IoU) loss ``1 - (TP + s) / (TP + FP + FN + s)`` per class, averaged over classes.
+
+    For ``s = 0``, ``Dice = 2 IoU / (1 + IoU)`` class by class.
+    """
+    opts = check_region_options(
+        include_background=include_background, batch=batch, smooth=smooth, weight=weight,
+        ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
+    return _jaccard(logits, target, opts, binary=False)
+
+
+def binary_jaccard_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Soft Jaccard (IoU) loss per sigmoid channel, ``1 - (TP + s) / (TP + FP + FN + s)``."""
+    opts = check_region_options(
+        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction
+    )
+    return _jaccard(logits, target, opts, binary=True)
+
+
+# --- Tversky -----------------------------------------------------------------------------------------
+
+
+def _tversky(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
+    def per_class(s: Overlap, _: Dict[str, Optional[Tensor]]) -> Tensor:
+        return 1 - tversky_score(s, opts["smooth"], opts["alpha"], opts["beta"])
+
+    return _region(logits, target, opts, binary, per_class)
+
+
+def tversky_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 0.3,
+    beta: float = 0.7,
+    include_background: bool = True,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Tversky loss ``1 - (TP + s) / (TP + α FP + β FN + s)`` per class (Salehi et al. 2017).
+
+    ``alpha`` weights false positives, ``beta`` false negatives (defaults 0.3 / 0.7, the paper's best);
+    ``α = β = 0.5`` is Dice (with ``s`` halved), ``α = β = 1`` is Jaccard. The design document writes the
+    index with the letters swapped (section 2.3.2); its ``α, β`` are this function's ``beta, alpha``.
+    """
+    opts = check_tversky_options(
+        alpha=alpha, beta=beta, include_background=include_background, batch=batch, smooth=smooth,
+        weight=weight, ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
+    return _tversky(logits, target, opts, binary=False)
+
+
+def binary_tversky_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 0.3,
+    beta: float = 0.7,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Tversky loss per sigmoid channel, ``1 - (TP + s) / (TP + α FP + β FN + s)`` (α on FP, β on FN)."""
+    opts = check_tversky_options(
+        alpha=alpha, beta=beta, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index,
+        reduction=reduction,
+    )  # fmt: skip
+    return _tversky(logits, target, opts, binary=True)
+
+
+# --- Focal Tversky -----------------------------------------------------------------------------------
+
+
+def _focal_tversky(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
+    def per_class(s: Overlap, tensors: Dict[str, Optional[Tensor]]) -> Tensor:
+        index = tversky_score(s, opts["smooth"], opts["alpha"], opts["beta"])
+        return safe_pow(1 - index, tensors["gamma"])
+
+    return _region(logits, target, opts, binary, per_class, class_options=("gamma",))
+
+
+def focal_tversky_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 0.3,
+    beta: float = 0.7,
+    gamma: Union[float, ClassValues] = 0.75,
+    include_background: bool = True,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Focal Tversky loss ``(1 - TI_c)^γ`` per class, then the class mean (Abraham & Khan 2019).
+
+    ``TI_c`` is the Tversky index of :func:`tversky_loss` (α on FP, β on FN). ``gamma`` is the exponent
+    itself, a scalar or one per class: the paper writes ``(1 - TI)^(1/γ)`` with ``γ = 4/3``, which is
+    ``gamma = 0.75`` here (the default). The power's gradient, infinite at ``TI = 1`` for ``γ < 1``, is
+    taken as 0 there.
+    """
+    opts = check_focal_tversky_options(
+        alpha=alpha, beta=beta, gamma=gamma, include_background=include_background, batch=batch,
+        smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
+    return _focal_tversky(logits, target, opts, binary=False)
+
+
+def binary_focal_tversky_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 0.3,
+    beta: float = 0.7,
+    gamma: Union[float, ClassValues] = 0.75,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Focal Tversky loss ``(1 - TI_c)^γ`` per sigmoid channel (see :func:`focal_tversky_loss`)."""
+    opts = check_focal_tversky_options(
+        alpha=alpha, beta=beta, gamma=gamma, batch=batch, smooth=smooth, weight=weight,
+        ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
+    return _focal_tversky(logits, target, opts, binary=True)
+
+
+# --- Generalised Dice --------------------------------------------------------------------------------
+
+
+def _generalized_dice(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
+    def per_class(s: Overlap, tensors: Dict[str, Optional[Tensor]]) -> Tensor:
+        volume = s.tp + s.fn  # Σ y_c
+        present = volume > 0
+        rarest = torch.where(present, volume, torch.inf).amin(-1, keepdim=True)
+        rarest = torch.where(torch.isinf(rarest), 1.0, rarest)
+        # Sudre's 1 / (Σ y_c)^2, scaled so the rarest present class has weight 1 (the ratio is unchanged);
+        # absent classes get that largest weight, as MONAI does, so predicting them is penalised.
+        w = torch.where(present, (rarest / torch.where(present, volume, 1.0)) ** 2, 1.0).detach()
+        if tensors["weight"] is not None:
+            w = w * tensors["weight"]
+        den = (w * (2 * s.tp + s.fp + s.fn)).sum(-1, keepdim=True) + opts["smooth"]
+        return s.tp.shape[-1] * w * (s.fp + s.fn) / torch.where(den == 0, 1.0, den)
+
+    return _region(logits, target, opts, binary, per_class, weight_in_reduction=False)
+
+
+def generalized_dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    include_background: bool = True,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Generalised Dice loss (Sudre et al. 2017): ``1 - (2 Σ_c w_c TP_c + s) / (Σ_c w_c (2 TP_c + FP_c + FN_c) + s)``.
+
+    ``w_c = 1 / (Σ y_c)^2``, rescaled so that the rarest present class has weight 1 (for ``s = 0`` the
+    ratio does not change); a class absent from the target gets that largest weight (MONAI's policy), so
+    predicting it is penalised, and a sample with no class present uses ``w = 1``. ``weight`` multiplies
+    these weights.
+
+    The loss is one ratio across classes. Its unreduced form ``(N, C)`` splits it into class terms
+    ``C · w_c (FP_c + FN_c) / (Σ_k w_k (2 TP_k + FP_k + FN_k) + s)`` whose class mean is the sample's loss,
+    so ``mean`` gives the mean over samples of the loss above, as for every region loss.
+    """
+    opts = check_region_options(
+        include_background=include_background, batch=batch, smooth=smooth, weight=weight,
+        ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
+    return _generalized_dice(logits, target, opts, binary=False)
+
+
+def binary_generalized_dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Generalised Dice loss over sigmoid channels (see :func:`generalized_dice_loss`)."""
+    opts = check_region_options(
+        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction
+    )
+    return _generalized_dice(logits, target, opts, binary=True)
+
+
+for _function in (dice_loss, jaccard_loss, tversky_loss, focal_tversky_loss, generalized_dice_loss):
+    _document(_function, binary=False)
+for _function in (
+    binary_dice_loss, binary_jaccard_loss, binary_tversky_loss, binary_focal_tversky_loss,
+    binary_generalized_dice_loss,
+):  # fmt: skip
+    _document(_function, binary=True)
+
+DiceLoss = module_for("DiceLoss", dice_loss, check_region_options)
+BinaryDiceLoss = module_for("BinaryDiceLoss", binary_dice_loss, check_region_options)
+JaccardLoss = module_for("JaccardLoss", jaccard_loss, check_region_options)
+BinaryJaccardLoss = module_for("BinaryJaccardLoss", binary_jaccard_loss, check_region_options)
+TverskyLoss = module_for("TverskyLoss", tversky_loss, check_tversky_options)
+BinaryTverskyLoss = module_for("BinaryTverskyLoss", binary_tversky_loss, check_tversky_options)
+FocalTverskyLoss = module_for("FocalTverskyLoss", focal_tversky_loss, check_focal_tversky_options)
+BinaryFocalTverskyLoss = module_for(
+    "BinaryFocalTverskyLoss", binary_focal_tversky_loss, check_focal_tversky_options
+)
+GeneralizedDiceLoss = module_for("GeneralizedDiceLoss", generalized_dice_loss, check_region_options)
+BinaryGeneralizedDiceLoss = module_for(
+    "BinaryGeneralizedDiceLoss", binary_generalized_dice_loss, check_region_options
+)
+
+for _name, _module, _domain, _text in (
+    ("dice", DiceLoss, "softmax", "soft Dice loss per class, macro mean"),
+    ("binary_dice", BinaryDiceLoss, "binary", "soft Dice loss per sigmoid channel"),
+    ("jaccard", JaccardLoss, "softmax", "soft Jaccard (IoU) loss per class"),
+    ("binary_jaccard", BinaryJaccardLoss, "binary", "soft Jaccard (IoU) loss per sigmoid channel"),
+    ("tversky", TverskyLoss, "softmax", "Tversky loss (α on FP, β on FN)"),
+    ("binary_tversky", BinaryTverskyLoss, "binary", "Tversky loss per sigmoid channel"),
+    ("focal_tversky", FocalTverskyLoss, "softmax", "focal Tversky loss (1 - TI)^γ per class"),
+    ("binary_focal_tversky", BinaryFocalTverskyLoss, "binary", "focal Tversky loss per sigmoid channel"),
+    ("gdl", GeneralizedDiceLoss, "softmax", "generalised Dice loss (Sudre et al. 2017)"),
+    ("binary_gdl", BinaryGeneralizedDiceLoss, "binary", "generalised Dice loss over sigmoid channels"),
+):
+    register(_name, _module, domain=_domain, description=_text, kind="region")
