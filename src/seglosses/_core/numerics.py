@@ -14,10 +14,10 @@ def safe_pow(base: Tensor, exponent: Union[float, Tensor]) -> Tensor:
     ``d/db b^γ = γ b^(γ-1)`` is infinite at ``b = 0`` for ``γ < 1``; there the value is ``0^γ`` (1 for
     ``γ = 0``, else 0) and the gradient is taken as 0, the limit of the losses built on it.
     """
-    positive = base > 0
-    powered = torch.where(positive, base, 1.0) ** exponent
+    zero = base == 0  # NaN stays NaN: only an exact 0 is special
+    powered = torch.where(zero, 1.0, base) ** exponent
     zero_power = torch.as_tensor(exponent, device=base.device) == 0
-    return torch.where(positive, powered, zero_power.to(powered.dtype))
+    return torch.where(zero, zero_power.to(powered.dtype), powered)
 
 
 def softmax_f32(logits: Tensor) -> Tensor:

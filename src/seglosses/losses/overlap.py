@@ -316,7 +316,7 @@ def binary_tversky_loss(
 def _focal_tversky(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
     def per_class(s: Overlap, tensors: Dict[str, Optional[Tensor]]) -> Tensor:
         index = tversky_score(s, opts["smooth"], opts["alpha"], opts["beta"])
-        return safe_pow(1 - index, tensors["gamma"])
+        return safe_pow((1 - index).clamp_min(0), tensors["gamma"])  # rounding can push TI past 1
 
     return _region(logits, target, opts, binary, per_class, class_options=("gamma",))
 

@@ -1,0 +1,424 @@
+"""Speed and peak memory of seglosses against F.cross_entropy and reference libraries.
+
+A benchmark, not a test: it prints markdown tables and never fails. See benchmarks/README.md.
+
+    python benchmarks/run.py                      # every shape, every softmax loss
+    python benchmarks/run.py --quick              # one small shape, short timings (smoke run)
+    python benchmarks/run.py --shapes c5,3d --losses dice,focal --markdown out.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import importlib.util
+import itertools
+import statistics
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.benchmark import Timer
+
+import seglosses as sl
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+RefEntry = Tuple[str, str, LossFn]  # (our loss name, reference label, function)
+
+SHAPES: Dict[str, Tuple[int, ...]] = {
+    "c2": (8, 2, 256, 256),
+    "c5": (8, 5, 256, 256),
+    "c21": (8, 21, 256, 256),
+    "3d": (2, 4, 64, 64, 64),
+}
+QUICK_SHAPES: Dict[str, Tuple[int, ...]] = {"quick": (2, 5, 64, 64)}
+
+# Our options, chosen to match the references' settings below.
+OPTIONS: Dict[str, dict] = {
+    "focal": dict(gamma=2.0),
+    "tversky": dict(alpha=0.3, beta=0.7),
+    "focal_tversky": dict(alpha=0.3, beta=0.7, gamma=0.75),
+}
+
+# Most our forward+backward may cost, as a multiple of F.cross_entropy's (region losses: 1.2).
+TARGETS: Dict[str, float] = {"ce": 1.15, "focal": 1.5}
+REGION_TARGET = 1.2
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def our_losses(names: Optional[Sequence[str]]) -> Dict[str, LossFn]:
+    """The registered softmax losses (optionally a subset) as pure functions with OPTIONS applied."""
+    entries = {e.name: e for e in sl.list_losses(details=True) if e.domain == "softmax"}
+    unknown = sorted(set(names or ()) - set(entries))
+    if unknown:
+        sys.exit(f"unknown loss(es) {unknown}; choose from {sorted(entries)}")
+    chosen = names or sorted(entries)
+    return {n: functools.partial(entries[n].module.function, **OPTIONS.get(n, {})) for n in chosen}
+
+
+def target_of(name: str) -> Optional[float]:
+    kinds = {e.name: e.kind for e in sl.list_losses(details=True)}
+    return TARGETS.get(name, REGION_TARGET if kinds.get(name) == "region" else None)
+
+
+def _monai() -> Iterator[RefEntry]:
+    from monai import losses as M
+
+    def indexed(module: torch.nn.Module) -> LossFn:
+        return lambda x, t: module(x, t.unsqueeze(1))  # MONAI wants the target as (N, 1, *S)
+
+    soft = dict(to_onehot_y=True, softmax=True)
+    yield "dice", "monai DiceLoss", indexed(M.DiceLoss(**soft))
+    yield "jaccard", "monai DiceLoss(jaccard)", indexed(M.DiceLoss(jaccard=True, **soft))
+    yield "tversky", "monai TverskyLoss", indexed(M.TverskyLoss(alpha=0.3, beta=0.7, **soft))
+    yield "gdl", "monai GeneralizedDiceLoss", indexed(M.GeneralizedDiceLoss(**soft))
+    focal = M.FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0)
+    yield "focal", "monai FocalLoss", indexed(focal)
+
+
+def _kornia() -> Iterator[RefEntry]:
+    from kornia import losses as K
+
+    yield "dice", "kornia dice_loss", functools.partial(K.dice_loss, average="macro")
+    yield "tversky", "kornia tversky_loss", functools.partial(K.tversky_loss, alpha=0.3, beta=0.7)
+    focal = functools.partial(K.focal_loss, alpha=None, gamma=2.0, reduction="mean")
+    yield "focal", "kornia focal_loss", focal
+
+
+def _import_smp_losses() -> types.ModuleType:
+    """Load only ``segmentation_models_pytorch.losses``: the package's own __init__ may fail to import."""
+    spec = importlib.util.find_spec("segmentation_models_pytorch")
+    if spec is None:
+        raise ImportError("No module named 'segmentation_models_pytorch'")
+    package = types.ModuleType("segmentation_models_pytorch")
+    package.__path__ = list(spec.submodule_search_locations or [])
+    sys.modules.setdefault("segmentation_models_pytorch", package)
+    return importlib.import_module("segmentation_models_pytorch.losses")
+
+
+def _smp() -> Iterator[RefEntry]:
+    L = _import_smp_losses()
+    yield "dice", "smp DiceLoss", L.DiceLoss("multiclass")
+    yield "jaccard", "smp JaccardLoss", L.JaccardLoss("multiclass")
+    yield "tversky", "smp TverskyLoss", L.TverskyLoss("multiclass", alpha=0.3, beta=0.7)
+    ft = L.TverskyLoss("multiclass", alpha=0.3, beta=0.7, gamma=0.75)
+    yield "focal_tversky", "smp TverskyLoss(gamma)", ft
+    yield "focal", "smp FocalLoss", L.FocalLoss("multiclass", gamma=2.0)
+
+
+def references() -> Tuple[Dict[str, List[Tuple[str, LossFn]]], List[str]]:
+    """Reference losses by our loss name, and a note per library that could not be loaded."""
+    found: Dict[str, List[Tuple[str, LossFn]]] = {}
+    notes: List[str] = []
+    for library, loader in (("monai", _monai), ("kornia", _kornia), ("smp", _smp)):
+        try:
+            entries = list(loader())
+        except Exception as error:  # noqa: BLE001 - any failure means "not available"
+            notes.append(f"{library}: not available ({type(error).__name__}: {error})")
+            continue
+        for name, label, fn in entries:
+            found.setdefault(name, []).append((label, fn))
+    return found, notes
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def fwd_bwd(fn: LossFn, x: Tensor, t: Tensor) -> Callable[[], object]:
+    """One training step of the loss: forward, then the gradient w.r.t. the logits (no accumulation)."""
+    return lambda: torch.autograd.grad(fn(x, t), x)
+
+
+def fwd(fn: LossFn, x: Tensor, t: Tensor) -> Callable[[], object]:
+    """Forward only, with autograd recording as in training."""
+    return lambda: fn(x, t)
+
+
+def times(step: Callable[[], object], min_run_time: float) -> List[float]:
+    """Seconds per call of each block measured by ``Timer.blocked_autorange``."""
+    timer = Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+    return list(timer.blocked_autorange(min_run_time=min_run_time).times)
+
+
+def median(step: Callable[[], object], min_run_time: float) -> float:
+    return statistics.median(times(step, min_run_time))
+
+
+def peak_extra_bytes(step: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Peak bytes allocated by one step above what was allocated before it (the result included)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    return _profiled_peak(step)
+
+
+def _profiled_peak(step: Callable[[], object]) -> Optional[int]:
+    """CPU: replay the allocator's alloc/free events recorded by the profiler, in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    try:
+        from torch._C._profiler import _EventType
+
+        tree = prof.profiler.kineto_results.experimental_event_tree()
+    except (AttributeError, ImportError):
+        return None
+    allocations = [e for e in _walk(tree) if e.tag == _EventType.Allocation]
+    allocations.sort(key=lambda e: e.start_time_ns)
+    sizes = [e.extra_fields.alloc_size for e in allocations]
+    return max(itertools.accumulate(sizes, initial=0))
+
+
+def _walk(events: list) -> Iterator:
+    for event in events:
+        yield event
+        yield from _walk(event.children)
+
+
+# --------------------------------------------------------------------------- one shape
+
+
+@dataclass
+class Row:
+    loss: str
+    ms: float  # ours, forward+backward, input checks on
+    ratio_on: float
+    ratio_off: float
+    fwd_ratio: float  # forward only, checks on
+    target: Optional[float]
+    memory: Optional[float]  # peak extra bytes / logits bytes
+    best_ref: Optional[Tuple[str, float]] = None  # label and its ratio to F.cross_entropy
+    speedup: Optional[float] = None  # best reference time / ours (checks on)
+    unsupported: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Baseline:
+    seconds: float
+    fwd_seconds: float
+    memory: Optional[float]
+
+
+class Bench:
+    """Measures every loss on one shape against F.cross_entropy on the same tensors."""
+
+    def __init__(self, shape: Tuple[int, ...], device: torch.device, min_run_time: float) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(shape, generator=gen).to(device).requires_grad_()
+        self.t = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=gen).to(device)
+        self.device, self.min_run_time = device, min_run_time
+        self.logit_bytes = self.x.numel() * self.x.element_size()
+
+    def time(self, fn: LossFn, forward_only: bool = False) -> float:
+        make = fwd if forward_only else fwd_bwd
+        return median(make(fn, self.x, self.t), self.min_run_time)
+
+    def memory(self, fn: LossFn) -> Optional[float]:
+        peak = peak_extra_bytes(fwd_bwd(fn, self.x, self.t), self.device)
+        return None if peak is None else peak / self.logit_bytes
+
+    def baseline(self, before: Optional[List[float]] = None) -> Baseline:
+        """F.cross_entropy; its fwd+bwd times pool a run before and one after the losses."""
+        step = fwd_bwd(F.cross_entropy, self.x, self.t)
+        pooled = (before or []) + times(step, self.min_run_time)
+        fwd_s = self.time(F.cross_entropy, forward_only=True)
+        return Baseline(statistics.median(pooled), fwd_s, self.memory(F.cross_entropy))
+
+    def ours(self, fn: LossFn) -> Tuple[float, float, float, Optional[float]]:
+        """Seconds with checks on, with checks off, forward only (on); peak memory (on)."""
+        with sl.input_checks(True):
+            on = self.time(fn)
+            fwd_s = self.time(fn, forward_only=True)
+            memory = self.memory(fn)
+        with sl.input_checks(False):
+            off = self.time(fn)
+        return on, off, fwd_s, memory
+
+    def reference(self, fn: LossFn) -> Tuple[Optional[float], str]:
+        """Seconds of a reference, or None and why (it rejects this shape, say)."""
+        try:
+            fwd_bwd(fn, self.x, self.t)()
+        except Exception as error:  # noqa: BLE001 - a reference that rejects the input is "n/a"
+            return None, f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
+        return self.time(fn), ""
+
+
+def run_shape(
+    bench: Bench, losses: Dict[str, LossFn], refs: Dict[str, List[Tuple[str, LossFn]]]
+) -> Tuple[Baseline, List[Row]]:
+    first = times(fwd_bwd(F.cross_entropy, bench.x, bench.t), bench.min_run_time)
+    measured = []
+    for name, fn in losses.items():
+        progress(f"  {name}")
+        ref_times = [(label, *bench.reference(ref)) for label, ref in refs.get(name, [])]
+        measured.append((name, *bench.ours(fn), ref_times))
+    base = bench.baseline(before=first)
+    rows = [_row(base, *m) for m in measured]
+    return base, rows
+
+
+def _row(base: Baseline, name: str, on: float, off: float, fwd_s: float, memory: Optional[float],
+         ref_times: List[Tuple[str, Optional[float], str]]) -> Row:
+    row = Row(name, on * 1e3, on / base.seconds, off / base.seconds, fwd_s / base.fwd_seconds,
+              target_of(name), memory)
+    row.unsupported = [f"{label} ({why})" for label, seconds, why in ref_times if seconds is None]
+    usable = [(seconds, label) for label, seconds, _ in ref_times if seconds is not None]
+    if usable:
+        seconds, label = min(usable)
+        row.best_ref = (label, seconds / base.seconds)
+        row.speedup = seconds / on
+    return row
+
+
+# --------------------------------------------------------------------------- verdicts and tables
+
+
+def target_verdict(row: Row) -> str:
+    if row.target is None:
+        return "—"
+    if row.ratio_on <= row.target:
+        return f"≤{row.target:.2f} PASS"
+    off = "PASS" if row.ratio_off <= row.target else "FAIL"
+    return f"≤{row.target:.2f} FAIL (checks off: {off})"
+
+
+def rule_verdict(row: Row) -> Optional[bool]:
+    """Faster than the fastest reference; at least 2× faster where it costs > 2× F.cross_entropy."""
+    if row.best_ref is None or row.speedup is None:
+        return None
+    return row.speedup >= 2.0 if row.best_ref[1] > 2.0 else row.speedup > 1.0
+
+
+def _x(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def shape_table(label: str, shape: Tuple[int, ...], base: Baseline, rows: List[Row]) -> List[str]:
+    lines = [
+        f"### {label} {tuple(shape)}",
+        "",
+        f"F.cross_entropy: {base.seconds * 1e3:.2f} ms fwd+bwd, {base.fwd_seconds * 1e3:.2f} ms fwd, "
+        f"peak extra memory {_x(base.memory)} logits",
+        "",
+        "| loss | ours fwd+bwd ms | ratio to F.ce (checks on) | ratio (checks off) | fwd-only ratio "
+        "| target | best reference (ratio to F.ce) | our speed-up over it | peak extra mem ×logits |",
+        "|---|---:|---:|---:|---:|---|---|---:|---:|",
+    ]
+    for r in rows:
+        best = "—" if r.best_ref is None else f"{r.best_ref[0]} ({r.best_ref[1]:.2f}×)"
+        if r.best_ref is None and r.unsupported:
+            best = "n/a"
+        lines.append(
+            f"| {r.loss} | {r.ms:.2f} | {_x(r.ratio_on)} | {_x(r.ratio_off)} | {_x(r.fwd_ratio)} "
+            f"| {target_verdict(r)} | {best} | {_x(r.speedup)} | {_x(r.memory)} |"
+        )
+    notes = [f"- {r.loss}: n/a {u}" for r in rows for u in r.unsupported]
+    return lines + ([""] + notes if notes else []) + [""]
+
+
+def summary(results: List[Tuple[str, List[Row]]]) -> List[str]:
+    """The issue's rule per loss over all shapes, then every target that failed."""
+    lines = ["### Rule: faster than the fastest reference; ≥2× where that one costs >2× F.ce", ""]
+    names = list(dict.fromkeys(r.loss for _, rows in results for r in rows))
+    for name in names:
+        checks = [(label, r, rule_verdict(r)) for label, rows in results for r in rows if r.loss == name]
+        judged = [(label, r, ok) for label, r, ok in checks if ok is not None]
+        if not judged:
+            lines.append(f"- {name}: no reference shares it")
+            continue
+        failed = [f"{label} ({_x(r.speedup)} vs {r.best_ref[0]})" for label, r, ok in judged if not ok]
+        verdict = "PASS" if not failed else "FAIL at " + ", ".join(failed)
+        lines.append(f"- {name}: {verdict}")
+    misses = [f"- {r.loss} @ {label}: {r.ratio_on:.2f}× (checks off {r.ratio_off:.2f}×) > {r.target:.2f}×"
+              for label, rows in results for r in rows if r.target and r.ratio_on > r.target]
+    lines += ["", "### Targets missed (fwd+bwd, checks on)", ""] + (misses or ["- none"])
+    return lines + [""]
+
+
+def header(args: argparse.Namespace, notes: List[str]) -> List[str]:
+    versions = [f"torch {torch.__version__}", f"seglosses {sl.__version__}"]
+    for module in ("monai", "kornia"):
+        try:
+            versions.append(f"{module} {importlib.import_module(module).__version__}")
+        except Exception:  # noqa: BLE001
+            pass
+    lines = [
+        "## seglosses benchmark",
+        "",
+        f"{', '.join(versions)}; device {args.device}, {torch.get_num_threads()} threads, "
+        f"min_run_time {args.min_run_time}s per measurement, medians of Timer.blocked_autorange.",
+    ]
+    return lines + [f"- {n}" for n in notes] + [""]
+
+
+# --------------------------------------------------------------------------- main
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", help=f"comma-separated subset of {','.join(SHAPES)}")
+    p.add_argument("--quick", action="store_true", help="one small shape and short timings (smoke run)")
+    p.add_argument("--losses", help="comma-separated subset of our softmax losses (default: all)")
+    p.add_argument("--markdown", metavar="PATH", help="also write the tables to this file")
+    p.add_argument("--min-run-time", type=float, help="seconds per measurement (default 1.0, quick 0.1)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = p.parse_args(argv)
+    if args.min_run_time is None:
+        args.min_run_time = 0.1 if args.quick else 1.0
+    return args
+
+
+def chosen_shapes(args: argparse.Namespace) -> Dict[str, Tuple[int, ...]]:
+    if args.quick:
+        return QUICK_SHAPES
+    if not args.shapes:
+        return SHAPES
+    names = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SHAPES]
+    if unknown:
+        sys.exit(f"unknown shape(s) {unknown}; choose from {list(SHAPES)}")
+    return {n: SHAPES[n] for n in names}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    losses = our_losses([s.strip() for s in args.losses.split(",")] if args.losses else None)
+    refs, notes = references()
+    out = header(args, notes)
+    print("\n".join(out), flush=True)
+    results = []
+    for label, shape in chosen_shapes(args).items():
+        progress(f"shape {label} {shape}")
+        base, rows = run_shape(Bench(shape, device, args.min_run_time), losses, refs)
+        results.append((label, rows))
+        table = shape_table(label, shape, base, rows)
+        print("\n".join(table), flush=True)
+        out += table
+    tail = summary(results)
+    print("\n".join(tail), flush=True)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write("\n".join(out + tail) + "\n")
+
+
+if __name__ == "__main__":
+    main()

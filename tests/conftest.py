@@ -1,0 +1,24 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=40, deadline=None)
+settings.register_profile("dev", max_examples=20, deadline=None)
+settings.register_profile("large", max_examples=1000, deadline=None)
+settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_checks():
+    torch.manual_seed(0)
+    import seglosses
+
+    seglosses.set_input_checks(True)
+    yield
+    seglosses.set_input_checks(True)

@@ -1,0 +1,47 @@
+"""Input factories shared by the tests."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+import seglosses as sl
+
+IGNORE = 255
+ENTRIES = sl.list_losses(details=True)
+ENTRY_IDS = [entry.name for entry in ENTRIES]
+
+
+def make_inputs(
+    domain: str,
+    shape: Tuple[int, ...] = (2, 3, 5, 6),
+    *,
+    dtype: torch.dtype = torch.float64,
+    ignore_fraction: float = 0.0,
+    seed: int = 0,
+    scale: float = 2.0,
+) -> Tuple[Tensor, Tensor]:
+    """Random logits and a target for a loss domain; with ``ignore_fraction`` some target pixels are IGNORE."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+    n, c, *spatial = shape
+    if domain == "softmax":
+        target = torch.randint(0, c, (n, *spatial), generator=g)
+        ignore_shape = target.shape
+    else:
+        target = torch.randint(0, 2, shape, generator=g)
+        ignore_shape = shape
+    if ignore_fraction:
+        mask = torch.rand(ignore_shape, generator=g) < ignore_fraction
+        target = target.masked_fill(mask, IGNORE)
+    return logits.requires_grad_(), target
+
+
+def perfect_logits(domain: str, target: Tensor, num_classes: int, magnitude: float = 100.0) -> Tensor:
+    """Saturated logits that predict ``target`` exactly."""
+    if domain == "softmax":
+        one_hot = torch.nn.functional.one_hot(target, num_classes).movedim(-1, 1)
+        return (one_hot.double() * 2 - 1) * magnitude
+    return (target.double() * 2 - 1) * magnitude
