@@ -14,6 +14,7 @@ import functools
 import importlib
 import importlib.util
 import itertools
+import os
 import statistics
 import sys
 import types
@@ -147,8 +148,16 @@ def times(step: Callable[[], object], min_run_time: float) -> List[float]:
     return list(timer.blocked_autorange(min_run_time=min_run_time).times)
 
 
-def median(step: Callable[[], object], min_run_time: float) -> float:
-    return statistics.median(times(step, min_run_time))
+def paired(step: Callable[[], object], base: Callable[[], object], min_run_time: float,
+           rounds: int = 3) -> Tuple[float, float]:
+    """Median seconds of ``step`` and of ``base``, timed in alternating rounds so that a change of
+    machine load during the run affects both alike."""
+    ours: List[float] = []
+    theirs: List[float] = []
+    for _ in range(rounds):
+        theirs += times(base, min_run_time / rounds)
+        ours += times(step, min_run_time / rounds)
+    return statistics.median(ours), statistics.median(theirs)
 
 
 def peak_extra_bytes(step: Callable[[], object], device: torch.device) -> Optional[int]:
@@ -194,25 +203,18 @@ def _walk(events: list) -> Iterator:
 class Row:
     loss: str
     ms: float  # ours, forward+backward, input checks on
-    ratio_on: float
+    ratio_on: float  # to F.cross_entropy, forward+backward
     ratio_off: float
     fwd_ratio: float  # forward only, checks on
     target: Optional[float]
     memory: Optional[float]  # peak extra bytes / logits bytes
-    best_ref: Optional[Tuple[str, float]] = None  # label and its ratio to F.cross_entropy
-    speedup: Optional[float] = None  # best reference time / ours (checks on)
+    best_ref: Optional[Tuple[str, float]] = None  # fastest reference and its ratio to F.cross_entropy
+    speedup: Optional[float] = None  # its time over ours (checks on)
     unsupported: List[str] = field(default_factory=list)
 
 
-@dataclass
-class Baseline:
-    seconds: float
-    fwd_seconds: float
-    memory: Optional[float]
-
-
 class Bench:
-    """Measures every loss on one shape against F.cross_entropy on the same tensors."""
+    """Times losses on one shape, each against F.cross_entropy on the same tensors, timed alongside."""
 
     def __init__(self, shape: Tuple[int, ...], device: torch.device, min_run_time: float) -> None:
         gen = torch.Generator().manual_seed(0)
@@ -220,66 +222,63 @@ class Bench:
         self.t = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=gen).to(device)
         self.device, self.min_run_time = device, min_run_time
         self.logit_bytes = self.x.numel() * self.x.element_size()
+        self.base_seconds: Dict[bool, List[float]] = {False: [], True: []}  # by forward_only
 
-    def time(self, fn: LossFn, forward_only: bool = False) -> float:
+    def ratio(self, fn: LossFn, forward_only: bool = False) -> Tuple[float, float]:
+        """Seconds of ``fn`` and its ratio to F.cross_entropy timed in the same rounds."""
         make = fwd if forward_only else fwd_bwd
-        return median(make(fn, self.x, self.t), self.min_run_time)
+        step, base = make(fn, self.x, self.t), make(F.cross_entropy, self.x, self.t)
+        seconds, base_seconds = paired(step, base, self.min_run_time)
+        self.base_seconds[forward_only].append(base_seconds)
+        return seconds, seconds / base_seconds
 
     def memory(self, fn: LossFn) -> Optional[float]:
         peak = peak_extra_bytes(fwd_bwd(fn, self.x, self.t), self.device)
         return None if peak is None else peak / self.logit_bytes
 
-    def baseline(self, before: Optional[List[float]] = None) -> Baseline:
-        """F.cross_entropy; its fwd+bwd times pool a run before and one after the losses."""
-        step = fwd_bwd(F.cross_entropy, self.x, self.t)
-        pooled = (before or []) + times(step, self.min_run_time)
-        fwd_s = self.time(F.cross_entropy, forward_only=True)
-        return Baseline(statistics.median(pooled), fwd_s, self.memory(F.cross_entropy))
-
-    def ours(self, fn: LossFn) -> Tuple[float, float, float, Optional[float]]:
-        """Seconds with checks on, with checks off, forward only (on); peak memory (on)."""
+    def ours(self, name: str, fn: LossFn) -> Row:
         with sl.input_checks(True):
-            on = self.time(fn)
-            fwd_s = self.time(fn, forward_only=True)
+            seconds, on = self.ratio(fn)
+            _, fwd_ratio = self.ratio(fn, forward_only=True)
             memory = self.memory(fn)
         with sl.input_checks(False):
-            off = self.time(fn)
-        return on, off, fwd_s, memory
+            _, off = self.ratio(fn)
+        return Row(name, seconds * 1e3, on, off, fwd_ratio, target_of(name), memory)
 
     def reference(self, fn: LossFn) -> Tuple[Optional[float], str]:
-        """Seconds of a reference, or None and why (it rejects this shape, say)."""
+        """Ratio of a reference to F.cross_entropy, or None and why (it rejects this shape, say)."""
         try:
             fwd_bwd(fn, self.x, self.t)()
         except Exception as error:  # noqa: BLE001 - a reference that rejects the input is "n/a"
             return None, f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
-        return self.time(fn), ""
+        return self.ratio(fn)[1], ""
+
+    def baseline_line(self) -> str:
+        """F.cross_entropy's own numbers: medians over all its rounds on this shape."""
+        fb, f = (statistics.median(self.base_seconds[k]) * 1e3 if self.base_seconds[k] else float("nan")
+                 for k in (False, True))
+        return (f"F.cross_entropy: {fb:.2f} ms fwd+bwd, {f:.2f} ms fwd, "
+                f"peak extra memory {_x(self.memory(F.cross_entropy))} logits")
 
 
-def run_shape(
-    bench: Bench, losses: Dict[str, LossFn], refs: Dict[str, List[Tuple[str, LossFn]]]
-) -> Tuple[Baseline, List[Row]]:
-    first = times(fwd_bwd(F.cross_entropy, bench.x, bench.t), bench.min_run_time)
-    measured = []
+def run_shape(bench: Bench, losses: Dict[str, LossFn], refs: Dict[str, List[Tuple[str, LossFn]]]) -> List[Row]:
+    rows = []
     for name, fn in losses.items():
         progress(f"  {name}")
-        ref_times = [(label, *bench.reference(ref)) for label, ref in refs.get(name, [])]
-        measured.append((name, *bench.ours(fn), ref_times))
-    base = bench.baseline(before=first)
-    rows = [_row(base, *m) for m in measured]
-    return base, rows
+        row = bench.ours(name, fn)
+        add_references(row, [(label, *bench.reference(ref)) for label, ref in refs.get(name, [])])
+        rows.append(row)
+    return rows
 
 
-def _row(base: Baseline, name: str, on: float, off: float, fwd_s: float, memory: Optional[float],
-         ref_times: List[Tuple[str, Optional[float], str]]) -> Row:
-    row = Row(name, on * 1e3, on / base.seconds, off / base.seconds, fwd_s / base.fwd_seconds,
-              target_of(name), memory)
-    row.unsupported = [f"{label} ({why})" for label, seconds, why in ref_times if seconds is None]
-    usable = [(seconds, label) for label, seconds, _ in ref_times if seconds is not None]
+def add_references(row: Row, results: List[Tuple[str, Optional[float], str]]) -> None:
+    """Fill in the fastest reference (by its ratio to F.cross_entropy) and what rejected the shape."""
+    row.unsupported = [f"{label} ({why})" for label, ratio, why in results if ratio is None]
+    usable = [(ratio, label) for label, ratio, _ in results if ratio is not None]
     if usable:
-        seconds, label = min(usable)
-        row.best_ref = (label, seconds / base.seconds)
-        row.speedup = seconds / on
-    return row
+        ratio, label = min(usable)
+        row.best_ref = (label, ratio)
+        row.speedup = ratio / row.ratio_on
 
 
 # --------------------------------------------------------------------------- verdicts and tables
@@ -305,12 +304,11 @@ def _x(value: Optional[float]) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
-def shape_table(label: str, shape: Tuple[int, ...], base: Baseline, rows: List[Row]) -> List[str]:
+def shape_table(label: str, shape: Tuple[int, ...], baseline: str, rows: List[Row]) -> List[str]:
     lines = [
         f"### {label} {tuple(shape)}",
         "",
-        f"F.cross_entropy: {base.seconds * 1e3:.2f} ms fwd+bwd, {base.fwd_seconds * 1e3:.2f} ms fwd, "
-        f"peak extra memory {_x(base.memory)} logits",
+        baseline,
         "",
         "| loss | ours fwd+bwd ms | ratio to F.ce (checks on) | ratio (checks off) | fwd-only ratio "
         "| target | best reference (ratio to F.ce) | our speed-up over it | peak extra mem ×logits |",
@@ -358,7 +356,10 @@ def header(args: argparse.Namespace, notes: List[str]) -> List[str]:
         "## seglosses benchmark",
         "",
         f"{', '.join(versions)}; device {args.device}, {torch.get_num_threads()} threads, "
-        f"min_run_time {args.min_run_time}s per measurement, medians of Timer.blocked_autorange.",
+        f"load average {os.getloadavg()[0]:.2f} at start.",
+        f"Medians of Timer.blocked_autorange, {args.min_run_time}s per loss and as much for "
+        "F.cross_entropy, timed in alternating rounds; ratios are to the F.cross_entropy rounds "
+        "beside each measurement.",
     ]
     return lines + [f"- {n}" for n in notes] + [""]
 
@@ -408,9 +409,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     results = []
     for label, shape in chosen_shapes(args).items():
         progress(f"shape {label} {shape}")
-        base, rows = run_shape(Bench(shape, device, args.min_run_time), losses, refs)
+        bench = Bench(shape, device, args.min_run_time)
+        rows = run_shape(bench, losses, refs)
         results.append((label, rows))
-        table = shape_table(label, shape, base, rows)
+        table = shape_table(label, shape, bench.baseline_line(), rows)
         print("\n".join(table), flush=True)
         out += table
     tail = summary(results)

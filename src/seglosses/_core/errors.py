@@ -22,7 +22,8 @@ def expected(what: str, got: Any) -> SegLossError:
 def unknown_choice(option: str, value: Any, choices: Iterable[str]) -> SegLossError:
     """Error for a string option outside its choices, with a "did you mean" hint."""
     choices = list(choices)
-    hint = difflib.get_close_matches(str(value), choices, n=1)
+    prefixed = [c for c in choices if c.startswith(str(value))] if str(value) else []
+    hint = prefixed[:1] or difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
     suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
     return SegLossError(
         f"expected {option} to be one of {', '.join(repr(c) for c in choices)}, got {value!r}{suggestion}"
