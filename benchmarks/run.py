@@ -17,6 +17,7 @@ import itertools
 import os
 import statistics
 import sys
+import time
 import types
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -158,6 +159,34 @@ def paired(step: Callable[[], object], base: Callable[[], object], min_run_time:
         theirs += times(base, min_run_time / rounds)
         ours += times(step, min_run_time / rounds)
     return statistics.median(ours), statistics.median(theirs)
+
+
+class ForeignLoad:
+    """CPU cores that other processes kept busy meanwhile (Linux ``/proc/stat``; else None).
+
+    Other work on the machine makes the timings of a 2-thread run noisy: report it with each table."""
+
+    def __enter__(self) -> "ForeignLoad":
+        self.start = self._sample()
+        self.cores: Optional[float] = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._sample()
+        if self.start is not None and end is not None:
+            (busy0, own0, wall0), (busy1, own1, wall1) = self.start, end
+            self.cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9)
+
+    @staticmethod
+    def _sample() -> Optional[Tuple[float, float, float]]:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+        own = os.times()
+        return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
 
 
 def peak_extra_bytes(step: Callable[[], object], device: torch.device) -> Optional[int]:
@@ -345,6 +374,13 @@ def summary(results: List[Tuple[str, List[Row]]]) -> List[str]:
     return lines + [""]
 
 
+def load_note(cores: Optional[float]) -> str:
+    if cores is None:
+        return ""
+    warning = " (timings are unreliable: rerun on an idle machine)" if cores > 0.25 else ""
+    return f"; other processes kept {cores:.2f} CPU cores busy meanwhile{warning}"
+
+
 def header(args: argparse.Namespace, notes: List[str]) -> List[str]:
     versions = [f"torch {torch.__version__}", f"seglosses {sl.__version__}"]
     for module in ("monai", "kornia"):
@@ -356,7 +392,7 @@ def header(args: argparse.Namespace, notes: List[str]) -> List[str]:
         "## seglosses benchmark",
         "",
         f"{', '.join(versions)}; device {args.device}, {torch.get_num_threads()} threads, "
-        f"load average {os.getloadavg()[0]:.2f} at start.",
+        f"{os.cpu_count()} CPUs.",
         f"Medians of Timer.blocked_autorange, {args.min_run_time}s per loss and as much for "
         "F.cross_entropy, timed in alternating rounds; ratios are to the F.cross_entropy rounds "
         "beside each measurement.",
@@ -410,9 +446,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for label, shape in chosen_shapes(args).items():
         progress(f"shape {label} {shape}")
         bench = Bench(shape, device, args.min_run_time)
-        rows = run_shape(bench, losses, refs)
+        with ForeignLoad() as load:
+            rows = run_shape(bench, losses, refs)
         results.append((label, rows))
-        table = shape_table(label, shape, bench.baseline_line(), rows)
+        table = shape_table(label, shape, bench.baseline_line() + load_note(load.cores), rows)
         print("\n".join(table), flush=True)
         out += table
     tail = summary(results)
