@@ -77,15 +77,21 @@ def check_logits(logits: Tensor, *, min_classes: int = 1, name: str = "logits") 
 
 @dataclass
 class SoftmaxTarget:
-    """A prepared softmax target: exactly one of ``index`` and ``dense`` is set.
+    """A checked softmax target: exactly one of ``labels`` and ``dense`` is set.
 
-    ``index``: ``(N, *S)`` int64 with ignored pixels set to 0 (safe for ``gather``); ``valid``: ``(N, *S)``
-    bool, or None when every pixel counts. ``dense``: ``(N, C, *S)`` float, every pixel valid.
+    ``labels``: the integer index target ``(N, *S)`` as given; ``valid``: ``(N, *S)`` bool, or None when
+    every pixel counts. ``dense``: ``(N, C, *S)`` float, every pixel valid.
     """
 
-    index: Optional[Tensor] = None
+    labels: Optional[Tensor] = None
     dense: Optional[Tensor] = None
     valid: Optional[Tensor] = None
+
+    def index(self) -> Tensor:
+        """The labels as int64 with ignored pixels set to 0, safe for ``gather`` and ``scatter``."""
+        assert self.labels is not None
+        index = self.labels.long()
+        return index if self.valid is None else index.masked_fill(~self.valid, 0)
 
 
 @dataclass
@@ -148,10 +154,7 @@ def softmax_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) 
         lo, hi = _run_data_checks(logits, list(torch.aminmax(target)), "logits")
         if lo < 0 or hi >= c:
             _report_index_range(target, valid, c, ignore_index)
-    index = target.long()
-    if valid is not None:
-        index = index.masked_fill(~valid, 0)
-    return SoftmaxTarget(index=index, valid=valid)
+    return SoftmaxTarget(labels=target, valid=valid)
 
 
 def _report_index_range(target: Tensor, valid: Optional[Tensor], c: int, ignore_index: Optional[int]) -> None:

@@ -20,7 +20,7 @@ from .._core.options import (
     class_values,
 )
 from .._core.reduction import reduce
-from .._core.targets import binary_target, num_valid, softmax_target
+from .._core.targets import SoftmaxTarget, binary_target, num_valid, softmax_target
 from .._core.registry import register
 from .base import module_for
 
@@ -63,24 +63,35 @@ def cross_entropy_loss(
     prepared = softmax_target(logits, target, ignore_index)
     logits = logits.to(compute_dtype(logits))
     w = class_tensor(opts["weight"], logits, "weight")
-    if prepared.index is not None:
-        torch_ignore = -100 if ignore_index is None else ignore_index
+    if prepared.labels is not None:
+        # torch's own kernel, summed; the mean's denominator is ours so that all-ignored gives 0, not NaN
         loss = F.cross_entropy(
-            logits, target.long(), weight=w, ignore_index=torch_ignore, reduction="none", label_smoothing=eps
+            logits,
+            prepared.labels.long(),
+            weight=w,
+            ignore_index=-100 if ignore_index is None else ignore_index,
+            reduction="none" if opts["reduction"] == "none" else "sum",
+            label_smoothing=eps,
         )
-        if w is None:
-            denominator = num_valid(prepared.valid, prepared.index.shape, logits.device)
-        else:
-            pixel_weight = w[prepared.index]
-            if prepared.valid is not None:
-                pixel_weight = pixel_weight * prepared.valid
-            denominator = pixel_weight.sum(dtype=torch.float32)
+        denominator = _index_denominator(prepared, w) if opts["reduction"] == "mean" else None
     else:
         dense = prepared.dense
         loss = F.cross_entropy(logits, dense.to(logits.dtype), weight=w, reduction="none", label_smoothing=eps)
         target_mass = dense.sum(1) if w is None else torch.einsum("nc...,c->n...", dense, w.to(dense.dtype))
         denominator = target_mass.sum(dtype=torch.float32)
-    return reduce(loss, reduction, denominator)
+    return reduce(loss, opts["reduction"], denominator)
+
+
+def _index_denominator(prepared: SoftmaxTarget, weight: Optional[Tensor]) -> Tensor:
+    """``Σ_{i∈V} w_{y_i}``: the valid pixel count, or their summed class weights."""
+    labels = prepared.labels
+    assert labels is not None
+    if weight is None:
+        return num_valid(prepared.valid, labels.shape, labels.device)
+    pixel_weight = weight[prepared.index()]
+    if prepared.valid is not None:
+        pixel_weight = pixel_weight * prepared.valid
+    return pixel_weight.sum(dtype=torch.float32)
 
 
 def binary_cross_entropy_loss(

@@ -128,14 +128,15 @@ def focal_loss(
     prepared = softmax_target(logits, target, ignore_index)
     work = logits.to(compute_dtype(logits))
     a = class_tensor(opts["alpha"], work, "alpha")
-    if prepared.index is not None:
+    if prepared.labels is not None:
+        index = prepared.index()
         scale = None
         if a is not None:
-            scale = a[prepared.index] if a.ndim == 1 else a.expand(prepared.index.shape)
+            scale = a[index] if a.ndim == 1 else a.expand(index.shape)
         if prepared.valid is not None:
             scale = prepared.valid.to(work.dtype) if scale is None else scale * prepared.valid
-        loss = _FocalIndex.apply(work, prepared.index, scale, opts["gamma"])
-        denominator = num_valid(prepared.valid, prepared.index.shape, logits.device)
+        loss = _FocalIndex.apply(work, index, scale, opts["gamma"])
+        denominator = num_valid(prepared.valid, index.shape, logits.device)
     else:
         alpha_dense = None if a is None else channel_tensor(a, work)
         loss = _FocalDense.apply(work, prepared.dense.to(work.dtype), alpha_dense, opts["gamma"])

@@ -35,7 +35,7 @@ from .._core.options import (
     class_values,
 )
 from .._core.reduction import reduce_region
-from .._core.stats import Overlap, overlap_from_dense, overlap_from_index
+from .._core.stats import Overlap, overlap_from_dense, softmax_overlap_from_index
 from .._core.targets import binary_target, softmax_target
 from .._core.registry import register
 from .base import module_for
@@ -69,10 +69,9 @@ def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary
         prepared = binary_target(logits, target, ignore_index)
         return overlap_from_dense(sigmoid_f32(logits), prepared.dense, prepared.valid)
     soft = softmax_target(logits, target, ignore_index)
-    probs = softmax_f32(logits)
-    if soft.index is not None:
-        return overlap_from_index(probs, soft.index, soft.valid)
-    return overlap_from_dense(probs, soft.dense)
+    if soft.labels is not None:
+        return softmax_overlap_from_index(logits, soft.index(), soft.valid)
+    return overlap_from_dense(softmax_f32(logits), soft.dense)
 
 
 PerClass = Callable[[Overlap, Dict[str, Optional[Tensor]]], Tensor]
