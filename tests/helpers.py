@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -23,7 +23,7 @@ def make_inputs(
     seed: int = 0,
     scale: float = 2.0,
 ) -> Tuple[Tensor, Tensor]:
-    """Random logits and a target for a loss domain; with ``ignore_fraction`` some target pixels are IGNORE."""
+    """Random logits and target for a loss domain; ``ignore_fraction`` of the target set to IGNORE."""
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
     n, c, *spatial = shape

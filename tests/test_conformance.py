@@ -46,7 +46,9 @@ def test_mean_and_sum_agree_with_none(entry):
 def test_module_equals_function(entry):
     logits, target = make_inputs(entry.domain)
     module = entry.module(ignore_index=IGNORE)
-    torch.testing.assert_close(module(logits, target), entry.module.function(logits, target, ignore_index=IGNORE))
+    torch.testing.assert_close(
+        module(logits, target), entry.module.function(logits, target, ignore_index=IGNORE)
+    )
 
 
 @pytest.mark.parametrize("ignore_fraction", [0.0, 0.3])

@@ -19,7 +19,9 @@ def two_class_pixel():
 
 def test_hand_value():
     logits, target = two_class_pixel()
-    torch.testing.assert_close(SF.cross_entropy_loss(logits, target), torch.tensor(-math.log(3 / 4), dtype=torch.float64))
+    torch.testing.assert_close(
+        SF.cross_entropy_loss(logits, target), torch.tensor(-math.log(3 / 4), dtype=torch.float64)
+    )
 
 
 def test_label_smoothing_hand_value():
@@ -54,7 +56,9 @@ def test_mean_with_ignore_divides_by_valid_pixels():
 def test_matches_torch_for_index_targets(smoothing, weighted):
     logits, target = make_inputs("softmax", (2, 4, 5, 6), ignore_fraction=0.3)
     weight = torch.tensor([0.5, 1.0, 2.0, 0.0], dtype=torch.float64) if weighted else None
-    ours = SF.cross_entropy_loss(logits, target, weight=weight, label_smoothing=smoothing, ignore_index=IGNORE)
+    ours = SF.cross_entropy_loss(
+        logits, target, weight=weight, label_smoothing=smoothing, ignore_index=IGNORE
+    )
     theirs = F.cross_entropy(logits, target, weight=weight, label_smoothing=smoothing, ignore_index=IGNORE)
     torch.testing.assert_close(ours, theirs)
 
@@ -66,8 +70,12 @@ def test_one_hot_target_equals_index_target(smoothing):
     one_hot = F.one_hot(target, 3).movedim(-1, 1).double()
     weight = [0.2, 1.0, 3.0]
     for reduction in ("none", "mean", "sum"):
-        a = SF.cross_entropy_loss(logits, target, weight=weight, label_smoothing=smoothing, reduction=reduction)
-        b = SF.cross_entropy_loss(logits, one_hot, weight=weight, label_smoothing=smoothing, reduction=reduction)
+        a = SF.cross_entropy_loss(
+            logits, target, weight=weight, label_smoothing=smoothing, reduction=reduction
+        )
+        b = SF.cross_entropy_loss(
+            logits, one_hot, weight=weight, label_smoothing=smoothing, reduction=reduction
+        )
         torch.testing.assert_close(a, b)
 
 
@@ -92,7 +100,9 @@ def test_binary_matches_torch_and_ignores():
     logits, target = make_inputs("binary", (2, 3, 4, 5), ignore_fraction=0.3)
     valid = target != IGNORE
     pos_weight = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
-    ours = SF.binary_cross_entropy_loss(logits, target, pos_weight=pos_weight, ignore_index=IGNORE, reduction="none")
+    ours = SF.binary_cross_entropy_loss(
+        logits, target, pos_weight=pos_weight, ignore_index=IGNORE, reduction="none"
+    )
     theirs = F.binary_cross_entropy_with_logits(
         logits, target.clamp_max(1).double(), pos_weight=pos_weight.view(1, 3, 1, 1), reduction="none"
     )

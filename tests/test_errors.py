@@ -23,7 +23,10 @@ def test_is_a_value_error():
 class TestSoftmaxInputs:
     def test_target_shape_mismatch(self, function):
         logits, target = make_inputs("softmax", (2, 3, 4, 4))
-        with pytest.raises(sl.SegLossError, match=r"expected target of shape \(N, \*S\) = \(2, 4, 4\).*got shape \(2, 1, 4, 4\)"):
+        with pytest.raises(
+            sl.SegLossError,
+            match=r"expected target of shape \(N, \*S\) = \(2, 4, 4\).*got shape \(2, 1, 4, 4\)",
+        ):
             function(logits, target[:, None])
 
     def test_target_value_out_of_range(self, function):

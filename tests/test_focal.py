@@ -57,7 +57,9 @@ def test_closed_form_logit_gradient_of_spec(gamma):
     """∂L/∂z_j = α_t (p_j - [j = t]) ((1-p_t)^γ - γ (1-p_t)^(γ-1) p_t log p_t)."""
     logits, target = make_inputs("softmax", (1, 4, 3, 3))
     alpha = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64)
-    (grad,) = torch.autograd.grad(SF.focal_loss(logits, target, gamma=gamma, alpha=alpha, reduction="sum"), logits)
+    (grad,) = torch.autograd.grad(
+        SF.focal_loss(logits, target, gamma=gamma, alpha=alpha, reduction="sum"), logits
+    )
     p = torch.softmax(logits, 1)
     pt = p.gather(1, target.unsqueeze(1))
     factor = (1 - pt) ** gamma - gamma * (1 - pt) ** (gamma - 1) * pt * pt.log()
@@ -114,7 +116,9 @@ def test_mean_is_plain_mean_over_valid_pixels():
 
 def test_scalar_alpha_scales_every_class():
     logits, target = make_inputs("softmax")
-    torch.testing.assert_close(SF.focal_loss(logits, target, alpha=0.25), 0.25 * SF.focal_loss(logits, target))
+    torch.testing.assert_close(
+        SF.focal_loss(logits, target, alpha=0.25), 0.25 * SF.focal_loss(logits, target)
+    )
 
 
 def torchvision_sigmoid_focal(logits, target, alpha, gamma):

@@ -40,7 +40,9 @@ def test_hand_values(function, options, expected):
 def test_smooth_enters_numerator_and_denominator():
     z, y = four_pixels()
     s = 0.5
-    torch.testing.assert_close(SF.binary_dice_loss(z, y, smooth=s).item(), 1 - (2 * TP + s) / (2 * TP + FP + FN + s))
+    torch.testing.assert_close(
+        SF.binary_dice_loss(z, y, smooth=s).item(), 1 - (2 * TP + s) / (2 * TP + FP + FN + s)
+    )
 
 
 def test_softmax_two_classes_matches_hand_value():
@@ -53,11 +55,16 @@ def test_softmax_two_classes_matches_hand_value():
     torch.testing.assert_close(none[0, 0].item(), 1 - 2 * TP / (2 * TP + FP + FN))
 
 
-@pytest.mark.parametrize("function", [SF.dice_loss, SF.jaccard_loss, SF.tversky_loss, SF.focal_tversky_loss, SF.generalized_dice_loss])
+@pytest.mark.parametrize(
+    "function",
+    [SF.dice_loss, SF.jaccard_loss, SF.tversky_loss, SF.focal_tversky_loss, SF.generalized_dice_loss],
+)
 def test_index_and_one_hot_targets_agree(function):
     logits, target = make_inputs("softmax", (2, 4, 5, 5))
     one_hot = F.one_hot(target, 4).movedim(-1, 1).double()
-    torch.testing.assert_close(function(logits, target, reduction="none"), function(logits, one_hot, reduction="none"))
+    torch.testing.assert_close(
+        function(logits, target, reduction="none"), function(logits, one_hot, reduction="none")
+    )
 
 
 def test_dice_equals_tversky_half_half():
@@ -83,8 +90,12 @@ def test_focal_tversky_gamma_one_is_tversky_and_per_class_gamma():
     tversky = SF.tversky_loss(logits, target, reduction="none")
     torch.testing.assert_close(SF.focal_tversky_loss(logits, target, gamma=1.0, reduction="none"), tversky)
     gamma = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
-    torch.testing.assert_close(SF.focal_tversky_loss(logits, target, gamma=gamma, reduction="none"), tversky**gamma)
-    without_background = SF.focal_tversky_loss(logits, target, gamma=gamma, include_background=False, reduction="none")
+    torch.testing.assert_close(
+        SF.focal_tversky_loss(logits, target, gamma=gamma, reduction="none"), tversky**gamma
+    )
+    without_background = SF.focal_tversky_loss(
+        logits, target, gamma=gamma, include_background=False, reduction="none"
+    )
     torch.testing.assert_close(without_background, tversky[:, 1:] ** gamma[1:])
 
 
@@ -106,9 +117,7 @@ def test_dice_gradient_closed_form_and_document_erratum():
 
 
 @pytest.mark.parametrize("smooth", [0.0, 1e-5])
-@pytest.mark.parametrize(
-    "function", [SF.dice_loss, SF.jaccard_loss, SF.tversky_loss, SF.focal_tversky_loss]
-)
+@pytest.mark.parametrize("function", [SF.dice_loss, SF.jaccard_loss, SF.tversky_loss, SF.focal_tversky_loss])
 def test_empty_class_policy(function, smooth):
     """Absent and not predicted: loss 0. Absent but predicted everywhere: loss 1. Never NaN.
 
@@ -136,7 +145,13 @@ def test_nan_input_stays_nan_with_checks_off():
     logits = logits.detach().clone()
     logits[0, :, 0, 0] = float("nan")
     with seglosses.input_checks(False):
-        for function in (SF.dice_loss, SF.jaccard_loss, SF.tversky_loss, SF.focal_tversky_loss, SF.generalized_dice_loss):
+        for function in (
+            SF.dice_loss,
+            SF.jaccard_loss,
+            SF.tversky_loss,
+            SF.focal_tversky_loss,
+            SF.generalized_dice_loss,
+        ):
             assert torch.isnan(function(logits, target, smooth=0.0))
             assert torch.isnan(function(logits, target))
 
@@ -144,7 +159,9 @@ def test_nan_input_stays_nan_with_checks_off():
 def test_include_background_drops_class_zero():
     logits, target = make_inputs("softmax", (2, 3, 5, 5))
     full = SF.dice_loss(logits, target, reduction="none")
-    torch.testing.assert_close(SF.dice_loss(logits, target, include_background=False, reduction="none"), full[:, 1:])
+    torch.testing.assert_close(
+        SF.dice_loss(logits, target, include_background=False, reduction="none"), full[:, 1:]
+    )
     torch.testing.assert_close(SF.dice_loss(logits, target, include_background=False), full[:, 1:].mean())
 
 
@@ -159,7 +176,9 @@ def test_class_weights_give_weighted_class_mean():
 def test_batch_pools_statistics_like_one_big_image():
     logits, target = make_inputs("softmax", (2, 3, 4, 5))
     pooled = SF.dice_loss(logits, target, batch=True, reduction="none")
-    joined = SF.dice_loss(torch.cat(list(logits), -1)[None], torch.cat(list(target), -1)[None], reduction="none")
+    joined = SF.dice_loss(
+        torch.cat(list(logits), -1)[None], torch.cat(list(target), -1)[None], reduction="none"
+    )
     torch.testing.assert_close(pooled, joined[0])
 
 
@@ -209,4 +228,7 @@ def test_float16_dice_on_512_image_matches_float32():
     assert torch.isfinite(half)
     assert abs(half.item() - single.item()) <= 1e-3
     binary_half = SF.binary_dice_loss(logits[:, :1].half(), target[:, None].clamp_max(1))
-    assert abs(binary_half.item() - SF.binary_dice_loss(logits[:, :1], target[:, None].clamp_max(1)).item()) <= 1e-3
+    assert (
+        abs(binary_half.item() - SF.binary_dice_loss(logits[:, :1], target[:, None].clamp_max(1)).item())
+        <= 1e-3
+    )

@@ -9,14 +9,18 @@ from helpers import make_inputs
 import seglosses as sl
 import seglosses.functional as SF
 
-REQUIRED = {"ce", "bce", "focal", "binary_focal", "dice", "binary_dice", "jaccard", "binary_jaccard", "tversky",
-            "binary_tversky", "focal_tversky", "binary_focal_tversky", "gdl"}  # fmt: skip
+REQUIRED = set(
+    "ce bce focal binary_focal dice binary_dice jaccard binary_jaccard tversky binary_tversky focal_tversky "
+    "binary_focal_tversky gdl".split()
+)
 
 
 def test_required_names_registered():
     assert REQUIRED <= set(sl.list_losses())
     for entry in sl.list_losses(details=True):
-        assert entry.description and entry.domain in ("softmax", "binary") and entry.kind in ("pixel", "region")
+        assert (
+            entry.description and entry.domain in ("softmax", "binary") and entry.kind in ("pixel", "region")
+        )
 
 
 def test_single_term_is_the_module():

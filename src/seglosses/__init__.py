@@ -7,6 +7,8 @@ come from spec strings with :func:`create_loss`.
 from ._core.errors import SegLossError
 from ._core.registry import list_losses
 from ._core.targets import input_checks, set_input_checks
+from .functional import *  # noqa: F401,F403  (the pure functions, also at top level)
+from .functional import __all__ as _functional_all
 from .losses.base import LossModule
 from .losses.compound import CompoundLoss, create_loss
 from .losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss
@@ -23,8 +25,6 @@ from .losses.overlap import (
     JaccardLoss,
     TverskyLoss,
 )
-from .functional import *  # noqa: F401,F403  (the pure functions, also at top level)
-from .functional import __all__ as _functional_all
 from .weights import ClassFrequency, class_weights
 
 __version__ = "0.1.0"

@@ -33,7 +33,9 @@ def _as_counts(counts: Union[Tensor, Sequence[float]]) -> Tensor:
     except (TypeError, ValueError, RuntimeError) as error:
         raise expected("counts as a sequence or 1-D tensor of numbers", repr(counts)) from error
     if tensor.ndim != 1 or tensor.numel() == 0 or tensor.dtype == torch.bool or tensor.is_complex():
-        raise expected("counts of shape (C,) with C >= 1 real values", f"shape {tuple(tensor.shape)}, {tensor.dtype}")
+        raise expected(
+            "counts of shape (C,) with C >= 1 real values", f"shape {tuple(tensor.shape)}, {tensor.dtype}"
+        )
     tensor = tensor.to(torch.float64)
     if not bool(torch.isfinite(tensor).all()) or bool((tensor < 0).any()):
         raise expected("finite, non-negative counts", tensor.tolist())

@@ -8,7 +8,7 @@ from typing import Literal, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .errors import SegLossError, expected, unknown_choice
+from .errors import expected, unknown_choice
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS = ("none", "mean", "sum")

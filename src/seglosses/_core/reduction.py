@@ -24,7 +24,7 @@ from torch import Tensor
 
 
 def safe_ratio(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` where ``den != 0``, else ``num`` (which is 0 when nothing counted): never NaN from 0/0."""
+    """``num / den`` where ``den != 0``, else ``num`` (0 when nothing counted): never NaN from 0/0."""
     return num / torch.where(den == 0, torch.ones_like(den), den)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Tuple, Type
 
 from torch import nn
 
@@ -65,7 +65,7 @@ def get_entry(name: str) -> LossEntry:
 
 
 def build(name: str, **options: Any) -> nn.Module:
-    """Instantiate a registered loss; bad or unknown options raise :class:`SegLossError`, never ``TypeError``."""
+    """Instantiate a registered loss; bad or unknown options raise :class:`SegLossError`."""
     module = get_entry(name).module
     try:
         return module(**options)
@@ -91,7 +91,9 @@ def _at(spec: str, column: int, message: str) -> str:
     return f"{message} at position {column} in {spec!r}\n  {spec}\n  {' ' * column}^"
 
 
-def _collect(node: ast.expr, sign: float, spec: str, out: List[Tuple[float, str, Dict[str, Any], str]]) -> None:
+def _collect(
+    node: ast.expr, sign: float, spec: str, out: List[Tuple[float, str, Dict[str, Any], str]]
+) -> None:
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
         _collect(node.left, sign, spec, out)
         _collect(node.right, -sign if isinstance(node.op, ast.Sub) else sign, spec, out)
@@ -110,24 +112,33 @@ def _collect(node: ast.expr, sign: float, spec: str, out: List[Tuple[float, str,
 
 
 def _is_number(node: ast.expr) -> bool:
-    return isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
+    return (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, (int, float))
+        and not isinstance(node.value, bool)
+    )
 
 
 def _term(node: ast.expr, spec: str) -> Tuple[str, Dict[str, Any]]:
+    options: Dict[str, Any] = {}
     if isinstance(node, ast.Name):
-        name, options = node.id, {}
+        name = node.id
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         if node.args:
             raise SegLossError(_at(spec, node.args[0].col_offset, "expected keyword options (name=value)"))
-        name, options = node.func.id, {}
+        name = node.func.id
         for keyword in node.keywords:
             if keyword.arg is None:
-                raise SegLossError(_at(spec, keyword.value.col_offset, "expected keyword options (name=value)"))
+                raise SegLossError(
+                    _at(spec, keyword.value.col_offset, "expected keyword options (name=value)")
+                )
             try:
                 options[keyword.arg] = ast.literal_eval(keyword.value)
             except ValueError:
                 raise SegLossError(
-                    _at(spec, keyword.value.col_offset, f"expected a literal value for option {keyword.arg!r}")
+                    _at(
+                        spec, keyword.value.col_offset, f"expected a literal value for option {keyword.arg!r}"
+                    )
                 ) from None
     else:
         raise SegLossError(_at(spec, node.col_offset, "expected a loss name or name(options)"))
@@ -135,5 +146,3 @@ def _term(node: ast.expr, spec: str) -> Tuple[str, Dict[str, Any]]:
         error = unknown_choice("a registered loss name", name, sorted(_REGISTRY))
         raise SegLossError(_at(spec, node.col_offset, str(error)))
     return name, options
-
-

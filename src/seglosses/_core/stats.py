@@ -44,7 +44,9 @@ class _SoftmaxIndexSums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, index: Tensor, valid: Optional[Tensor], dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any, logits: Tensor, index: Tensor, valid: Optional[Tensor], dtype: torch.dtype
+    ) -> Tuple[Tensor, Tensor]:
         n, c = logits.shape[:2]
         probs = torch.softmax(logits.reshape(n, c, -1), dim=1, dtype=dtype)
         idx = index.reshape(n, 1, -1)
@@ -55,7 +57,9 @@ class _SoftmaxIndexSums(torch.autograd.Function):
             mask = valid.reshape(n, -1, 1).to(dtype)
             prob_sum = torch.bmm(probs, mask).squeeze(-1)
             p_true = p_true * mask.transpose(1, 2)
-        tp = torch.zeros(n, c, dtype=dtype, device=logits.device).scatter_add_(1, idx.squeeze(1), p_true.squeeze(1))
+        tp = torch.zeros(n, c, dtype=dtype, device=logits.device).scatter_add_(
+            1, idx.squeeze(1), p_true.squeeze(1)
+        )
         ctx.save_for_backward(probs, idx, valid)
         ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
         return tp, prob_sum

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -76,22 +76,26 @@ def check_logits(logits: Tensor, *, min_classes: int = 1, name: str = "logits") 
 
 
 @dataclass
-class SoftmaxTarget:
-    """A checked softmax target: exactly one of ``labels`` and ``dense`` is set.
+class IndexTarget:
+    """A checked index target: ``labels`` ``(N, *S)`` as given; ``valid`` bool, or None (all valid)."""
 
-    ``labels``: the integer index target ``(N, *S)`` as given; ``valid``: ``(N, *S)`` bool, or None when
-    every pixel counts. ``dense``: ``(N, C, *S)`` float, every pixel valid.
-    """
-
-    labels: Optional[Tensor] = None
-    dense: Optional[Tensor] = None
+    labels: Tensor
     valid: Optional[Tensor] = None
 
     def index(self) -> Tensor:
         """The labels as int64 with ignored pixels set to 0, safe for ``gather`` and ``scatter``."""
-        assert self.labels is not None
         index = self.labels.long()
         return index if self.valid is None else index.masked_fill(~self.valid, 0)
+
+
+@dataclass
+class DenseTarget:
+    """A checked one-hot / soft target ``(N, C, *S)``; every pixel is valid."""
+
+    dense: Tensor
+
+
+SoftmaxTarget = Union[IndexTarget, DenseTarget]
 
 
 @dataclass
@@ -139,7 +143,7 @@ def softmax_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) 
         raise expected(f"target on the logits' device {logits.device}", f"device {target.device}")
     n, c, spatial = logits.shape[0], logits.shape[1], tuple(logits.shape[2:])
     if target.shape == logits.shape and target.dtype != torch.bool:
-        return SoftmaxTarget(dense=_dense_target(logits, target))
+        return DenseTarget(_dense_target(logits, target))
     index_shape = (n, *spatial)
     if target.shape != index_shape:
         raise expected(
@@ -154,7 +158,7 @@ def softmax_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) 
         lo, hi = _run_data_checks(logits, list(torch.aminmax(target)), "logits")
         if lo < 0 or hi >= c:
             _report_index_range(target, valid, c, ignore_index)
-    return SoftmaxTarget(labels=target, valid=valid)
+    return IndexTarget(target, valid)
 
 
 def _report_index_range(target: Tensor, valid: Optional[Tensor], c: int, ignore_index: Optional[int]) -> None:

@@ -20,8 +20,8 @@ from .._core.options import (
     class_values,
 )
 from .._core.reduction import reduce
-from .._core.targets import SoftmaxTarget, binary_target, num_valid, softmax_target
 from .._core.registry import register
+from .._core.targets import IndexTarget, binary_target, num_valid, softmax_target
 from .base import module_for
 
 
@@ -63,7 +63,7 @@ def cross_entropy_loss(
     prepared = softmax_target(logits, target, ignore_index)
     logits = logits.to(compute_dtype(logits))
     w = class_tensor(opts["weight"], logits, "weight")
-    if prepared.labels is not None:
+    if isinstance(prepared, IndexTarget):
         # torch's own kernel, summed; the mean's denominator is ours so that all-ignored gives 0, not NaN
         loss = F.cross_entropy(
             logits,
@@ -76,18 +76,18 @@ def cross_entropy_loss(
         denominator = _index_denominator(prepared, w) if opts["reduction"] == "mean" else None
     else:
         dense = prepared.dense
-        loss = F.cross_entropy(logits, dense.to(logits.dtype), weight=w, reduction="none", label_smoothing=eps)
+        loss = F.cross_entropy(
+            logits, dense.to(logits.dtype), weight=w, reduction="none", label_smoothing=eps
+        )
         target_mass = dense.sum(1) if w is None else torch.einsum("nc...,c->n...", dense, w.to(dense.dtype))
         denominator = target_mass.sum(dtype=torch.float32)
     return reduce(loss, opts["reduction"], denominator)
 
 
-def _index_denominator(prepared: SoftmaxTarget, weight: Optional[Tensor]) -> Tensor:
+def _index_denominator(prepared: IndexTarget, weight: Optional[Tensor]) -> Tensor:
     """``Σ_{i∈V} w_{y_i}``: the valid pixel count, or their summed class weights."""
-    labels = prepared.labels
-    assert labels is not None
     if weight is None:
-        return num_valid(prepared.valid, labels.shape, labels.device)
+        return num_valid(prepared.valid, prepared.labels.shape, prepared.labels.device)
     pixel_weight = weight[prepared.index()]
     if prepared.valid is not None:
         pixel_weight = pixel_weight * prepared.valid
@@ -154,7 +154,9 @@ def check_ce_options(
     """Validate the options of :func:`cross_entropy_loss` (shared with its module)."""
     return {
         "weight": class_values("weight", weight, allow_scalar=False),
-        "label_smoothing": check_number("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True),
+        "label_smoothing": check_number(
+            "label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True
+        ),
         "ignore_index": check_ignore_index(ignore_index),
         "reduction": check_reduction(reduction),
     }
@@ -172,7 +174,9 @@ def check_bce_options(
     return {
         "weight": class_values("weight", weight),
         "pos_weight": class_values("pos_weight", pos_weight),
-        "label_smoothing": check_number("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True),
+        "label_smoothing": check_number(
+            "label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True
+        ),
         "ignore_index": check_ignore_index(ignore_index),
         "reduction": check_reduction(reduction),
     }
@@ -181,5 +185,12 @@ def check_bce_options(
 CrossEntropyLoss = module_for("CrossEntropyLoss", cross_entropy_loss, check_ce_options)
 BinaryCrossEntropyLoss = module_for("BinaryCrossEntropyLoss", binary_cross_entropy_loss, check_bce_options)
 
-register("ce", CrossEntropyLoss, domain="softmax", description="softmax cross-entropy (class weights, label smoothing)")
-register("bce", BinaryCrossEntropyLoss, domain="binary", description="sigmoid binary cross-entropy per channel")
+register(
+    "ce",
+    CrossEntropyLoss,
+    domain="softmax",
+    description="softmax cross-entropy (class weights, label smoothing)",
+)
+register(
+    "bce", BinaryCrossEntropyLoss, domain="binary", description="sigmoid binary cross-entropy per channel"
+)

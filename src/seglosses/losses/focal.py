@@ -21,8 +21,8 @@ from .._core.options import (
     class_values,
 )
 from .._core.reduction import reduce
-from .._core.targets import binary_target, num_valid, softmax_target
 from .._core.registry import register
+from .._core.targets import IndexTarget, binary_target, num_valid, softmax_target
 from .base import module_for
 
 
@@ -128,7 +128,7 @@ def focal_loss(
     prepared = softmax_target(logits, target, ignore_index)
     work = logits.to(compute_dtype(logits))
     a = class_tensor(opts["alpha"], work, "alpha")
-    if prepared.labels is not None:
+    if isinstance(prepared, IndexTarget):
         index = prepared.index()
         scale = None
         if a is not None:
@@ -171,7 +171,9 @@ def binary_focal_loss(
         ignore_index: integer-target value whose elements count nowhere.
         reduction: ``none`` -> ``(N, C, *S)``; ``mean`` / ``sum`` -> scalar.
     """
-    opts = check_binary_focal_options(gamma=gamma, alpha=alpha, ignore_index=ignore_index, reduction=reduction)
+    opts = check_binary_focal_options(
+        gamma=gamma, alpha=alpha, ignore_index=ignore_index, reduction=reduction
+    )
     prepared = binary_target(logits, target, ignore_index)
     work = logits.to(compute_dtype(logits))
     y = prepared.dense.to(work.dtype)
@@ -213,5 +215,7 @@ def check_binary_focal_options(
 FocalLoss = module_for("FocalLoss", focal_loss, check_focal_options)
 BinaryFocalLoss = module_for("BinaryFocalLoss", binary_focal_loss, check_binary_focal_options)
 
-register("focal", FocalLoss, domain="softmax", description="softmax focal loss (Lin et al. 2017), α per class")
+register(
+    "focal", FocalLoss, domain="softmax", description="softmax focal loss (Lin et al. 2017), α per class"
+)
 register("binary_focal", BinaryFocalLoss, domain="binary", description="sigmoid focal loss per channel")

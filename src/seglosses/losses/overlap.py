@@ -35,11 +35,10 @@ from .._core.options import (
     class_values,
 )
 from .._core.reduction import reduce_region
-from .._core.stats import Overlap, overlap_from_dense, softmax_overlap_from_index
-from .._core.targets import binary_target, softmax_target
 from .._core.registry import register
+from .._core.stats import Overlap, overlap_from_dense, softmax_overlap_from_index
+from .._core.targets import IndexTarget, binary_target, softmax_target
 from .base import module_for
-
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
@@ -69,7 +68,7 @@ def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary
         prepared = binary_target(logits, target, ignore_index)
         return overlap_from_dense(sigmoid_f32(logits), prepared.dense, prepared.valid)
     soft = softmax_target(logits, target, ignore_index)
-    if soft.labels is not None:
+    if isinstance(soft, IndexTarget):
         return softmax_overlap_from_index(logits, soft.index(), soft.valid)
     return overlap_from_dense(softmax_f32(logits), soft.dense)
 
@@ -200,7 +199,7 @@ def binary_dice_loss(
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    r"""Soft Dice loss per sigmoid channel, ``1 - (2 TP + s) / (2 TP + FP + FN + s)``, averaged over channels."""
+    r"""Soft Dice loss per sigmoid channel, ``1 - (2 TP + s) / (2 TP + FP + FN + s)``, channel mean."""
     opts = check_region_options(
         batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction
     )
@@ -315,7 +314,9 @@ def binary_tversky_loss(
 def _focal_tversky(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
     def per_class(s: Overlap, tensors: Dict[str, Optional[Tensor]]) -> Tensor:
         index = tversky_score(s, opts["smooth"], opts["alpha"], opts["beta"])
-        return safe_pow((1 - index).clamp_min(0), tensors["gamma"])  # rounding can push TI past 1
+        gamma = tensors["gamma"]
+        assert gamma is not None  # a required option, checked by check_focal_tversky_options
+        return safe_pow((1 - index).clamp_min(0), gamma)  # rounding can push TI a hair past 1
 
     return _region(logits, target, opts, binary, per_class, class_options=("gamma",))
 
@@ -400,7 +401,9 @@ def generalized_dice_loss(
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    r"""Generalised Dice loss (Sudre et al. 2017): ``1 - (2 Σ_c w_c TP_c + s) / (Σ_c w_c (2 TP_c + FP_c + FN_c) + s)``.
+    r"""Generalised Dice loss (Sudre et al. 2017).
+
+    ``L = 1 - (2 Σ_c w_c TP_c + s) / (Σ_c w_c (2 TP_c + FP_c + FN_c) + s)``.
 
     ``w_c = 1 / (Σ y_c)^2``, rescaled so that the rarest present class has weight 1 (for ``s = 0`` the
     ratio does not change); a class absent from the target gets that largest weight (MONAI's policy), so
@@ -435,13 +438,13 @@ def binary_generalized_dice_loss(
     return _generalized_dice(logits, target, opts, binary=True)
 
 
-for _function in (dice_loss, jaccard_loss, tversky_loss, focal_tversky_loss, generalized_dice_loss):
-    _document(_function, binary=False)
-for _function in (
+for _softmax in (dice_loss, jaccard_loss, tversky_loss, focal_tversky_loss, generalized_dice_loss):
+    _document(_softmax, binary=False)
+for _binary in (
     binary_dice_loss, binary_jaccard_loss, binary_tversky_loss, binary_focal_tversky_loss,
     binary_generalized_dice_loss,
 ):  # fmt: skip
-    _document(_function, binary=True)
+    _document(_binary, binary=True)
 
 DiceLoss = module_for("DiceLoss", dice_loss, check_region_options)
 BinaryDiceLoss = module_for("BinaryDiceLoss", binary_dice_loss, check_region_options)
