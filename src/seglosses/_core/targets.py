@@ -157,19 +157,21 @@ def softmax_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) 
     if input_checks_enabled():
         lo, hi = _run_data_checks(logits, list(torch.aminmax(target)), "logits")
         if lo < 0 or hi >= c:
-            _report_index_range(target, valid, c, ignore_index)
+            bad = (target < 0) | (target >= c)
+            _raise_out_of_range(target, bad, valid, f"target class indices in [0, {c})", ignore_index)
     return IndexTarget(target, valid)
 
 
-def _report_index_range(target: Tensor, valid: Optional[Tensor], c: int, ignore_index: Optional[int]) -> None:
-    """Raise for index values outside [0, C) that are not ignore_index (slow path)."""
-    bad = (target < 0) | (target >= c)
+def _raise_out_of_range(
+    target: Tensor, bad: Tensor, valid: Optional[Tensor], allowed: str, ignore_index: Optional[int]
+) -> None:
+    """Raise naming up to five offending values, unless every one of them is ignored (slow path)."""
     if valid is not None:
         bad &= valid
     if bool(bad.any()):
         values = torch.unique(target[bad])[:5].tolist()
         extra = "" if ignore_index is None else f" or ignore_index = {ignore_index}"
-        raise expected(f"target class indices in [0, {c}){extra}", f"values {values}")
+        raise expected(f"{allowed}{extra}", f"values {values}")
 
 
 def _dense_target(logits: Tensor, target: Tensor) -> Tensor:
@@ -202,23 +204,15 @@ def binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -
     if ignore_index is not None and not target.is_floating_point() and target.dtype != torch.bool:
         valid = target != ignore_index
     if input_checks_enabled():
-        lo, hi = _run_data_checks(logits, list(torch.aminmax(target.to(torch.float32))), "logits")
-        if lo < 0 or hi > 1:
-            _report_binary_range(target, valid, ignore_index)
-    dense = target.to(logits.dtype)
+        bounds = [] if target.dtype == torch.bool else list(torch.aminmax(target))  # bool is always in range
+        values = _run_data_checks(logits, bounds, "logits")
+        if values and (values[0] < 0 or values[1] > 1):
+            bad = (target < 0) | (target > 1)
+            _raise_out_of_range(target, bad, valid, "binary target values in [0, 1]", ignore_index)
+    dense = target.to(torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype)
     if valid is not None:
         dense = dense.masked_fill(~valid, 0)
     return BinaryTarget(dense=dense, valid=valid)
-
-
-def _report_binary_range(target: Tensor, valid: Optional[Tensor], ignore_index: Optional[int]) -> None:
-    bad = (target < 0) | (target > 1)
-    if valid is not None:
-        bad &= valid
-    if bool(bad.any()):
-        values = torch.unique(target[bad])[:5].tolist()
-        extra = "" if ignore_index is None else f" or ignore_index = {ignore_index}"
-        raise expected(f"binary target values in [0, 1]{extra}", f"values {values}")
 
 
 def num_valid(valid: Optional[Tensor], shape: torch.Size, device: torch.device) -> Tensor:
