@@ -41,33 +41,26 @@ def _focal_factor_terms(log_p: Tensor, gamma: float) -> Tuple[Tensor, Tensor]:
     return modulator, modulator * (1 + gamma * p_ratio)
 
 
-class _FocalIndex(torch.autograd.Function):
-    """Softmax focal loss per pixel for an index target, with the closed-form gradient of SPEC section 2.
+class _FocalModulation(torch.autograd.Function):
+    """``(1 - p_t)^γ · ce`` from the per-pixel cross-entropy ``ce = -log p_t``, with a finite gradient.
 
-    ``∂L_i/∂z_ij = s_i (p_ij - [j = t]) F_i``, ``F = (1-p_t)^γ - γ (1-p_t)^(γ-1) p_t log p_t`` written as
-    ``(1-p_t)^γ (1 + γ p_t r)``; ``s_i = α_t`` at valid pixels and 0 at ignored ones.
+    ``d/d ce`` of the focal term is ``F = (1-p_t)^γ - γ (1-p_t)^(γ-1) p_t log p_t`` (see
+    :func:`_focal_factor_terms`), so chaining it into the cross-entropy's own backward ``p - onehot``
+    gives SPEC's ``∂L/∂z_j = (p_j - [j = t]) F`` with torch's fused cross-entropy kernels doing the work
+    of the logits' size.
     """
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, index: Tensor, scale: Optional[Tensor], gamma: float) -> Tensor:
-        log_p = torch.log_softmax(logits, dim=1)
-        log_pt = log_p.gather(1, index.unsqueeze(1)).squeeze(1)
-        modulator, grad_factor = _focal_factor_terms(log_pt, gamma)
-        loss = -modulator * log_pt
-        if scale is not None:
-            loss = loss * scale
-            grad_factor = grad_factor * scale
-        ctx.save_for_backward(log_p, index, grad_factor)
-        return loss
+    def forward(ctx: Any, ce: Tensor, gamma: float) -> Tensor:
+        modulator, grad_factor = _focal_factor_terms(-ce, gamma)
+        ctx.save_for_backward(grad_factor)
+        return modulator * ce
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Optional[Tensor], None, None, None]:
-        log_p, index, grad_factor = ctx.saved_tensors
-        coef = (grad_loss * grad_factor).unsqueeze(1)
-        grad = log_p.exp().mul_(coef)
-        grad.scatter_add_(1, index.unsqueeze(1), -coef)
-        return grad, None, None, None
+    def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None]:
+        (grad_factor,) = ctx.saved_tensors
+        return grad_loss * grad_factor, None
 
 
 class _FocalDense(torch.autograd.Function):
@@ -129,14 +122,12 @@ def focal_loss(
     work = logits.to(compute_dtype(logits))
     a = class_tensor(opts["alpha"], work, "alpha")
     if isinstance(prepared, IndexTarget):
-        index = prepared.index()
-        scale = None
+        torch_ignore = -100 if ignore_index is None else ignore_index
+        ce = F.cross_entropy(work, prepared.labels.long(), ignore_index=torch_ignore, reduction="none")
+        loss = _FocalModulation.apply(ce, opts["gamma"])  # 0 at ignored pixels, where ce = 0
         if a is not None:
-            scale = a[index] if a.ndim == 1 else a.expand(index.shape)
-        if prepared.valid is not None:
-            scale = prepared.valid.to(work.dtype) if scale is None else scale * prepared.valid
-        loss = _FocalIndex.apply(work, index, scale, opts["gamma"])
-        denominator = num_valid(prepared.valid, index.shape, logits.device)
+            loss = loss * (a[prepared.index()] if a.ndim == 1 else a)
+        denominator = num_valid(prepared.valid, prepared.labels.shape, logits.device)
     else:
         alpha_dense = None if a is None else channel_tensor(a, work)
         loss = _FocalDense.apply(work, prepared.dense.to(work.dtype), alpha_dense, opts["gamma"])
