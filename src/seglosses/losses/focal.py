@@ -44,23 +44,32 @@ def _focal_factor_terms(log_p: Tensor, gamma: float) -> Tuple[Tensor, Tensor]:
 class _FocalModulation(torch.autograd.Function):
     """``(1 - p_t)^γ · ce`` from the per-pixel cross-entropy ``ce = -log p_t``, with a finite gradient.
 
-    ``d/d ce`` of the focal term is ``F = (1-p_t)^γ - γ (1-p_t)^(γ-1) p_t log p_t`` (see
-    :func:`_focal_factor_terms`), so chaining it into the cross-entropy's own backward ``p - onehot``
-    gives SPEC's ``∂L/∂z_j = (p_j - [j = t]) F`` with torch's fused cross-entropy kernels doing the work
-    of the logits' size.
+    ``d/d ce`` of the focal term is ``F = (1-p_t)^γ - γ (1-p_t)^(γ-1) p_t log p_t``. With ``u = 1 - p_t``
+    (``-expm1(-ce)``, exact near ``p_t = 1``) it is evaluated as ``u^(γ-1) (u + γ p_t ce)`` for ``γ >= 1``
+    and as ``u^γ (1 + γ p_t ce / u)`` for ``γ < 1`` (``ce / u -> 1`` as ``u -> 0``): finite for every γ,
+    even at saturated logits. Chained into the cross-entropy's own backward ``p - onehot`` it gives SPEC's
+    ``∂L/∂z_j = (p_j - [j = t]) F``, and torch's fused cross-entropy kernels do the logits-sized work.
     """
 
     @staticmethod
     def forward(ctx: Any, ce: Tensor, gamma: float) -> Tensor:
-        modulator, grad_factor = _focal_factor_terms(-ce, gamma)
-        ctx.save_for_backward(grad_factor)
-        return modulator * ce
+        u = torch.expm1(-ce).neg_()
+        ctx.gamma = gamma
+        ctx.save_for_backward(ce, u)
+        return u.pow(gamma).mul_(ce)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None]:
-        (grad_factor,) = ctx.saved_tensors
-        return grad_loss * grad_factor, None
+        ce, u = ctx.saved_tensors
+        gamma = ctx.gamma
+        p_ce = torch.addcmul(ce, u, ce, value=-1.0)  # p_t · ce = (1 - u) · ce
+        if gamma >= 1:
+            factor = torch.add(u, p_ce, alpha=gamma).mul_(u.pow(gamma - 1))
+        else:
+            ratio = torch.where(u > 0, p_ce / torch.where(u > 0, u, 1.0), 1.0)  # p_t ce / u -> 1 at u = 0
+            factor = ratio.mul_(gamma).add_(1.0).mul_(u.pow(gamma))
+        return factor.mul_(grad_loss), None
 
 
 class _FocalDense(torch.autograd.Function):
@@ -124,7 +133,8 @@ def focal_loss(
     if isinstance(prepared, IndexTarget):
         torch_ignore = -100 if ignore_index is None else ignore_index
         ce = F.cross_entropy(work, prepared.labels.long(), ignore_index=torch_ignore, reduction="none")
-        loss = _FocalModulation.apply(ce, opts["gamma"])  # 0 at ignored pixels, where ce = 0
+        # ce = 0 at ignored pixels, so their focal term and gradient are 0; γ = 0 is CE itself
+        loss = _FocalModulation.apply(ce, opts["gamma"]) if opts["gamma"] > 0 else ce
         if a is not None:
             loss = loss * (a[prepared.index()] if a.ndim == 1 else a)
         denominator = num_valid(prepared.valid, prepared.labels.shape, logits.device)
