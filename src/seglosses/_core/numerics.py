@@ -20,17 +20,16 @@ def safe_pow(base: Tensor, exponent: Union[float, Tensor]) -> Tensor:
     return torch.where(zero, zero_power.to(powered.dtype), powered)
 
 
+def compute_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype losses compute and accumulate in: float32 for half inputs, else the tensor's own."""
+    return torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
+
+
 def softmax_f32(logits: Tensor) -> Tensor:
-    """Softmax over the class dim, computed and returned in float32 for half inputs."""
-    dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
-    return torch.softmax(logits, dim=1, dtype=dtype)
+    """Softmax over the class dim, in float32 for half inputs."""
+    return torch.softmax(logits, dim=1, dtype=compute_dtype(logits))
 
 
 def sigmoid_f32(logits: Tensor) -> Tensor:
-    """Sigmoid, computed and returned in float32 for half inputs."""
-    return torch.sigmoid(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits)
-
-
-def compute_dtype(logits: Tensor) -> torch.dtype:
-    """The dtype losses compute in: float32 for half inputs, else the logits' own."""
-    return torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+    """Sigmoid, in float32 for half inputs."""
+    return torch.sigmoid(logits.to(compute_dtype(logits)))

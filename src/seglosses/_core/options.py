@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .errors import expected, unknown_choice
+from .numerics import compute_dtype
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS = ("none", "mean", "sum")
@@ -116,8 +117,7 @@ def class_tensor(values: Optional[Tensor], logits: Tensor, option: str) -> Optio
         return None
     if values.ndim == 1 and values.numel() != logits.shape[1]:
         raise expected(f"{option} of length C = {logits.shape[1]}", f"length {values.numel()}")
-    dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
-    return values.to(device=logits.device, dtype=dtype)
+    return values.to(device=logits.device, dtype=compute_dtype(logits))
 
 
 def channel_tensor(values: Optional[Tensor], logits: Tensor) -> Optional[Tensor]:

@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .numerics import compute_dtype
+
 
 def safe_ratio(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` where ``den != 0``, else ``num`` (0 when nothing counted): never NaN from 0/0."""
@@ -35,7 +37,7 @@ def reduce(loss: Tensor, reduction: str, denominator: Optional[Tensor] = None) -
     """
     if reduction == "none":
         return loss
-    total = loss.sum(dtype=torch.float32) if loss.dtype in (torch.float16, torch.bfloat16) else loss.sum()
+    total = loss.sum(dtype=compute_dtype(loss))
     if reduction == "sum":
         return total
     if denominator is None:

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .numerics import compute_dtype
+
 
 class Overlap(NamedTuple):
     """Overlap statistics, each ``(N, C)`` (or ``(C,)`` after :meth:`pooled`)."""
@@ -105,7 +107,7 @@ def softmax_overlap_from_index(logits: Tensor, index: Tensor, valid: Optional[Te
     ``index`` is int64 with ignored pixels set to any class (``valid`` marks them). Half-precision logits
     are computed in float32. No one-hot of the logits' size is built.
     """
-    dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+    dtype = compute_dtype(logits)
     tp, prob_sum, counts = _SoftmaxIndexSums.apply(logits, index, valid, dtype)
     return Overlap(tp, prob_sum - tp, counts - tp)
 

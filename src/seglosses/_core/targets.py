@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .errors import SegLossError, expected
+from .numerics import compute_dtype
 
 _INPUT_CHECKS = True
 
@@ -209,7 +210,7 @@ def binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -
         if values and (values[0] < 0 or values[1] > 1):
             bad = (target < 0) | (target > 1)
             _raise_out_of_range(target, bad, valid, "binary target values in [0, 1]", ignore_index)
-    dense = target.to(torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype)
+    dense = target.to(compute_dtype(logits))
     if valid is not None:
         dense = dense.masked_fill(~valid, 0)
     return BinaryTarget(dense=dense, valid=valid)
