@@ -22,3 +22,10 @@ def _seed_and_checks():
     seglosses.set_input_checks(True)
     yield
     seglosses.set_input_checks(True)
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrise ``entry`` by the ``entries`` of a conformance class."""
+    entries = getattr(metafunc.cls, "entries", None)
+    if "entry" in metafunc.fixturenames and entries is not None:
+        metafunc.parametrize("entry", entries, ids=[entry.name for entry in entries])

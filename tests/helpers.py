@@ -11,7 +11,6 @@ import seglosses as sl
 
 IGNORE = 255
 ENTRIES = sl.list_losses(details=True)
-ENTRY_IDS = [entry.name for entry in ENTRIES]
 
 
 def make_inputs(

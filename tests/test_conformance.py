@@ -1,146 +1,156 @@
-"""The conformance suite every registered loss passes (DESIGN.md, Tests)."""
+"""The conformance suite every registered loss passes (DESIGN.md, Tests).
+
+:class:`LossConformance` holds the checks; a subclass picks the registry entries it runs over (the
+``entries`` attribute, parametrised by ``conftest.pytest_generate_tests``) and may override the input
+factory and the exemptions, so that later loss families (boundary, embedding) reuse it.
+"""
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import pytest
 import torch
-from helpers import ENTRIES, ENTRY_IDS, IGNORE, make_inputs, perfect_logits
+from helpers import ENTRIES, IGNORE, make_inputs, perfect_logits
+from torch import Tensor
 
 import seglosses as sl
-
-pytestmark = pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
 
 SHAPES = [(2, 3, 7), (2, 3, 5, 6), (1, 3, 3, 4, 5)]
 
 
-def expected_none_shape(entry, logits: torch.Tensor, batch: bool = False):
-    n, c, *spatial = logits.shape
-    if entry.kind == "region":
-        return (c,) if batch else (n, c)
-    return (n, c, *spatial) if entry.domain == "binary" else (n, *spatial)
+class LossConformance:
+    """Checks every registered loss passes; see the module docstring."""
+
+    entries = ENTRIES
+    perfect_is_zero = True
+
+    def inputs(self, entry, shape=(2, 3, 5, 6), **options) -> Tuple[Tensor, Tensor]:
+        """Logits and a target for ``entry`` (override for other input kinds)."""
+        return make_inputs(entry.domain, shape, **options)
+
+    @staticmethod
+    def expected_none_shape(entry, logits: torch.Tensor, batch: bool = False):
+        n, c, *spatial = logits.shape
+        if entry.kind == "region":
+            return (c,) if batch else (n, c)
+        return (n, c, *spatial) if entry.domain == "binary" else (n, *spatial)
+
+    @pytest.mark.parametrize("shape", SHAPES, ids=["1d", "2d", "3d"])
+    def test_output_shape_per_reduction(self, entry, shape):
+        """none gives the family's documented shape; mean and sum give scalars; 1-D to 3-D all work."""
+        logits, target = self.inputs(entry, shape)
+        none = entry.module(reduction="none")(logits, target)
+        assert none.shape == self.expected_none_shape(entry, logits)
+        for reduction in ("mean", "sum"):
+            assert entry.module(reduction=reduction)(logits, target).shape == ()
+        if entry.kind == "region":
+            pooled = entry.module(reduction="none", batch=True)(logits, target)
+            assert pooled.shape == self.expected_none_shape(entry, logits, batch=True)
+
+    def test_mean_and_sum_agree_with_none(self, entry):
+        """sum is the sum of the unreduced loss; without weights, region mean is its plain mean."""
+        logits, target = self.inputs(entry)
+        none = entry.module(reduction="none")(logits, target)
+        total = entry.module(reduction="sum")(logits, target)
+        torch.testing.assert_close(total, none.sum())
+        if entry.kind == "region":
+            torch.testing.assert_close(entry.module()(logits, target), none.mean())
+
+    def test_module_equals_function(self, entry):
+        logits, target = self.inputs(entry)
+        module = entry.module(ignore_index=IGNORE)
+        torch.testing.assert_close(
+            module(logits, target), entry.module.function(logits, target, ignore_index=IGNORE)
+        )
+
+    @pytest.mark.parametrize("ignore_fraction", [0.0, 0.3])
+    def test_gradcheck_float64(self, entry, ignore_fraction):
+        logits, target = self.inputs(entry, (2, 3, 3, 4), ignore_fraction=ignore_fraction, scale=1.0)
+        loss = entry.module(ignore_index=IGNORE)
+        assert torch.autograd.gradcheck(lambda z: loss(z, target), (logits,), eps=1e-6, atol=1e-5)
+
+    def test_gradcheck_batch_pooled(self, entry):
+        if entry.kind != "region":
+            pytest.skip("batch pooling is a region-loss option")
+        logits, target = self.inputs(entry, (2, 3, 3, 4), scale=1.0)
+        loss = entry.module(batch=True)
+        assert torch.autograd.gradcheck(lambda z: loss(z, target), (logits,), eps=1e-6, atol=1e-5)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_finite_at_extreme_logits(self, entry, dtype):
+        """±100 logits, right and wrong: finite loss and finite gradients."""
+        logits, target = self.inputs(entry, dtype=dtype)
+        extreme = (torch.sign(logits.detach()) * 100).requires_grad_()
+        loss = entry.module()(extreme, target)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(extreme.grad).all()
+
+    def test_perfect_prediction_gives_zero(self, entry):
+        if not self.perfect_is_zero:
+            pytest.skip("this family is exempt from 'perfect gives 0' (SPEC)")
+        _, target = self.inputs(entry)
+        logits = perfect_logits(entry.domain, target, 3).requires_grad_()
+        loss = entry.module()(logits, target)
+        torch.testing.assert_close(loss, torch.zeros((), dtype=loss.dtype), atol=1e-6, rtol=0)
+
+    def test_all_ignored_gives_zero_with_gradient(self, entry):
+        logits, target = self.inputs(entry)
+        target = torch.full_like(target, IGNORE)
+        for reduction in ("mean", "sum"):
+            loss = entry.module(ignore_index=IGNORE, reduction=reduction)(logits, target)
+            assert loss.item() == 0.0
+            assert loss.requires_grad
+            (grad,) = torch.autograd.grad(loss, logits)
+            assert torch.count_nonzero(grad) == 0
+
+    def test_ignored_pixels_change_nothing(self, entry):
+        """Logits at ignored pixels affect neither the loss nor receive gradient."""
+        logits, target = self.inputs(entry, ignore_fraction=0.4)
+        loss = entry.module(ignore_index=IGNORE)
+        ignored = target == IGNORE
+        if entry.domain == "softmax":
+            ignored = ignored.unsqueeze(1).expand_as(logits)
+        other = logits.detach().clone()
+        other[ignored] = torch.randn(int(ignored.sum()), dtype=other.dtype) * 50
+        torch.testing.assert_close(loss(logits, target), loss(other, target))
+        (grad,) = torch.autograd.grad(loss(logits, target), logits)
+        assert torch.count_nonzero(grad[ignored]) == 0
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_half_precision_close_to_float32(self, entry, dtype):
+        """Half inputs compute in float32 internally; the difference is the inputs' rounding only."""
+        logits, target = self.inputs(entry, (2, 3, 16, 16), dtype=torch.float32)
+        rounded = logits.detach().to(dtype)
+        half = entry.module()(rounded, target)
+        single = entry.module()(rounded.float(), target)
+        assert torch.isfinite(half)
+        torch.testing.assert_close(half.float(), single, atol=1e-3, rtol=1e-3)
+
+    def test_bad_option_raises(self, entry):
+        with pytest.raises(sl.SegLossError, match="reduction"):
+            entry.module(reduction="avg")
+        with pytest.raises(sl.SegLossError, match="did you mean"):
+            entry.module(ignore_idx=3)
+        with pytest.raises(sl.SegLossError, match="ignore_index"):
+            entry.module(ignore_index=1.5)
+
+    def test_registry_spec_builds_the_module(self, entry):
+        assert isinstance(sl.create_loss(entry.spec), entry.module)
+
+    @pytest.mark.slow
+    def test_torch_compile_equals_eager(self, entry):
+        logits, target = self.inputs(entry, dtype=torch.float32, ignore_fraction=0.2)
+        loss = entry.module(ignore_index=IGNORE)
+        torch._dynamo.reset()  # every module shares LossModule.forward: start each from a clean cache
+        compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+        eager_value = loss(logits, target)
+        (eager_grad,) = torch.autograd.grad(eager_value, logits)
+        compiled_value = compiled(logits, target)
+        (compiled_grad,) = torch.autograd.grad(compiled_value, logits)
+        torch.testing.assert_close(compiled_value, eager_value)
+        torch.testing.assert_close(compiled_grad, eager_grad)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=["1d", "2d", "3d"])
-def test_output_shape_per_reduction(entry, shape):
-    """none gives the family's documented shape; mean and sum give scalars; 1-D to 3-D all work."""
-    logits, target = make_inputs(entry.domain, shape)
-    none = entry.module(reduction="none")(logits, target)
-    assert none.shape == expected_none_shape(entry, logits)
-    for reduction in ("mean", "sum"):
-        assert entry.module(reduction=reduction)(logits, target).shape == ()
-    if entry.kind == "region":
-        pooled = entry.module(reduction="none", batch=True)(logits, target)
-        assert pooled.shape == expected_none_shape(entry, logits, batch=True)
-
-
-def test_mean_and_sum_agree_with_none(entry):
-    """sum is the sum of the unreduced loss; without weights, region mean is its plain mean."""
-    logits, target = make_inputs(entry.domain)
-    none = entry.module(reduction="none")(logits, target)
-    total = entry.module(reduction="sum")(logits, target)
-    torch.testing.assert_close(total, none.sum())
-    if entry.kind == "region":
-        torch.testing.assert_close(entry.module()(logits, target), none.mean())
-
-
-def test_module_equals_function(entry):
-    logits, target = make_inputs(entry.domain)
-    module = entry.module(ignore_index=IGNORE)
-    torch.testing.assert_close(
-        module(logits, target), entry.module.function(logits, target, ignore_index=IGNORE)
-    )
-
-
-@pytest.mark.parametrize("ignore_fraction", [0.0, 0.3])
-def test_gradcheck_float64(entry, ignore_fraction):
-    logits, target = make_inputs(entry.domain, (2, 3, 3, 4), ignore_fraction=ignore_fraction, scale=1.0)
-    loss = entry.module(ignore_index=IGNORE)
-    assert torch.autograd.gradcheck(lambda z: loss(z, target), (logits,), eps=1e-6, atol=1e-5)
-
-
-def test_gradcheck_batch_pooled(entry):
-    if entry.kind != "region":
-        pytest.skip("batch pooling is a region-loss option")
-    logits, target = make_inputs(entry.domain, (2, 3, 3, 4), scale=1.0)
-    loss = entry.module(batch=True)
-    assert torch.autograd.gradcheck(lambda z: loss(z, target), (logits,), eps=1e-6, atol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_finite_at_extreme_logits(entry, dtype):
-    """±100 logits, right and wrong: finite loss and finite gradients."""
-    logits, target = make_inputs(entry.domain, dtype=dtype)
-    extreme = (torch.sign(logits.detach()) * 100).requires_grad_()
-    loss = entry.module()(extreme, target)
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(extreme.grad).all()
-
-
-def test_perfect_prediction_gives_zero(entry):
-    _, target = make_inputs(entry.domain)
-    logits = perfect_logits(entry.domain, target, 3).requires_grad_()
-    loss = entry.module()(logits, target)
-    torch.testing.assert_close(loss, torch.zeros((), dtype=loss.dtype), atol=1e-6, rtol=0)
-
-
-def test_all_ignored_gives_zero_with_gradient(entry):
-    logits, target = make_inputs(entry.domain)
-    target = torch.full_like(target, IGNORE)
-    for reduction in ("mean", "sum"):
-        loss = entry.module(ignore_index=IGNORE, reduction=reduction)(logits, target)
-        assert loss.item() == 0.0
-        assert loss.requires_grad
-        (grad,) = torch.autograd.grad(loss, logits)
-        assert torch.count_nonzero(grad) == 0
-
-
-def test_ignored_pixels_change_nothing(entry):
-    """Logits at ignored pixels affect neither the loss nor receive gradient."""
-    logits, target = make_inputs(entry.domain, ignore_fraction=0.4)
-    loss = entry.module(ignore_index=IGNORE)
-    ignored = target == IGNORE
-    if entry.domain == "softmax":
-        ignored = ignored.unsqueeze(1).expand_as(logits)
-    other = logits.detach().clone()
-    other[ignored] = torch.randn(int(ignored.sum()), dtype=other.dtype) * 50
-    torch.testing.assert_close(loss(logits, target), loss(other, target))
-    (grad,) = torch.autograd.grad(loss(logits, target), logits)
-    assert torch.count_nonzero(grad[ignored]) == 0
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_close_to_float32(entry, dtype):
-    """Half inputs compute in float32 internally; the difference is the inputs' rounding only."""
-    logits, target = make_inputs(entry.domain, (2, 3, 16, 16), dtype=torch.float32)
-    rounded = logits.detach().to(dtype)
-    half = entry.module()(rounded, target)
-    single = entry.module()(rounded.float(), target)
-    assert torch.isfinite(half)
-    torch.testing.assert_close(half.float(), single, atol=1e-3, rtol=1e-3)
-
-
-def test_bad_option_raises(entry):
-    with pytest.raises(sl.SegLossError, match="reduction"):
-        entry.module(reduction="avg")
-    with pytest.raises(sl.SegLossError, match="did you mean"):
-        entry.module(ignore_idx=3)
-    with pytest.raises(sl.SegLossError, match="ignore_index"):
-        entry.module(ignore_index=1.5)
-
-
-def test_registry_spec_builds_the_module(entry):
-    assert isinstance(sl.create_loss(entry.spec), entry.module)
-
-
-@pytest.mark.slow
-def test_torch_compile_equals_eager(entry):
-    logits, target = make_inputs(entry.domain, dtype=torch.float32, ignore_fraction=0.2)
-    loss = entry.module(ignore_index=IGNORE)
-    torch._dynamo.reset()  # every module shares LossModule.forward: start each from a clean cache
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    eager_value = loss(logits, target)
-    (eager_grad,) = torch.autograd.grad(eager_value, logits)
-    compiled_value = compiled(logits, target)
-    (compiled_grad,) = torch.autograd.grad(compiled_value, logits)
-    torch.testing.assert_close(compiled_value, eager_value)
-    torch.testing.assert_close(compiled_grad, eager_grad)
+class TestRegisteredLosses(LossConformance):
+    """The conformance suite over every loss in the registry."""
