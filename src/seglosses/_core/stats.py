@@ -92,7 +92,9 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         pixels = probs.shape[-1]
         # flat address (n·C + y_i)·P + i of each pixel's target class; an indexed add there is much faster
         # on CPU than scatter_add_ along the class dim
-        positions = torch.add(torch.arange(pixels, device=grad.device), bins.view(n, -1), alpha=pixels)
+        positions = (
+            bins.view(n, -1).mul_(pixels).add_(torch.arange(pixels, device=grad.device))
+        )  # reuses bins
         if valid is not None:  # ignored pixels point past the end; send them to class 0 (they add 0)
             positions = positions.masked_fill_(~valid.reshape(n, -1), 0)
         grad.view(-1).index_add_(0, positions.view(-1), true_term)
