@@ -128,7 +128,7 @@ class TestBinaryInputs:
         (SF.cross_entropy_loss, {"label_smoothing": 1.0}, r"label_smoothing in \[0, 1\), got 1"),
         (SF.cross_entropy_loss, {"label_smoothing": -0.1}, r"label_smoothing in \[0, 1\)"),
         (SF.focal_loss, {"gamma": -1.0}, r"gamma in \[0, inf\], got -1"),
-        (SF.focal_loss, {"gamma": "2"}, r"gamma to be a real number"),
+        (SF.focal_loss, {"gamma": "2"}, r"gamma to be a finite real number"),
         (SF.focal_loss, {"alpha": [0.5, 0.5]}, r"alpha of length C = 3"),
         (SF.focal_loss, {"alpha": [[0.5]]}, r"alpha as one value per class"),
         (SF.dice_loss, {"smooth": -1.0}, r"smooth in \[0, inf\]"),
@@ -136,7 +136,7 @@ class TestBinaryInputs:
         (SF.dice_loss, {"weight": [1.0, 1.0]}, r"weight of length C = 3"),
         (SF.tversky_loss, {"alpha": -0.1}, r"alpha in \[0, inf\]"),
         (SF.focal_tversky_loss, {"gamma": [1.0, 2.0]}, r"gamma of length C = 3"),
-        (SF.focal_tversky_loss, {"gamma": -1.0}, r"gamma values finite and in \[0, inf\]"),
+        (SF.focal_tversky_loss, {"gamma": -1.0}, r"gamma values finite and in \(0, inf\]"),
         (SF.dice_loss, {"ignore_index": "255"}, r"ignore_index to be an int or None"),
     ],
 )
@@ -162,3 +162,71 @@ def test_modules_fail_at_construction():
 def test_set_input_checks_validates():
     with pytest.raises(sl.SegLossError):
         sl.set_input_checks("no")
+
+
+@pytest.mark.parametrize(
+    "function, options, message",
+    [
+        (SF.focal_loss, {"gamma": float("inf")}, r"gamma to be a finite real number"),
+        (SF.dice_loss, {"smooth": float("inf")}, r"smooth to be a finite real number"),
+        (SF.tversky_loss, {"alpha": 0.0, "beta": 0.0}, r"alpha \+ beta > 0"),
+        (SF.focal_tversky_loss, {"gamma": 0.0}, r"gamma values finite and in \(0"),
+        (SF.cross_entropy_loss, {"ignore_index": 2**70}, r"ignore_index within the int64 range"),
+        (SF.cross_entropy_loss, {"weight": [1.0, float("nan"), 1.0]}, r"weight values finite"),
+    ],
+)
+def test_non_finite_and_degenerate_options(function, options, message):
+    logits, target = make_inputs("softmax")
+    with pytest.raises(sl.SegLossError, match=message):
+        function(logits, target, **options)
+
+
+def test_numpy_scalars_are_accepted():
+    np = pytest.importorskip("numpy")
+    logits, target = make_inputs("softmax")
+    expected = SF.focal_loss(logits, target, gamma=2.0, ignore_index=7)
+    torch.testing.assert_close(
+        SF.focal_loss(logits, target, gamma=np.float32(2), ignore_index=np.int64(7)), expected
+    )
+
+
+@pytest.mark.parametrize("dtype, ignore_index, outside", [(torch.int8, 255, -1), (torch.uint8, -1, 255)])
+def test_ignore_index_the_target_dtype_cannot_hold(dtype, ignore_index, outside):
+    """255 in an int8 target would wrap to -1 (and -1 to 255 in uint8): such labels are out of range."""
+    logits, target = make_inputs("softmax", (2, 3, 4, 4))
+    target = target.to(dtype)
+    target[0, 0, 0] = outside
+    for function in SOFTMAX:
+        with pytest.raises(sl.SegLossError, match=rf"got values \[{outside}\]"):
+            function(logits, target, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("function", BINARY)
+def test_binary_minus_inf_logit_is_legal(function):
+    """-inf (probability 0) with target 0 gives a finite loss and finite gradients."""
+    logits, target = make_inputs("binary", (2, 1, 4, 4))
+    logits = logits.detach().clone()
+    logits[target == 0] = -float("inf")
+    logits.requires_grad_()
+    loss = function(logits, target)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("function", BINARY)
+def test_binary_non_finite_logits_with_checks_off_give_non_finite_loss(function):
+    logits, target = make_inputs("binary", (2, 1, 4, 4))
+    for bad in (float("nan"), float("inf")):
+        corrupted = logits.detach().clone()
+        corrupted[0, 0, 1, 1] = bad
+        with sl.input_checks(False):
+            assert not torch.isfinite(function(corrupted, target))
+
+
+@pytest.mark.parametrize("function", BINARY)
+def test_binary_nan_target_is_rejected(function):
+    logits, _ = make_inputs("binary", (2, 1, 4, 4))
+    target = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    target[0, 0, 0, 0] = float("nan")
+    with pytest.raises(sl.SegLossError, match=r"binary target values in \[0, 1\]"):
+        function(logits, target)

@@ -64,7 +64,7 @@ def test_repeated_terms_get_unique_labels():
         ("focal(1)", r"keyword options.*position 6"),
         ("focal(gamma=x)", r"literal value for option 'gamma'.*position 12"),
         ("ce(gama=2)", r"did you mean 'ignore_index'|one of 'weight'"),
-        ("focal(gamma='2')", r"gamma to be a real number"),
+        ("focal(gamma='2')", r"gamma to be a finite real number"),
         ("ce(reduction='none') + dice", r"reduce to a scalar"),
         ("", r"non-empty loss spec"),
         ("ce.x", r"loss name or name\(options\)"),

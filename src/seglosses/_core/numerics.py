@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+
+def safe_divide(num: Tensor, den: Tensor, empty: float) -> Tensor:
+    """``num / den``, and ``empty`` where ``den == 0`` exactly (a stated policy, never 0/0 = NaN).
+
+    Only an exact 0 is special, so a NaN input stays NaN; the gradient there is 0.
+    """
+    zero = den == 0
+    return torch.where(zero, empty, num / torch.where(zero, 1.0, den))
 
 
 def safe_pow(base: Tensor, exponent: Union[float, Tensor]) -> Tensor:
@@ -31,5 +41,22 @@ def softmax_f32(logits: Tensor) -> Tensor:
 
 
 def sigmoid_f32(logits: Tensor) -> Tensor:
-    """Sigmoid, in float32 for half inputs."""
-    return torch.sigmoid(logits.to(compute_dtype(logits)))
+    """Sigmoid, in float32 for half inputs; NaN at ``+inf`` (an invalid logit, as softmax makes it), so
+    that a region loss is never finite for it when input checks are off."""
+    logits = logits.to(compute_dtype(logits))
+    return torch.where(logits == torch.inf, torch.nan, torch.sigmoid(logits))
+
+
+def binary_log_terms(logits: Tensor, target: Tensor, gamma: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """``y (1-p)^γ log p`` and ``(1-y) p^γ log(1-p)`` with ``p = σ(z)``, from ``logσ(±z)`` (log space).
+
+    A log is replaced by 0 where its target weight is 0 before any product, so a legal ``-inf`` logit
+    with target 0 gives 0 and a zero gradient, never ``0 · inf = NaN``.
+    """
+    log_p, log_q = F.logsigmoid(logits), F.logsigmoid(-logits)
+    positive = target * torch.where(target > 0, log_p, 0.0)
+    negative = (1 - target) * torch.where(target < 1, log_q, 0.0)
+    if gamma > 0:
+        positive = positive * torch.exp(gamma * log_q)
+        negative = negative * torch.exp(gamma * log_p)
+    return positive, negative

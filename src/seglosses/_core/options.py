@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Literal, Optional, Sequence, Union
 
 import torch
@@ -42,9 +43,9 @@ def check_number(
     low_open: bool = False,
     high_open: bool = False,
 ) -> float:
-    """Return ``value`` as a float if it is a real number in the given interval."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise expected(f"{option} to be a real number", repr(value))
+    """Return ``value`` as a float if it is a finite real number in the given interval."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise expected(f"{option} to be a finite real number", repr(value))
     ok_low = value > low if low_open else value >= low
     ok_high = value < high if high_open else value <= high
     if not (ok_low and ok_high):
@@ -55,9 +56,14 @@ def check_number(
 
 
 def check_ignore_index(ignore_index: Optional[int]) -> Optional[int]:
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+    """An int (any integer type, numpy's included) within int64, or None."""
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise expected("ignore_index to be an int or None", repr(ignore_index))
-    return ignore_index
+    if not -(2**63) <= int(ignore_index) < 2**63:
+        raise expected("ignore_index within the int64 range", ignore_index)
+    return int(ignore_index)
 
 
 def check_bool(option: str, value: object) -> bool:
@@ -73,6 +79,7 @@ def class_values(
     num_classes: Optional[int] = None,
     low: float = 0.0,
     high: float = math.inf,
+    low_open: bool = False,
     allow_scalar: bool = True,
 ) -> Optional[Tensor]:
     """Validate a scalar or per-class option and return it as a float tensor (0-d or ``(C,)``).
@@ -84,7 +91,7 @@ def class_values(
         return None
     if isinstance(values, bool):
         raise expected(f"{option} to be a number or one value per class", repr(values))
-    if isinstance(values, (int, float)):
+    if isinstance(values, numbers.Real):
         if not allow_scalar:
             raise expected(f"{option} to have one value per class", repr(values))
         tensor = torch.tensor(float(values))
@@ -103,9 +110,10 @@ def class_values(
     # Python numbers are always checked; a tensor only with the data checks on (reading it may sync).
     from_python = not isinstance(values, Tensor)
     if from_python or (_data_checks_enabled() and not torch.compiler.is_compiling()):
-        finite = torch.isfinite(tensor).all()
-        if not bool(finite) or bool((tensor < low).any()) or bool((tensor > high).any()):
-            raise expected(f"{option} values finite and in [{low:g}, {high:g}]", tensor.tolist())
+        above_low = tensor > low if low_open else tensor >= low
+        if not bool((torch.isfinite(tensor) & above_low & (tensor <= high)).all()):  # one host sync
+            left = "(" if low_open else "["
+            raise expected(f"{option} values finite and in {left}{low:g}, {high:g}]", tensor.tolist())
     if num_classes is not None and tensor.ndim == 1 and tensor.numel() != num_classes:
         raise expected(f"{option} of length C = {num_classes}", f"length {tensor.numel()}")
     return tensor

@@ -19,15 +19,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor
 
-from .numerics import compute_dtype
-
-
-def safe_ratio(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` where ``den != 0``, else ``num`` (0 when nothing counted): never NaN from 0/0."""
-    return num / torch.where(den == 0, torch.ones_like(den), den)
+from .numerics import compute_dtype, safe_divide
 
 
 def reduce(loss: Tensor, reduction: str, denominator: Optional[Tensor] = None) -> Tensor:
@@ -42,7 +36,7 @@ def reduce(loss: Tensor, reduction: str, denominator: Optional[Tensor] = None) -
         return total
     if denominator is None:
         return total / loss.numel()
-    return safe_ratio(total, denominator.to(total.dtype))
+    return safe_divide(total, denominator.to(total.dtype), 0.0)
 
 
 def reduce_region(loss: Tensor, reduction: str, weight: Optional[Tensor] = None) -> Tensor:
@@ -56,4 +50,4 @@ def reduce_region(loss: Tensor, reduction: str, weight: Optional[Tensor] = None)
     samples = loss.numel() // loss.shape[-1]
     if weight is None:
         return loss.mean()
-    return safe_ratio(loss.sum(), weight.to(loss).sum() * samples)
+    return safe_divide(loss.sum(), weight.to(loss).sum() * samples, 0.0)

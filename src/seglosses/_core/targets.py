@@ -129,12 +129,6 @@ def _run_data_checks(logits: Tensor, stats: List[Tensor], name: str) -> List[flo
     return values[1:]
 
 
-def check_finite(tensor: Tensor, name: str = "logits") -> None:
-    """Raise if ``tensor`` has NaN or +inf entries (when input checks are on)."""
-    if input_checks_enabled():
-        _run_data_checks(tensor, [], name)
-
-
 def softmax_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> SoftmaxTarget:
     """Check logits and target of a softmax loss and prepare the target (see module docstring)."""
     check_logits(logits, min_classes=2)
@@ -154,13 +148,24 @@ def softmax_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) 
         )
     if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
         raise expected("an integer index target (class indices, e.g. torch.long)", f"dtype {target.dtype}")
-    valid = None if ignore_index is None else target != ignore_index
+    valid = _valid_mask(target, ignore_index)
     if input_checks_enabled():
         lo, hi = _run_data_checks(logits, list(torch.aminmax(target)), "logits")
         if lo < 0 or hi >= c:
             bad = (target < 0) | (target >= c)
             _raise_out_of_range(target, bad, valid, f"target class indices in [0, {c})", ignore_index)
     return IndexTarget(target, valid)
+
+
+def _valid_mask(target: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]:
+    """``target != ignore_index``, or None when no pixel can be ignored (also when the target's integer
+    dtype cannot hold ``ignore_index``: comparing would wrap it, e.g. 255 to -1 in int8)."""
+    if ignore_index is None:
+        return None
+    info = torch.iinfo(target.dtype)
+    if not info.min <= ignore_index <= info.max:
+        return None
+    return target != ignore_index
 
 
 def _raise_out_of_range(
@@ -201,14 +206,13 @@ def binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -
         raise expected(f"target of the logits' shape {tuple(logits.shape)}{hint}", f"shape {_shape(target)}")
     if target.is_complex():
         raise expected("a real-valued target", f"dtype {target.dtype}")
-    valid = None
-    if ignore_index is not None and not target.is_floating_point() and target.dtype != torch.bool:
-        valid = target != ignore_index
+    integer = not (target.is_floating_point() or target.dtype == torch.bool)
+    valid = _valid_mask(target, ignore_index) if integer else None
     if input_checks_enabled():
         bounds = [] if target.dtype == torch.bool else list(torch.aminmax(target))  # bool is always in range
         values = _run_data_checks(logits, bounds, "logits")
-        if values and (values[0] < 0 or values[1] > 1):
-            bad = (target < 0) | (target > 1)
+        if values and not (0 <= values[0] and values[1] <= 1):  # NaN fails too
+            bad = ~((target >= 0) & (target <= 1))  # NaN is out of range too
             _raise_out_of_range(target, bad, valid, "binary target values in [0, 1]", ignore_index)
     dense = target.to(compute_dtype(logits))
     if valid is not None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._core.numerics import compute_dtype
+from .._core.numerics import binary_log_terms, compute_dtype
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -133,7 +133,8 @@ def binary_cross_entropy_loss(
     w = channel_tensor(class_tensor(opts["weight"], logits, "weight"), logits)
     rho = channel_tensor(class_tensor(opts["pos_weight"], logits, "pos_weight"), logits)
     y = prepared.dense if eps == 0 else prepared.dense * (1 - eps) + eps / 2
-    loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=rho, reduction="none")
+    positive, negative = binary_log_terms(logits, y)
+    loss = -(positive + negative) if rho is None else -(rho * positive + negative)
     if w is not None:
         loss = loss * w
     if prepared.valid is not None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._core.numerics import compute_dtype
+from .._core.numerics import binary_log_terms, compute_dtype
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -178,10 +178,7 @@ def binary_focal_loss(
     prepared = binary_target(logits, target, ignore_index)
     work = logits.to(compute_dtype(logits))
     y = prepared.dense.to(work.dtype)
-    gamma = opts["gamma"]
-    log_p, log_q = F.logsigmoid(work), F.logsigmoid(-work)
-    positive = y * torch.exp(gamma * log_q) * log_p
-    negative = (1 - y) * torch.exp(gamma * log_p) * log_q
+    positive, negative = binary_log_terms(work, y, opts["gamma"])
     a = channel_tensor(class_tensor(opts["alpha"], work, "alpha"), work)
     loss = -(positive + negative) if a is None else -(a * positive + (1 - a) * negative)
     if prepared.valid is not None:

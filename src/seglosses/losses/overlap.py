@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._core.numerics import safe_pow, sigmoid_f32, softmax_f32
+from .._core.errors import expected
+from .._core.numerics import safe_divide, safe_pow, sigmoid_f32, softmax_f32
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -42,9 +43,8 @@ from .base import module_for
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den``, and 1 (a perfect score) where ``den == 0`` exactly: both sets empty."""
-    empty = den == 0
-    return torch.where(empty, 1.0, num / torch.where(empty, 1.0, den))
+    """A score ``num / den``: 1 (a perfect match) where ``den == 0`` exactly, i.e. both sets empty."""
+    return safe_divide(num, den, 1.0)
 
 
 def dice_score(s: Overlap, smooth: float) -> Tensor:
@@ -125,16 +125,17 @@ def check_region_options(
 
 
 def check_tversky_options(*, alpha: float, beta: float, **shared: Any) -> Dict[str, Any]:
-    return check_region_options(
-        alpha=check_number("alpha", alpha, low=0.0), beta=check_number("beta", beta, low=0.0), **shared
-    )
+    alpha, beta = check_number("alpha", alpha, low=0.0), check_number("beta", beta, low=0.0)
+    if alpha + beta == 0:
+        raise expected("alpha + beta > 0 (with both 0 the index is 1 whatever the prediction)", (alpha, beta))
+    return check_region_options(alpha=alpha, beta=beta, **shared)
 
 
 def check_focal_tversky_options(
     *, alpha: float, beta: float, gamma: Union[float, ClassValues], **shared: Any
 ) -> Dict[str, Any]:
     opts = check_tversky_options(alpha=alpha, beta=beta, **shared)
-    opts["gamma"] = class_values("gamma", gamma)
+    opts["gamma"] = class_values("gamma", gamma, low=0.0, low_open=True)  # γ = 0: constant loss 1
     return opts
 
 
@@ -385,7 +386,7 @@ def _generalized_dice(logits: Tensor, target: Tensor, opts: Dict[str, Any], bina
         if tensors["weight"] is not None:
             w = w * tensors["weight"]
         den = (w * (2 * s.tp + s.fp + s.fn)).sum(-1, keepdim=True) + opts["smooth"]
-        return s.tp.shape[-1] * w * (s.fp + s.fn) / torch.where(den == 0, 1.0, den)
+        return safe_divide(s.tp.shape[-1] * w * (s.fp + s.fn), den, 0.0)
 
     return _region(logits, target, opts, binary, per_class, weight_in_reduction=False)
 
