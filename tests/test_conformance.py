@@ -154,3 +154,12 @@ class LossConformance:
 
 class TestRegisteredLosses(LossConformance):
     """The conformance suite over every loss in the registry."""
+
+
+@pytest.mark.parametrize("name", ["focal", "dice"])
+def test_double_backward_raises_instead_of_a_wrong_answer(name):
+    """The closed-form backwards are first-order only: create_graph=True raises, never a wrong Hessian."""
+    logits, target = make_inputs("softmax")
+    loss = sl.create_loss(name)(logits, target)
+    with pytest.raises(sl.SegLossError, match="create_graph=True"):
+        torch.autograd.grad(loss, logits, create_graph=True)

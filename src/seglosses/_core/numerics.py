@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Tuple, Union
+import functools
+from typing import Any, Callable, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+Backward = Callable[..., Any]
 
 
 def safe_divide(num: Tensor, den: Tensor, empty: float) -> Tensor:
@@ -28,6 +31,31 @@ def safe_pow(base: Tensor, exponent: Union[float, Tensor]) -> Tensor:
     powered = torch.where(zero, 1.0, base) ** exponent
     zero_power = torch.as_tensor(exponent, device=base.device) == 0
     return torch.where(zero, zero_power.to(powered.dtype), powered)
+
+
+def first_order_backward(name: str) -> Callable[[Backward], Backward]:
+    """Decorate a closed-form ``autograd.Function.backward`` that is not itself differentiable.
+
+    Asked for a graph (``create_graph=True``, e.g. a double backward) it raises instead of returning a
+    silently wrong second derivative; otherwise it runs without recording.
+    """
+
+    def decorate(backward: Backward) -> Backward:
+        @functools.wraps(backward)
+        def run(ctx: Any, *grads: Tensor) -> Any:
+            if torch.is_grad_enabled():
+                from .errors import SegLossError
+
+                raise SegLossError(
+                    f"expected first-order gradients of {name}; got a backward with create_graph=True, "
+                    "which its closed-form backward does not support"
+                )
+            with torch.no_grad():
+                return backward(ctx, *grads)
+
+        return run
+
+    return decorate
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:

@@ -46,13 +46,14 @@ def check_number(
     """Return ``value`` as a float if it is a finite real number in the given interval."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise expected(f"{option} to be a finite real number", repr(value))
-    ok_low = value > low if low_open else value >= low
-    ok_high = value < high if high_open else value <= high
+    number = float(value)
+    ok_low = number > low if low_open else number >= low
+    ok_high = number < high if high_open else number <= high
     if not (ok_low and ok_high):
         left = "(" if low_open else "["
         right = ")" if high_open else "]"
         raise expected(f"{option} in {left}{low:g}, {high:g}{right}", value)
-    return float(value)
+    return number
 
 
 def check_ignore_index(ignore_index: Optional[int]) -> Optional[int]:

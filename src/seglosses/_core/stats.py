@@ -15,9 +15,8 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from .numerics import compute_dtype
+from .numerics import compute_dtype, first_order_backward
 
 
 class Overlap(NamedTuple):
@@ -80,7 +79,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         return tp[:-1].view(n, c), prob_sum, counts[:-1].view(n, c)
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward("the overlap losses")
     def backward(ctx: Any, grad_tp: Tensor, grad_sum: Tensor, _: Tensor) -> Tuple[Tensor, None, None, None]:
         probs, p_true, index, valid = ctx.saved_tensors
         n, c = grad_tp.shape

@@ -7,9 +7,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from .._core.numerics import binary_log_terms, compute_dtype
+from .._core.numerics import binary_log_terms, compute_dtype, first_order_backward
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -59,7 +58,7 @@ class _FocalModulation(torch.autograd.Function):
         return u.pow(gamma).mul_(ce)
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward("focal_loss")
     def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None]:
         ce, u = ctx.saved_tensors
         gamma = ctx.gamma
@@ -88,7 +87,7 @@ class _FocalDense(torch.autograd.Function):
         return -terms.sum(1)
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward("focal_loss")
     def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Optional[Tensor], None, None, None]:
         log_p, h = ctx.saved_tensors
         g = grad_loss.unsqueeze(1)
