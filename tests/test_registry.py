@@ -68,6 +68,8 @@ def test_repeated_terms_get_unique_labels():
         ("ce(reduction='none') + dice", r"reduce to a scalar"),
         ("", r"non-empty loss spec"),
         ("ce.x", r"loss name or name\(options\)"),
+        ("ce + binary_dice", r"one input domain.*'binary', 'softmax'"),
+        ("2*3*ce", r"number\*loss"),
     ],
 )
 def test_bad_specs(spec, message):
@@ -80,3 +82,14 @@ def test_minimal_specs_build_and_run():
         logits, target = make_inputs(entry.domain)
         value = sl.create_loss(entry.spec)(logits, target)
         assert torch.isfinite(value)
+
+
+def test_signed_weights():
+    assert sl.create_loss("-0.5*ce + dice").weights == [-0.5, 1.0]
+
+
+def test_module_buffers_do_not_alias_the_callers_tensor():
+    weight = torch.tensor([1.0, 2.0, 3.0])
+    module = sl.CrossEntropyLoss(weight=weight)
+    weight[0] = 100.0
+    assert module.weight.tolist() == [1.0, 2.0, 3.0]

@@ -9,7 +9,7 @@ with Python's own ``ast`` (never evaluated); anything else than ``+``, ``-``, ``
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple, Type
 
 from torch import nn
@@ -27,7 +27,6 @@ class LossEntry:
     description: str
     minimal_spec: str = ""
     kind: str = "pixel"  # "pixel" or "region": what reduction="none" returns
-    tags: Tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def spec(self) -> str:
@@ -105,13 +104,16 @@ def _collect(
         number, term = (term.left, term.right) if _is_number(term.left) else (term.right, term.left)
         if not _is_number(number):
             raise SegLossError(_at(spec, term.col_offset, "expected number*loss, got a product of two terms"))
-        weight *= float(number.value)  # type: ignore[attr-defined]
+        weight *= float(ast.literal_eval(number))
     name, options = _term(term, spec)
     label = ast.get_source_segment(spec, term) or name
     out.append((sign * weight, name, options, label))
 
 
 def _is_number(node: ast.expr) -> bool:
+    """A numeric literal, optionally signed (``-0.5``)."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        node = node.operand
     return (
         isinstance(node, ast.Constant)
         and isinstance(node.value, (int, float))

@@ -41,7 +41,7 @@ class LossModule(nn.Module):
         self._tensor_options: List[str] = []
         for name, value in options.items():
             if isinstance(checked.get(name), Tensor):
-                self.register_buffer(name, checked[name])
+                self.register_buffer(name, checked[name].detach().clone())  # not the caller's tensor
                 self._tensor_options.append(name)
             else:
                 self._plain_options[name] = value

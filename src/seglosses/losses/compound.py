@@ -58,6 +58,7 @@ def create_loss(spec: str) -> nn.Module:
     and bad options raise :class:`SegLossError`, naming the position and the known loss names.
     """
     terms = parse_spec(spec)
+    loss_domain(spec)  # a softmax and a binary loss cannot share one (logits, target) pair
     modules = [(weight, label, build(name, **options)) for weight, name, options, label in terms]
     if len(modules) == 1 and modules[0][0] == 1.0:
         return modules[0][2]
