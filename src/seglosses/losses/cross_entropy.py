@@ -37,8 +37,9 @@ def cross_entropy_loss(
     r"""Softmax cross-entropy, optionally class-weighted and label-smoothed.
 
     ``L_i = -Σ_c w_c y'_ic log p_ic`` with ``p = softmax(z)`` over the class dim and the smoothed target
-    ``y' = (1 - ε) y + ε / C`` (``ε = label_smoothing``, PyTorch's convention). The gradient with respect to
-    the logits is ``w (p - y')`` per pixel (``p - y`` without weights and smoothing).
+    ``y' = (1 - ε) y + ε / C`` (``ε = label_smoothing``, PyTorch's convention). The gradient of ``L_i`` with
+    respect to the logits is ``p_j Σ_c w_c y'_ic - w_j y'_ij``, which is ``p - y`` without weights and
+    smoothing.
 
     ``mean`` divides by ``Σ_{i∈V} Σ_c w_c y_ic`` with the *unsmoothed* target: the number of valid pixels
     without weights, never the count of all pixels. For index targets this is exactly
