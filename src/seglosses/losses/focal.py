@@ -121,7 +121,8 @@ def focal_loss(
         logits: ``(N, C, *S)``, ``C >= 2``.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
         gamma: focusing parameter ``γ >= 0``.
-        alpha: None, a scalar (every class alike) or one non-negative value per class ``(C,)``.
+        alpha: None, a scalar (every class alike, which only rescales the loss) or one non-negative
+            value per class ``(C,)`` (the class-balancing form).
         ignore_index: index-target value whose pixels count nowhere.
         reduction: ``none`` -> ``(N, *S)``; ``mean`` / ``sum`` -> scalar.
     """
@@ -158,7 +159,7 @@ def binary_focal_loss(
     ``L = -[α y (1-p)^γ log p + (1-α)(1-y) p^γ log(1-p)]`` with ``p = σ(z)``; ``α = None`` weights both
     terms by 1, a scalar α weights positives by α and negatives by ``1 - α`` (Lin et al.; torchvision's
     ``sigmoid_focal_loss`` for hard targets), or one α per channel ``(C,)``. A soft target mixes the two
-    terms, so this equals the softmax :func:`focal_loss` on the two logits ``(0, z)``. Powers are computed
+    terms; with ``α = None`` this equals the softmax :func:`focal_loss` on the two logits ``(0, z)``. Powers are computed
     in log space, ``(1-p)^γ = exp(γ logσ(-z))``, so gradients are finite for every ``γ >= 0``.
 
     ``mean`` is the plain mean over valid elements.

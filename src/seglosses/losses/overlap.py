@@ -150,7 +150,9 @@ _SHARED_DOC = """
         smooth: ``s >= 0`` added to numerator and denominator.
         weight: per-class weights ``(C,)`` of the class mean.
         ignore_index: target value whose pixels count nowhere.
-        reduction: ``none`` -> ``(N, C)`` (``(C,)`` with ``batch=True``); ``mean`` / ``sum`` -> scalar.
+        reduction: ``none`` -> ``(N, C)`` (``(C,)`` with ``batch=True``), multiplied by ``weight``;
+            ``sum`` -> its sum; ``mean`` -> its sum over ``N · Σ_c w_c`` (``N · C`` without weights),
+            the (weighted) class mean averaged over samples.
 """
 _SOFTMAX_TARGET = "class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``; ``p = softmax(z)``."
 _BINARY_TARGET = "the logits' shape; bool, integer or float in ``[0, 1]``; ``p = sigmoid(z)`` per channel."
