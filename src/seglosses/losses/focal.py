@@ -159,8 +159,9 @@ def binary_focal_loss(
     ``L = -[α y (1-p)^γ log p + (1-α)(1-y) p^γ log(1-p)]`` with ``p = σ(z)``; ``α = None`` weights both
     terms by 1, a scalar α weights positives by α and negatives by ``1 - α`` (Lin et al.; torchvision's
     ``sigmoid_focal_loss`` for hard targets), or one α per channel ``(C,)``. A soft target mixes the two
-    terms; with ``α = None`` this equals the softmax :func:`focal_loss` on the two logits ``(0, z)``. Powers are computed
-    in log space, ``(1-p)^γ = exp(γ logσ(-z))``, so gradients are finite for every ``γ >= 0``.
+    terms; with ``α = None`` this equals the softmax :func:`focal_loss` on the two logits ``(0, z)``.
+    Powers are computed in log space, ``(1-p)^γ = exp(γ logσ(-z))``, so gradients are finite for every
+    ``γ >= 0``, and a ``-inf`` logit with target 0 contributes 0.
 
     ``mean`` is the plain mean over valid elements.
 
