@@ -166,3 +166,12 @@ def test_double_backward_raises_instead_of_a_wrong_answer(name):
     loss = sl.create_loss(name)(logits, target)
     with pytest.raises(sl.SegLossError, match="create_graph=True"):
         torch.autograd.grad(loss, logits, create_graph=True)
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.domain == "softmax"], ids=lambda e: e.name)
+def test_gradcheck_soft_targets(entry):
+    """The dense (one-hot / soft) target path, float64."""
+    logits, _ = make_inputs("softmax", (2, 3, 3, 4), scale=1.0)
+    soft = torch.softmax(torch.randn(2, 3, 3, 4, dtype=torch.float64), 1)
+    loss = entry.module()
+    assert torch.autograd.gradcheck(lambda z: loss(z, soft), (logits,), eps=1e-6, atol=1e-5)

@@ -155,3 +155,13 @@ def test_binary_gamma_zero_equals_bce_with_gradients():
     b = SF.binary_cross_entropy_loss(logits, target, ignore_index=IGNORE)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(torch.autograd.grad(a, logits)[0], torch.autograd.grad(b, logits)[0])
+
+
+def test_dense_target_with_empty_rows_gamma_zero_is_still_cross_entropy():
+    """Both divide a dense target's loss by Σ y, so rows of zeros count nowhere in either."""
+    logits, target = make_inputs("softmax", (2, 3, 4, 4))
+    one_hot = F.one_hot(target, 3).movedim(-1, 1).double()
+    one_hot[:, :, :2] = 0
+    torch.testing.assert_close(
+        SF.focal_loss(logits, one_hot, gamma=0.0), SF.cross_entropy_loss(logits, one_hot)
+    )

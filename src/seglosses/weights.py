@@ -110,7 +110,12 @@ class ClassFrequency(torch.nn.Module):
 
     def update(self, target: Tensor) -> None:
         """Add the class pixel counts of one batch of integer targets."""
-        if not isinstance(target, Tensor) or target.is_floating_point() or target.dtype == torch.bool:
+        if (
+            not isinstance(target, Tensor)
+            or target.is_floating_point()
+            or target.is_complex()
+            or target.dtype == torch.bool
+        ):
             got = target.dtype if isinstance(target, Tensor) else type(target).__name__
             raise expected("an integer target tensor of class indices", got)
         values = target.reshape(-1)

@@ -116,6 +116,8 @@ def focal_loss(
     ``∂L/∂z_j = α_t (p_j - [j = t]) ((1-p_t)^γ - γ (1-p_t)^(γ-1) p_t log p_t)``, which is what is implemented.
 
     ``mean`` is the plain mean over valid pixels: ``α_t (1-p_t)^γ`` is part of the formula, not a weight.
+    For a dense target the pixel count is ``Σ y`` (as for :func:`cross_entropy_loss`), the number of
+    pixels when each target row is a distribution.
 
     Args:
         logits: ``(N, C, *S)``, ``C >= 2``.
@@ -141,7 +143,7 @@ def focal_loss(
     else:
         alpha_dense = None if a is None else channel_tensor(a, work)
         loss = _FocalDense.apply(work, prepared.dense.to(work.dtype), alpha_dense, opts["gamma"])
-        denominator = None
+        denominator = prepared.dense.sum(dtype=torch.float32)  # Σ y, as cross-entropy: γ = 0 is CE
     return reduce(loss, opts["reduction"], denominator)
 
 
