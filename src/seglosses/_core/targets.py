@@ -14,6 +14,7 @@ skipped while ``torch.compile`` traces.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Union
 
@@ -121,7 +122,7 @@ def _run_data_checks(logits: Tensor, stats: List[Tensor], name: str) -> List[flo
     """One host sync: the logits' sum (finite in the common case) and the target statistics."""
     total = logits.sum(dtype=torch.float32)
     values = torch.stack([total, *[s.to(torch.float32) for s in stats]]).tolist()
-    if not torch.isfinite(torch.tensor(values[0])):
+    if not math.isfinite(values[0]):
         # Slow path, only when something is off (or the sum overflowed): count what is wrong.
         problem = _finite_problem(logits, name)
         if problem is not None:
