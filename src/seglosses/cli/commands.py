@@ -1,0 +1,94 @@
+"""The ``seglosses`` subcommands (click)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import List, Tuple
+
+import click
+import torch
+
+from .._core.errors import SegLossError
+from .._core.registry import get_entry, list_losses, parse_spec
+from ..losses.compound import create_loss
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
+@click.pass_context
+def cli(context: click.Context) -> None:
+    """Segmentation losses: list them, plot them, compare them on your data."""
+    if context.invoked_subcommand is None:
+        click.echo(context.get_help())
+
+
+@cli.command("list")
+def list_command() -> None:
+    """The registered losses, with their input domain and a one-line description."""
+    entries = list_losses(details=True)
+    width = max(len(entry.name) for entry in entries)
+    for entry in entries:
+        click.echo(f"{entry.name:<{width}}  {entry.domain:<7}  {entry.kind:<6}  {entry.description}")
+
+
+@cli.command("plot")
+@click.argument("specs", nargs=-1, required=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("losses.png"),
+              show_default=True, help="PNG file to write.")  # fmt: skip
+@click.option("--points", type=click.IntRange(10, 10_000), default=200, show_default=True)
+def plot_command(specs: Tuple[str, ...], out: Path, points: int) -> None:
+    """Plot the per-pixel loss of each pixel-loss SPEC against the true-class probability.
+
+    Example: seglosses plot ce "focal(gamma=2)" "focal(gamma=5)" --out focal.png
+    """
+    curves = [(spec, *pixel_loss_curve(spec, points)) for spec in specs]
+    _write_plot(curves, out)
+    click.echo(f"wrote {out}")
+
+
+def pixel_loss_curve(spec: str, points: int) -> Tuple[List[float], List[float]]:
+    """The loss of one pixel whose true class has probability ``p``, for ``p`` in ``(0, 1)``.
+
+    Softmax losses see two classes with logits ``(0, logit p)`` and target class 1; binary losses one
+    channel with logit ``logit p`` and target 1.
+    """
+    entries = [get_entry(name) for _, name, _, _ in parse_spec(spec)]
+    region = [entry.name for entry in entries if entry.kind != "pixel"]
+    if region:
+        raise SegLossError(
+            f"expected pixel losses in {spec!r}, got region losses {region} (no per-pixel value)"
+        )
+    binary = entries[0].domain == "binary"
+    loss = create_loss(spec)
+    probabilities = [(k + 0.5) / points for k in range(points)]
+    values = []
+    for p in probabilities:
+        logit = math.log(p) - math.log1p(-p)
+        if binary:
+            logits, target = torch.tensor([[[logit]]], dtype=torch.float64), torch.ones(1, 1, 1)
+        else:
+            logits = torch.tensor([[[0.0], [logit]]], dtype=torch.float64)
+            target = torch.ones(1, 1, dtype=torch.long)
+        values.append(float(loss(logits, target)))
+    return probabilities, values
+
+
+def _write_plot(curves: List[Tuple[str, List[float], List[float]]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, probabilities, values in curves:
+        axes.plot(probabilities, values, label=label)
+    axes.set_xlabel("probability of the true class")
+    axes.set_ylabel("loss")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, max(1.0, min(5.0, max(max(v) for _, _, v in curves))))
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    plt.close(figure)
