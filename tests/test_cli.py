@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import seglosses as sl
 from seglosses.cli import main
@@ -62,3 +63,28 @@ def test_errors_are_one_line_and_exit_2(argv, message, capsys):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "seglosses.cli", "list"], capture_output=True, text=True)
     assert result.returncode == 0 and "focal" in result.stdout
+
+
+def test_weights_json_matches_the_api(capsys):
+    import json
+
+    from seglosses.data import nuclei
+
+    main(["weights", "nuclei", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    _, labels = nuclei(split="train")
+    counts = torch.bincount(labels.flatten(), minlength=3)
+    assert report["counts"] == counts.tolist() == [155512, 34601, 6495]
+    for method, values in report["weights"].items():
+        torch.testing.assert_close(torch.tensor(values), sl.class_weights(counts, method=method))
+
+
+def test_weights_table(capsys):
+    main(["weights", "nuclei:2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["class", "pixels", "fraction"] and len(lines) == 3
+
+
+def test_weights_unknown_data(capsys):
+    code, _, err = run(["weights", "nucle"], capsys)
+    assert code == 2 and "did you mean 'nuclei'" in err

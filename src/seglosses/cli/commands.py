@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import List, Tuple
@@ -11,7 +12,9 @@ import torch
 
 from .._core.errors import SegLossError
 from .._core.registry import get_entry, list_losses, parse_spec
+from ..data import load_data
 from ..losses.compound import create_loss
+from ..weights import METHODS, ClassFrequency, class_weights
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
@@ -29,6 +32,33 @@ def list_command() -> None:
     width = max(len(entry.name) for entry in entries)
     for entry in entries:
         click.echo(f"{entry.name:<{width}}  {entry.domain:<7}  {entry.kind:<6}  {entry.description}")
+
+
+@cli.command("weights")
+@click.argument("data", default="nuclei")
+@click.option("--beta", type=float, default=0.9999, show_default=True, help="β of effective_number.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def weights_command(data: str, beta: float, as_json: bool) -> None:
+    """Class pixel counts of DATA's training split and the class weights of every method.
+
+    DATA is a data spec: nuclei (3 classes) or nuclei:2.
+    """
+    _, labels = load_data(data)["train"]
+    counter = ClassFrequency(int(labels.max()) + 1)
+    counter.update(labels)
+    counts = counter.compute()
+    table = {method: class_weights(counts, method=method, beta=beta).tolist() for method in METHODS}
+    if as_json:
+        click.echo(json.dumps({"data": data, "counts": counts.tolist(), "weights": table}, indent=2))
+        return
+    header = ["class", "pixels", "fraction", *METHODS]
+    rows = [
+        [str(c), str(int(n)), f"{int(n) / int(counts.sum()):.4f}", *[f"{table[m][c]:.4f}" for m in METHODS]]
+        for c, n in enumerate(counts)
+    ]
+    widths = [max(len(row[k]) for row in [header, *rows]) for k in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
 
 
 @cli.command("plot")
