@@ -20,7 +20,7 @@ from ..weights import METHODS, ClassFrequency, class_weights
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.pass_context
 def cli(context: click.Context) -> None:
-    """Segmentation losses: list them, plot them, compare them on your data."""
+    """Segmentation losses: list and plot them, and weigh classes from data."""
     if context.invoked_subcommand is None:
         click.echo(context.get_help())
 
