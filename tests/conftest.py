@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", max_examples=40, deadline=None)
 settings.register_profile("dev", max_examples=20, deadline=None)
 settings.register_profile("large", max_examples=1000, deadline=None)
-settings.load_profile("ci")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))  # "large": 1000 examples
 
 
 @pytest.fixture(autouse=True)
