@@ -15,7 +15,7 @@ weights so that they sum to ``C``.
 from __future__ import annotations
 
 import warnings
-from typing import Literal, Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -24,7 +24,7 @@ from ._core.errors import expected
 from ._core.options import check_bool, check_choice, check_ignore_index, check_number
 
 WeightMethod = Literal["inverse_frequency", "balanced", "median_frequency", "effective_number"]
-METHODS = ("inverse_frequency", "balanced", "median_frequency", "effective_number")
+METHODS: Tuple[WeightMethod, ...] = ("inverse_frequency", "balanced", "median_frequency", "effective_number")
 
 
 def _as_counts(counts: Union[Tensor, Sequence[float]]) -> Tensor:

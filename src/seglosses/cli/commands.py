@@ -41,11 +41,12 @@ def list_command() -> None:
 def weights_command(data: str, beta: float, as_json: bool) -> None:
     """Class pixel counts of DATA's training split and the class weights of every method.
 
-    DATA is a data spec: nuclei (3 classes) or nuclei:2.
+    DATA is a data spec: nuclei (3 classes), nuclei:2 or folder:PATH (PATH/images and PATH/masks).
     """
-    _, labels = load_data(data)["train"]
-    counter = ClassFrequency(int(labels.max()) + 1)
-    counter.update(labels)
+    pairs = load_data(data, progress=True)["train"]
+    counter = ClassFrequency(max(int(labels.max()) for _, labels in pairs) + 1)
+    for _, labels in pairs:
+        counter.update(labels)
     counts = counter.compute()
     table = {method: class_weights(counts, method=method, beta=beta).tolist() for method in METHODS}
     if as_json:
