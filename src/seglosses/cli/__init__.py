@@ -28,7 +28,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     except SegLossError as error:
         _fail(str(error))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: finished runs are saved; run the same command again to resume", file=sys.stderr)
         raise SystemExit(130) from None
     except Exception as error:  # click's own usage errors
         import click

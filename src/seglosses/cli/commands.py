@@ -12,6 +12,7 @@ import torch
 
 from .._core.errors import SegLossError
 from .._core.registry import get_entry, list_losses, parse_spec
+from ..compare import Settings
 from ..data import load_data
 from ..losses.compound import create_loss
 from ..weights import METHODS, ClassFrequency, class_weights
@@ -32,6 +33,62 @@ def list_command() -> None:
     width = max(len(entry.name) for entry in entries)
     for entry in entries:
         click.echo(f"{entry.name:<{width}}  {entry.domain:<7}  {entry.kind:<6}  {entry.description}")
+
+
+DEFAULT_LOSSES = ("ce", "dice", "focal(gamma=2)", "ce + dice")
+
+
+@cli.command("compare")
+@click.argument("loss_args", nargs=-1, metavar="[LOSS]...")
+@click.option(
+    "--losses", "loss_options", multiple=True, help="Loss spec (repeatable; or give them as arguments)."
+)
+@click.option("--data", default="nuclei", show_default=True, help="nuclei, nuclei:2 or folder:PATH.")
+@click.option("--epochs", type=click.IntRange(1, 10_000), default=Settings.epochs, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 100_000), default=Settings.steps_per_epoch, show_default=True,
+              help="Training steps per epoch.")  # fmt: skip
+@click.option("--seeds", type=click.IntRange(1, 100), default=2, show_default=True, help="Seeds 0..N-1.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=Settings.batch_size, show_default=True)
+@click.option("--patch", type=click.IntRange(8, 4096), default=Settings.patch, show_default=True)
+@click.option("--width", type=click.IntRange(1, 512), default=Settings.width, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("seglosses-compare"),
+              show_default=True, help="Output folder; run again with the same one to resume.")  # fmt: skip
+def compare_command(
+    loss_args: Tuple[str, ...], loss_options: Tuple[str, ...], data: str, epochs: int, steps: int, seeds: int,
+    batch_size: int, patch: int, width: int, device: str, out: Path,
+) -> None:  # fmt: skip
+    """Train a small U-Net with each LOSS (same budget and seeds) and report per-class test metrics.
+
+    Writes results.json, results.csv, report.md and PNG plots into --out. Killed at any point and
+    started again with the same --out, it skips finished runs and resumes unfinished ones.
+
+    Example: seglosses compare ce dice "focal(gamma=2)" "ce + dice" --epochs 6 --seeds 2
+    """
+    from ..compare import check_specs, compare
+    from ..report import markdown_table, summarise, write_report
+
+    specs = list(loss_options + loss_args) or list(DEFAULT_LOSSES)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SegLossError(f"expected an available CUDA device for --device {device}, got none")
+    settings = Settings(data=data, epochs=epochs, steps_per_epoch=steps, batch_size=batch_size, patch=patch,
+                        width=width, device=device)  # fmt: skip
+    check_specs(specs)
+    splits = load_data(data, progress=True)
+    total = len(specs) * seeds * epochs
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc="training", unit="epoch") as bar:
+
+        def progress(spec: str, seed: int, epoch: int, dice: float) -> None:
+            bar.set_postfix_str(f"{spec} seed {seed}: test Dice {dice:.3f}")
+            bar.update(1)
+
+        results, _ = compare(specs, list(range(seeds)), settings, out, progress, splits)
+        bar.update(total - bar.n)
+    paths = write_report(results, settings, out, splits["test"][0])
+    click.echo(markdown_table(summarise(results)))
+    click.echo("wrote " + ", ".join(str(path) for path in paths))
 
 
 @cli.command("weights")

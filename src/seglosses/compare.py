@@ -1,0 +1,223 @@
+"""Train the same small U-Net with several losses under the same budget and seeds, and compare them.
+
+The engine behind ``seglosses compare``. Every (loss, seed) run is independent and resumable: after each
+epoch its checkpoint is written atomically (and read back with ``weights_only=True``); a finished run
+writes its result file atomically, and a later call with the same output folder and settings skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._core.errors import expected
+from .data import load_data
+from .losses.compound import create_loss, loss_domain
+from .metrics import ConfusionMatrix
+from .models import UNet
+
+Pair = Tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run depends on; a run is resumed or skipped only under the same settings."""
+
+    data: str = "nuclei"
+    epochs: int = 6
+    steps_per_epoch: int = 12
+    batch_size: int = 8
+    patch: int = 96
+    width: int = 16
+    depth: int = 3
+    learning_rate: float = 3e-3
+    device: str = "cpu"
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class RunResult:
+    loss: str
+    seed: int
+    per_class: Dict[str, List[float]]  # final test metrics per class
+    history: Dict[str, List[float]] = field(default_factory=dict)  # per epoch: train_loss, test_dice
+
+
+def slug(spec: str) -> str:
+    """A file-name-safe name for a loss spec (never escapes the output folder)."""
+    text = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", spec.replace(" ", ""))[:60].strip("._") or "loss"
+    return f"{text}-{hashlib.sha256(spec.encode()).hexdigest()[:6]}"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder and rename it: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _to_bytes(save: Callable[[io.BytesIO], None]) -> bytes:
+    buffer = io.BytesIO()
+    save(buffer)
+    return buffer.getvalue()
+
+
+def random_patches(pairs: Sequence[Pair], count: int, size: int, generator: torch.Generator) -> Pair:
+    """``count`` random crops of ``size``² (the whole image where it is smaller) from random pairs."""
+    images, labels = [], []
+    for _ in range(count):
+        image, label = pairs[int(torch.randint(len(pairs), (1,), generator=generator))]
+        height, width = label.shape
+        ph, pw = min(size, height), min(size, width)
+        top = int(torch.randint(height - ph + 1, (1,), generator=generator))
+        left = int(torch.randint(width - pw + 1, (1,), generator=generator))
+        images.append(image[:, top : top + ph, left : left + pw])
+        labels.append(label[top : top + ph, left : left + pw])
+    return torch.stack(images), torch.stack(labels)
+
+
+def evaluate(
+    model: torch.nn.Module, pairs: Sequence[Pair], num_classes: int, device: str
+) -> Tuple[Dict[str, Tensor], List[Tensor]]:
+    """Per-class test metrics and the predicted label maps."""
+    metric = ConfusionMatrix(num_classes)
+    predictions = []
+    model.eval()
+    with torch.no_grad():
+        for image, labels in pairs:
+            predicted = model(image[None].to(device)).argmax(1)[0].cpu()
+            metric.update(predicted, labels)
+            predictions.append(predicted)
+    model.train()
+    return metric.compute(), predictions
+
+
+def run_one(
+    spec: str,
+    seed: int,
+    settings: Settings,
+    splits: Dict[str, List[Pair]],
+    num_classes: int,
+    folder: Path,
+    on_epoch: Optional[Callable[[int, float], None]] = None,
+) -> RunResult:
+    """Train one (loss, seed) run, resuming from its checkpoint; return its result (also written)."""
+    result_path = folder / f"seed{seed}.json"
+    checkpoint_path = folder / f"seed{seed}.ckpt"
+    criterion = create_loss(spec)
+    torch.manual_seed(seed)
+    model = UNet(splits["train"][0][0].shape[0], num_classes, width=settings.width, depth=settings.depth)
+    model.to(settings.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    history: Dict[str, List[float]] = {"train_loss": [], "test_dice": []}
+    start = 0
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=True)
+        if state["settings"] == settings.key():
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            history, start = state["history"], int(state["epoch"])
+    for epoch in range(start, settings.epochs):
+        losses = []
+        for _ in range(settings.steps_per_epoch):
+            images, labels = random_patches(splits["train"], settings.batch_size, settings.patch, generator)
+            loss = criterion(model(images.to(settings.device)), labels.to(settings.device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        scores, _ = evaluate(model, splits["test"], num_classes, settings.device)
+        history["train_loss"].append(float(np.mean(losses)))
+        history["test_dice"].append(float(scores["mean_dice"]))
+        state = {
+            "settings": settings.key(),
+            "epoch": epoch + 1,
+            "history": history,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+        }
+        write_atomically(checkpoint_path, _to_bytes(lambda buffer: torch.save(state, buffer)))  # noqa: B023
+        if on_epoch is not None:
+            on_epoch(epoch + 1, history["test_dice"][-1])
+    scores, predictions = evaluate(model, splits["test"], num_classes, settings.device)
+    per_class = {name: scores[name].tolist() for name in ("dice", "iou", "precision", "recall")}
+    result = RunResult(spec, seed, per_class, history)
+    prediction = predictions[0].numpy().astype(np.uint8)
+    write_atomically(
+        folder / f"seed{seed}_prediction.npy", _to_bytes(lambda buffer: np.save(buffer, prediction))
+    )
+    payload = {"settings": settings.key(), **asdict(result)}
+    write_atomically(result_path, json.dumps(payload, indent=1).encode())
+    return result
+
+
+def finished(folder: Path, seed: int, settings: Settings) -> Optional[RunResult]:
+    """The run's result when it finished under the same settings, else None."""
+    path = folder / f"seed{seed}.json"
+    if not path.exists():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if payload.pop("settings", None) != settings.key():
+        return None
+    return RunResult(**payload)
+
+
+def check_specs(specs: Sequence[str]) -> None:
+    """Fail on a bad or binary loss spec before any training."""
+    for spec in specs:
+        create_loss(spec)
+        if loss_domain(spec) != "softmax":
+            raise expected("softmax losses (the comparison trains a multi-class U-Net)", f"{spec!r} (binary)")
+
+
+def compare(
+    specs: Sequence[str],
+    seeds: Sequence[int],
+    settings: Settings,
+    out: Path,
+    progress: Optional[Callable[[str, int, int, float], None]] = None,
+    splits: Optional[Dict[str, List[Pair]]] = None,
+) -> Tuple[List[RunResult], Dict[str, List[Pair]]]:
+    """Every (loss, seed) run, finished ones read back instead of retrained (``splits``: preloaded data)."""
+    check_specs(specs)
+    splits = load_data(settings.data) if splits is None else splits
+    num_classes = max(int(labels.max()) for _, labels in splits["train"] + splits["test"]) + 1
+    results = []
+    for spec in specs:
+        folder = out / "runs" / slug(spec)
+        for seed in seeds:
+            done = finished(folder, seed, settings)
+            if done is None:
+                callback = (
+                    None
+                    if progress is None
+                    else (lambda e, d, spec=spec, seed=seed: progress(spec, seed, e, d))
+                )
+                done = run_one(spec, seed, settings, splits, num_classes, folder, callback)
+            results.append(done)
+    return results, splits
