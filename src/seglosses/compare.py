@@ -35,7 +35,7 @@ class Settings:
     """What a run depends on; a run is resumed or skipped only under the same settings."""
 
     data: str = "nuclei"
-    epochs: int = 6
+    epochs: int = 8
     steps_per_epoch: int = 12
     batch_size: int = 8
     patch: int = 96
