@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from ._core.errors import expected
-from ._core.options import check_bool, check_choice, check_ignore_index, check_number
+from ._core.options import check_bool, check_choice, check_ignore_index, check_int, check_number
+from ._core.targets import check_class_indices
 
 WeightMethod = Literal["inverse_frequency", "balanced", "median_frequency", "effective_number"]
 METHODS: Tuple[WeightMethod, ...] = ("inverse_frequency", "balanced", "median_frequency", "effective_number")
@@ -102,9 +103,7 @@ class ClassFrequency(torch.nn.Module):
 
     def __init__(self, num_classes: int, *, ignore_index: Optional[int] = None) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise expected("num_classes to be an int >= 1", repr(num_classes))
-        self.num_classes = num_classes
+        self.num_classes = check_int("num_classes", num_classes)
         self.ignore_index = check_ignore_index(ignore_index)
         self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.int64))
 
@@ -121,9 +120,7 @@ class ClassFrequency(torch.nn.Module):
         values = target.reshape(-1)
         if self.ignore_index is not None:
             values = values[values != self.ignore_index]
-        if values.numel() and (int(values.min()) < 0 or int(values.max()) >= self.num_classes):
-            bad = torch.unique(values[(values < 0) | (values >= self.num_classes)])[:5].tolist()
-            raise expected(f"class indices in [0, {self.num_classes})", f"values {bad}")
+        check_class_indices(values, self.num_classes, "target")
         self.counts += torch.bincount(values.long(), minlength=self.num_classes).to(self.counts.device)
 
     def compute(self) -> Tensor:

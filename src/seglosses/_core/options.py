@@ -67,6 +67,13 @@ def check_ignore_index(ignore_index: Optional[int]) -> Optional[int]:
     return int(ignore_index)
 
 
+def check_int(option: str, value: object, *, low: int = 1) -> int:
+    """``value`` if it is an int (not a bool) ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < low:
+        raise expected(f"{option} to be an int >= {low}", repr(value))
+    return int(value)
+
+
 def check_bool(option: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise expected(f"{option} to be True or False", repr(value))

@@ -169,6 +169,13 @@ def _valid_mask(target: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]
     return target != ignore_index
 
 
+def check_class_indices(values: Tensor, num_classes: int, name: str = "target") -> None:
+    """Raise unless every value of the (already ignore-filtered) integer tensor is in ``[0, C)``."""
+    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= num_classes):
+        bad = torch.unique(values[(values < 0) | (values >= num_classes)])[:5].tolist()
+        raise expected(f"{name} class indices in [0, {num_classes})", f"values {bad}")
+
+
 def _raise_out_of_range(
     target: Tensor, bad: Tensor, valid: Optional[Tensor], allowed: str, ignore_index: Optional[int]
 ) -> None:

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from .._core.errors import expected
 from .._core.numerics import safe_divide
-from .._core.options import check_ignore_index
+from .._core.options import check_ignore_index, check_int
+from .._core.targets import check_class_indices
 
 METRICS = ("dice", "iou", "precision", "recall")
 
@@ -47,9 +48,7 @@ class ConfusionMatrix(nn.Module):
 
     def __init__(self, num_classes: int, *, ignore_index: Optional[int] = None) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise expected("num_classes to be an int >= 1", repr(num_classes))
-        self.num_classes = num_classes
+        self.num_classes = check_int("num_classes", num_classes)
         self.ignore_index = check_ignore_index(ignore_index)
         self.register_buffer("matrix", torch.zeros(num_classes, num_classes, dtype=torch.int64))
 
@@ -64,10 +63,8 @@ class ConfusionMatrix(nn.Module):
                 keep = target != self.ignore_index
         truth, predicted = target[keep].long(), labels[keep].long()
         c = self.num_classes
-        for name, values in (("target", truth), ("predicted", predicted)):
-            if values.numel() and (int(values.min()) < 0 or int(values.max()) >= c):
-                bad = torch.unique(values[(values < 0) | (values >= c)])[:5].tolist()
-                raise expected(f"{name} class indices in [0, {c})", f"values {bad}")
+        check_class_indices(truth, c, "target")
+        check_class_indices(predicted, c, "predicted")
         counts = torch.bincount(truth * c + predicted, minlength=c * c)
         self.matrix += counts.view(c, c).to(self.matrix.device)
 
