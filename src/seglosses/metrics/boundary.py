@@ -1,0 +1,118 @@
+"""Boundary IoU (Cheng et al. 2021) and mask IoU on integer label maps (SPEC section 4).
+
+The band of a mask is the mask minus its erosion by ``d = max(1, round(r · diagonal))`` iterations of a
+3×3 (3×3×3) square element, the image border padded with background; ``diagonal`` runs over all spatial
+axes and ``round`` is Python's (half to even). Ignored pixels are background for every class before the
+erosion and are removed from both bands afterwards. Boundary IoU = ``|Bp ∩ Bg| / |Bp ∪ Bg|`` per
+(sample, class); a class absent from both scores 1.0. Over a data set, sum the intersections and
+unions per class before dividing (:func:`boundary_iou_counts`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._core.errors import expected
+from .._core.numerics import safe_divide
+from .._core.options import check_ignore_index, check_number
+from .._core.targets import check_class_indices
+
+
+def _class_masks(labels: Tensor, num_classes: int, valid: Optional[Tensor]) -> Tensor:
+    """``(N, C, *S)`` bool masks; ignored pixels are background for every class."""
+    masks = labels.unsqueeze(1) == torch.arange(num_classes, device=labels.device).view(
+        1, -1, *[1] * (labels.ndim - 1)
+    )
+    return masks if valid is None else masks & valid.unsqueeze(1)
+
+
+def _erode(masks: Tensor, iterations: int) -> Tensor:
+    """Erosion by a 3^k square element, ``iterations`` times, outside the image counted as background."""
+    pool = F.max_pool2d if masks.ndim == 4 else F.max_pool3d
+    inverse = (~masks).float()
+    for _ in range(iterations):
+        # a pixel stays if no background (inverse = 1) is in its window; outside the image is background
+        inverse = pool(F.pad(inverse, [1, 1] * (masks.ndim - 2), value=1.0), kernel_size=3, stride=1)
+    return inverse == 0
+
+
+def _prepare(
+    prediction: Tensor, target: Tensor, num_classes: Optional[int], ignore_index: Optional[int]
+) -> Tuple[Tensor, Tensor, Optional[Tensor], int]:
+    for name, tensor in (("prediction", prediction), ("target", target)):
+        if not isinstance(tensor, Tensor) or tensor.is_floating_point() or tensor.dtype == torch.bool:
+            raise expected(f"an integer label map as {name}", getattr(tensor, "dtype", type(tensor).__name__))
+    if prediction.shape != target.shape or target.ndim not in (3, 4) or target.numel() == 0:
+        raise expected("prediction and target label maps of one shape (N, H, W) or (N, D, H, W)",
+                       f"{tuple(prediction.shape)} and {tuple(target.shape)}")  # fmt: skip
+    ignore_index = check_ignore_index(ignore_index)
+    valid = None if ignore_index is None else target != ignore_index
+    kept = target if valid is None else target[valid]
+    if num_classes is None:
+        num_classes = max(int(kept.max()) if kept.numel() else 0, int(prediction.max())) + 1
+    check_class_indices(kept, num_classes, "target")
+    check_class_indices(prediction.flatten(), num_classes, "predicted")
+    return prediction, target, valid, num_classes
+
+
+def boundary_iou_counts(
+    prediction: Tensor,
+    target: Tensor,
+    *,
+    num_classes: Optional[int] = None,
+    dilation_ratio: float = 0.02,
+    ignore_index: Optional[int] = None,
+) -> Tuple[Tensor, Tensor]:
+    """``(intersection, union)`` band pixel counts ``(N, C)``, int64, to be summed over a data set."""
+    check_number("dilation_ratio", dilation_ratio, low=0.0)
+    prediction, target, valid, c = _prepare(prediction, target, num_classes, ignore_index)
+    diagonal = math.sqrt(sum(extent**2 for extent in target.shape[1:]))
+    d = max(1, round(dilation_ratio * diagonal))
+    bands = []
+    for labels in (prediction, target):
+        masks = _class_masks(labels, c, valid)
+        bands.append(masks & ~_erode(masks, d))
+    both, either = bands[0] & bands[1], bands[0] | bands[1]
+    if valid is not None:
+        both, either = both & valid.unsqueeze(1), either & valid.unsqueeze(1)
+    dims = tuple(range(2, both.ndim))
+    return both.sum(dims), either.sum(dims)
+
+
+def boundary_iou(
+    prediction: Tensor,
+    target: Tensor,
+    *,
+    num_classes: Optional[int] = None,
+    dilation_ratio: float = 0.02,
+    ignore_index: Optional[int] = None,
+) -> Tensor:
+    """Boundary IoU ``(N, C)`` of integer label maps (see the module docstring)."""
+    intersection, union = boundary_iou_counts(
+        prediction, target, num_classes=num_classes, dilation_ratio=dilation_ratio, ignore_index=ignore_index
+    )
+    return safe_divide(intersection.double(), union.double(), 1.0).float()
+
+
+def mask_iou(
+    prediction: Tensor,
+    target: Tensor,
+    *,
+    num_classes: Optional[int] = None,
+    dilation_ratio: float = 0.02,
+    ignore_index: Optional[int] = None,
+) -> Tensor:
+    """Mask IoU ``(N, C)`` of integer label maps over valid pixels; a class absent from both scores 1.0.
+
+    ``dilation_ratio`` is accepted for the same signature as :func:`boundary_iou` and not used.
+    """
+    check_number("dilation_ratio", dilation_ratio, low=0.0)
+    prediction, target, valid, c = _prepare(prediction, target, num_classes, ignore_index)
+    p, g = _class_masks(prediction, c, valid), _class_masks(target, c, valid)
+    dims = tuple(range(2, p.ndim))
+    return safe_divide((p & g).sum(dims).double(), (p | g).sum(dims).double(), 1.0).float()

@@ -1,0 +1,76 @@
+"""Boundary IoU and mask IoU against hand-derived values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import seglosses as sl
+from seglosses.metrics import boundary_iou, boundary_iou_counts, mask_iou
+
+
+def square(top: int, left: int, size: int = 7) -> torch.Tensor:
+    """A (1, 7, 7) label map: class 1 on a 3×3 square, class 0 elsewhere."""
+    labels = torch.zeros(1, size, size, dtype=torch.long)
+    labels[0, top : top + 3, left : left + 3] = 1
+    return labels
+
+
+def test_identical_maps_score_one_and_absent_classes_score_one():
+    target = square(2, 2)
+    scores = boundary_iou(target, target, num_classes=3)
+    assert scores.tolist() == [[1.0, 1.0, 1.0]]  # class 2 is absent from both
+
+
+def test_shifted_square_by_hand():
+    """d = max(1, round(0.02 · 7√2)) = 1: each 3×3 square's band is its 8-pixel ring.
+
+    Shifted by one column, the rings share 4 pixels: 4 / (8 + 8 - 4) = 1/3. The masks share 6 of 12.
+    """
+    target, prediction = square(2, 2), square(2, 3)
+    intersection, union = boundary_iou_counts(prediction, target)
+    assert intersection[0, 1] == 4 and union[0, 1] == 12
+    torch.testing.assert_close(boundary_iou(prediction, target)[0, 1], torch.tensor(1 / 3))
+    torch.testing.assert_close(mask_iou(prediction, target)[0, 1], torch.tensor(6 / 12))
+
+
+def test_larger_dilation_widens_the_band():
+    """With d = 2 the 3×3 square erodes to nothing, so its band is the whole square."""
+    target, prediction = square(2, 2), square(2, 3)
+    intersection, union = boundary_iou_counts(prediction, target, dilation_ratio=0.2)  # round(1.98) = 2
+    assert intersection[0, 1] == 6 and union[0, 1] == 12
+
+
+def test_ignored_pixels_are_removed_after_the_bands():
+    target, prediction = square(2, 2), square(2, 3)
+    target[0, :, 4:] = 255  # ignore columns 4..6
+    intersection, union = boundary_iou_counts(prediction, target, ignore_index=255)
+    # target band, with its column 4 ignored (background for the erosion): the 3×2 block at cols 2-3 is
+    # all band (d = 1 erodes it away); prediction band restricted to cols 0-3: (2,3), (3,3), (4,3)
+    assert intersection[0, 1] == 3 and union[0, 1] == 6
+    everything = torch.full_like(target, 255)
+    assert boundary_iou(prediction, everything, ignore_index=255, num_classes=2).tolist() == [[1.0, 1.0]]
+
+
+def test_three_dimensional_maps():
+    target = torch.zeros(1, 5, 5, 5, dtype=torch.long)
+    target[0, 1:4, 1:4, 1:4] = 1
+    scores = boundary_iou(target, target)
+    assert scores.shape == (1, 2) and scores.tolist() == [[1.0, 1.0]]
+
+
+@pytest.mark.parametrize(
+    "prediction, target, message",
+    [
+        (torch.zeros(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), "integer label map as prediction"),
+        (torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 4, 5, dtype=torch.long), "one shape"),
+        (
+            torch.full((1, 4, 4), 3),
+            torch.zeros(1, 4, 4, dtype=torch.long),
+            r"predicted class indices in \[0, 2\)",
+        ),
+    ],
+)
+def test_errors(prediction, target, message):
+    with pytest.raises(sl.SegLossError, match=message):
+        boundary_iou(prediction, target, num_classes=2)
