@@ -32,6 +32,7 @@ def test_tiny_run_writes_every_file(tmp_path, capsys):
         assert len(run["history"]["test_dice"]) == 2 and len(run["per_class"]["dice"]) == 3
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 2 * 2 * 3  # losses × seeds × classes
+    assert {"dice", "iou", "boundary_iou", "precision", "recall"} <= set(rows[0])
     report = (out / "report.md").read_text()
     assert "| `ce` |" in report and "| `dice` |" in report and "**" in report and "± " in report
     assert "mean_dice" in capsys.readouterr().out

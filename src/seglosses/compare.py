@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 
 from ._core.errors import expected
+from ._core.numerics import safe_divide
 from .data import load_data
 from .losses.compound import create_loss, loss_domain
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, boundary_iou_counts
 from .models import UNet
 
 Pair = Tuple[Tensor, Tensor]
@@ -43,6 +44,7 @@ class Settings:
     depth: int = 3
     learning_rate: float = 3e-3
     device: str = "cpu"
+    result_format: int = 2  # bump when a result file's content changes, so old ones are not reused
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -98,17 +100,22 @@ def random_patches(pairs: Sequence[Pair], count: int, size: int, generator: torc
 def evaluate(
     model: torch.nn.Module, pairs: Sequence[Pair], num_classes: int, device: str
 ) -> Tuple[Dict[str, Tensor], List[Tensor]]:
-    """Per-class test metrics and the predicted label maps."""
+    """Per-class test metrics (confusion-based, and Boundary IoU summed over images) and the predictions."""
     metric = ConfusionMatrix(num_classes)
+    band_intersection = band_union = torch.zeros(num_classes, dtype=torch.int64)
     predictions = []
     model.eval()
     with torch.no_grad():
         for image, labels in pairs:
             predicted = model(image[None].to(device)).argmax(1)[0].cpu()
             metric.update(predicted, labels)
+            both, either = boundary_iou_counts(predicted[None], labels[None], num_classes=num_classes)
+            band_intersection, band_union = band_intersection + both[0], band_union + either[0]
             predictions.append(predicted)
     model.train()
-    return metric.compute(), predictions
+    scores = metric.compute()
+    scores["boundary_iou"] = safe_divide(band_intersection.double(), band_union.double(), 1.0).float()
+    return scores, predictions
 
 
 def run_one(
@@ -162,7 +169,9 @@ def run_one(
         if on_epoch is not None:
             on_epoch(epoch + 1, history["test_dice"][-1])
     scores, predictions = evaluate(model, splits["test"], num_classes, settings.device)
-    per_class = {name: scores[name].tolist() for name in ("dice", "iou", "precision", "recall")}
+    per_class = {
+        name: scores[name].tolist() for name in ("dice", "iou", "boundary_iou", "precision", "recall")
+    }
     result = RunResult(spec, seed, per_class, history)
     prediction = predictions[0].numpy().astype(np.uint8)
     write_atomically(

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .compare import RunResult, Settings, slug, write_atomically
 
-METRICS = ("dice", "iou", "precision", "recall")
+METRICS = ("dice", "iou", "boundary_iou", "precision", "recall")
 
 
 def summarise(results: Sequence[RunResult]) -> Dict[str, Dict[str, Tuple[float, float]]]:
