@@ -22,10 +22,9 @@ import torch
 from torch import Tensor
 
 from ._core.errors import expected
-from ._core.numerics import safe_divide
 from .data import load_data
 from .losses.compound import create_loss, loss_domain
-from .metrics import ConfusionMatrix, boundary_iou_counts
+from .metrics import ConfusionMatrix, boundary_iou_counts, iou_from_counts
 from .models import UNet
 
 Pair = Tuple[Tensor, Tensor]
@@ -114,7 +113,7 @@ def evaluate(
             predictions.append(predicted)
     model.train()
     scores = metric.compute()
-    scores["boundary_iou"] = safe_divide(band_intersection.double(), band_union.double(), 1.0).float()
+    scores["boundary_iou"] = iou_from_counts(band_intersection, band_union)
     return scores, predictions
 
 

@@ -73,15 +73,19 @@ def boundary_iou_counts(
     prediction, target, valid, c = _prepare(prediction, target, num_classes, ignore_index)
     diagonal = math.sqrt(sum(extent**2 for extent in target.shape[1:]))
     d = max(1, round(dilation_ratio * diagonal))
-    bands = []
-    for labels in (prediction, target):
-        masks = _class_masks(labels, c, valid)
-        bands.append(masks & ~_erode(masks, d))
-    both, either = bands[0] & bands[1], bands[0] | bands[1]
-    if valid is not None:
-        both, either = both & valid.unsqueeze(1), either & valid.unsqueeze(1)
-    dims = tuple(range(2, both.ndim))
-    return both.sum(dims), either.sum(dims)
+    bands = [masks & ~_erode(masks, d) for masks in (_class_masks(m, c, valid) for m in (prediction, target))]
+    return _overlap_counts(*bands)
+
+
+def _overlap_counts(prediction_masks: Tensor, target_masks: Tensor) -> Tuple[Tensor, Tensor]:
+    """``|P ∩ G|`` and ``|P ∪ G|`` per (sample, class); the masks already exclude ignored pixels."""
+    dims = tuple(range(2, prediction_masks.ndim))
+    return (prediction_masks & target_masks).sum(dims), (prediction_masks | target_masks).sum(dims)
+
+
+def iou_from_counts(intersection: Tensor, union: Tensor) -> Tensor:
+    """``intersection / union`` as float32, 1.0 where the union is empty (a class absent from both)."""
+    return safe_divide(intersection.double(), union.double(), 1.0).float()
 
 
 def boundary_iou(
@@ -96,7 +100,7 @@ def boundary_iou(
     intersection, union = boundary_iou_counts(
         prediction, target, num_classes=num_classes, dilation_ratio=dilation_ratio, ignore_index=ignore_index
     )
-    return safe_divide(intersection.double(), union.double(), 1.0).float()
+    return iou_from_counts(intersection, union)
 
 
 def mask_iou(
@@ -113,6 +117,6 @@ def mask_iou(
     """
     check_number("dilation_ratio", dilation_ratio, low=0.0)
     prediction, target, valid, c = _prepare(prediction, target, num_classes, ignore_index)
-    p, g = _class_masks(prediction, c, valid), _class_masks(target, c, valid)
-    dims = tuple(range(2, p.ndim))
-    return safe_divide((p & g).sum(dims).double(), (p | g).sum(dims).double(), 1.0).float()
+    return iou_from_counts(
+        *_overlap_counts(_class_masks(prediction, c, valid), _class_masks(target, c, valid))
+    )
