@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._core.errors import expected
+from .._core.options import check_int
 
 
 def _layers(spatial_dims: int) -> "tuple[Type[nn.Module], Type[nn.Module], Type[nn.Module]]":
@@ -53,8 +54,7 @@ class UNet(nn.Module):
         super().__init__()
         for name, value, low in (("in_channels", in_channels, 1), ("num_classes", num_classes, 1),
                                  ("width", width, 1), ("depth", depth, 0)):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise expected(f"{name} to be an int >= {low}", repr(value))
+            check_int(name, value, low=low)
         if spatial_dims not in (2, 3):
             raise expected("spatial_dims 2 or 3", repr(spatial_dims))
         conv, up_conv, pool = _layers(spatial_dims)
