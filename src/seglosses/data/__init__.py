@@ -1,7 +1,10 @@
-"""Built-in real data (shipped with the package, no download at run time) and the user's folders.
+"""Built-in real data (shipped with the package or, for ``brain``, with nilearn; no download at run time)
+and the user's folders.
 
 A data spec names a data set: ``nuclei`` (3 classes: background, interior, boundary), ``nuclei:2``
-(background, nucleus) or ``folder:PATH`` (``PATH/images`` and ``PATH/masks``, see
+(background, nucleus), ``brain`` (axial slices of the MNI152 template: background, grey matter, white
+matter; needs the ``[brain]`` extra, see :func:`seglosses.data.brain.brain`), ``brain:3d`` (the same
+as one volume per split) or ``folder:PATH`` (``PATH/images`` and ``PATH/masks``, see
 :func:`seglosses.data.folder.read_folder`; every fifth pair, in name order, is the test split).
 """
 
@@ -13,15 +16,17 @@ from typing import Dict, List, Tuple
 from torch import Tensor
 
 from .._core.errors import expected, unknown_choice
+from .brain import brain
 from .folder import read_folder
 from .nuclei import instances_to_classes, nuclei
 
-BUILT_IN = ("nuclei", "nuclei:2")
+BUILT_IN = ("nuclei", "nuclei:2", "brain", "brain:3d")
 Pair = Tuple[Tensor, Tensor]
 
 
 def load_data(spec: str, *, progress: bool = False) -> Dict[str, List[Pair]]:
-    """``{"train": [...], "test": [...]}``, lists of ``(image (C, H, W), labels (H, W))`` pairs."""
+    """``{"train": [...], "test": [...]}``, lists of ``(image (C, *S), labels (*S))`` pairs: ``S = (H, W)``
+    for every spec but ``brain:3d``, whose one pair per split is a volume, ``S = (D, H, W)``."""
     if not isinstance(spec, str):
         raise expected("a data spec string", repr(spec))
     if spec.startswith("folder:"):
@@ -34,12 +39,14 @@ def load_data(spec: str, *, progress: bool = False) -> Dict[str, List[Pair]]:
         }
     if spec not in BUILT_IN:
         raise unknown_choice("a data set (or folder:PATH)", spec, BUILT_IN)
-    classes = 2 if spec == "nuclei:2" else 3
     splits = {}
     for split in ("train", "test"):
-        image, labels = nuclei(classes=classes, split=split)
-        splits[split] = [(image[0], labels[0])]
+        if spec.startswith("brain"):
+            image, labels = brain(dims=3 if spec == "brain:3d" else 2, split=split)
+        else:
+            image, labels = nuclei(classes=2 if spec == "nuclei:2" else 3, split=split)
+        splits[split] = list(zip(image.unbind(0), labels.unbind(0)))
     return splits
 
 
-__all__ = ["BUILT_IN", "instances_to_classes", "load_data", "nuclei", "read_folder"]
+__all__ = ["BUILT_IN", "brain", "instances_to_classes", "load_data", "nuclei", "read_folder"]
