@@ -10,6 +10,18 @@ from ._core.targets import input_checks, set_input_checks
 from .functional import *  # noqa: F401,F403  (the pure functions, also at top level)
 from .functional import __all__ as _functional_all
 from .losses.base import LossModule
+from .losses.boundary import (
+    ActiveContourLoss,
+    BinaryActiveContourLoss,
+    BinaryBoundaryIoULoss,
+    BinaryBoundaryLoss,
+    BinaryHausdorffDTLoss,
+    BoundaryIoULoss,
+    BoundaryLoss,
+    DistanceMapTransform,
+    HausdorffDTLoss,
+    target_distance_maps,
+)
 from .losses.compound import CompoundLoss, create_loss
 from .losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss
 from .losses.focal import BinaryFocalLoss, FocalLoss
@@ -25,11 +37,21 @@ from .losses.overlap import (
     JaccardLoss,
     TverskyLoss,
 )
+from .ops.distance import distance_transform, signed_distance_map
 from .weights import ClassFrequency, class_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActiveContourLoss",
+    "BinaryActiveContourLoss",
+    "BinaryBoundaryIoULoss",
+    "BinaryBoundaryLoss",
+    "BinaryHausdorffDTLoss",
+    "BoundaryIoULoss",
+    "BoundaryLoss",
+    "DistanceMapTransform",
+    "HausdorffDTLoss",
     "BinaryCrossEntropyLoss",
     "BinaryDiceLoss",
     "BinaryFocalLoss",
@@ -50,8 +72,11 @@ __all__ = [
     "TverskyLoss",
     "class_weights",
     "create_loss",
+    "distance_transform",
     "input_checks",
     "list_losses",
     "set_input_checks",
+    "signed_distance_map",
+    "target_distance_maps",
     *_functional_all,
 ]

@@ -4,6 +4,16 @@ The functions take ``(logits, target)`` and keyword-only options; see :mod:`segl
 for what ``reduction`` returns and what ``mean`` divides by.
 """
 
+from .losses.boundary import (
+    active_contour_loss,
+    binary_active_contour_loss,
+    binary_boundary_iou_loss,
+    binary_boundary_loss,
+    binary_hausdorff_dt_loss,
+    boundary_iou_loss,
+    boundary_loss,
+    hausdorff_dt_loss,
+)
 from .losses.cross_entropy import binary_cross_entropy_loss, cross_entropy_loss
 from .losses.focal import binary_focal_loss, focal_loss
 from .losses.overlap import (
@@ -20,6 +30,14 @@ from .losses.overlap import (
 )
 
 __all__ = [
+    "active_contour_loss",
+    "binary_active_contour_loss",
+    "binary_boundary_iou_loss",
+    "binary_boundary_loss",
+    "binary_hausdorff_dt_loss",
+    "boundary_iou_loss",
+    "boundary_loss",
+    "hausdorff_dt_loss",
     "binary_cross_entropy_loss",
     "binary_dice_loss",
     "binary_focal_loss",

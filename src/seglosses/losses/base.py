@@ -65,9 +65,15 @@ class LossModule(nn.Module):
 
 
 def module_for(
-    name: str, function: Callable[..., Tensor], check_options: Callable[..., Dict[str, Any]]
+    name: str,
+    function: Callable[..., Tensor],
+    check_options: Callable[..., Dict[str, Any]],
+    base: Type[LossModule] = LossModule,
 ) -> Type[LossModule]:
-    """Make the ``nn.Module`` class of a loss function; its constructor takes the function's options."""
+    """Make the ``nn.Module`` class of a loss function; its constructor takes the function's options.
+
+    ``base`` may override ``forward`` (e.g. to take a third input); it must derive from LossModule.
+    """
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     params += list(keyword_options(function).values())
     namespace = {
@@ -85,7 +91,7 @@ def module_for(
     __init__.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     __init__.__qualname__ = f"{name}.__init__"
     namespace["__init__"] = __init__
-    return type(name, (LossModule,), namespace)
+    return type(name, (base,), namespace)
 
 
 __all__ = ["LossModule", "SegLossError", "keyword_options", "module_for"]

@@ -74,6 +74,7 @@ def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary
 
 
 PerClass = Callable[[Overlap, Dict[str, Optional[Tensor]]], Tensor]
+Statistics = Callable[[Tensor, Tensor, Optional[int], bool], Overlap]
 
 
 def _region(
@@ -84,13 +85,16 @@ def _region(
     per_class: PerClass,
     class_options: Tuple[str, ...] = (),
     weight_in_reduction: bool = True,
+    statistics: Statistics = _overlap,
 ) -> Tensor:
     """Prepare -> statistics -> per-class loss -> reduce, shared by every region loss.
 
     ``per_class(stats, tensors)`` gets the statistics and the per-class options named in
     ``class_options`` (and ``weight``), already checked against C and cut to the kept classes.
+    ``statistics(logits, target, ignore_index, binary)`` gives the ``(N, C)`` overlap (default: of the
+    probabilities; the boundary-IoU loss passes that of their boundary bands).
     """
-    stats = _overlap(logits, target, opts["ignore_index"], binary)
+    stats = statistics(logits, target, opts["ignore_index"], binary)
     names = ("weight", *class_options)
     tensors = {name: class_tensor(opts[name], stats.tp, name) for name in names}
     if not binary and not opts["include_background"]:

@@ -10,17 +10,16 @@ unions per class before dividing (:func:`boundary_iou_counts`).
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._core.errors import expected
 from .._core.numerics import safe_divide
 from .._core.options import check_ignore_index, check_number
 from .._core.targets import check_class_indices
+from ..ops.bands import band_width, boundary_band
 
 
 def _class_masks(labels: Tensor, num_classes: int, valid: Optional[Tensor]) -> Tensor:
@@ -29,16 +28,6 @@ def _class_masks(labels: Tensor, num_classes: int, valid: Optional[Tensor]) -> T
         1, -1, *[1] * (labels.ndim - 1)
     )
     return masks if valid is None else masks & valid.unsqueeze(1)
-
-
-def _erode(masks: Tensor, iterations: int) -> Tensor:
-    """Erosion by a 3^k square element, ``iterations`` times, outside the image counted as background."""
-    pool = F.max_pool2d if masks.ndim == 4 else F.max_pool3d
-    inverse = (~masks).float()
-    for _ in range(iterations):
-        # a pixel stays if no background (inverse = 1) is in its window; outside the image is background
-        inverse = pool(F.pad(inverse, [1, 1] * (masks.ndim - 2), value=1.0), kernel_size=3, stride=1)
-    return inverse == 0
 
 
 def _prepare(
@@ -71,9 +60,8 @@ def boundary_iou_counts(
     """``(intersection, union)`` band pixel counts ``(N, C)``, int64, to be summed over a data set."""
     check_number("dilation_ratio", dilation_ratio, low=0.0)
     prediction, target, valid, c = _prepare(prediction, target, num_classes, ignore_index)
-    diagonal = math.sqrt(sum(extent**2 for extent in target.shape[1:]))
-    d = max(1, round(dilation_ratio * diagonal))
-    bands = [masks & ~_erode(masks, d) for masks in (_class_masks(m, c, valid) for m in (prediction, target))]
+    d = band_width(dilation_ratio, target.shape[1:])
+    bands = [boundary_band(_class_masks(m, c, valid).float(), d) > 0 for m in (prediction, target)]
     return _overlap_counts(*bands)
 
 

@@ -1,0 +1,553 @@
+"""Boundary-aware losses (SPEC section 4): surface (boundary), Hausdorff DT, boundary IoU, active contour.
+
+Targets are those of every other loss: softmax losses take class indices ``(N, *S)`` or one-hot / soft
+``(N, C, *S)``; ``binary_*`` losses a target of the logits' shape. Where a loss needs a class *mask*
+(for a distance map) a dense target counts as the class where ``y > 0.5``; where the formula uses
+``y`` itself, the soft value is used.
+
+**ignore_index in spatial operators.** Before any distance, erosion or difference, ignored pixels are
+background for every class in both prediction and target; a finite difference that touches an ignored
+pixel is dropped; ignored pixels enter no sum. All-ignored gives 0 with a gradient.
+
+Distances are computed without gradient by :func:`seglosses.ops.distance_transform` on the logits'
+device; precompute target maps once with :func:`target_distance_maps` / :class:`DistanceMapTransform`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._core.errors import expected
+from .._core.numerics import safe_divide, sigmoid_f32, softmax_f32
+from .._core.options import (
+    ClassValues,
+    Reduction,
+    check_bool,
+    check_ignore_index,
+    check_number,
+    check_reduction,
+)
+from .._core.reduction import reduce, reduce_region
+from .._core.registry import register
+from .._core.stats import Overlap
+from .._core.targets import DenseTarget, binary_target, num_valid, softmax_target
+from ..ops.bands import band_width, boundary_band
+from ..ops.distance import Spacing, check_spacing, distance_transform, signed_distance_map
+from .base import LossModule, module_for
+from .overlap import _region, check_region_options, jaccard_score
+
+_LENGTH_EPS = 1e-8  # inside the square root of the active contour's length term (Chen et al.)
+
+
+# --- shared preparation ------------------------------------------------------------------------------
+
+
+def _prepare(
+    logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Probabilities and dense target ``(N, C, *S)`` in the compute dtype, both 0 at ignored pixels
+    (background for every class), and the valid mask broadcastable to them, or None."""
+    if binary:
+        prepared = binary_target(logits, target, ignore_index)
+        probs, dense, valid = sigmoid_f32(logits), prepared.dense, prepared.valid
+    else:
+        soft = softmax_target(logits, target, ignore_index)
+        probs = softmax_f32(logits)
+        if isinstance(soft, DenseTarget):
+            return probs, soft.dense.to(probs.dtype), None
+        dense = F.one_hot(soft.index(), logits.shape[1]).movedim(-1, 1).to(probs.dtype)
+        valid = None if soft.valid is None else soft.valid.unsqueeze(1)
+    if valid is None:
+        return probs, dense, None
+    return torch.where(valid, probs, 0.0), torch.where(valid, dense, 0.0), valid
+
+
+def _kept(start: int, *tensors: Tensor) -> Tuple[Tensor, ...]:
+    """Channels ``start:`` of each ``(N, C, *S)`` tensor."""
+    return tuple(t[:, start:] for t in tensors)
+
+
+def _first_class(opts: Dict[str, Any], binary: bool) -> int:
+    return 0 if binary or opts["include_background"] else 1
+
+
+def _reduce_pixels(loss: Tensor, valid: Optional[Tensor], reduction: str, binary: bool) -> Tensor:
+    """Pixel-loss reduction of ``(N, C', *S)`` terms: the class mean per pixel (softmax), then ``reduce``
+    over valid pixels (SPEC: mean over valid pixels and supervised classes)."""
+    if not binary:
+        loss = loss.mean(1)
+        valid = None if valid is None else valid[:, 0]
+    if valid is not None:
+        loss = torch.where(valid, loss, 0.0)
+    return reduce(loss, reduction, num_valid(valid, loss.shape, loss.device))
+
+
+def _spatial_sum(values: Tensor) -> Tensor:
+    return values.flatten(2).sum(-1)
+
+
+def _check_options(
+    *, include_background: bool, ignore_index: Optional[int], reduction: str
+) -> Dict[str, Any]:
+    return {
+        "include_background": check_bool("include_background", include_background),
+        "ignore_index": check_ignore_index(ignore_index),
+        "reduction": check_reduction(reduction),
+    }
+
+
+# --- target distance maps ----------------------------------------------------------------------------
+
+
+def target_distance_maps(
+    target: Tensor,
+    num_classes: int,
+    *,
+    spacing: Spacing = None,
+    ignore_index: Optional[int] = None,
+) -> Tensor:
+    """Signed distance maps ``(N, C, *S)`` of an index target ``(N, *S)``, one per class, as
+    :func:`boundary_loss` computes them on the fly (ignored pixels background for every class).
+
+    Pass the result as ``dist_maps`` to skip the computation during training.
+    """
+    if not isinstance(target, Tensor) or target.is_floating_point() or target.dtype == torch.bool:
+        raise expected("an integer index target (N, *S)", getattr(target, "dtype", type(target).__name__))
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise expected("num_classes to be an int >= 1", repr(num_classes))
+    classes = torch.arange(num_classes, device=target.device).view(1, -1, *[1] * (target.ndim - 1))
+    masks = target.unsqueeze(1) == classes
+    if ignore_index is not None:
+        masks &= (target != ignore_index).unsqueeze(1)
+    return signed_distance_map(masks, check_spacing(spacing), spatial_dims=target.ndim - 1)
+
+
+class DistanceMapTransform:
+    """Dataset transform: a label map ``(*S)`` -> its signed distance maps ``(C, *S)`` (computed once).
+
+    Example:
+        >>> transform = DistanceMapTransform(num_classes=2)
+        >>> transform(torch.tensor([[0, 1, 1, 1, 0]])).shape
+        torch.Size([2, 1, 5])
+    """
+
+    def __init__(self, num_classes: int, *, spacing: Spacing = None, ignore_index: Optional[int] = None):
+        self.num_classes = num_classes
+        self.spacing = check_spacing(spacing)
+        self.ignore_index = check_ignore_index(ignore_index)
+
+    def __call__(self, labels: Tensor) -> Tensor:
+        maps = target_distance_maps(
+            labels.unsqueeze(0), self.num_classes, spacing=self.spacing, ignore_index=self.ignore_index
+        )
+        return maps[0]
+
+
+# --- surface (boundary) loss -------------------------------------------------------------------------
+
+
+def check_boundary_options(
+    *,
+    include_background: bool = False,
+    spacing: Spacing,
+    ignore_index: Optional[int],
+    reduction: str,
+    **specific: Any,
+) -> Dict[str, Any]:
+    """Validate the options of the distance-based losses."""
+    opts = _check_options(
+        include_background=include_background, ignore_index=ignore_index, reduction=reduction
+    )
+    return {**opts, "spacing": check_spacing(spacing), **specific}
+
+
+def _check_maps(dist_maps: Tensor, logits: Tensor) -> Tensor:
+    if not isinstance(dist_maps, Tensor) or not dist_maps.is_floating_point():
+        raise expected("dist_maps as a floating-point tensor", getattr(dist_maps, "dtype", type(dist_maps)))
+    if dist_maps.shape != logits.shape:
+        shape = tuple(dist_maps.shape)
+        raise expected(f"dist_maps of the logits' shape {tuple(logits.shape)}", f"shape {shape}")
+    if dist_maps.device != logits.device:
+        raise expected(f"dist_maps on the logits' device {logits.device}", f"device {dist_maps.device}")
+    return dist_maps.detach()
+
+
+def _surface(
+    logits: Tensor, target: Tensor, dist_maps: Optional[Tensor], opts: Dict[str, Any], binary: bool
+) -> Tensor:
+    probs, dense, valid = _prepare(logits, target, opts["ignore_index"], binary)
+    start = _first_class(opts, binary)
+    if dist_maps is None:
+        rank = logits.ndim - 2
+        phi = signed_distance_map(dense[:, start:] > 0.5, opts["spacing"], spatial_dims=rank)
+    else:
+        phi = _check_maps(dist_maps, logits)[:, start:]
+    loss = phi.to(probs.dtype) * probs[:, start:]
+    return _reduce_pixels(loss, valid, opts["reduction"], binary)
+
+
+def boundary_loss(
+    logits: Tensor,
+    target: Tensor,
+    dist_maps: Optional[Tensor] = None,
+    *,
+    include_background: bool = False,
+    spacing: Spacing = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Surface (boundary) loss ``mean(φ_G · p)`` (Kervadec et al. 2019), ``p = softmax(z)``.
+
+    ``φ_G`` is the signed distance map of each class's target mask
+    (:func:`seglosses.ops.signed_distance_map`: negative inside, 0 on the inner boundary, positive
+    outside; ``φ ≡ 0`` for a class absent from the sample). The loss is negative for a good prediction
+    and not 0 for a perfect one; combine it with a region loss as ``α R + (1 - α) B``, ``α`` decreasing
+    from 1 with the epoch (a schedule).
+
+    Args:
+        logits: ``(N, C, *S)``.
+        target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)`` (class mask ``y > 0.5``).
+        dist_maps: precomputed ``φ`` of shape ``(N, C, *S)`` (e.g. by :func:`target_distance_maps`), or
+            None to compute them from the target without gradient.
+        include_background: supervise class 0 too (default: foreground classes only).
+        spacing: pixel size per spatial axis for the maps.
+        ignore_index: target value whose pixels count nowhere.
+        reduction: ``none`` -> ``(N, *S)``, the class mean per pixel (0 at ignored pixels); ``mean`` ->
+            its mean over valid pixels; ``sum``.
+    """
+    opts = check_boundary_options(
+        include_background=include_background, spacing=spacing, ignore_index=ignore_index, reduction=reduction
+    )
+    return _surface(logits, target, dist_maps, opts, binary=False)
+
+
+def binary_boundary_loss(
+    logits: Tensor,
+    target: Tensor,
+    dist_maps: Optional[Tensor] = None,
+    *,
+    spacing: Spacing = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Surface loss per sigmoid channel, ``mean(φ_G · p)``, ``p = sigmoid(z)``; ``none`` -> ``(N, C, *S)``,
+    ``mean`` over valid elements. Target and ``dist_maps`` have the logits' shape."""
+    opts = check_boundary_options(spacing=spacing, ignore_index=ignore_index, reduction=reduction)
+    return _surface(logits, target, dist_maps, opts, binary=True)
+
+
+# --- Hausdorff distance-transform loss ---------------------------------------------------------------
+
+
+def _distance_fields(masks: Tensor, spacing: Spacing) -> Tensor:
+    """``d_M = EDT(M) + EDT(¬M)`` per ``(…, *S)`` mask, 0 where ``M`` is empty or fills the image."""
+    rank = masks.ndim - 2
+    fields = distance_transform(torch.stack([masks, ~masks]), spacing, spatial_dims=rank).sum(0)
+    flat = masks.flatten(2)
+    mixed = flat.any(-1) & ~flat.all(-1)
+    return fields * mixed.view(*mixed.shape, *[1] * rank)
+
+
+def _hausdorff(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
+    probs, dense, valid = _prepare(logits, target, opts["ignore_index"], binary)
+    probs, dense = _kept(_first_class(opts, binary), probs, dense)
+    masks = torch.cat([dense > 0.5, probs.detach() > 0.5])  # target and prediction in one transform
+    d_target, d_prediction = _distance_fields(masks, opts["spacing"]).to(probs.dtype).chunk(2)
+    alpha = opts["alpha"]
+    loss = (probs - dense) ** 2 * (d_target**alpha + d_prediction**alpha)
+    return _reduce_pixels(loss, valid, opts["reduction"], binary)
+
+
+def check_hausdorff_options(*, alpha: float, **shared: Any) -> Dict[str, Any]:
+    return check_boundary_options(alpha=check_number("alpha", alpha, low=0.0, low_open=True), **shared)
+
+
+def hausdorff_dt_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 2.0,
+    include_background: bool = False,
+    spacing: Spacing = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Hausdorff distance-transform loss ``mean((p - y)² (d_G^α + d_P^α))`` (Karimi & Salcudean 2019).
+
+    For a mask ``M``, ``d_M = EDT(M) + EDT(¬M)`` (0 if ``M`` is empty or full); ``G`` is the class's
+    target mask, ``P = {p > 0.5}``; distances carry no gradient. ``α = 2`` as in the paper and MONAI's
+    ``HausdorffDTLoss``. Perfect prediction gives 0.
+
+    Args:
+        logits: ``(N, C, *S)``.
+        target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
+        alpha: the exponent ``α > 0``.
+        include_background: supervise class 0 too (default: foreground classes only).
+        spacing: pixel size per spatial axis.
+        ignore_index: target value whose pixels count nowhere.
+        reduction: ``none`` -> ``(N, *S)`` (class mean per pixel); ``mean`` over valid pixels; ``sum``.
+    """
+    opts = check_hausdorff_options(
+        alpha=alpha, include_background=include_background, spacing=spacing, ignore_index=ignore_index,
+        reduction=reduction,
+    )  # fmt: skip
+    return _hausdorff(logits, target, opts, binary=False)
+
+
+def binary_hausdorff_dt_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 2.0,
+    spacing: Spacing = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Hausdorff DT loss per sigmoid channel, ``mean((p - y)² (d_G^α + d_P^α))``; ``none`` -> ``(N, C, *S)``.
+    """
+    opts = check_hausdorff_options(
+        alpha=alpha, spacing=spacing, ignore_index=ignore_index, reduction=reduction
+    )
+    return _hausdorff(logits, target, opts, binary=True)
+
+
+# --- boundary-IoU loss -------------------------------------------------------------------------------
+
+
+def check_boundary_iou_options(*, dilation_ratio: float, **shared: Any) -> Dict[str, Any]:
+    ratio = check_number("dilation_ratio", dilation_ratio, low=0.0)
+    return check_region_options(dilation_ratio=ratio, **shared)
+
+
+def _band_statistics(ratio: float) -> Any:
+    def statistics(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Overlap:
+        """Overlap of the soft bands: ``I = Σ B(p) B(y)``, ``FP = Σ B(p) - I``, ``FN = Σ B(y) - I``."""
+        probs, dense, _ = _prepare(logits, target, ignore_index, binary)
+        width = band_width(ratio, logits.shape[2:])
+        band_p, band_y = boundary_band(probs, width), boundary_band(dense, width)
+        intersection = _spatial_sum(band_p * band_y)
+        return Overlap(intersection, _spatial_sum(band_p) - intersection, _spatial_sum(band_y) - intersection)
+
+    return statistics
+
+
+def _boundary_iou(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
+    statistics = _band_statistics(opts["dilation_ratio"])
+    return _region(
+        logits, target, opts, binary, lambda s, _: 1 - jaccard_score(s, opts["smooth"]), statistics=statistics
+    )
+
+
+def boundary_iou_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    dilation_ratio: float = 0.02,
+    include_background: bool = True,
+    batch: bool = False,
+    smooth: float = 0.0,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Boundary-IoU loss ``1 - (I + s) / (U + s)`` on soft boundary bands, per (sample, class).
+
+    ``B(x) = x - minpool(x)`` over a ``(2d + 1)^k`` window with zero padding (outside the image is
+    background), ``d = max(1, round(r · diagonal))`` as in :func:`seglosses.metrics.boundary_iou`; on
+    the probabilities and on the (one-hot) target: ``I = Σ B(p) B(y)``, ``U = Σ B(p) + Σ B(y) - I``;
+    ``U + s = 0`` gives 0. At saturated logits it equals ``1 -`` the Boundary IoU metric. With ``s = 0`` a
+    class absent from the target but with any predicted band has loss 1 (and no gradient), as in the
+    region losses; ``smooth > 0`` makes the loss continuous there.
+
+    Args:
+        logits: ``(N, C, *S)``.
+        target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
+        dilation_ratio: ``r >= 0``, the band width relative to the image diagonal.
+        include_background, batch, smooth, weight, ignore_index: as the region losses
+            (:func:`seglosses.functional.dice_loss`).
+        reduction: ``none`` -> ``(N, C)`` (``(C,)`` with ``batch=True``); ``mean`` -> the (weighted)
+            class mean averaged over samples; ``sum``.
+    """
+    opts = check_boundary_iou_options(
+        dilation_ratio=dilation_ratio, include_background=include_background, batch=batch, smooth=smooth,
+        weight=weight, ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
+    return _boundary_iou(logits, target, opts, binary=False)
+
+
+def binary_boundary_iou_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    dilation_ratio: float = 0.02,
+    batch: bool = False,
+    smooth: float = 0.0,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Boundary-IoU loss per sigmoid channel, ``1 - (I + s) / (U + s)`` on soft bands ``x - minpool(x)``."""
+    opts = check_boundary_iou_options(
+        dilation_ratio=dilation_ratio, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index,
+        reduction=reduction,
+    )  # fmt: skip
+    return _boundary_iou(logits, target, opts, binary=True)
+
+
+# --- active contour loss -----------------------------------------------------------------------------
+
+
+def _window(values: Tensor, shifted_axis: Optional[int]) -> Tensor:
+    """The ``(n_1 - 1) × … × (n_k - 1)`` grid of ``values`` ``(N, C, *S)``, moved by one along
+    ``shifted_axis`` (a spatial axis index) or not moved (None)."""
+    index = [slice(None), slice(None)]
+    index += [slice(1, None) if a == shifted_axis else slice(None, -1) for a in range(values.ndim - 2)]
+    return values[tuple(index)]
+
+
+def _contour_sums(
+    probs: Tensor, dense: Tensor, valid: Optional[Tensor]
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(length, pairs, region, pixels)``, each summed over space ``(N, C)`` (counts ``(N, 1|C)``)."""
+    rank = probs.ndim - 2
+    base = _window(probs, None)
+    squares = torch.zeros_like(base)
+    for axis in range(rank):
+        squares = squares + (_window(probs, axis) - base) ** 2
+    length = torch.sqrt(squares + _LENGTH_EPS)
+    region = probs * (1 - dense) ** 2 + (1 - probs) * dense**2
+    if valid is None:
+        pairs = torch.tensor(float(base[0, 0].numel()), device=probs.device).expand(probs.shape[0], 1)
+        pixels = torch.tensor(float(probs[0, 0].numel()), device=probs.device).expand(probs.shape[0], 1)
+        return _spatial_sum(length), pairs, _spatial_sum(region), pixels
+    grid = _window(valid, None)
+    for a in range(rank):
+        grid = grid & _window(valid, a)
+    length = torch.where(grid, length, 0.0)
+    region = torch.where(valid, region, 0.0)
+    return _spatial_sum(length), _spatial_sum(grid.float()), _spatial_sum(region), _spatial_sum(valid.float())
+
+
+def _active_contour(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
+    probs, dense, valid = _prepare(logits, target, opts["ignore_index"], binary)
+    probs, dense = _kept(_first_class(opts, binary), probs, dense)
+    length, pairs, region, pixels = _contour_sums(probs, dense, valid)
+    pairs, pixels = pairs.expand_as(length), pixels.expand_as(length)
+    if opts["batch"]:
+        length, pairs, region, pixels = (t.sum(0) for t in (length, pairs, region, pixels))
+    if opts["normalize"]:
+        length, region = safe_divide(length, pairs, 0.0), safe_divide(region, pixels, 0.0)
+    return reduce_region(length + opts["lam"] * region, opts["reduction"])
+
+
+def check_active_contour_options(
+    *,
+    lam: float,
+    normalize: bool,
+    include_background: bool = True,
+    batch: bool,
+    ignore_index: Optional[int],
+    reduction: str,
+) -> Dict[str, Any]:
+    opts = _check_options(
+        include_background=include_background, ignore_index=ignore_index, reduction=reduction
+    )
+    return {
+        **opts,
+        "lam": check_number("lam", lam, low=0.0),
+        "normalize": check_bool("normalize", normalize),
+        "batch": check_bool("batch", batch),
+    }
+
+
+def active_contour_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    lam: float = 1.0,
+    normalize: bool = True,
+    include_background: bool = True,
+    batch: bool = False,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Active contour loss ``length + λ · region`` per (sample, class) (Chen et al. 2019).
+
+    ``length = Σ sqrt(Σ_a (∂_a p)² + ε)`` over the ``(n_1 - 1) × … × (n_k - 1)`` grid of forward
+    differences taken at the same pixels (``ε = 1e-8``); ``region = Σ p (1 - y)² + (1 - p) y²`` (inside
+    value ``c1 = 1``, outside ``c2 = 0``). With ``normalize`` (default) each term is divided by its
+    number of terms (valid difference tuples, valid pixels), so the loss does not grow with the image;
+    ``normalize=False`` gives the paper's plain sums. Not 0 for a perfect prediction (its length remains).
+
+    Args:
+        logits: ``(N, C, *S)``, any spatial size, 1-D to 3-D.
+        target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
+        lam: ``λ >= 0``, the weight of the region term.
+        normalize: divide each term by its number of terms.
+        include_background: keep class 0.
+        batch: pool the sums (and counts) over the batch: one loss per class.
+        ignore_index: target value whose pixels count nowhere (differences touching them are dropped).
+        reduction: ``none`` -> ``(N, C)`` (``(C,)`` with ``batch=True``); ``mean`` over pairs; ``sum``.
+    """
+    opts = check_active_contour_options(
+        lam=lam, normalize=normalize, include_background=include_background, batch=batch,
+        ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
+    return _active_contour(logits, target, opts, binary=False)
+
+
+def binary_active_contour_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    lam: float = 1.0,
+    normalize: bool = True,
+    batch: bool = False,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Active contour loss per sigmoid channel, ``length + λ · region`` (see :func:`active_contour_loss`)."""
+    opts = check_active_contour_options(
+        lam=lam, normalize=normalize, batch=batch, ignore_index=ignore_index, reduction=reduction
+    )
+    return _active_contour(logits, target, opts, binary=True)
+
+
+# --- modules and registry ----------------------------------------------------------------------------
+
+
+class _WithMaps(LossModule):
+    """A surface-loss module: ``forward(logits, target, dist_maps=None)``."""
+
+    def forward(self, logits: Tensor, target: Tensor, dist_maps: Optional[Tensor] = None) -> Tensor:
+        return type(self).function(logits, target, dist_maps, **self.options)
+
+
+BoundaryLoss = module_for("BoundaryLoss", boundary_loss, check_boundary_options, _WithMaps)
+BinaryBoundaryLoss = module_for("BinaryBoundaryLoss", binary_boundary_loss, check_boundary_options, _WithMaps)
+HausdorffDTLoss = module_for("HausdorffDTLoss", hausdorff_dt_loss, check_hausdorff_options)
+BinaryHausdorffDTLoss = module_for("BinaryHausdorffDTLoss", binary_hausdorff_dt_loss, check_hausdorff_options)
+BoundaryIoULoss = module_for("BoundaryIoULoss", boundary_iou_loss, check_boundary_iou_options)
+BinaryBoundaryIoULoss = module_for(
+    "BinaryBoundaryIoULoss", binary_boundary_iou_loss, check_boundary_iou_options
+)
+ActiveContourLoss = module_for("ActiveContourLoss", active_contour_loss, check_active_contour_options)
+BinaryActiveContourLoss = module_for(
+    "BinaryActiveContourLoss", binary_active_contour_loss, check_active_contour_options
+)
+
+for _name, _module, _domain, _kind, _text in (
+    ("boundary", BoundaryLoss, "softmax", "pixel", "surface loss mean(φ_G · p) on signed distance maps"),
+    ("binary_boundary", BinaryBoundaryLoss, "binary", "pixel", "surface loss per sigmoid channel"),
+    ("hausdorff_dt", HausdorffDTLoss, "softmax", "pixel", "Hausdorff distance-transform loss (Karimi 2019)"),
+    ("binary_hausdorff_dt", BinaryHausdorffDTLoss, "binary", "pixel", "Hausdorff DT loss per channel"),
+    ("boundary_iou", BoundaryIoULoss, "softmax", "region", "1 - IoU of soft boundary bands per class"),
+    ("binary_boundary_iou", BinaryBoundaryIoULoss, "binary", "region", "boundary-IoU loss per channel"),
+    ("active_contour", ActiveContourLoss, "softmax", "region", "active contour loss: length + λ·region"),
+    ("binary_active_contour", BinaryActiveContourLoss, "binary", "region", "active contour loss per channel"),
+):
+    register(_name, _module, domain=_domain, description=_text, kind=_kind)

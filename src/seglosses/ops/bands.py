@@ -1,0 +1,36 @@
+"""Boundary bands by min-pooling erosion, shared by the Boundary IoU metric and the boundary-IoU loss."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor
+
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+
+
+def band_width(dilation_ratio: float, spatial_shape: Sequence[int]) -> int:
+    """``d = max(1, round(r · diagonal))``, diagonal over all spatial axes, Python's half-to-even round."""
+    diagonal = math.sqrt(sum(extent**2 for extent in spatial_shape))
+    return max(1, round(dilation_ratio * diagonal))
+
+
+def erode(values: Tensor, width: int) -> Tensor:
+    """Min-pool of ``(N, C, *S)`` over a ``(2d + 1)^k`` window, outside the image counted as 0.
+
+    On a 0/1 mask this is the erosion by a 3^k square element repeated ``d`` times, the image border
+    padded with background.
+    """
+    rank = values.ndim - 2
+    padded = F.pad(-values, [width, width] * rank, value=0.0)
+    return -_MAX_POOL[rank](padded, kernel_size=2 * width + 1, stride=1)
+
+
+def boundary_band(values: Tensor, width: int) -> Tensor:
+    """``B(x) = x - erode(x)``: the inner band of a mask, or its soft form on probabilities."""
+    return values - erode(values, width)
+
+
+__all__ = ["band_width", "boundary_band", "erode"]
