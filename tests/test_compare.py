@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,7 +36,7 @@ def test_tiny_run_writes_every_file(tmp_path, capsys):
     }
     for run in results["runs"]:
         assert len(run["history"]["test_dice"]) == 2 and len(run["per_class"]["dice"]) == 3
-    rows = list(csv.DictReader((out / "results.csv").open()))
+    rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
     assert len(rows) == 2 * 2 * 3  # losses × seeds × classes
     assert {"dice", "iou", "boundary_iou", "precision", "recall"} <= set(rows[0])
     report = (out / "report.md").read_text()
@@ -64,6 +70,109 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     resumed, _ = compare(["focal(gamma=2)"], [0], SETTINGS, out)
     assert resumed[0].per_class == whole[0].per_class
     assert resumed[0].history == whole[0].history
+
+
+def _wait_for(condition, process, log, what, timeout=120.0):
+    """Poll until ``condition()``; fail (never hang) on a timeout or when ``process`` ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the command ended (exit {process.returncode}) before {what}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout} s:\n{log.read_text()}")
+        time.sleep(0.02)
+
+
+def _temporary_files(out):
+    """Leftovers of write_atomically (``.<name>.<random>.tmp`` beside the file)."""
+    return {path for path in out.rglob("*") if path.name.endswith(".tmp")}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
+def test_sigkilled_cli_resumes_to_the_uninterrupted_result(tmp_path):
+    """The real command, SIGKILLed twice (after its first checkpoint, then after its first result file),
+    finishes on the third start with the files and results of an uninterrupted run."""
+    specs, epochs = ["ce", "dice"], 3
+    argv = ["--epochs", str(epochs), "--steps", "2", "--seeds", "1", "--patch", "32", "--width", "4",
+            "--batch-size", "2"]  # fmt: skip
+    settings = Settings(epochs=epochs, steps_per_epoch=2, batch_size=2, patch=32, width=4)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "seglosses.cli", "compare", *specs, *argv, "--out", str(out)]
+    folders = {spec: out / "runs" / slug(spec) for spec in specs}
+    first_checkpoint, first_result = folders["ce"] / "seed0.ckpt", folders["ce"] / "seed0.json"
+    orphans = set()  # a kill in the middle of an atomic write may leave its temporary file, nothing else
+
+    def start(log):
+        with log.open("wb") as stream:  # the child keeps its own handle
+            return subprocess.Popen(command, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=stream,
+                                    stderr=subprocess.STDOUT)  # fmt: skip
+
+    def kill_when(condition, what, log):
+        process = start(log)
+        try:
+            _wait_for(condition, process, log, what)
+            process.send_signal(signal.SIGKILL)
+            assert process.wait(timeout=60) == -signal.SIGKILL, log.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=60)
+        orphans.update(_temporary_files(out))
+
+    # 1. killed during the first run, after its first epoch: a readable checkpoint, no result yet
+    kill_when(first_checkpoint.exists, "first checkpoint", tmp_path / "kill1.log")
+    state = torch.load(first_checkpoint, weights_only=True)
+    assert 1 <= state["epoch"] < epochs and len(state["history"]["test_dice"]) == state["epoch"]
+    killed_history = {name: list(values) for name, values in state["history"].items()}
+    assert not first_result.exists() and not (out / "results.json").exists()
+
+    # 2. started again and killed once the first run has finished (somewhere in the second run)
+    kill_when(first_result.exists, "first result file", tmp_path / "kill2.log")
+    kept = first_result.read_bytes()
+    assert json.loads(kept)["history"]["test_dice"] and not (out / "results.json").exists()
+    stamp = first_result.stat().st_mtime_ns
+
+    # 3. started again: runs to the end, without retraining the finished run
+    log = tmp_path / "final.log"
+    process = start(log)
+    try:
+        assert process.wait(timeout=300) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+    assert first_result.read_bytes() == kept and first_result.stat().st_mtime_ns == stamp
+
+    expected = {out / name for name in ("results.json", "results.csv", "report.md", "learning_curves.png",
+                                        "per_class_dice.png", "overlays.png")}  # fmt: skip
+    for folder in folders.values():
+        expected |= {folder / "seed0.ckpt", folder / "seed0.json", folder / "seed0_prediction.npy"}
+    files = {path for path in out.rglob("*") if path.is_file()}
+    assert files - orphans == expected
+    assert _temporary_files(out) <= orphans  # the resumed command's own writes leave none
+    for name in ("learning_curves.png", "per_class_dice.png", "overlays.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(list(csv.DictReader((out / "results.csv").read_text().splitlines()))) == len(specs) * 3
+    assert "| `ce` |" in (out / "report.md").read_text() and "| `dice` |" in (out / "report.md").read_text()
+    for folder in folders.values():
+        assert torch.load(folder / "seed0.ckpt", weights_only=True)["epoch"] == epochs
+
+    # the same results as an uninterrupted run with the same settings (training is deterministic on CPU)
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"] == asdict(settings)
+    assert [(run["loss"], run["seed"]) for run in results["runs"]] == [(spec, 0) for spec in specs]
+    whole, _ = compare(specs, [0], settings, tmp_path / "whole")
+    for run, reference in zip(results["runs"], whole):
+        assert run["per_class"] == reference.per_class, run["loss"]
+        assert run["history"] == reference.history, run["loss"]
+        assert len(run["history"]["test_dice"]) == epochs
+        prediction = np.load(folders[run["loss"]] / "seed0_prediction.npy")
+        assert np.array_equal(prediction, np.load(tmp_path / "whole" / "runs" / slug(run["loss"]) /
+                                                  "seed0_prediction.npy"))  # fmt: skip
+    assert {name: values[: len(killed_history[name])] for name, values in whole[0].history.items()} == (
+        killed_history
+    )  # the first kill's checkpoint held the first epochs of the uninterrupted run
 
 
 def test_changed_settings_do_not_reuse_results(tmp_path):
