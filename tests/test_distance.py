@@ -152,3 +152,17 @@ def test_public_names_and_device():
 def test_errors(call, message):
     with pytest.raises(sl.SegLossError, match=message):
         call()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_sided_distance_is_the_sum_of_both_transforms(backend):
+    """EDT(M) + EDT(¬M), to float32 precision; a one-valued sample gets the distances to outside."""
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(4, 2, 15, 12, generator=g) < 0.5
+    mask[1, 0] = True
+    mask[2, 1] = False
+    spacing = (1.5, 0.8)
+    both = sl.ops.two_sided_distance(mask, spacing, backend=backend)
+    expected = sum(distance_transform(m, spacing, backend="torch") for m in (mask, ~mask))
+    torch.testing.assert_close(both, expected, rtol=1e-6, atol=1e-5)
+    assert torch.equal(both[1, 0], both[2, 1])  # both one-valued: the same distances to outside

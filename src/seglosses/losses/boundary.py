@@ -36,7 +36,7 @@ from .._core.registry import register
 from .._core.stats import Overlap
 from .._core.targets import DenseTarget, binary_target, num_valid, softmax_target
 from ..ops.bands import band_width, boundary_band
-from ..ops.distance import Spacing, check_spacing, distance_transform, signed_distance_map
+from ..ops.distance import Spacing, check_spacing, signed_distance_map, two_sided_distance
 from .base import LossModule, module_for
 from .overlap import _region, check_region_options, jaccard_score
 
@@ -246,7 +246,7 @@ def binary_boundary_loss(
 def _distance_fields(masks: Tensor, spacing: Spacing) -> Tensor:
     """``d_M = EDT(M) + EDT(¬M)`` per ``(…, *S)`` mask, 0 where ``M`` is empty or fills the image."""
     rank = masks.ndim - 2
-    fields = distance_transform(torch.stack([masks, ~masks]), spacing, spatial_dims=rank).sum(0)
+    fields = two_sided_distance(masks, spacing, spatial_dims=rank)
     flat = masks.flatten(2)
     mixed = flat.any(-1) & ~flat.all(-1)
     return fields * mixed.view(*mixed.shape, *[1] * rank)
