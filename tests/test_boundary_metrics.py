@@ -1,7 +1,8 @@
-"""Boundary IoU and mask IoU against hand-derived values."""
+"""Boundary IoU and mask IoU against hand-derived values and a scipy reference."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,3 +75,41 @@ def test_three_dimensional_maps():
 def test_errors(prediction, target, message):
     with pytest.raises(sl.SegLossError, match=message):
         boundary_iou(prediction, target, num_classes=2)
+
+
+def scipy_boundary_iou(prediction, target, num_classes, dilation_ratio, ignore_index):
+    """A straightforward reference: scipy's binary erosion, d iterations, border as background."""
+    import math
+
+    ndimage = pytest.importorskip("scipy.ndimage")
+    spatial = target.shape[1:]
+    d = max(1, round(dilation_ratio * math.sqrt(sum(n * n for n in spatial))))
+    element = np.ones((3,) * len(spatial), dtype=bool)
+    scores = np.zeros((target.shape[0], num_classes))
+    for n in range(target.shape[0]):
+        valid = target[n] != ignore_index
+        bands = []
+        for labels in (prediction[n], target[n]):
+            bands.append([])
+            for c in range(num_classes):
+                mask = (labels == c) & valid
+                eroded = ndimage.binary_erosion(mask, element, iterations=d, border_value=0)
+                bands[-1].append(mask & ~eroded & valid)
+        for c in range(num_classes):
+            union = (bands[0][c] | bands[1][c]).sum()
+            scores[n, c] = 1.0 if union == 0 else (bands[0][c] & bands[1][c]).sum() / union
+    return torch.from_numpy(scores)
+
+
+@pytest.mark.parametrize("shape, ratio", [((3, 40, 31), 0.02), ((2, 25, 30), 0.1), ((2, 12, 14, 10), 0.06)])
+def test_matches_a_scipy_erosion_reference(shape, ratio):
+    g = torch.Generator().manual_seed(sum(shape))
+    noise = torch.randn(shape, generator=g)[:, None]
+    pool = torch.nn.functional.avg_pool2d if len(shape) == 3 else torch.nn.functional.avg_pool3d
+    smooth = pool(noise, 5, 1, 2)[:, 0]
+    target = torch.bucketize(smooth, torch.tensor([-0.2, 0.2]))  # three classes in blobs
+    prediction = torch.roll(target, shifts=2, dims=-1)
+    target[:, :3] = 255
+    result = boundary_iou(prediction, target, num_classes=3, dilation_ratio=ratio, ignore_index=255)
+    expected = scipy_boundary_iou(prediction.numpy(), target.numpy(), 3, ratio, 255)
+    torch.testing.assert_close(result.double(), expected)

@@ -15,7 +15,7 @@ device; precompute target maps once with :func:`target_distance_maps` / :class:`
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +34,17 @@ from .._core.options import (
 from .._core.reduction import reduce, reduce_region
 from .._core.registry import register
 from .._core.stats import Overlap
-from .._core.targets import DenseTarget, binary_target, num_valid, softmax_target
+from .._core.targets import (
+    BinaryTarget,
+    DenseTarget,
+    IndexTarget,
+    SoftmaxTarget,
+    binary_target,
+    num_valid,
+    softmax_target,
+)
 from ..ops.bands import band_width, boundary_band
-from ..ops.distance import Spacing, check_spacing, signed_distance_map, two_sided_distance
+from ..ops.distance import Spacing, check_spacing, sample_extremes, signed_distance_map, two_sided_distance
 from .base import LossModule, module_for
 from .overlap import _region, check_region_options, jaccard_score
 
@@ -119,10 +127,8 @@ def target_distance_maps(
         raise expected("an integer index target (N, *S)", getattr(target, "dtype", type(target).__name__))
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise expected("num_classes to be an int >= 1", repr(num_classes))
-    classes = torch.arange(num_classes, device=target.device).view(1, -1, *[1] * (target.ndim - 1))
-    masks = target.unsqueeze(1) == classes
-    if ignore_index is not None:
-        masks &= (target != ignore_index).unsqueeze(1)
+    valid = None if ignore_index is None else target != ignore_index
+    masks = _target_masks(IndexTarget(target, valid), num_classes, 0)
     return signed_distance_map(masks, check_spacing(spacing), spatial_dims=target.ndim - 1)
 
 
@@ -176,14 +182,32 @@ def _check_maps(dist_maps: Tensor, logits: Tensor) -> Tensor:
     return dist_maps.detach()
 
 
+def _target_masks(prepared: Union[SoftmaxTarget, BinaryTarget], num_classes: int, start: int) -> Tensor:
+    """Bool class masks ``(N, C - start, *S)`` of a prepared target, ignored pixels background; no float
+    one-hot is built for an index target."""
+    if not isinstance(prepared, IndexTarget):
+        return prepared.dense[:, start:] > 0.5
+    labels = prepared.labels
+    classes = torch.arange(start, num_classes, device=labels.device).view(1, -1, *[1] * (labels.ndim - 1))
+    masks = labels.unsqueeze(1) == classes
+    return masks if prepared.valid is None else masks & prepared.valid.unsqueeze(1)
+
+
 def _surface(
     logits: Tensor, target: Tensor, dist_maps: Optional[Tensor], opts: Dict[str, Any], binary: bool
 ) -> Tensor:
-    probs, dense, valid = _prepare(logits, target, opts["ignore_index"], binary)
     start = _first_class(opts, binary)
+    prepared: Union[SoftmaxTarget, BinaryTarget]
+    if binary:
+        prepared = binary_target(logits, target, opts["ignore_index"])
+        probs, valid = sigmoid_f32(logits), prepared.valid
+    else:
+        prepared = softmax_target(logits, target, opts["ignore_index"])
+        probs, valid = softmax_f32(logits), getattr(prepared, "valid", None)
+        valid = None if valid is None else valid.unsqueeze(1)
     if dist_maps is None:
-        rank = logits.ndim - 2
-        phi = signed_distance_map(dense[:, start:] > 0.5, opts["spacing"], spatial_dims=rank)
+        masks = _target_masks(prepared, logits.shape[1], start)
+        phi = signed_distance_map(masks, opts["spacing"], spatial_dims=logits.ndim - 2)
     else:
         phi = _check_maps(dist_maps, logits)[:, start:]
     loss = phi.to(probs.dtype) * probs[:, start:]
@@ -247,8 +271,8 @@ def _distance_fields(masks: Tensor, spacing: Spacing) -> Tensor:
     """``d_M = EDT(M) + EDT(¬M)`` per ``(…, *S)`` mask, 0 where ``M`` is empty or fills the image."""
     rank = masks.ndim - 2
     fields = two_sided_distance(masks, spacing, spatial_dims=rank)
-    flat = masks.flatten(2)
-    mixed = flat.any(-1) & ~flat.all(-1)
+    full, present = sample_extremes(masks, rank)
+    mixed = present & ~full
     return fields * mixed.view(*mixed.shape, *[1] * rank)
 
 

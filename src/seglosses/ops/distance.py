@@ -130,8 +130,9 @@ def _numpy_edt(foreground: Tensor, spacing: Tuple[float, ...], backend: str, two
 
         anisotropy = spacing[0] if len(spacing) == 1 else spacing  # edt takes a scalar in 1-D
         labels = array.view(np.uint8) + 1 if two_sided else array
+        threads = torch.get_num_threads()
         for b in range(array.shape[0]):
-            out[b] = edt.edt(labels[b], anisotropy=anisotropy, black_border=False)
+            out[b] = edt.edt(labels[b], anisotropy=anisotropy, black_border=False, parallel=threads)
         return torch.from_numpy(out)
     from scipy import ndimage
 
@@ -156,6 +157,15 @@ def _to_outside(shape: Sequence[int], spacing: Tuple[float, ...], device: torch.
         result = along if result is None else torch.minimum(result, along)
     assert result is not None
     return result.expand(*shape)
+
+
+def sample_extremes(mask: Tensor, rank: int) -> Tuple[Tensor, Tensor]:
+    """Per sample (all but the last ``rank`` axes) of a bool mask: ``(all, any)`` as bool tensors.
+
+    Reduced as uint8 min / max, several times faster on CPU than ``all`` / ``any`` of bool.
+    """
+    flat = mask.view(torch.uint8).flatten(mask.ndim - rank)
+    return flat.amin(dim=-1).bool(), flat.amax(dim=-1).bool()
 
 
 def _installed(name: str) -> bool:
@@ -282,8 +292,8 @@ def signed_distance_map(
     inside = mask if mask.dtype == torch.bool else mask != 0
     phi = torch.where(inside, step - distance, distance)
     rank = _spatial_rank(mask, spacing, spatial_dims)
-    present = inside.flatten(inside.ndim - rank).any(dim=-1)
+    present = sample_extremes(inside, rank)[1]
     return phi * present.reshape(*present.shape, *([1] * rank))
 
 
-__all__ = ["distance_transform", "signed_distance_map", "two_sided_distance"]
+__all__ = ["distance_transform", "sample_extremes", "signed_distance_map", "two_sided_distance"]
