@@ -2,5 +2,15 @@
 
 from .boundary import boundary_iou, boundary_iou_counts, iou_from_counts, mask_iou
 from .confusion import ConfusionMatrix
+from .hausdorff import HausdorffDistance, hausdorff_distance, hausdorff_terms
 
-__all__ = ["ConfusionMatrix", "boundary_iou", "boundary_iou_counts", "iou_from_counts", "mask_iou"]
+__all__ = [
+    "ConfusionMatrix",
+    "HausdorffDistance",
+    "boundary_iou",
+    "boundary_iou_counts",
+    "hausdorff_distance",
+    "hausdorff_terms",
+    "iou_from_counts",
+    "mask_iou",
+]

@@ -33,4 +33,20 @@ def boundary_band(values: Tensor, width: int) -> Tensor:
     return values - erode(values, width)
 
 
-__all__ = ["band_width", "boundary_band", "erode"]
+def face_boundary(mask: Tensor) -> Tensor:
+    """Pixels of a bool mask ``(N, C, *S)`` with a face neighbour outside it (the image border counts as
+    outside): the mask minus its erosion by the cross-shaped element, as scipy's ``binary_erosion``
+    default and MONAI's surface distances define the edge."""
+    rank = mask.ndim - 2
+    padded = F.pad(mask, [1, 1] * rank, value=False)
+    inner = [slice(None), slice(None)] + [slice(1, -1)] * rank
+    interior = mask.clone()
+    for axis in range(2, mask.ndim):
+        for start in (0, 2):
+            index = list(inner)
+            index[axis] = slice(start, start + mask.shape[axis])
+            interior &= padded[tuple(index)]
+    return mask & ~interior
+
+
+__all__ = ["band_width", "boundary_band", "erode", "face_boundary"]

@@ -59,7 +59,7 @@ def check_spacing(spacing: Spacing) -> Spacing:
     return tuple(check_number("spacing", v, low=0.0, low_open=True) for v in spacing)
 
 
-def _spacing(spacing: Spacing, rank: int) -> Tuple[float, ...]:
+def spacing_steps(spacing: Spacing, rank: int) -> Tuple[float, ...]:
     """The checked spacing as one step per spatial axis."""
     spacing = check_spacing(spacing)
     if spacing is None:
@@ -190,7 +190,7 @@ def _transform(
     """Check the arguments, dispatch, and apply the no-zero-pixel rule; also return ``min(spacing)``."""
     _check_mask(mask)
     rank = _spatial_rank(mask, spacing, spatial_dims)
-    steps = _spacing(spacing, rank)
+    steps = spacing_steps(spacing, rank)
     check_choice("backend", backend, BACKENDS)
     shape = tuple(mask.shape)
     spatial = shape[mask.ndim - rank :]
