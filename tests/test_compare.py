@@ -207,3 +207,31 @@ def test_errors(argv, message, tmp_path, capsys):
         main([*argv, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_volumes_train_a_3d_network_and_report(tmp_path):
+    """3-D pairs: 3-D patches, a 3-D U-Net, HD95 per class and a middle-slice overlay."""
+    from seglosses.compare import random_patches
+    from seglosses.report import write_report
+
+    g = torch.Generator().manual_seed(0)
+    volume = torch.rand(1, 10, 12, 14, generator=g)
+    labels = (volume[0] > 0.5).long()
+    images, patches = random_patches([(volume, labels)], 3, 8, g)
+    assert images.shape == (3, 1, 8, 8, 8) and patches.shape == (3, 8, 8, 8)
+    splits = {"train": [(volume, labels)], "test": [(volume, labels)]}
+    settings = Settings(epochs=1, steps_per_epoch=1, batch_size=2, patch=8, width=4, depth=2)
+    results, _ = compare(["ce"], [0], settings, tmp_path, splits=splits)
+    assert len(results[0].per_class["hd95"]) == 2 and all(v >= 0 for v in results[0].per_class["hd95"])
+    write_report(results, settings, tmp_path, splits["test"][0])
+    assert (tmp_path / "overlays.png").stat().st_size > 0
+    assert "hd95" in (tmp_path / "report.md").read_text()
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    """A temporary file left by a write that a SIGKILL interrupted is deleted at the next start."""
+    stale = tmp_path / "runs" / "ce-abc" / ".seed0.json.x1y2.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    compare(["ce"], [0], SETTINGS, tmp_path)
+    assert not stale.exists() and not list(tmp_path.rglob("*.tmp"))

@@ -24,7 +24,7 @@ from torch import Tensor
 from ._core.errors import expected
 from .data import load_data
 from .losses.compound import create_loss, loss_domain
-from .metrics import ConfusionMatrix, boundary_iou_counts, iou_from_counts
+from .metrics import ConfusionMatrix, HausdorffDistance, boundary_iou_counts, iou_from_counts
 from .models import UNet
 
 Pair = Tuple[Tensor, Tensor]
@@ -43,7 +43,7 @@ class Settings:
     depth: int = 3
     learning_rate: float = 3e-3
     device: str = "cpu"
-    result_format: int = 2  # bump when a result file's content changes, so old ones are not reused
+    result_format: int = 3  # bump when a result file's content changes, so old ones are not reused
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -83,24 +83,38 @@ def _to_bytes(save: Callable[[io.BytesIO], None]) -> bytes:
 
 
 def random_patches(pairs: Sequence[Pair], count: int, size: int, generator: torch.Generator) -> Pair:
-    """``count`` random crops of ``size``² (the whole image where it is smaller) from random pairs."""
+    """``count`` random crops of ``size`` per spatial axis (2-D or 3-D; the whole extent where it is
+    smaller) from random pairs."""
     images, labels = [], []
     for _ in range(count):
         image, label = pairs[int(torch.randint(len(pairs), (1,), generator=generator))]
-        height, width = label.shape
-        ph, pw = min(size, height), min(size, width)
-        top = int(torch.randint(height - ph + 1, (1,), generator=generator))
-        left = int(torch.randint(width - pw + 1, (1,), generator=generator))
-        images.append(image[:, top : top + ph, left : left + pw])
-        labels.append(label[top : top + ph, left : left + pw])
+        window = []
+        for extent in label.shape:
+            length = min(size, extent)
+            start = int(torch.randint(extent - length + 1, (1,), generator=generator))
+            window.append(slice(start, start + length))
+        images.append(image[tuple([slice(None)] + window)])
+        labels.append(label[tuple(window)])
     return torch.stack(images), torch.stack(labels)
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed run left behind (``.<name>.<random>.tmp``).
+
+    Only one comparison may write into an output folder at a time; this assumes it.
+    """
+    if out.is_dir():
+        for stale in out.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def evaluate(
     model: torch.nn.Module, pairs: Sequence[Pair], num_classes: int, device: str
 ) -> Tuple[Dict[str, Tensor], List[Tensor]]:
-    """Per-class test metrics (confusion-based, and Boundary IoU summed over images) and the predictions."""
+    """Per-class test metrics (confusion-based; Boundary IoU summed over images; HD95 averaged over the
+    images where the class is present) and the predictions."""
     metric = ConfusionMatrix(num_classes)
+    hausdorff = HausdorffDistance(num_classes)
     band_intersection = band_union = torch.zeros(num_classes, dtype=torch.int64)
     predictions = []
     model.eval()
@@ -108,12 +122,14 @@ def evaluate(
         for image, labels in pairs:
             predicted = model(image[None].to(device)).argmax(1)[0].cpu()
             metric.update(predicted, labels)
+            hausdorff.update(predicted[None], labels[None])
             both, either = boundary_iou_counts(predicted[None], labels[None], num_classes=num_classes)
             band_intersection, band_union = band_intersection + both[0], band_union + either[0]
             predictions.append(predicted)
     model.train()
     scores = metric.compute()
     scores["boundary_iou"] = iou_from_counts(band_intersection, band_union)
+    scores["hd95"] = hausdorff.compute()
     return scores, predictions
 
 
@@ -131,7 +147,10 @@ def run_one(
     checkpoint_path = folder / f"seed{seed}.ckpt"
     criterion = create_loss(spec)
     torch.manual_seed(seed)
-    model = UNet(splits["train"][0][0].shape[0], num_classes, width=settings.width, depth=settings.depth)
+    image, labels = splits["train"][0]
+    model = UNet(
+        image.shape[0], num_classes, width=settings.width, depth=settings.depth, spatial_dims=labels.ndim
+    )
     model.to(settings.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(seed)
@@ -169,7 +188,7 @@ def run_one(
             on_epoch(epoch + 1, history["test_dice"][-1])
     scores, predictions = evaluate(model, splits["test"], num_classes, settings.device)
     per_class = {
-        name: scores[name].tolist() for name in ("dice", "iou", "boundary_iou", "precision", "recall")
+        name: scores[name].tolist() for name in ("dice", "iou", "boundary_iou", "hd95", "precision", "recall")
     }
     result = RunResult(spec, seed, per_class, history)
     prediction = predictions[0].numpy().astype(np.uint8)
@@ -213,6 +232,7 @@ def compare(
 ) -> Tuple[List[RunResult], Dict[str, List[Pair]]]:
     """Every (loss, seed) run, finished ones read back instead of retrained (``splits``: preloaded data)."""
     check_specs(specs)
+    remove_stale_temporaries(out)
     splits = load_data(settings.data) if splits is None else splits
     num_classes = max(int(labels.max()) for _, labels in splits["train"] + splits["test"]) + 1
     results = []

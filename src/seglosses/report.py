@@ -14,7 +14,8 @@ from torch import Tensor
 
 from .compare import RunResult, Settings, slug, write_atomically
 
-METRICS = ("dice", "iou", "boundary_iou", "precision", "recall")
+METRICS = ("dice", "iou", "boundary_iou", "hd95", "precision", "recall")
+LOWER_IS_BETTER = {"mean_hd95"}  # a distance in pixels; every other column is a score
 
 
 def summarise(results: Sequence[RunResult]) -> Dict[str, Dict[str, Tuple[float, float]]]:
@@ -38,7 +39,10 @@ def summarise(results: Sequence[RunResult]) -> Dict[str, Dict[str, Tuple[float, 
 def markdown_table(summary: Dict[str, Dict[str, Tuple[float, float]]]) -> str:
     """``mean ± std`` per loss and column; the best mean of each column in bold."""
     columns = list(next(iter(summary.values())))
-    best = {column: max(stats[column][0] for stats in summary.values()) for column in columns}
+    best = {
+        column: (min if column in LOWER_IS_BETTER else max)(stats[column][0] for stats in summary.values())
+        for column in columns
+    }
     lines = ["| loss | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for loss, stats in summary.items():
         cells = []
@@ -75,8 +79,10 @@ def write_report(
         "# Loss comparison",
         "",
         f"Data `{settings.data}`, {settings.epochs} epochs × {settings.steps_per_epoch} steps of "
-        f"{settings.batch_size} patches of {settings.patch}², U-Net width {settings.width}, seeds {seeds}. "
-        "Test-split metrics of the final models, mean ± std over seeds; best mean per column in bold.",
+        f"{settings.batch_size} patches of {settings.patch} pixels per axis, U-Net width {settings.width}, "
+        f"seeds {seeds}. "
+        "Test-split metrics of the final models, mean ± std over seeds; best mean per column in bold "
+        "(HD95: the 95th-percentile Hausdorff distance in pixels, lower is better).",
         "",
         markdown_table(summary),
         "",
@@ -143,12 +149,17 @@ def _overlays(results: Sequence[RunResult], out: Path, test_pair: Tuple[Tensor, 
     seed = min(r.seed for r in results)
     figure, axes = plt.subplots(1, len(losses) + 1, figsize=(2.6 * (len(losses) + 1), 3.4))
     classes = int(labels.max()) + 1
-    panels = [("target", labels.numpy())]
+    middle = labels.shape[0] // 2 if labels.ndim == 3 else None  # a 3-D volume shows its middle slice
+
+    def plane(volume: np.ndarray) -> np.ndarray:
+        return volume if middle is None else volume[middle]
+
+    panels = [("target", plane(labels.numpy()))]
     for loss in losses:
         prediction = np.load(out / "runs" / slug(loss) / f"seed{seed}_prediction.npy")
-        panels.append((loss, prediction))
+        panels.append((loss, plane(prediction)))
     for axis, (title, label_map) in zip(axes, panels):
-        axis.imshow(image[0].numpy(), cmap="gray")
+        axis.imshow(plane(image[0].numpy()), cmap="gray")
         masked = np.ma.masked_where(label_map == 0, label_map)
         axis.imshow(masked, cmap="autumn", alpha=0.45, vmin=1, vmax=max(2, classes - 1))
         axis.set_title(title, fontsize=8)

@@ -43,7 +43,7 @@ DEFAULT_LOSSES = ("ce", "dice", "focal(gamma=2)", "ce + dice")
 @click.option(
     "--losses", "loss_options", multiple=True, help="Loss spec (repeatable; or give them as arguments)."
 )
-@click.option("--data", default="nuclei", show_default=True, help="nuclei, nuclei:2 or folder:PATH.")
+@click.option("--data", default="nuclei", show_default=True, help="nuclei, nuclei:2, brain, brain:3d or folder:PATH.")
 @click.option("--epochs", type=click.IntRange(1, 10_000), default=Settings.epochs, show_default=True)
 @click.option("--steps", type=click.IntRange(1, 100_000), default=Settings.steps_per_epoch, show_default=True,
               help="Training steps per epoch.")  # fmt: skip
@@ -98,7 +98,8 @@ def compare_command(
 def weights_command(data: str, beta: float, as_json: bool) -> None:
     """Class pixel counts of DATA's training split and the class weights of every method.
 
-    DATA is a data spec: nuclei (3 classes), nuclei:2 or folder:PATH (PATH/images and PATH/masks).
+    DATA is a data spec: nuclei (3 classes), nuclei:2, brain (2-D slices), brain:3d or folder:PATH
+    (PATH/images and PATH/masks).
     """
     pairs = load_data(data, progress=True)["train"]
     counter = ClassFrequency(max(int(labels.max()) for _, labels in pairs) + 1)
