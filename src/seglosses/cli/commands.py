@@ -43,7 +43,9 @@ DEFAULT_LOSSES = ("ce", "dice", "focal(gamma=2)", "ce + dice")
 @click.option(
     "--losses", "loss_options", multiple=True, help="Loss spec (repeatable; or give them as arguments)."
 )
-@click.option("--data", default="nuclei", show_default=True, help="nuclei, nuclei:2, brain, brain:3d or folder:PATH.")
+@click.option(
+    "--data", default="nuclei", show_default=True, help="nuclei, nuclei:2, brain, brain:3d or folder:PATH."
+)
 @click.option("--epochs", type=click.IntRange(1, 10_000), default=Settings.epochs, show_default=True)
 @click.option("--steps", type=click.IntRange(1, 100_000), default=Settings.steps_per_epoch, show_default=True,
               help="Training steps per epoch.")  # fmt: skip
