@@ -106,6 +106,15 @@ class LossConformance:
             (grad,) = torch.autograd.grad(loss, logits)
             assert torch.count_nonzero(grad) == 0
 
+    def test_empty_batch_gives_zero_with_gradient(self, entry):
+        """N = 0 (an empty shard of a distributed batch) is valid input: 0 on the graph, never NaN."""
+        logits, target = self.inputs(entry)
+        logits, target = logits[:0], target[:0]
+        loss = entry.module()(logits, target)
+        assert loss.item() == 0.0 and loss.requires_grad
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert grad.shape == logits.shape
+
     def test_ignored_pixels_change_nothing(self, entry):
         """Logits at ignored pixels affect neither the loss nor receive gradient."""
         logits, target = self.inputs(entry, ignore_fraction=0.4)

@@ -62,8 +62,10 @@ class TestSoftmaxInputs:
             function(logits, target.zero_())
 
     def test_empty(self, function):
-        with pytest.raises(sl.SegLossError, match="non-empty"):
-            function(torch.zeros(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long))
+        """An empty spatial dim is an error; an empty batch (N = 0, an empty shard) is valid and gives 0."""
+        with pytest.raises(sl.SegLossError, match="non-empty class and spatial dims"):
+            function(torch.zeros(2, 3, 0, 4), torch.zeros(2, 0, 4, dtype=torch.long))
+        assert function(torch.zeros(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long)).item() == 0
 
     def test_non_finite_logits(self, function):
         logits, target = make_inputs("softmax", (2, 3, 4, 4))

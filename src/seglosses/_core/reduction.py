@@ -12,7 +12,8 @@ What ``mean`` divides by (the convention of the whole library):
   ``mean`` divides the sum by ``N · Σ_c w_c`` (``N · C`` without weights), i.e. the weighted mean over
   classes averaged over samples.
 
-A batch with no valid element gives 0, attached to the graph, never NaN.
+A batch with no valid element, or no sample at all (``N = 0``, e.g. an empty shard of a distributed
+batch), gives 0, attached to the graph, never NaN.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def reduce(loss: Tensor, reduction: str, denominator: Optional[Tensor] = None) -
     if reduction == "sum":
         return total
     if denominator is None:
-        return total / loss.numel()
+        return total / max(loss.numel(), 1)
     return safe_divide(total, denominator.to(total.dtype), 0.0)
 
 
@@ -48,6 +49,8 @@ def reduce_region(loss: Tensor, reduction: str, weight: Optional[Tensor] = None)
     if reduction == "sum":
         return loss.sum()
     samples = loss.numel() // loss.shape[-1]
+    if samples == 0:  # an empty batch (an empty shard of a distributed batch): 0 on the graph
+        return loss.sum()
     if weight is None:
         return loss.mean()
     return safe_divide(loss.sum(), weight.to(loss).sum() * samples, 0.0)

@@ -40,9 +40,9 @@ def _table_bins(index: Tensor, valid: Optional[Tensor], c: int) -> Tensor:
     extra bin ``N·C``."""
     n = index.shape[0]
     rows = torch.arange(0, n * c, c, device=index.device).unsqueeze(1)
-    bins = index.reshape(n, -1) + rows
+    bins = index.flatten(1) + rows
     if valid is not None:
-        bins = bins.masked_fill_(~valid.reshape(n, -1), n * c)
+        bins = bins.masked_fill_(~valid.flatten(1), n * c)
     return bins.reshape(-1)
 
 
@@ -61,9 +61,9 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         ctx: Any, logits: Tensor, index: Tensor, valid: Optional[Tensor], dtype: torch.dtype
     ) -> Tuple[Tensor, Tensor, Tensor]:
         n, c = logits.shape[:2]
-        probs = torch.softmax(logits.reshape(n, c, -1), dim=1, dtype=dtype)
+        probs = torch.softmax(logits.flatten(2), dim=1, dtype=dtype)  # flatten: N = 0 works too
         bins = _table_bins(index, valid, c)
-        p_true = probs.gather(1, index.reshape(n, 1, -1)).reshape(-1)
+        p_true = probs.gather(1, index.flatten(1).unsqueeze(1)).reshape(-1)
         table = torch.zeros(2, n * c + 1, dtype=dtype, device=logits.device)
         tp = table[0].index_add_(0, bins, p_true)
         counts = table[1].index_add_(
@@ -72,7 +72,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         if valid is None:
             prob_sum = probs.sum(-1)
         else:
-            prob_sum = torch.bmm(probs, valid.reshape(n, -1, 1).to(dtype)).squeeze(-1)
+            prob_sum = torch.bmm(probs, valid.flatten(1).unsqueeze(-1).to(dtype)).squeeze(-1)
         ctx.save_for_backward(probs, p_true, index, valid)
         ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
         ctx.mark_non_differentiable(counts)
@@ -86,19 +86,19 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         bins = _table_bins(index, valid, c)
         h_table = torch.cat([grad_tp.reshape(-1), grad_tp.new_zeros(1)])  # the extra bin: ignored pixels
         true_term = h_table.take(bins).mul_(p_true)  # p_{i,y_i} H_{y_i}, 0 at ignored pixels
-        s = torch.baddbmm(true_term.view(n, 1, -1), grad_sum.unsqueeze(1), probs)  # (N, 1, P)
-        grad = (grad_sum.unsqueeze(-1) - s).mul_(probs)
         pixels = probs.shape[-1]
+        s = torch.baddbmm(true_term.view(n, 1, pixels), grad_sum.unsqueeze(1), probs)  # (N, 1, P)
+        grad = (grad_sum.unsqueeze(-1) - s).mul_(probs)
         # flat address (n·C + y_i)·P + i of each pixel's target class; an indexed add there is much faster
         # on CPU than scatter_add_ along the class dim
         positions = (
-            bins.view(n, -1).mul_(pixels).add_(torch.arange(pixels, device=grad.device))
+            bins.view(n, pixels).mul_(pixels).add_(torch.arange(pixels, device=grad.device))
         )  # reuses bins
         if valid is not None:  # ignored pixels point past the end; send them to class 0 (they add 0)
-            positions = positions.masked_fill_(~valid.reshape(n, -1), 0)
+            positions = positions.masked_fill_(~valid.flatten(1), 0)
         grad.view(-1).index_add_(0, positions.view(-1), true_term)
         if valid is not None:
-            grad.mul_(valid.reshape(n, 1, -1))
+            grad.mul_(valid.flatten(1).unsqueeze(1))
         return grad.reshape(ctx.logits_shape).to(ctx.logits_dtype), None, None, None
 
 
@@ -119,9 +119,9 @@ def overlap_from_dense(probs: Tensor, target: Tensor, valid: Optional[Tensor] = 
     ``valid`` (same shape, or None) masks elements out; the target must already be 0 there.
     """
     n, c = probs.shape[:2]
-    flat_p = probs.reshape(n, c, -1)
-    flat_y = target.reshape(n, c, -1).to(flat_p.dtype)
+    flat_p = probs.flatten(2)
+    flat_y = target.flatten(2).to(flat_p.dtype)
     if valid is not None:
-        flat_p = flat_p * valid.reshape(n, c, -1)
+        flat_p = flat_p * valid.flatten(2)
     tp = (flat_p * flat_y).sum(-1)
     return Overlap(tp, flat_p.sum(-1) - tp, flat_y.sum(-1) - tp)

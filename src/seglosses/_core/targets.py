@@ -67,8 +67,8 @@ def check_logits(logits: Tensor, *, min_classes: int = 1, name: str = "logits") 
         raise expected(f"{name} of shape (N, C, *S) with 1 to 3 spatial dims", f"shape {_shape(logits)}")
     if not logits.is_floating_point():
         raise expected(f"floating-point {name}", f"dtype {logits.dtype}")
-    if logits.numel() == 0:
-        raise expected(f"non-empty {name}", f"shape {_shape(logits)}")
+    if any(size == 0 for size in logits.shape[1:]):  # N = 0 is an empty shard: allowed, gives 0
+        raise expected(f"{name} with non-empty class and spatial dims", f"shape {_shape(logits)}")
     if logits.shape[1] < min_classes:
         raise expected(
             f"{name} with at least {min_classes} classes for a softmax loss (use a binary_* loss "
@@ -150,7 +150,7 @@ def softmax_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) 
     if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
         raise expected("an integer index target (class indices, e.g. torch.long)", f"dtype {target.dtype}")
     valid = _valid_mask(target, ignore_index)
-    if input_checks_enabled():
+    if input_checks_enabled() and target.numel():
         lo, hi = _run_data_checks(logits, list(torch.aminmax(target)), "logits")
         if lo < 0 or hi >= c:
             bad = (target < 0) | (target >= c)
@@ -193,7 +193,7 @@ def _dense_target(logits: Tensor, target: Tensor) -> Tensor:
     if target.is_complex():
         raise expected("a real-valued target", f"dtype {target.dtype}")
     dense = target if target.is_floating_point() else target.to(logits.dtype)
-    if input_checks_enabled():
+    if input_checks_enabled() and dense.numel():
         lo, hi = _run_data_checks(logits, list(torch.aminmax(dense)), "logits")
         if not (0.0 <= lo and hi <= 1.0):
             raise expected("one-hot or soft target values in [0, 1]", f"values in [{lo:g}, {hi:g}]")
@@ -216,7 +216,7 @@ def binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -
         raise expected("a real-valued target", f"dtype {target.dtype}")
     integer = not (target.is_floating_point() or target.dtype == torch.bool)
     valid = _valid_mask(target, ignore_index) if integer else None
-    if input_checks_enabled():
+    if input_checks_enabled() and target.numel():
         bounds = [] if target.dtype == torch.bool else list(torch.aminmax(target))  # bool is always in range
         values = _run_data_checks(logits, bounds, "logits")
         if values and not (0 <= values[0] and values[1] <= 1):  # NaN fails too

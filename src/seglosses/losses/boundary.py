@@ -15,6 +15,7 @@ device; precompute target maps once with :func:`target_distance_maps` / :class:`
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
@@ -445,8 +446,9 @@ def _contour_sums(
     length = torch.sqrt(squares + _LENGTH_EPS)
     region = probs * (1 - dense) ** 2 + (1 - probs) * dense**2
     if valid is None:
-        pairs = torch.tensor(float(base[0, 0].numel()), device=probs.device).expand(probs.shape[0], 1)
-        pixels = torch.tensor(float(probs[0, 0].numel()), device=probs.device).expand(probs.shape[0], 1)
+        n = probs.shape[0]
+        pairs = torch.tensor(float(math.prod(base.shape[2:])), device=probs.device).expand(n, 1)
+        pixels = torch.tensor(float(math.prod(probs.shape[2:])), device=probs.device).expand(n, 1)
         return _spatial_sum(length), pairs, _spatial_sum(region), pixels
     grid = _window(valid, None)
     for a in range(rank):

@@ -39,6 +39,7 @@ from .._core.reduction import reduce_region
 from .._core.registry import register
 from .._core.stats import Overlap, overlap_from_dense, softmax_overlap_from_index
 from .._core.targets import IndexTarget, binary_target, softmax_target
+from ..distributed import ProcessGroup, all_reduce_sum, check_process_group
 from .base import module_for
 
 
@@ -102,6 +103,8 @@ def _region(
         tensors = {k: v[1:] if v is not None and v.ndim == 1 else v for k, v in tensors.items()}
     if opts["batch"]:
         stats = stats.pooled()
+    if opts["sync"]:  # one all-reduce of (TP, FP, FN); its backward sums the gradients over ranks
+        stats = Overlap(*all_reduce_sum(torch.stack(stats), opts["process_group"]).unbind(0))
     weight = tensors["weight"] if weight_in_reduction else None
     return reduce_region(per_class(stats, tensors), opts["reduction"], weight)
 
@@ -114,12 +117,18 @@ def check_region_options(
     weight: Optional[ClassValues],
     ignore_index: Optional[int],
     reduction: str,
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
     **specific: Any,
 ) -> Dict[str, Any]:
     """Validate the options every region loss shares; loss-specific ones are checked by the caller."""
+    if check_bool("sync", sync) and not batch:
+        raise expected("batch=True with sync=True (only pooled statistics are summed over processes)", sync)
     return {
         "include_background": check_bool("include_background", include_background),
         "batch": check_bool("batch", batch),
+        "sync": sync,
+        "process_group": check_process_group(process_group),
         "smooth": check_number("smooth", smooth, low=0.0),
         "weight": class_values("weight", weight, allow_scalar=False),
         "ignore_index": check_ignore_index(ignore_index),
@@ -154,6 +163,10 @@ _SHARED_DOC = """
         smooth: ``s >= 0`` added to numerator and denominator.
         weight: per-class weights ``(C,)`` of the class mean.
         ignore_index: target value whose pixels count nowhere.
+        sync: with ``batch=True``, sum TP / FP / FN over the processes of ``process_group`` (default:
+            the default group) before the ratio, so every rank returns the global loss; a no-op outside a
+            process group. Every rank must call the loss, with an empty shard too.
+        process_group: the ``torch.distributed`` group for ``sync``.
         reduction: ``none`` -> ``(N, C)`` (``(C,)`` with ``batch=True``), multiplied by ``weight``;
             ``sum`` -> its sum; ``mean`` -> its sum over ``N · Σ_c w_c`` (``N · C`` without weights),
             the (weighted) class mean averaged over samples.
@@ -183,6 +196,8 @@ def dice_loss(
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Soft Dice loss ``1 - (2 TP + s) / (2 TP + FP + FN + s)`` per class, averaged over classes (macro).
 
@@ -191,7 +206,7 @@ def dice_loss(
     """
     opts = check_region_options(
         include_background=include_background, batch=batch, smooth=smooth, weight=weight,
-        ignore_index=ignore_index, reduction=reduction,
+        ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
     return _dice(logits, target, opts, binary=False)
 
@@ -205,11 +220,14 @@ def binary_dice_loss(
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Soft Dice loss per sigmoid channel, ``1 - (2 TP + s) / (2 TP + FP + FN + s)``, channel mean."""
     opts = check_region_options(
-        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction
-    )
+        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        sync=sync, process_group=process_group,
+    )  # fmt: skip
     return _dice(logits, target, opts, binary=True)
 
 
@@ -230,6 +248,8 @@ def jaccard_loss(
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Soft Jaccard (IoU) loss ``1 - (TP + s) / (TP + FP + FN + s)`` per class, averaged over classes.
 
@@ -237,7 +257,7 @@ def jaccard_loss(
     """
     opts = check_region_options(
         include_background=include_background, batch=batch, smooth=smooth, weight=weight,
-        ignore_index=ignore_index, reduction=reduction,
+        ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
     return _jaccard(logits, target, opts, binary=False)
 
@@ -251,11 +271,14 @@ def binary_jaccard_loss(
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Soft Jaccard (IoU) loss per sigmoid channel, ``1 - (TP + s) / (TP + FP + FN + s)``."""
     opts = check_region_options(
-        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction
-    )
+        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        sync=sync, process_group=process_group,
+    )  # fmt: skip
     return _jaccard(logits, target, opts, binary=True)
 
 
@@ -281,6 +304,8 @@ def tversky_loss(
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Tversky loss ``1 - (TP + s) / (TP + α FP + β FN + s)`` per class (Salehi et al. 2017).
 
@@ -290,7 +315,7 @@ def tversky_loss(
     """
     opts = check_tversky_options(
         alpha=alpha, beta=beta, include_background=include_background, batch=batch, smooth=smooth,
-        weight=weight, ignore_index=ignore_index, reduction=reduction,
+        weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
     return _tversky(logits, target, opts, binary=False)
 
@@ -306,11 +331,13 @@ def binary_tversky_loss(
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Tversky loss per sigmoid channel, ``1 - (TP + s) / (TP + α FP + β FN + s)`` (α on FP, β on FN)."""
     opts = check_tversky_options(
         alpha=alpha, beta=beta, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index,
-        reduction=reduction,
+        reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
     return _tversky(logits, target, opts, binary=True)
 
@@ -341,6 +368,8 @@ def focal_tversky_loss(
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Focal Tversky loss ``(1 - TI_c)^γ`` per class, then the class mean (Abraham & Khan 2019).
 
@@ -351,7 +380,8 @@ def focal_tversky_loss(
     """
     opts = check_focal_tversky_options(
         alpha=alpha, beta=beta, gamma=gamma, include_background=include_background, batch=batch,
-        smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync,
+        process_group=process_group,
     )  # fmt: skip
     return _focal_tversky(logits, target, opts, binary=False)
 
@@ -368,11 +398,13 @@ def binary_focal_tversky_loss(
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Focal Tversky loss ``(1 - TI_c)^γ`` per sigmoid channel (see :func:`focal_tversky_loss`)."""
     opts = check_focal_tversky_options(
         alpha=alpha, beta=beta, gamma=gamma, batch=batch, smooth=smooth, weight=weight,
-        ignore_index=ignore_index, reduction=reduction,
+        ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
     return _focal_tversky(logits, target, opts, binary=True)
 
@@ -407,6 +439,8 @@ def generalized_dice_loss(
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Generalised Dice loss (Sudre et al. 2017).
 
@@ -423,7 +457,7 @@ def generalized_dice_loss(
     """
     opts = check_region_options(
         include_background=include_background, batch=batch, smooth=smooth, weight=weight,
-        ignore_index=ignore_index, reduction=reduction,
+        ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
     return _generalized_dice(logits, target, opts, binary=False)
 
@@ -437,11 +471,14 @@ def binary_generalized_dice_loss(
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Generalised Dice loss over sigmoid channels (see :func:`generalized_dice_loss`)."""
     opts = check_region_options(
-        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction
-    )
+        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        sync=sync, process_group=process_group,
+    )  # fmt: skip
     return _generalized_dice(logits, target, opts, binary=True)
 
 
