@@ -23,6 +23,7 @@ from torch import Tensor
 from ._core.errors import expected
 from ._core.options import check_bool, check_choice, check_ignore_index, check_int, check_number
 from ._core.targets import check_class_indices
+from .distributed import ProcessGroup, check_process_group, sync_sum_
 
 WeightMethod = Literal["inverse_frequency", "balanced", "median_frequency", "effective_number"]
 METHODS: Tuple[WeightMethod, ...] = ("inverse_frequency", "balanced", "median_frequency", "effective_number")
@@ -101,10 +102,19 @@ class ClassFrequency(torch.nn.Module):
 
     counts: Tensor
 
-    def __init__(self, num_classes: int, *, ignore_index: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        ignore_index: Optional[int] = None,
+        sync: bool = True,
+        process_group: Optional[ProcessGroup] = None,
+    ) -> None:
         super().__init__()
         self.num_classes = check_int("num_classes", num_classes)
         self.ignore_index = check_ignore_index(ignore_index)
+        self.sync = check_bool("sync", sync)
+        self.process_group = check_process_group(process_group)
         self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.int64))
 
     def update(self, target: Tensor) -> None:
@@ -121,7 +131,10 @@ class ClassFrequency(torch.nn.Module):
         if self.ignore_index is not None:
             values = values[values != self.ignore_index]
         check_class_indices(values, self.num_classes, "target")
-        self.counts += torch.bincount(values.long(), minlength=self.num_classes).to(self.counts.device)
+        counts = torch.bincount(values.long(), minlength=self.num_classes).to(self.counts.device)
+        if self.sync:  # every process holds the global counts (a no-op outside a process group)
+            sync_sum_(counts, self.process_group)
+        self.counts += counts
 
     def compute(self) -> Tensor:
         """The accumulated counts ``(C,)``, int64."""

@@ -23,8 +23,9 @@ from torch import Tensor, nn
 
 from .._core.errors import expected
 from .._core.numerics import safe_divide
-from .._core.options import check_ignore_index, check_int
+from .._core.options import check_bool, check_ignore_index, check_int
 from .._core.targets import check_class_indices
+from ..distributed import ProcessGroup, check_process_group, sync_sum_
 
 METRICS = ("dice", "iou", "precision", "recall")
 
@@ -37,6 +38,10 @@ class ConfusionMatrix(nn.Module):
     ``compute()`` returns per-class tensors ``(C,)`` for ``dice``, ``iou``, ``precision``, ``recall`` and
     ``support`` (target pixels per class), and their macro means under ``mean_<metric>``.
 
+    In a ``torch.distributed`` process group every ``update`` sums the batch's contribution over the
+    processes (``sync=True``, the default; every rank must then call ``update`` together), so every
+    process holds the same state; ``process_group`` picks the group.
+
     Example:
         >>> metric = ConfusionMatrix(2)
         >>> metric.update(torch.tensor([[0, 1, 1, 1]]), torch.tensor([[0, 0, 1, 1]]))
@@ -46,10 +51,19 @@ class ConfusionMatrix(nn.Module):
 
     matrix: Tensor
 
-    def __init__(self, num_classes: int, *, ignore_index: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        ignore_index: Optional[int] = None,
+        sync: bool = True,
+        process_group: Optional[ProcessGroup] = None,
+    ) -> None:
         super().__init__()
         self.num_classes = check_int("num_classes", num_classes)
         self.ignore_index = check_ignore_index(ignore_index)
+        self.sync = check_bool("sync", sync)
+        self.process_group = check_process_group(process_group)
         self.register_buffer("matrix", torch.zeros(num_classes, num_classes, dtype=torch.int64))
 
     def update(self, prediction: Tensor, target: Tensor) -> None:
@@ -65,8 +79,10 @@ class ConfusionMatrix(nn.Module):
         c = self.num_classes
         check_class_indices(truth, c, "target")
         check_class_indices(predicted, c, "predicted")
-        counts = torch.bincount(truth * c + predicted, minlength=c * c)
-        self.matrix += counts.view(c, c).to(self.matrix.device)
+        counts = torch.bincount(truth * c + predicted, minlength=c * c).to(self.matrix.device)
+        if self.sync:
+            sync_sum_(counts, self.process_group)
+        self.matrix += counts.view(c, c)
 
     def _predicted_labels(self, prediction: Tensor, target: Tensor) -> Tensor:
         if not isinstance(prediction, Tensor) or not isinstance(target, Tensor):

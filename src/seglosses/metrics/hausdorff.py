@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from .._core.numerics import safe_divide
-from .._core.options import check_ignore_index, check_int, check_number
+from .._core.options import check_bool, check_ignore_index, check_int, check_number
+from ..distributed import ProcessGroup, check_process_group, sync_sum_
 from ..ops.bands import face_boundary
 from ..ops.distance import Spacing, check_spacing, distance_transform, spacing_steps
 from .boundary import _class_masks, _prepare
@@ -109,7 +110,8 @@ def hausdorff_distance(
 class HausdorffDistance(nn.Module):
     """Accumulates the percentile Hausdorff distance per class over images: a sum and a count per class
     (buffers, all-reducible); ``compute()`` gives the mean over images where the class is present in
-    either map, 0 for a class never present."""
+    either map, 0 for a class never present. In a process group each ``update`` sums the batch's
+    contribution over the processes (``sync=True``; every rank must call it)."""
 
     total: Tensor
     count: Tensor
@@ -121,8 +123,12 @@ class HausdorffDistance(nn.Module):
         percentile: float = 95.0,
         spacing: Spacing = None,
         ignore_index: Optional[int] = None,
+        sync: bool = True,
+        process_group: Optional[ProcessGroup] = None,
     ) -> None:
         super().__init__()
+        self.sync = check_bool("sync", sync)
+        self.process_group = check_process_group(process_group)
         self.num_classes = check_int("num_classes", num_classes)
         self.percentile = check_number("percentile", percentile, low=0.0, high=100.0)
         self.spacing = check_spacing(spacing)
@@ -136,8 +142,12 @@ class HausdorffDistance(nn.Module):
             prediction, target, num_classes=self.num_classes, percentile=self.percentile,
             spacing=self.spacing, ignore_index=self.ignore_index,
         )  # fmt: skip
-        self.total += distance.sum(0).to(self.total)
-        self.count += present.sum(0).to(self.count)
+        total, count = distance.sum(0).to(self.total), present.sum(0).to(self.count)
+        if self.sync:  # every process holds the global sums (a no-op outside a process group)
+            sync_sum_(total, self.process_group)
+            sync_sum_(count, self.process_group)
+        self.total += total
+        self.count += count
 
     def compute(self) -> Tensor:
         """Per-class mean distance ``(C,)`` (float32)."""
