@@ -4,17 +4,26 @@ A spec string is a sum of weighted terms, each a registered name with optional k
 as Python literals: ``"ce + 0.5*dice"``, ``"focal(gamma=2) + tversky(alpha=0.3, beta=0.7)"``. It is parsed
 with Python's own ``ast`` (never evaluated); anything else than ``+``, ``-``, ``number*term``,
 ``term*number``, names and literal options is an error that names its position.
+
+A weight may also be a schedule of the step (:mod:`seglosses.adaptive.schedules`): a schedule call, or
+numbers and schedule calls joined by ``+ - *``, as in the boundary-loss rebalancing
+``"linear(start=1, end=0.01, steps=99)*dice + (1 - linear(start=1, end=0.01, steps=99))*boundary"``. An
+option value may be a schedule call too: ``"ce(weight=[1, 5], weight_schedule=exponential(lam=0.1))"``.
 """
 
 from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple, Type
+from typing import Any, Dict, List, Tuple, Type, Union
 
 from torch import nn
 
+from ..adaptive.schedules import Schedule, is_schedule_expression, schedule_from_ast
 from .errors import SegLossError, unknown_choice
+
+Weight = Union[float, Schedule]
+Term = Tuple[Weight, str, Dict[str, Any], str]
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ def build(name: str, **options: Any) -> nn.Module:
         raise SegLossError(f"bad options for loss {name!r}: {error}") from None
 
 
-def parse_spec(spec: str) -> List[Tuple[float, str, Dict[str, Any], str]]:
+def parse_spec(spec: str) -> List[Term]:
     """Parse a spec string into ``(weight, name, options, label)`` terms (see the module docstring)."""
     if not isinstance(spec, str) or not spec.strip():
         raise SegLossError(f"expected a non-empty loss spec string, got {spec!r}")
@@ -81,7 +90,7 @@ def parse_spec(spec: str) -> List[Tuple[float, str, Dict[str, Any], str]]:
     except SyntaxError as error:
         column = (error.offset or 1) - 1
         raise SegLossError(_at(spec, column, f"invalid loss spec syntax ({error.msg})")) from None
-    terms: List[Tuple[float, str, Dict[str, Any], str]] = []
+    terms: List[Term] = []
     _collect(tree.body, 1.0, spec.strip(), terms)
     return terms
 
@@ -90,24 +99,37 @@ def _at(spec: str, column: int, message: str) -> str:
     return f"{message} at position {column} in {spec!r}\n  {spec}\n  {' ' * column}^"
 
 
-def _collect(
-    node: ast.expr, sign: float, spec: str, out: List[Tuple[float, str, Dict[str, Any], str]]
-) -> None:
+def _collect(node: ast.expr, sign: float, spec: str, out: List[Term]) -> None:
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
         _collect(node.left, sign, spec, out)
         _collect(node.right, -sign if isinstance(node.op, ast.Sub) else sign, spec, out)
         return
-    weight, term = 1.0, node
+    weight: Weight = 1.0
+    term = node
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         weight, term = -1.0, node.operand
     if isinstance(term, ast.BinOp) and isinstance(term.op, ast.Mult):
-        number, term = (term.left, term.right) if _is_number(term.left) else (term.right, term.left)
-        if not _is_number(number):
+        factor, term = (term.left, term.right) if _is_weight(term.left) else (term.right, term.left)
+        if not _is_weight(factor):
             raise SegLossError(_at(spec, term.col_offset, "expected number*loss, got a product of two terms"))
-        weight *= float(ast.literal_eval(number))
+        weight = _weight(factor, spec) * weight
     name, options = _term(term, spec)
     label = ast.get_source_segment(spec, term) or name
-    out.append((sign * weight, name, options, label))
+    out.append((weight * sign, name, options, label))
+
+
+def _is_weight(node: ast.expr) -> bool:
+    """A number, or a schedule expression (schedule calls and numbers joined by ``+ - *``)."""
+    return _is_number(node) or is_schedule_expression(node)
+
+
+def _weight(node: ast.expr, spec: str) -> Weight:
+    if _is_number(node):
+        return float(ast.literal_eval(node))
+    try:
+        return schedule_from_ast(node)
+    except SegLossError as error:
+        raise SegLossError(_at(spec, node.col_offset, str(error))) from None
 
 
 def _is_number(node: ast.expr) -> bool:
@@ -134,6 +156,9 @@ def _term(node: ast.expr, spec: str) -> Tuple[str, Dict[str, Any]]:
                 raise SegLossError(
                     _at(spec, keyword.value.col_offset, "expected keyword options (name=value)")
                 )
+            if is_schedule_expression(keyword.value):  # weight_schedule=exponential(lam=0.1)
+                options[keyword.arg] = _weight(keyword.value, spec)
+                continue
             try:
                 options[keyword.arg] = ast.literal_eval(keyword.value)
             except ValueError:

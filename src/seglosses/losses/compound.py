@@ -1,44 +1,116 @@
-"""Compound losses: weighted sums of registered losses, built from spec strings."""
+"""Compound losses: weighted sums of registered losses, built from spec strings; weights may be schedules."""
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import Tensor, nn
 
 from .._core.errors import SegLossError
-from .._core.registry import build, get_entry, parse_spec
+from .._core.registry import Weight, build, get_entry, parse_spec
+from ..adaptive.schedules import (
+    Schedule,
+    ScheduledLossModule,
+    ScheduleLike,
+    as_schedule,
+    check_step,
+    load_step,
+    save_step,
+)
 
 
 class CompoundLoss(nn.Module):
-    """``Σ_k w_k L_k(logits, target)`` over registered losses.
+    """``Σ_k w_k(t) L_k(logits, target)`` over registered losses; each weight is a number or a schedule.
 
-    After each forward, :attr:`last_terms` maps each term's label (its text in the spec) to its detached
-    unweighted value, for logging. Every term must reduce to a scalar (``reduction`` ``mean`` or ``sum``).
+    A scheduled weight is a :class:`~seglosses.adaptive.schedules.Schedule` of the step ``t`` that
+    :meth:`set_step` sets (an epoch or iteration count, never counted from forwards), e.g. the boundary-loss
+    rebalancing ``α·dice + (1-α)·boundary`` with ``α = Schedule("linear", start=1, end=0.01, steps=99)``:
+    ``CompoundLoss([(alpha, "dice", DiceLoss()), (1 - alpha, "boundary", BoundaryLoss())])``.
+    :meth:`set_step` also sets the step of every term with schedules of its own (``ce`` with
+    ``weight_schedule``), and the step is part of :meth:`state_dict` when anything is scheduled.
+
+    After each forward, for logging: :attr:`last_terms` maps each term's label (its text in the spec) to its
+    detached unweighted value, :attr:`last_weights` to the weight it was given, :attr:`last_total` is the
+    detached total; :meth:`logs` gives all three as floats. Every term must reduce to a scalar
+    (``reduction`` ``mean`` or ``sum``).
     """
 
-    def __init__(self, terms: Sequence[Tuple[float, str, nn.Module]]) -> None:
+    def __init__(self, terms: Sequence[Tuple[Union[Weight, str], str, nn.Module]]) -> None:
         super().__init__()
         if not terms:
             raise SegLossError("expected at least one loss term, got none")
-        self.weights: List[float] = [float(w) for w, _, _ in terms]
+        self.weights: List[Weight] = [_weight(w) for w, _, _ in terms]
         self.labels: List[str] = _unique([label for _, label, _ in terms])
         self.losses = nn.ModuleList([module for _, _, module in terms])
         for label, module in zip(self.labels, self.losses):
             if getattr(module, "reduction", "mean") == "none":
                 raise SegLossError(f"expected term {label!r} to reduce to a scalar, got reduction='none'")
+        self._step = 0.0
         self.last_terms: Dict[str, Tensor] = {}
+        self.last_weights: Dict[str, float] = {}
+        self.last_total: Optional[Tensor] = None
+
+    @property
+    def step(self) -> float:
+        return self._step
+
+    def set_step(self, step: float) -> None:
+        """Set the step ``t >= 0`` that the scheduled weights and the terms' own schedules read."""
+        self._step = check_step(step)
+        for loss in self.losses:
+            if isinstance(loss, (ScheduledLossModule, CompoundLoss)):
+                loss.set_step(self._step)
+
+    def has_schedule(self) -> bool:
+        return any(isinstance(w, Schedule) for w in self.weights)
+
+    def current_weights(self) -> List[float]:
+        """Each term's weight at the current step."""
+        return [w(self._step) if isinstance(w, Schedule) else w for w in self.weights]
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        weights = self.current_weights()
         values = [loss(logits, target) for loss in self.losses]
-        self.last_terms = {label: value.detach() for label, value in zip(self.labels, values)}
-        total = values[0] * self.weights[0]
-        for weight, value in zip(self.weights[1:], values[1:]):
+        total = values[0] * weights[0]
+        for weight, value in zip(weights[1:], values[1:]):
             total = total + weight * value
+        self.last_terms = {label: value.detach() for label, value in zip(self.labels, values)}
+        self.last_weights = dict(zip(self.labels, weights))
+        self.last_total = total.detach()
         return total
 
+    def logs(self) -> Dict[str, float]:
+        """The last forward as floats (one host sync): ``loss`` (the total), ``loss/<label>`` (each term's
+        unweighted value) and ``weight/<label>`` (its weight at that step)."""
+        if self.last_total is None:
+            raise SegLossError("expected a forward before logs(), got none")
+        values = torch.stack([self.last_total, *self.last_terms.values()]).tolist()
+        logs = {"loss": values[0]}
+        logs.update({f"loss/{label}": value for label, value in zip(self.last_terms, values[1:])})
+        logs.update({f"weight/{label}": weight for label, weight in self.last_weights.items()})
+        return logs
+
     def extra_repr(self) -> str:
-        return " + ".join(f"{w:g}*{label}" for w, label in zip(self.weights, self.labels))
+        return " + ".join(f"{_text(w)}*{label}" for w, label in zip(self.weights, self.labels))
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        save_step(self, destination, prefix)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        load_step(self, state_dict, prefix, args, super()._load_from_state_dict)
+
+
+def _weight(weight: Union[Weight, ScheduleLike]) -> Weight:
+    """A number as a float; a schedule (or its spec string) as a Schedule."""
+    if isinstance(weight, (Schedule, str)):
+        return as_schedule(weight)
+    return float(weight)
+
+
+def _text(weight: Weight) -> str:
+    return f"({weight})" if isinstance(weight, Schedule) else f"{weight:g}"
 
 
 def _unique(labels: List[str]) -> List[str]:
@@ -54,13 +126,15 @@ def create_loss(spec: str) -> nn.Module:
     """Build a loss from a spec string: ``create_loss("ce + 0.5*dice")``.
 
     A single unweighted term returns that loss's own module (``create_loss("focal(gamma=1)")`` is a
-    :class:`~seglosses.FocalLoss`); anything else returns a :class:`CompoundLoss`. Unknown names, bad syntax
-    and bad options raise :class:`SegLossError`, naming the position and the known loss names.
+    :class:`~seglosses.FocalLoss`); anything else returns a :class:`CompoundLoss`. A weight may be a
+    schedule of the step (``"linear(start=1, end=0.01, steps=99)*dice + (1 - linear(start=1, end=0.01,
+    steps=99))*boundary"``; call ``set_step(epoch)``). Unknown names, bad syntax and bad options raise
+    :class:`SegLossError`, naming the position and the known loss names.
     """
     terms = parse_spec(spec)
     loss_domain(spec)  # a softmax and a binary loss cannot share one (logits, target) pair
     modules = [(weight, label, build(name, **options)) for weight, name, options, label in terms]
-    if len(modules) == 1 and modules[0][0] == 1.0:
+    if len(modules) == 1 and not isinstance(modules[0][0], Schedule) and modules[0][0] == 1.0:
         return modules[0][2]
     return CompoundLoss(modules)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._core.errors import expected
 from .._core.numerics import binary_log_terms, compute_dtype
 from .._core.options import (
     ClassValues,
@@ -21,7 +22,14 @@ from .._core.options import (
 )
 from .._core.reduction import reduce
 from .._core.registry import register
-from .._core.targets import IndexTarget, binary_target, num_valid, softmax_target
+from .._core.targets import IndexTarget, SoftmaxTarget, binary_target, num_valid, softmax_target
+from ..adaptive.schedules import (
+    ScheduledLossModule,
+    ScheduleLike,
+    as_schedule,
+    check_step,
+    scheduled_class_weights,
+)
 from .base import module_for
 
 
@@ -30,16 +38,23 @@ def cross_entropy_loss(
     target: Tensor,
     *,
     weight: Optional[ClassValues] = None,
-    label_smoothing: float = 0.0,
+    weight_schedule: Optional[ScheduleLike] = None,
+    step: float = 0.0,
+    label_smoothing: Union[float, Tensor] = 0.0,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    r"""Softmax cross-entropy, optionally class-weighted and label-smoothed.
+    r"""Softmax cross-entropy, optionally class-weighted (with a schedule) and label-smoothed.
 
     ``L_i = -Σ_c w_c y'_ic log p_ic`` with ``p = softmax(z)`` over the class dim and the smoothed target
     ``y' = (1 - ε) y + ε / C`` (``ε = label_smoothing``, PyTorch's convention). The gradient of ``L_i`` with
     respect to the logits is ``p_j Σ_c w_c y'_ic - w_j y'_ij``, which is ``p - y`` without weights and
     smoothing.
+
+    **Scheduled class weights** (SPEC §1): with ``weight_schedule`` ``s``, the weights at ``step`` ``t`` are
+    ``w_c(t) = 1 + (w_c - 1) · s(t)``, from ``weight`` at ``s = 1`` to uniform at ``s = 0``; the SPEC's
+    ``1 + (w_c^init - 1) · exp(-λ t)`` is ``weight_schedule="exponential(lam=λ)"``. The document's literal
+    ``w_c^init · exp(-λ t)`` scales every class alike, which only rescales the loss.
 
     ``mean`` divides by ``Σ_{i∈V} Σ_c w_c y_ic`` with the *unsmoothed* target: the number of valid pixels
     without weights, never the count of all pixels. For index targets this is exactly
@@ -50,7 +65,12 @@ def cross_entropy_loss(
         logits: ``(N, C, *S)``, ``C >= 2``, one to three spatial dims.
         target: class indices ``(N, *S)`` (integer) or one-hot / soft probabilities ``(N, C, *S)``.
         weight: per-class weights ``(C,)``, non-negative.
-        label_smoothing: ``ε`` in ``[0, 1)``.
+        weight_schedule: a schedule ``s`` with values in ``[0, 1]`` (a
+            :class:`~seglosses.adaptive.schedules.Schedule` or its spec string) moving ``weight`` to
+            uniform; needs ``weight``.
+        step: the step ``t >= 0`` that ``weight_schedule`` reads (an epoch or iteration count).
+        label_smoothing: ``ε`` in ``[0, 1)``; or a 0-d float tensor (an adaptive ``ε``, read without a host
+            synchronisation: ``L_i = (1-ε) w_t ce_i + ε (w̄ lse_i - Σ_c w_c z_ic / C)``, the same value).
         ignore_index: index-target value whose pixels count nowhere.
         reduction: ``none`` -> ``(N, *S)``; ``mean`` / ``sum`` -> scalar.
 
@@ -58,31 +78,69 @@ def cross_entropy_loss(
         SegLossError: bad shapes, dtypes, target values, weights or options.
     """
     opts = check_ce_options(
-        weight=weight, label_smoothing=label_smoothing, ignore_index=ignore_index, reduction=reduction
+        weight=weight,
+        weight_schedule=weight_schedule,
+        step=step,
+        label_smoothing=label_smoothing,
+        ignore_index=ignore_index,
+        reduction=reduction,
     )
-    eps = opts["label_smoothing"]
     prepared = softmax_target(logits, target, ignore_index)
-    logits = logits.to(compute_dtype(logits))
-    w = class_tensor(opts["weight"], logits, "weight")
+    return ce_from_prepared(logits.to(compute_dtype(logits)), prepared, opts)
+
+
+def ce_from_prepared(work: Tensor, prepared: SoftmaxTarget, opts: Dict[str, Any]) -> Tensor:
+    """:func:`cross_entropy_loss` after its checks: ``work`` the logits in their compute dtype, ``prepared``
+    the checked target, ``opts`` the checked options (``weight``, ``weight_schedule`` and ``step`` may be
+    left out)."""
+    w = opts.get("weight")
+    if w is not None and opts.get("weight_schedule") is not None:
+        w = scheduled_class_weights(w, opts["weight_schedule"], opts.get("step", 0.0))
+    w = class_tensor(w, work, "weight")
+    eps, reduction = opts["label_smoothing"], opts["reduction"]
     if isinstance(prepared, IndexTarget):
+        if isinstance(eps, Tensor):
+            loss = _index_smoothed(work, prepared, w, eps.to(work.dtype), opts["ignore_index"])
+            return reduce(loss, reduction, _index_denominator(prepared, w) if reduction == "mean" else None)
         # torch's own kernel, summed; the mean's denominator is ours so that all-ignored gives 0, not NaN
         loss = F.cross_entropy(
-            logits,
+            work,
             prepared.labels.long(),
             weight=w,
-            ignore_index=-100 if ignore_index is None else ignore_index,
-            reduction="none" if opts["reduction"] == "none" else "sum",
+            ignore_index=_torch_ignore(opts["ignore_index"]),
+            reduction="none" if reduction == "none" else "sum",
             label_smoothing=eps,
         )
-        denominator = _index_denominator(prepared, w) if opts["reduction"] == "mean" else None
+        return reduce(loss, reduction, _index_denominator(prepared, w) if reduction == "mean" else None)
+    dense = prepared.dense.to(work.dtype)
+    smoothed = dense
+    if isinstance(eps, Tensor):
+        smoothed, eps = dense * (1 - eps.to(work.dtype)) + eps.to(work.dtype) / work.shape[1], 0.0
+    loss = F.cross_entropy(work, smoothed, weight=w, reduction="none", label_smoothing=eps)
+    target_mass = dense.sum(1) if w is None else torch.einsum("nc...,c->n...", dense, w)
+    return reduce(loss, reduction, target_mass.sum(dtype=torch.float32))
+
+
+def _torch_ignore(ignore_index: Optional[int]) -> int:
+    return -100 if ignore_index is None else ignore_index
+
+
+def _index_smoothed(
+    work: Tensor, prepared: IndexTarget, w: Optional[Tensor], eps: Tensor, ignore_index: Optional[int]
+) -> Tensor:
+    """Label-smoothed CE per pixel for a tensor ``ε``, from the unsmoothed CE ``ce = lse - z_t``:
+    ``(1-ε) w_t ce + ε (w̄ (ce + z_t) - Σ_c w_c z_c / C)``, which is ``ce + ε (z_t - z̄)`` without weights."""
+    labels = prepared.labels.long()
+    ce = F.cross_entropy(work, labels, ignore_index=_torch_ignore(ignore_index), reduction="none")
+    index = prepared.index()
+    z_t = work.gather(1, index.unsqueeze(1)).squeeze(1)
+    if w is None:
+        smooth = z_t - work.mean(1)
+        loss = ce + eps * smooth
     else:
-        dense = prepared.dense
-        loss = F.cross_entropy(
-            logits, dense.to(logits.dtype), weight=w, reduction="none", label_smoothing=eps
-        )
-        target_mass = dense.sum(1) if w is None else torch.einsum("nc...,c->n...", dense, w.to(dense.dtype))
-        denominator = target_mass.sum(dtype=torch.float32)
-    return reduce(loss, opts["reduction"], denominator)
+        smooth = w.mean() * (ce + z_t) - torch.einsum("nc...,c->n...", work, w) / work.shape[1]
+        loss = (1 - eps) * w[index] * ce + eps * smooth
+    return loss if prepared.valid is None else torch.where(prepared.valid, loss, 0.0)
 
 
 def _index_denominator(prepared: IndexTarget, weight: Optional[Tensor]) -> Tensor:
@@ -151,17 +209,44 @@ def binary_cross_entropy_loss(
 
 
 def check_ce_options(
-    *, weight: Optional[ClassValues], label_smoothing: float, ignore_index: Optional[int], reduction: str
+    *,
+    weight: Optional[ClassValues],
+    weight_schedule: Optional[ScheduleLike],
+    step: float,
+    label_smoothing: Union[float, Tensor],
+    ignore_index: Optional[int],
+    reduction: str,
 ) -> Dict[str, Any]:
     """Validate the options of :func:`cross_entropy_loss` (shared with its module)."""
     return {
         "weight": class_values("weight", weight, allow_scalar=False),
-        "label_smoothing": check_number(
-            "label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True
-        ),
+        **check_weight_schedule("weight", weight, weight_schedule, step),
+        "label_smoothing": check_smoothing(label_smoothing),
         "ignore_index": check_ignore_index(ignore_index),
         "reduction": check_reduction(reduction),
     }
+
+
+def check_weight_schedule(
+    option: str, weight: object, schedule: Optional[ScheduleLike], step: float
+) -> Dict[str, Any]:
+    """``{option}_schedule`` as a :class:`Schedule` (or None) and the step; a schedule needs ``option``."""
+    if schedule is not None and weight is None:
+        raise expected(f"{option} (the initial class weights) with {option}_schedule", f"{option}=None")
+    return {
+        f"{option}_schedule": None if schedule is None else as_schedule(schedule),
+        "step": check_step(step),
+    }
+
+
+def check_smoothing(label_smoothing: Union[float, Tensor]) -> Union[float, Tensor]:
+    """``ε`` in ``[0, 1)``, or a 0-d float tensor (its value checked only with the data checks on)."""
+    if not isinstance(label_smoothing, Tensor):
+        return check_number("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True)
+    if label_smoothing.ndim != 0 or not label_smoothing.is_floating_point():
+        got = f"shape {tuple(label_smoothing.shape)}, {label_smoothing.dtype}"
+        raise expected("label_smoothing as a number or a 0-d float tensor", got)
+    return cast(Tensor, class_values("label_smoothing", label_smoothing, high=1.0))
 
 
 def check_bce_options(
@@ -184,7 +269,7 @@ def check_bce_options(
     }
 
 
-CrossEntropyLoss = module_for("CrossEntropyLoss", cross_entropy_loss, check_ce_options)
+CrossEntropyLoss = module_for("CrossEntropyLoss", cross_entropy_loss, check_ce_options, ScheduledLossModule)
 BinaryCrossEntropyLoss = module_for("BinaryCrossEntropyLoss", binary_cross_entropy_loss, check_bce_options)
 
 register(
