@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from seglosses import SegLossError
 from seglosses.cli import main
 from seglosses.compare import Settings, compare, slug
 
@@ -235,3 +236,24 @@ def test_stale_temporary_files_are_removed(tmp_path):
     stale.write_bytes(b"half")
     compare(["ce"], [0], SETTINGS, tmp_path)
     assert not stale.exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one(tmp_path):
+    """--nproc 2 (DDP, gloo, the batch split in two): the same test metrics as one process and the
+    training losses within float rounding; the report is written once."""
+    options = ["ce", "dice", "--epochs", "2", "--steps", "2", "--seeds", "1", "--patch", "32", "--width", "4",
+               "--batch-size", "4"]  # fmt: skip
+    main(["compare", *options, "--out", str(tmp_path / "one")])
+    main(["compare", *options, "--nproc", "2", "--out", str(tmp_path / "two")])
+    one, two = (json.loads((tmp_path / name / "results.json").read_text())["runs"] for name in ("one", "two"))
+    for a, b in zip(one, two):
+        assert a["per_class"] == b["per_class"] and a["history"]["test_dice"] == b["history"]["test_dice"]
+        np.testing.assert_allclose(a["history"]["train_loss"], b["history"]["train_loss"], rtol=1e-6)
+    assert (tmp_path / "two" / "report.md").exists()
+
+
+def test_nproc_must_divide_the_batch(tmp_path):
+    settings = Settings(epochs=1, steps_per_epoch=1, batch_size=3, patch=32, width=4, nproc=2)
+    with pytest.raises(SegLossError, match="divisible"):
+        compare(["ce"], [0], settings, tmp_path)

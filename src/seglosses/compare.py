@@ -15,14 +15,16 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ._core.errors import expected
 from .data import load_data
+from .distributed import rank_and_size, sync_sum_
 from .losses.compound import create_loss, loss_domain
 from .metrics import ConfusionMatrix, HausdorffDistance, boundary_iou_counts, iou_from_counts
 from .models import UNet
@@ -43,6 +45,7 @@ class Settings:
     depth: int = 3
     learning_rate: float = 3e-3
     device: str = "cpu"
+    nproc: int = 1  # processes under torch.distributed (DDP); the batch is split between them
     result_format: int = 3  # bump when a result file's content changes, so old ones are not reused
 
     def key(self) -> str:
@@ -112,25 +115,41 @@ def evaluate(
     model: torch.nn.Module, pairs: Sequence[Pair], num_classes: int, device: str
 ) -> Tuple[Dict[str, Tensor], List[Tensor]]:
     """Per-class test metrics (confusion-based; Boundary IoU summed over images; HD95 averaged over the
-    images where the class is present) and the predictions."""
-    metric = ConfusionMatrix(num_classes)
-    hausdorff = HausdorffDistance(num_classes)
-    band_intersection = band_union = torch.zeros(num_classes, dtype=torch.int64)
+    images where the class is present) and this process's predictions.
+
+    Under ``torch.distributed`` each process takes every W-th test image (rank 0 the first) and the
+    sums are all-reduced once at the end, so every process returns the same metrics.
+    """
+    rank, world = rank_and_size()
+    metric = ConfusionMatrix(num_classes, sync=False)
+    hausdorff = HausdorffDistance(num_classes, sync=False)
+    bands = torch.zeros(2, num_classes, dtype=torch.int64)  # Boundary IoU intersection, union
     predictions = []
     model.eval()
     with torch.no_grad():
-        for image, labels in pairs:
+        for image, labels in pairs[rank::world]:
             predicted = model(image[None].to(device)).argmax(1)[0].cpu()
             metric.update(predicted, labels)
             hausdorff.update(predicted[None], labels[None])
             both, either = boundary_iou_counts(predicted[None], labels[None], num_classes=num_classes)
-            band_intersection, band_union = band_intersection + both[0], band_union + either[0]
+            bands += torch.stack([both[0], either[0]])
             predictions.append(predicted)
     model.train()
+    for state in (metric.matrix, hausdorff.total, hausdorff.count, bands):
+        sync_sum_(state)
     scores = metric.compute()
-    scores["boundary_iou"] = iou_from_counts(band_intersection, band_union)
+    scores["boundary_iou"] = iou_from_counts(bands[0], bands[1])
     scores["hd95"] = hausdorff.compute()
     return scores, predictions
+
+
+def _on_rank_zero(write: Callable[[], None]) -> None:
+    """Run ``write`` on rank 0 only, then let every process pass only once it is done."""
+    rank, world = rank_and_size()
+    if rank == 0:
+        write()
+    if world > 1:
+        dist.barrier()
 
 
 def run_one(
@@ -151,7 +170,9 @@ def run_one(
     model = UNet(
         image.shape[0], num_classes, width=settings.width, depth=settings.depth, spatial_dims=labels.ndim
     )
-    model.to(settings.device)
+    rank, world = rank_and_size()
+    device = settings.device if world == 1 or settings.device == "cpu" else f"cuda:{rank}"
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(seed)
     history: Dict[str, List[float]] = {"train_loss": [], "test_dice": []}
@@ -163,17 +184,21 @@ def run_one(
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
             history, start = state["history"], int(state["epoch"])
+    # every process draws the same batch and trains on its share; DDP averages the gradients
+    forward = model if world == 1 else torch.nn.parallel.DistributedDataParallel(model)
     for epoch in range(start, settings.epochs):
         losses = []
         for _ in range(settings.steps_per_epoch):
             images, labels = random_patches(splits["train"], settings.batch_size, settings.patch, generator)
-            loss = criterion(model(images.to(settings.device)), labels.to(settings.device))
+            images, labels = (torch.tensor_split(t, world)[rank].to(device) for t in (images, labels))
+            loss = criterion(forward(images), labels)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
-        scores, _ = evaluate(model, splits["test"], num_classes, settings.device)
-        history["train_loss"].append(float(np.mean(losses)))
+            losses.append(loss.detach())
+        mean_loss = sync_sum_(torch.stack(losses).mean().double().cpu()) / world
+        scores, _ = evaluate(model, splits["test"], num_classes, device)
+        history["train_loss"].append(float(mean_loss))
         history["test_dice"].append(float(scores["mean_dice"]))
         state = {
             "settings": settings.key(),
@@ -183,20 +208,25 @@ def run_one(
             "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(),
         }
-        write_atomically(checkpoint_path, _to_bytes(lambda buffer: torch.save(state, buffer)))  # noqa: B023
+        payload = _to_bytes(lambda buffer: torch.save(state, buffer))  # noqa: B023
+        _on_rank_zero(lambda: write_atomically(checkpoint_path, payload))  # noqa: B023
         if on_epoch is not None:
             on_epoch(epoch + 1, history["test_dice"][-1])
-    scores, predictions = evaluate(model, splits["test"], num_classes, settings.device)
+    scores, predictions = evaluate(model, splits["test"], num_classes, device)
     per_class = {
         name: scores[name].tolist() for name in ("dice", "iou", "boundary_iou", "hd95", "precision", "recall")
     }
     result = RunResult(spec, seed, per_class, history)
-    prediction = predictions[0].numpy().astype(np.uint8)
-    write_atomically(
-        folder / f"seed{seed}_prediction.npy", _to_bytes(lambda buffer: np.save(buffer, prediction))
-    )
-    payload = {"settings": settings.key(), **asdict(result)}
-    write_atomically(result_path, json.dumps(payload, indent=1).encode())
+
+    def write_result() -> None:  # rank 0 holds the first test image's prediction
+        prediction = predictions[0].numpy().astype(np.uint8)
+        write_atomically(
+            folder / f"seed{seed}_prediction.npy", _to_bytes(lambda buffer: np.save(buffer, prediction))
+        )
+        payload = {"settings": settings.key(), **asdict(result)}
+        write_atomically(result_path, json.dumps(payload, indent=1).encode())
+
+    _on_rank_zero(write_result)
     return result
 
 
@@ -230,11 +260,53 @@ def compare(
     progress: Optional[Callable[[str, int, int, float], None]] = None,
     splits: Optional[Dict[str, List[Pair]]] = None,
 ) -> Tuple[List[RunResult], Dict[str, List[Pair]]]:
-    """Every (loss, seed) run, finished ones read back instead of retrained (``splits``: preloaded data)."""
+    """Every (loss, seed) run, finished ones read back instead of retrained (``splits``: preloaded data).
+
+    With ``settings.nproc > 1`` the runs train in that many processes under ``torch.distributed`` (gloo
+    on CPU, nccl on CUDA); this process waits for them and reads their results back.
+    """
     check_specs(specs)
+    if settings.batch_size % settings.nproc:
+        raise expected(f"a batch size divisible by the {settings.nproc} processes", settings.batch_size)
     remove_stale_temporaries(out)
     splits = load_data(settings.data) if splits is None else splits
     num_classes = max(int(labels.max()) for _, labels in splits["train"] + splits["test"]) + 1
+    if settings.nproc > 1 and launched_by_torchrun():
+        _join_torchrun_group(settings)
+        rank = dist.get_rank()
+        results = _run_all(specs, seeds, settings, out, splits, num_classes, progress if rank == 0 else None)
+        dist.barrier()
+        return results, splits
+    if settings.nproc > 1:
+        _spawn(specs, seeds, settings, out, splits, num_classes, progress)
+        found = [finished(out / "runs" / slug(spec), seed, settings) for spec in specs for seed in seeds]
+        return [r for r in found if r is not None], splits
+    return _run_all(specs, seeds, settings, out, splits, num_classes, progress), splits
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several that ``torchrun`` started (its environment says so)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def _join_torchrun_group(settings: Settings) -> None:
+    """Initialise the default process group from torchrun's environment (once)."""
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if settings.device.startswith("cuda") else "gloo")
+    if dist.get_world_size() != settings.nproc:
+        world = dist.get_world_size()
+        raise expected(f"{settings.nproc} processes (--nproc)", f"a torchrun world of {world}")
+
+
+def _run_all(
+    specs: Sequence[str],
+    seeds: Sequence[int],
+    settings: Settings,
+    out: Path,
+    splits: Dict[str, List[Pair]],
+    num_classes: int,
+    progress: Optional[Callable[[str, int, int, float], None]],
+) -> List[RunResult]:
     results = []
     for spec in specs:
         folder = out / "runs" / slug(spec)
@@ -248,4 +320,53 @@ def compare(
                 )
                 done = run_one(spec, seed, settings, splits, num_classes, folder, callback)
             results.append(done)
-    return results, splits
+    return results
+
+
+def _worker(
+    rank: int,
+    init_file: str,
+    events: Any,
+    args: Tuple[Sequence[str], Sequence[int], Settings, Path, Dict[str, List[Pair]], int],
+) -> None:
+    """One process of a distributed comparison; rank 0 reports each finished epoch through ``events``."""
+    settings = args[2]
+    backend = "nccl" if settings.device.startswith("cuda") else "gloo"
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.nproc))
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=settings.nproc)
+    try:
+        report = (lambda *event: events.put(event)) if rank == 0 else None
+        _run_all(*args, progress=report)
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _spawn(
+    specs: Sequence[str],
+    seeds: Sequence[int],
+    settings: Settings,
+    out: Path,
+    splits: Dict[str, List[Pair]],
+    num_classes: int,
+    progress: Optional[Callable[[str, int, int, float], None]],
+) -> None:
+    """Run every (loss, seed) in ``settings.nproc`` processes; relay rank 0's progress events."""
+    import torch.multiprocessing as mp
+
+    out.mkdir(parents=True, exist_ok=True)
+    context = mp.get_context("spawn")
+    events = context.SimpleQueue()
+    def relay() -> None:
+        while not events.empty():
+            event = events.get()
+            if progress is not None:
+                progress(*event)
+
+    with tempfile.TemporaryDirectory() as rendezvous:
+        init_file = str(Path(rendezvous) / "init")
+        args = (init_file, events, (specs, seeds, settings, out, splits, num_classes))
+        processes = mp.start_processes(_worker, args=args, nprocs=settings.nproc, join=False)
+        while not processes.join(timeout=0.2):
+            relay()
+        relay()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import click
 import torch
@@ -54,11 +55,14 @@ DEFAULT_LOSSES = ("ce", "dice", "focal(gamma=2)", "ce + dice")
 @click.option("--patch", type=click.IntRange(8, 4096), default=Settings.patch, show_default=True)
 @click.option("--width", type=click.IntRange(1, 512), default=Settings.width, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--nproc", type=click.IntRange(1, 1024), default=None,
+              help="Processes under torch.distributed (DDP; the batch is split between them). Default 1, or "
+              "torchrun's world size when started by torchrun.")  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("seglosses-compare"),
               show_default=True, help="Output folder; run again with the same one to resume.")  # fmt: skip
 def compare_command(
     loss_args: Tuple[str, ...], loss_options: Tuple[str, ...], data: str, epochs: int, steps: int, seeds: int,
-    batch_size: int, patch: int, width: int, device: str, out: Path,
+    batch_size: int, patch: int, width: int, device: str, nproc: Optional[int], out: Path,
 ) -> None:  # fmt: skip
     """Train a small U-Net with each LOSS (same budget and seeds) and report per-class test metrics.
 
@@ -66,21 +70,27 @@ def compare_command(
     started again with the same --out, it skips finished runs and resumes unfinished ones.
 
     Example: seglosses compare ce dice "focal(gamma=2)" "ce + dice" --epochs 6 --seeds 2
+
+    Several processes: --nproc 2 on one machine; across nodes, start it on each with torchrun, e.g.
+    torchrun --nnodes 2 --nproc-per-node 4 --rdzv-endpoint HOST:29500 -m seglosses.cli compare ...
+    (the output folder on a shared file system; rank 0 writes it).
     """
-    from ..compare import check_specs, compare
+    from ..compare import check_specs, compare, launched_by_torchrun
     from ..report import markdown_table, summarise, write_report
 
     specs = list(loss_options + loss_args) or list(DEFAULT_LOSSES)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SegLossError(f"expected an available CUDA device for --device {device}, got none")
+    world = int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
     settings = Settings(data=data, epochs=epochs, steps_per_epoch=steps, batch_size=batch_size, patch=patch,
-                        width=width, device=device)  # fmt: skip
+                        width=width, device=device, nproc=nproc or world)  # fmt: skip
     check_specs(specs)
     splits = load_data(data, progress=True)
     total = len(specs) * seeds * epochs
     from tqdm import tqdm
 
-    with tqdm(total=total, desc="training", unit="epoch") as bar:
+    rank = int(os.environ["RANK"]) if launched_by_torchrun() else 0
+    with tqdm(total=total, desc="training", unit="epoch", disable=rank != 0) as bar:
 
         def progress(spec: str, seed: int, epoch: int, dice: float) -> None:
             bar.set_postfix_str(f"{spec} seed {seed}: test Dice {dice:.3f}")
@@ -88,6 +98,8 @@ def compare_command(
 
         results, _ = compare(specs, list(range(seeds)), settings, out, progress, splits)
         bar.update(total - bar.n)
+    if rank != 0:
+        return  # rank 0 writes the report
     paths = write_report(results, settings, out, splits["test"][0])
     click.echo(markdown_table(summarise(results)))
     click.echo("wrote " + ", ".join(str(path) for path in paths))
