@@ -47,7 +47,7 @@ from .._core.targets import (
 from ..ops.bands import band_width, boundary_band
 from ..ops.distance import Spacing, check_spacing, sample_extremes, signed_distance_map, two_sided_distance
 from .base import LossModule, module_for
-from .overlap import _region, check_region_options, jaccard_score
+from .overlap import Statistics, check_region_options, jaccard_score, region_loss
 
 _LENGTH_EPS = 1e-8  # inside the square root of the active contour's length term (Chen et al.)
 
@@ -348,7 +348,7 @@ def check_boundary_iou_options(*, dilation_ratio: float, **shared: Any) -> Dict[
     return check_region_options(dilation_ratio=ratio, **shared)
 
 
-def _band_statistics(ratio: float) -> Any:
+def _band_statistics(ratio: float) -> Statistics:
     def statistics(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Overlap:
         """Overlap of the soft bands: ``I = Σ B(p) B(y)``, ``FP = Σ B(p) - I``, ``FN = Σ B(y) - I``."""
         probs, dense, _ = _prepare(logits, target, ignore_index, binary)
@@ -362,7 +362,7 @@ def _band_statistics(ratio: float) -> Any:
 
 def _boundary_iou(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
     statistics = _band_statistics(opts["dilation_ratio"])
-    return _region(
+    return region_loss(
         logits, target, opts, binary, lambda s, _: 1 - jaccard_score(s, opts["smooth"]), statistics=statistics
     )
 

@@ -78,7 +78,7 @@ PerClass = Callable[[Overlap, Dict[str, Optional[Tensor]]], Tensor]
 Statistics = Callable[[Tensor, Tensor, Optional[int], bool], Overlap]
 
 
-def _region(
+def region_loss(
     logits: Tensor,
     target: Tensor,
     opts: Dict[str, Any],
@@ -183,7 +183,7 @@ def _document(function: Callable[..., Tensor], binary: bool) -> Callable[..., Te
 
 
 def _dice(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
-    return _region(logits, target, opts, binary, lambda s, _: 1 - dice_score(s, opts["smooth"]))
+    return region_loss(logits, target, opts, binary, lambda s, _: 1 - dice_score(s, opts["smooth"]))
 
 
 def dice_loss(
@@ -235,7 +235,7 @@ def binary_dice_loss(
 
 
 def _jaccard(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
-    return _region(logits, target, opts, binary, lambda s, _: 1 - jaccard_score(s, opts["smooth"]))
+    return region_loss(logits, target, opts, binary, lambda s, _: 1 - jaccard_score(s, opts["smooth"]))
 
 
 def jaccard_loss(
@@ -289,7 +289,7 @@ def _tversky(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool)
     def per_class(s: Overlap, _: Dict[str, Optional[Tensor]]) -> Tensor:
         return 1 - tversky_score(s, opts["smooth"], opts["alpha"], opts["beta"])
 
-    return _region(logits, target, opts, binary, per_class)
+    return region_loss(logits, target, opts, binary, per_class)
 
 
 def tversky_loss(
@@ -352,7 +352,7 @@ def _focal_tversky(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary:
         assert gamma is not None  # a required option, checked by check_focal_tversky_options
         return safe_pow((1 - index).clamp_min(0), gamma)  # rounding can push TI a hair past 1
 
-    return _region(logits, target, opts, binary, per_class, class_options=("gamma",))
+    return region_loss(logits, target, opts, binary, per_class, class_options=("gamma",))
 
 
 def focal_tversky_loss(
@@ -426,7 +426,7 @@ def _generalized_dice(logits: Tensor, target: Tensor, opts: Dict[str, Any], bina
         den = (w * (2 * s.tp + s.fp + s.fn)).sum(-1, keepdim=True) + opts["smooth"]
         return safe_divide(s.tp.shape[-1] * w * (s.fp + s.fn), den, 0.0)
 
-    return _region(logits, target, opts, binary, per_class, weight_in_reduction=False)
+    return region_loss(logits, target, opts, binary, per_class, weight_in_reduction=False)
 
 
 def generalized_dice_loss(
