@@ -46,6 +46,23 @@ def _table_bins(index: Tensor, valid: Optional[Tensor], c: int) -> Tensor:
     return bins.reshape(-1)
 
 
+def _bin_sums(bins: Tensor, values: Tensor, size: int) -> Tuple[Tensor, Tensor]:
+    """Per bin: the sum of ``values`` and the number of entries, ``(size,)`` each in ``values``' dtype.
+
+    CPU: ``index_add_`` into the flat table. CUDA (eager): ``bincount``, whose per-block histograms avoid
+    the contention of millions of atomic adds into a few ``N·C`` bins. ``torch.compile`` traces the
+    ``index_add_`` form (``bincount``'s output size depends on the data).
+    """
+    if values.is_cuda and not torch.compiler.is_compiling():
+        sums = torch.bincount(bins, weights=values, minlength=size)[:size].to(values.dtype)
+        return sums, torch.bincount(bins, minlength=size)[:size].to(values.dtype)
+    table = torch.zeros(2, size, dtype=values.dtype, device=values.device)
+    sums = table[0].index_add_(0, bins, values)
+    ones = torch.ones(1, dtype=values.dtype, device=values.device).expand_as(values)
+    counts = table[1].index_add_(0, bins, ones)
+    return sums, counts
+
+
 class _SoftmaxIndexSums(torch.autograd.Function):
     """``TP = Σ_i p_ic [y_i = c]``, ``Σ_i p_ic`` and the class counts over valid pixels, ``p = softmax(z)``.
 
@@ -64,11 +81,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         probs = torch.softmax(logits.flatten(2), dim=1, dtype=dtype)  # flatten: N = 0 works too
         bins = _table_bins(index, valid, c)
         p_true = probs.gather(1, index.flatten(1).unsqueeze(1)).reshape(-1)
-        table = torch.zeros(2, n * c + 1, dtype=dtype, device=logits.device)
-        tp = table[0].index_add_(0, bins, p_true)
-        counts = table[1].index_add_(
-            0, bins, torch.ones(1, dtype=dtype, device=logits.device).expand_as(p_true)
-        )
+        tp, counts = _bin_sums(bins, p_true, n * c + 1)
         if valid is None:
             prob_sum = probs.sum(-1)
         else:
