@@ -3,11 +3,18 @@
 :class:`LossConformance` holds the checks; a subclass picks the registry entries it runs over (the
 ``entries`` attribute, parametrised by ``conftest.pytest_generate_tests``) and may override the input
 factory and the exemptions, so that later loss families (boundary, embedding) reuse it.
+
+Stateful losses (a ``stateful`` class attribute: statistics in buffers, updated by each training-mode
+forward) pass the same checks: "module equals function" compares with ``function(..., **module.options)``
+(the options under the state the forward just updated); checks that call one module repeatedly (gradcheck)
+run it in ``eval()`` after one training step; the others use a fresh module per call. Losses whose weight
+is detached by default (``detach`` option) are gradchecked with ``detach=False`` (SPEC §2).
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+import inspect
+from typing import Any, Dict, Tuple
 
 import pytest
 import torch
@@ -19,6 +26,25 @@ import seglosses as sl
 SHAPES = [(2, 3, 7), (2, 3, 5, 6), (1, 3, 3, 4, 5)]
 # SPEC section 4: the surface loss is negative at a perfect prediction, the active contour keeps its length
 PERFECT_NOT_ZERO = {"boundary", "binary_boundary", "active_contour", "binary_active_contour"}
+PERFECT_NOT_ZERO |= {"adaptive_smoothing_ce"}  # label smoothing: a perfect prediction still costs ε
+
+
+def is_stateful(entry) -> bool:
+    return bool(getattr(entry.module, "stateful", False))
+
+
+def gradcheck_options(entry) -> Dict[str, Any]:
+    """``detach=False`` for a loss whose weight is detached by default: gradcheck needs the full gradient."""
+    return {"detach": False} if "detach" in inspect.signature(entry.module).parameters else {}
+
+
+def for_gradcheck(entry, logits: Tensor, target: Tensor, **options):
+    """A module to call many times on the same input: a stateful one after one training step, in eval()."""
+    loss = entry.module(**gradcheck_options(entry), **options)
+    if is_stateful(entry):
+        loss(logits.detach(), target)
+        loss.eval()
+    return loss
 
 
 class LossConformance:
@@ -62,21 +88,24 @@ class LossConformance:
     def test_module_equals_function(self, entry):
         logits, target = self.inputs(entry)
         module = entry.module(ignore_index=IGNORE)
-        torch.testing.assert_close(
-            module(logits, target), entry.module.function(logits, target, ignore_index=IGNORE)
-        )
+        value = module(logits, target)
+        if is_stateful(entry):  # the function under the state this forward updated
+            expected = entry.module.function(logits, target, **module.options)
+        else:
+            expected = entry.module.function(logits, target, ignore_index=IGNORE)
+        torch.testing.assert_close(value, expected)
 
     @pytest.mark.parametrize("ignore_fraction", [0.0, 0.3])
     def test_gradcheck_float64(self, entry, ignore_fraction):
         logits, target = self.inputs(entry, (2, 3, 3, 4), ignore_fraction=ignore_fraction, scale=1.0)
-        loss = entry.module(ignore_index=IGNORE)
+        loss = for_gradcheck(entry, logits, target, ignore_index=IGNORE)
         assert torch.autograd.gradcheck(lambda z: loss(z, target), (logits,), eps=1e-6, atol=1e-5)
 
     def test_gradcheck_batch_pooled(self, entry):
         if entry.kind != "region":
             pytest.skip("batch pooling is a region-loss option")
         logits, target = self.inputs(entry, (2, 3, 3, 4), scale=1.0)
-        loss = entry.module(batch=True)
+        loss = for_gradcheck(entry, logits, target, batch=True)
         assert torch.autograd.gradcheck(lambda z: loss(z, target), (logits,), eps=1e-6, atol=1e-5)
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -116,16 +145,19 @@ class LossConformance:
         assert grad.shape == logits.shape
 
     def test_ignored_pixels_change_nothing(self, entry):
-        """Logits at ignored pixels affect neither the loss nor receive gradient."""
+        """Logits at ignored pixels affect neither the loss (nor a stateful loss's state) nor receive
+        gradient."""
         logits, target = self.inputs(entry, ignore_fraction=0.4)
-        loss = entry.module(ignore_index=IGNORE)
+        first, second = entry.module(ignore_index=IGNORE), entry.module(ignore_index=IGNORE)
         ignored = target == IGNORE
         if entry.domain == "softmax":
             ignored = ignored.unsqueeze(1).expand_as(logits)
         other = logits.detach().clone()
         other[ignored] = torch.randn(int(ignored.sum()), dtype=other.dtype) * 50
-        torch.testing.assert_close(loss(logits, target), loss(other, target))
-        (grad,) = torch.autograd.grad(loss(logits, target), logits)
+        torch.testing.assert_close(first(logits, target), second(other, target))
+        for name, state in first.state_dict().items():
+            torch.testing.assert_close(state, second.state_dict()[name])
+        (grad,) = torch.autograd.grad(entry.module(ignore_index=IGNORE)(logits, target), logits)
         assert torch.count_nonzero(grad[ignored]) == 0
 
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -155,9 +187,13 @@ class LossConformance:
     @pytest.mark.slow
     def test_torch_compile_equals_eager(self, entry):
         logits, target = self.inputs(entry, dtype=torch.float32, ignore_fraction=0.2)
-        loss = entry.module(ignore_index=IGNORE)
+        loss, twin = entry.module(ignore_index=IGNORE), entry.module(ignore_index=IGNORE)
+        if is_stateful(entry):  # size the state (an eval forward changes nothing else), then train both
+            for module in (loss, twin):
+                module.eval()(logits, target)
+                module.train()
         torch._dynamo.reset()  # every module shares LossModule.forward: start each from a clean cache
-        compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+        compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")
         eager_value = loss(logits, target)
         (eager_grad,) = torch.autograd.grad(eager_value, logits)
         compiled_value = compiled(logits, target)
@@ -184,5 +220,5 @@ def test_gradcheck_soft_targets(entry):
     """The dense (one-hot / soft) target path, float64."""
     logits, _ = make_inputs("softmax", (2, 3, 3, 4), scale=1.0)
     soft = torch.softmax(torch.randn(2, 3, 3, 4, dtype=torch.float64), 1)
-    loss = entry.module()
+    loss = for_gradcheck(entry, logits, soft)
     assert torch.autograd.gradcheck(lambda z: loss(z, soft), (logits,), eps=1e-6, atol=1e-5)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Union, cast
+from typing import Any, Dict, Optional, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._core.errors import expected
-from .._core.numerics import binary_log_terms, compute_dtype
+from .._core.numerics import binary_log_terms, compute_dtype, first_order_backward
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -89,10 +89,13 @@ def cross_entropy_loss(
     return ce_from_prepared(logits.to(compute_dtype(logits)), prepared, opts)
 
 
-def ce_from_prepared(work: Tensor, prepared: SoftmaxTarget, opts: Dict[str, Any]) -> Tensor:
+def ce_from_prepared(
+    work: Tensor, prepared: SoftmaxTarget, opts: Dict[str, Any], log_p: Optional[Tensor] = None
+) -> Tensor:
     """:func:`cross_entropy_loss` after its checks: ``work`` the logits in their compute dtype, ``prepared``
     the checked target, ``opts`` the checked options (``weight``, ``weight_schedule`` and ``step`` may be
-    left out)."""
+    left out); ``log_p`` the detached ``log_softmax(work)`` when the caller has it (used by the tensor-ε
+    path)."""
     w = opts.get("weight")
     if w is not None and opts.get("weight_schedule") is not None:
         w = scheduled_class_weights(w, opts["weight_schedule"], opts.get("step", 0.0))
@@ -100,7 +103,7 @@ def ce_from_prepared(work: Tensor, prepared: SoftmaxTarget, opts: Dict[str, Any]
     eps, reduction = opts["label_smoothing"], opts["reduction"]
     if isinstance(prepared, IndexTarget):
         if isinstance(eps, Tensor):
-            loss = _index_smoothed(work, prepared, w, eps.to(work.dtype), opts["ignore_index"])
+            loss = _index_smoothed(work, prepared, w, eps.to(work.dtype), opts["ignore_index"], log_p)
             return reduce(loss, reduction, _index_denominator(prepared, w) if reduction == "mean" else None)
         # torch's own kernel, summed; the mean's denominator is ours so that all-ignored gives 0, not NaN
         loss = F.cross_entropy(
@@ -126,21 +129,53 @@ def _torch_ignore(ignore_index: Optional[int]) -> int:
 
 
 def _index_smoothed(
-    work: Tensor, prepared: IndexTarget, w: Optional[Tensor], eps: Tensor, ignore_index: Optional[int]
+    work: Tensor,
+    prepared: IndexTarget,
+    w: Optional[Tensor],
+    eps: Tensor,
+    ignore_index: Optional[int],
+    log_p: Optional[Tensor] = None,
 ) -> Tensor:
-    """Label-smoothed CE per pixel for a tensor ``ε``, from the unsmoothed CE ``ce = lse - z_t``:
-    ``(1-ε) w_t ce + ε (w̄ (ce + z_t) - Σ_c w_c z_c / C)``, which is ``ce + ε (z_t - z̄)`` without weights."""
-    labels = prepared.labels.long()
-    ce = F.cross_entropy(work, labels, ignore_index=_torch_ignore(ignore_index), reduction="none")
+    """Label-smoothed CE per pixel for a tensor ``ε`` (0 at ignored pixels). Without weights, the closed
+    form of :class:`_SmoothedIndexCE` (``log_p``: the detached ``log_softmax`` when the caller has it);
+    with weights ``(1-ε) w_t ce + ε (w̄ (ce + z_t) - Σ_c w_c z_c / C)`` from the unsmoothed CE
+    ``ce = lse - z_t``."""
     index = prepared.index()
-    z_t = work.gather(1, index.unsqueeze(1)).squeeze(1)
     if w is None:
-        smooth = z_t - work.mean(1)
-        loss = ce + eps * smooth
-    else:
-        smooth = w.mean() * (ce + z_t) - torch.einsum("nc...,c->n...", work, w) / work.shape[1]
-        loss = (1 - eps) * w[index] * ce + eps * smooth
+        log_p = torch.log_softmax(work.detach(), 1) if log_p is None else log_p
+        return _SmoothedIndexCE.apply(work, log_p, index, prepared.valid, eps)
+    ce = F.cross_entropy(
+        work, prepared.labels.long(), ignore_index=_torch_ignore(ignore_index), reduction="none"
+    )
+    z_t = work.gather(1, index.unsqueeze(1)).squeeze(1)
+    smooth = w.mean() * (ce + z_t) - torch.einsum("nc...,c->n...", work, w) / work.shape[1]
+    loss = (1 - eps) * torch.take(w, index) * ce + eps * smooth
     return loss if prepared.valid is None else torch.where(prepared.valid, loss, 0.0)
+
+
+class _SmoothedIndexCE(torch.autograd.Function):
+    """Label-smoothed CE per pixel for an index target ``t`` and a 0-d tensor ``ε``, from ``log p``:
+    ``L_i = -(1-ε) log p_it - (ε/C) Σ_c log p_ic`` (0 at ignored pixels), with the closed-form gradient
+    ``∂L_i/∂z_j = p_ij - (1-ε) [j = t] - ε/C`` (one logits-sized pass each way)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: Tensor, log_p: Tensor, index: Tensor, valid: Optional[Tensor], eps: Tensor
+    ) -> Tensor:
+        log_p_t = log_p.gather(1, index.unsqueeze(1)).squeeze(1)
+        loss = torch.lerp(-log_p_t, -log_p.mean(1), eps)  # (1-ε)(-log p_t) + ε (-mean_c log p_c)
+        ctx.save_for_backward(log_p, index, valid, eps)
+        return loss if valid is None else loss.masked_fill_(~valid, 0.0)
+
+    @staticmethod
+    @first_order_backward("cross_entropy_loss")
+    def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None, None, None, None]:
+        log_p, index, valid, eps = ctx.saved_tensors
+        g = grad_loss if valid is None else grad_loss.masked_fill(~valid, 0.0)
+        g = g.unsqueeze(1)
+        grad = log_p.exp().sub_(eps / log_p.shape[1]).mul_(g)
+        grad.scatter_add_(1, index.unsqueeze(1), g * (eps - 1))
+        return grad, None, None, None, None
 
 
 def _index_denominator(prepared: IndexTarget, weight: Optional[Tensor]) -> Tensor:

@@ -57,20 +57,24 @@ class _FocalModulation(torch.autograd.Function):
     def forward(ctx: Any, ce: Tensor, gamma: Union[float, Tensor]) -> Tensor:
         u = torch.expm1(-ce).neg_()
         ctx.gamma = gamma
+        if isinstance(gamma, Tensor):  # per pixel: u^γ = exp(γ log u) (0^0 = 1), kept for the backward
+            modulator = torch.log(u).clamp_min_(torch.finfo(u.dtype).min).mul_(gamma).exp_()
+            ctx.save_for_backward(ce, u, modulator)
+            return modulator * ce
         ctx.save_for_backward(ce, u)
         return u.pow(gamma).mul_(ce)
 
     @staticmethod
     @first_order_backward("focal_loss")
     def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None]:
-        ce, u = ctx.saved_tensors
+        ce, u, *saved = ctx.saved_tensors
         gamma = ctx.gamma
         p_ce = torch.addcmul(ce, u, ce, value=-1.0)  # p_t · ce = (1 - u) · ce
         if not isinstance(gamma, Tensor) and gamma >= 1:
             factor = torch.add(u, p_ce, alpha=gamma).mul_(u.pow(gamma - 1))
         else:
-            ratio = torch.where(u > 0, p_ce / torch.where(u > 0, u, 1.0), 1.0)  # p_t ce / u -> 1 at u = 0
-            factor = ratio.mul_(gamma).add_(1.0).mul_(u.pow(gamma))
+            ratio = p_ce.div_(u).nan_to_num_(nan=1.0, posinf=torch.inf)  # p_t ce / u -> 1 at u = 0 (0/0)
+            factor = ratio.mul_(gamma).add_(1.0).mul_(saved[0] if saved else u.pow(gamma))
         return factor.mul_(grad_loss), None
 
 
@@ -175,13 +179,14 @@ def focal_from_prepared(
         gamma = class_tensor(gamma, work, "gamma")
     if isinstance(prepared, IndexTarget):
         ce = index_cross_entropy(work, prepared, opts["ignore_index"]) if ce is None else ce
+        index = prepared.index()
         # ce = 0 at ignored pixels, so their focal term and gradient are 0; γ = 0 is CE itself
         if isinstance(gamma, Tensor):
-            loss = _FocalModulation.apply(ce, gamma[prepared.index()] if gamma.ndim == 1 else gamma)
+            loss = _FocalModulation.apply(ce, torch.take(gamma, index) if gamma.ndim else gamma)
         else:
             loss = _FocalModulation.apply(ce, gamma) if gamma > 0 else ce
         if a is not None:
-            loss = loss * (a[prepared.index()] if a.ndim == 1 else a)
+            loss = loss * (torch.take(a, index) if a.ndim else a)
         denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
     else:
         alpha_dense = None if a is None else channel_tensor(a, work)

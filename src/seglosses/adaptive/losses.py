@@ -1,0 +1,750 @@
+"""Difficulty-weighted CE and the stateful losses: weights and focusing that change as training goes.
+
+SPEC §1 (difficulty weights, adaptive label smoothing) and §2 (frequency-derived α, class-balanced focal,
+adaptive α and γ). :func:`difficulty_ce_loss` is stateless (a pure function and its module). The others
+are modules whose statistics live in buffers and follow one rule (SPEC §2, "Running statistics"):
+
+* each forward in training mode is one step (under gradient accumulation every micro-batch counts); the
+  batch's statistic ``x`` (valid pixels only) is folded in first, ``s ← (1-m) s + m x`` with momentum
+  ``m ∈ (0, 1]``, then the loss is computed with the updated state. The first batch with data for a
+  statistic sets it; a class absent from a batch keeps its value. (``cb_focal`` sums its counts instead.)
+* before any update the module equals its static form (α = α_init, γ = γ_0, ε = ε_0); ``eval()`` freezes
+  the state and uses it; the state round-trips through ``state_dict``, so a resumed run continues exactly.
+* :meth:`AdaptiveLoss.update` is the only place the state changes, and it receives the batch's sums and
+  counts (``batch_sums``), so that a distributed run can all-reduce them before folding them in.
+
+Each stateful module computes the loss of a pure function (its ``function``, e.g. :func:`focal_loss`) with
+options derived from the state (its ``options``), from the tensors that function computes anyway.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._core.errors import expected, unknown_choice
+from .._core.numerics import compute_dtype, safe_divide
+from .._core.options import (
+    ClassValues,
+    Reduction,
+    check_bool,
+    check_choice,
+    check_ignore_index,
+    check_int,
+    check_number,
+    check_reduction,
+    class_values,
+)
+from .._core.reduction import reduce
+from .._core.registry import register
+from .._core.targets import IndexTarget, SoftmaxTarget, num_valid, softmax_target
+from ..losses.base import module_for
+from ..losses.cross_entropy import _torch_ignore, ce_from_prepared, cross_entropy_loss
+from ..losses.focal import _FocalDense, _FocalModulation, focal_from_prepared, focal_loss, index_cross_entropy
+
+Adapt = Literal["both", "alpha", "gamma"]
+ADAPT = ("both", "alpha", "gamma")
+
+
+# --------------------------------------------------------------------------- difficulty-weighted CE
+
+
+def difficulty_ce_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    detach: bool = True,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Difficulty-weighted cross-entropy (SPEC §1): ``L_i = w_i · (-log p_{i,y_i})``.
+
+    The per-pixel weight ``w_i = α + (1-α)(1 - p_{i,y_i})^γ`` is a weight, not a new loss: it is detached
+    by default, so the gradient is ``w_i (p_i - y_i)``. With ``detach=False`` the weight is differentiated
+    too and ``α = 0`` gives exactly :func:`focal_loss` (``α·CE + (1-α)·focal``; finite gradients for every
+    ``γ >= 0``). ``γ = 0`` or ``α = 1`` gives cross-entropy. A soft target gives
+    ``-Σ_c y_ic (α + (1-α)(1-p_ic)^γ) log p_ic``.
+
+    ``mean`` is the plain mean over valid pixels (the weight is part of the formula, as focal's factor);
+    for a dense target the pixel count is ``Σ y``.
+
+    Args:
+        logits: ``(N, C, *S)``, ``C >= 2``.
+        target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
+        alpha: the weight floor ``α ∈ [0, 1]``.
+        gamma: ``γ >= 0``.
+        detach: compute the weight without gradient (default).
+        ignore_index: index-target value whose pixels count nowhere.
+        reduction: ``none`` -> ``(N, *S)``; ``mean`` / ``sum`` -> scalar.
+
+    Raises:
+        SegLossError: bad shapes, dtypes, target values or options.
+    """
+    opts = check_difficulty_options(
+        alpha=alpha, gamma=gamma, detach=detach, ignore_index=ignore_index, reduction=reduction
+    )
+    prepared = softmax_target(logits, target, ignore_index)
+    work = logits.to(compute_dtype(logits))
+    a, g = opts["alpha"], opts["gamma"]
+    if isinstance(prepared, IndexTarget):
+        ce = index_cross_entropy(work, prepared, ignore_index)
+        if opts["detach"]:
+            loss = (a + (1 - a) * torch.expm1(-ce.detach()).neg_().pow_(g)) * ce
+        else:
+            loss = a * ce + (1 - a) * _FocalModulation.apply(ce, g)
+        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
+    else:
+        dense = prepared.dense.to(work.dtype)
+        log_p = torch.log_softmax(work, dim=1)
+        if opts["detach"]:
+            weight = dense * (a + (1 - a) * torch.expm1(log_p.detach()).neg_().pow_(g))
+            loss = -torch.where(weight > 0, weight * log_p, 0.0).sum(1)
+        else:
+            ce = -torch.where(dense > 0, dense * log_p, 0.0).sum(1)
+            loss = a * ce + (1 - a) * _FocalDense.apply(work, dense, None, g)
+        denominator = dense.sum(dtype=torch.float32)
+    return reduce(loss, opts["reduction"], denominator)
+
+
+def check_difficulty_options(
+    *, alpha: float, gamma: float, detach: bool, ignore_index: Optional[int], reduction: str
+) -> Dict[str, Any]:
+    """Validate the options of :func:`difficulty_ce_loss` (shared with its module)."""
+    return {
+        "alpha": check_number("alpha", alpha, low=0.0, high=1.0),
+        "gamma": check_number("gamma", gamma, low=0.0),
+        "detach": check_bool("detach", detach),
+        "ignore_index": check_ignore_index(ignore_index),
+        "reduction": check_reduction(reduction),
+    }
+
+
+DifficultyCELoss = module_for("DifficultyCELoss", difficulty_ce_loss, check_difficulty_options)
+
+
+# --------------------------------------------------------------------------- pure helpers of the state
+
+
+def fold_in(state: Tensor, seen: Tensor, value: Tensor, has_data: Tensor, momentum: float) -> None:
+    """SPEC's running-statistics rule, in place: ``s ← (1-m) s + m x`` where ``has_data``; the first batch
+    with data sets ``s = x`` (``seen`` is False there); elsewhere ``s`` keeps its value. ``seen`` is not
+    changed (the caller marks it once every statistic sharing it is folded)."""
+    blended = torch.where(seen, torch.lerp(state, value.to(state.dtype), momentum), value.to(state.dtype))
+    state.copy_(torch.where(has_data, blended, state))
+
+
+def class_balanced_alpha(counts: Tensor, beta: float) -> Tensor:
+    """Effective-number α (Cui et al. 2019) from class counts ``(C,)``, normalised to sum to C.
+
+    ``w_c = (1-β) / (1-β^{N_c})`` for ``N_c > 0`` and 0 for a class never seen; ``α = C w / Σ w``, or 1
+    everywhere while no class has a count (the static focal loss). Computed on the counts' device in
+    float64, without a host synchronisation (the same values as ``class_weights(counts,
+    method="effective_number")`` where every count is positive).
+    """
+    n = counts.to(torch.float64)
+    present = n > 0
+    log_beta = torch.log(torch.tensor(beta, dtype=torch.float64, device=n.device))
+    w = torch.where(present, (1 - beta) / -torch.expm1(torch.where(present, n, 1.0) * log_beta), 0.0)
+    total = w.sum()
+    return torch.where(total > 0, w * (n.numel() / torch.where(total > 0, total, 1.0)), 1.0)
+
+
+def frequency_alpha(frequencies: Tensor, *, scale: float = 1.0) -> Tensor:
+    """Frequency-derived α (SPEC §2): ``α_c = 1 / (1 + k f_c)`` with the scale ``k = scale >= 0`` and class
+    frequencies ``f_c`` ``(C,)`` (the document calls ``k`` β; here β is always the effective-number β)."""
+    return 1.0 / (1.0 + check_number("scale", scale, low=0.0) * frequencies)
+
+
+def adaptive_alpha(alpha: Tensor, class_ce: Tensor, mean_ce: Tensor, seen: Tensor) -> Tensor:
+    """``α_c(t) = α_c^init · L̄_c / L̄`` (SPEC §2); ``α_c^init`` for a class never seen, and where
+    ``L̄ = 0`` (no error anywhere: the ratio is taken as 1)."""
+    return alpha * torch.where(seen, safe_divide(class_ce, mean_ce.expand_as(class_ce), 1.0), 1.0)
+
+
+def adaptive_gamma(gamma: float, recall: Tensor, seen: Tensor, lam: float) -> Tensor:
+    """``γ_c(t) = γ_0 · exp(-λ (A_c - A_min) / (A_max - A_min))`` over the classes seen (SPEC §2); ``γ_0``
+    for a class never seen and everywhere when ``A_max = A_min``: the worst class gets the strongest
+    focusing."""
+    a_min = torch.where(seen, recall, torch.inf).amin()
+    a_max = torch.where(seen, recall, -torch.inf).amax()
+    span = a_max - a_min
+    spread = seen & (span > 0)
+    relative = (recall - torch.where(spread, a_min, 0.0)) / torch.where(spread, span, 1.0)
+    return torch.where(spread, gamma * torch.exp(-lam * relative), torch.full_like(recall, gamma))
+
+
+def class_sums(
+    index: Tensor, valid: Optional[Tensor], rows: Sequence[Tensor], num_classes: int, dtype: torch.dtype
+) -> Tensor:
+    """Per-class sums over the valid pixels ``(len(rows) + 1, C)``: of each pixel tensor in ``rows`` (of
+    ``index``'s shape), then the pixel counts. One ``scatter_add_`` per row; ignored pixels go to an
+    extra bin that is dropped."""
+    bins = (index if valid is None else torch.where(valid, index, num_classes)).reshape(-1)
+    ones = torch.ones((), dtype=dtype, device=index.device).expand(bins.shape)
+    sums = [
+        torch.zeros(num_classes + 1, dtype=dtype, device=index.device).scatter_add_(0, bins, row)
+        for row in [*(r.reshape(-1).to(dtype) for r in rows), ones]
+    ]
+    return torch.stack(sums)[:, :num_classes]
+
+
+def dense_class_sums(dense: Tensor, rows: Sequence[Tensor]) -> Tensor:
+    """Per-class sums ``(len(rows) + 1, C)`` of ``y · r`` for a dense target ``y`` ``(N, C, *S)``, then
+    ``Σ y`` (the soft class counts)."""
+    dims = [0, *range(2, dense.ndim)]
+    weighted = [torch.where(dense > 0, dense * r, 0.0).sum(dims) for r in rows]  # y = 0 at -log p = inf: 0
+    return torch.stack([*weighted, dense.sum(dims)])
+
+
+def argmax_hits(log_p: Tensor, ce: Tensor) -> Tensor:
+    """Whether argmax is the true class (ties count as hits), ``(N, *S)``: ``log p_t = -ce`` is the largest
+    log-probability. From the ``log_softmax`` and CE the loss computes anyway, plus one max over classes
+    (``argmax`` over the class dim is far slower on CPU)."""
+    return -ce >= log_p.amax(1)
+
+
+# --------------------------------------------------------------------------- the stateful base
+
+
+class AdaptiveLoss(nn.Module):
+    """Base of the stateful losses (see the module docstring).
+
+    A subclass sets ``function`` (the pure loss its state parameterises) and implements ``batch_sums``
+    (the batch's sums and counts, detached), :meth:`update` (fold them in) and :attr:`options` (the
+    function's options under the current state). Its statistics are buffers registered by
+    ``_register_state``; the per-class ones are sized at the first forward when ``num_classes`` is not
+    given, or by ``load_state_dict`` from the state dict.
+    """
+
+    stateful: ClassVar[bool] = True
+    function: ClassVar[Callable[..., Tensor]]
+
+    def __init__(self, num_classes: Optional[int], ignore_index: Optional[int], reduction: str) -> None:
+        super().__init__()
+        self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, low=2)
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.reduction = check_reduction(reduction)
+        self._per_class: List[str] = []
+        self._statistics: List[str] = []
+
+    def _register_state(self, per_class: Dict[str, torch.dtype], scalars: Dict[str, torch.dtype]) -> None:
+        """Zero statistics: per-class ``(C,)`` (``(0,)`` until C is known) and scalar buffers."""
+        size = 0 if self.num_classes is None else self.num_classes
+        for name, dtype in per_class.items():
+            self.register_buffer(name, torch.zeros(size, dtype=dtype))
+        for name, dtype in scalars.items():
+            self.register_buffer(name, torch.zeros((), dtype=dtype))
+        self._per_class += list(per_class)
+        self._statistics += [*per_class, *scalars]
+
+    def _prepare(self, logits: Tensor, target: Tensor) -> Tuple[Tensor, SoftmaxTarget]:
+        """Check the inputs once, size the state to C; the logits in their compute dtype and the target."""
+        prepared = softmax_target(logits, target, self.ignore_index)
+        self._size_state(logits.shape[1], logits.device)
+        return logits.to(compute_dtype(logits)), prepared
+
+    def _size_state(self, num_classes: int, device: torch.device) -> None:
+        if not self._per_class:
+            return
+        if self.num_classes is None:
+            self._resize({name: (num_classes,) for name in self._per_class}, device)
+        elif num_classes != self.num_classes:
+            raise expected(
+                f"logits with C = {self.num_classes} classes (the loss's state)", f"C = {num_classes}"
+            )
+
+    def _resize(self, shapes: Dict[str, Tuple[int, ...]], device: Optional[torch.device] = None) -> None:
+        for name, shape in shapes.items():
+            own = getattr(self, name)
+            setattr(self, name, torch.zeros(shape, dtype=own.dtype, device=device or own.device))
+        self.num_classes = shapes[self._per_class[0]][0]
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        """A module whose state is not sized yet takes the sizes of the state dict's buffers."""
+        keys = {name: prefix + name for name in self._per_class}
+        if self.num_classes is None and self._per_class and all(k in state_dict for k in keys.values()):
+            self._resize({name: tuple(state_dict[key].shape) for name, key in keys.items()})
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    @property
+    def options(self) -> Dict[str, Any]:  # pragma: no cover - every subclass overrides it
+        """The options of ``function`` under the current state: ``function(logits, target, **options)``
+        is what the last forward computed (after its update)."""
+        raise NotImplementedError
+
+    def update(self, sums: Tensor) -> None:  # pragma: no cover - every subclass overrides it
+        """Fold one batch's sums and counts into the state: the only method that changes it."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget every statistic: the module is its static form again."""
+        for name in self._statistics:
+            getattr(self, name).zero_()
+
+    def _config(self) -> Dict[str, Any]:
+        return {
+            "num_classes": self.num_classes,
+            "ignore_index": self.ignore_index,
+            "reduction": self.reduction,
+        }
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={value!r}" for name, value in self._config().items())
+
+
+def _reject_unknown(module: nn.Module, unknown: Dict[str, Any]) -> None:
+    """Unknown options raise, naming the nearest known one."""
+    known = [p for p in inspect.signature(type(module).__init__).parameters if p not in ("self", "unknown")]
+    for name in unknown:
+        raise unknown_choice(f"an option of {type(module).__name__}", name, known)
+
+
+def _momentum(momentum: float) -> float:
+    return check_number("momentum", momentum, low=0.0, high=1.0, low_open=True)
+
+
+def _class_counts(work: Tensor, prepared: SoftmaxTarget) -> Tensor:
+    """The batch's class counts ``(C,)`` over valid pixels: int64 for an index target, ``Σ y`` (float) for
+    a dense one."""
+    if isinstance(prepared, IndexTarget):
+        return class_sums(prepared.index(), prepared.valid, [], work.shape[1], torch.float64)[0]
+    return dense_class_sums(prepared.dense.to(work.dtype), [])[0]
+
+
+# --------------------------------------------------------------------------- adaptive focal
+
+
+class AdaptiveFocalLoss(AdaptiveLoss):
+    r"""Focal loss whose α, per-class γ, or both follow running per-class statistics (SPEC §2).
+
+    * adaptive α: ``α_c(t) = α_c^init · L̄_c(t) / L̄(t)``, with ``L̄_c`` the running mean of the unweighted
+      CE ``-log p_t`` over the valid pixels of true class c and ``L̄`` the same over all valid pixels
+      (``α^init = 1`` when ``alpha`` is None): classes the model gets wrong weigh more.
+    * adaptive γ: ``γ_c(t) = γ_0 · exp(-λ (A_c - A_min) / (A_max - A_min))``, ``A_c`` the running per-class
+      recall under argmax (ties count as hits), ``A_min`` / ``A_max`` over the classes seen so far; ``γ_0``
+      when ``A_max = A_min`` and for a class never seen: the worst class gets the strongest focusing.
+
+    The loss is :func:`focal_loss` with ``alpha = α(t)`` and ``gamma = γ(t)`` (see :attr:`options`); the
+    statistics come from the per-pixel CE the focal loss computes anyway, plus one max over classes for
+    the recall. A soft target ``y`` counts pixel i towards class c with weight ``y_ic``. State (buffers):
+    ``class_ce``, ``class_recall`` (tracked when γ adapts), ``class_seen`` ``(C,)``; ``mean_ce``,
+    ``mean_seen``. ``update(sums)`` takes the batch's per-class sums ``(3, C)``: ``Σ CE``, ``Σ hits``,
+    pixel count.
+
+    Args:
+        num_classes: C, or None to size the state at the first forward.
+        gamma: ``γ_0 >= 0``.
+        alpha: ``α^init``: None, a scalar or one value per class ``(C,)``, non-negative.
+        adapt: ``"both"``, ``"alpha"`` or ``"gamma"``: what follows the statistics (the rest is static).
+        lam: ``λ >= 0`` of the adaptive γ (``λ = 0``: ``γ_0`` everywhere).
+        momentum: ``m ∈ (0, 1]`` of the running averages (1 keeps only the last batch).
+        ignore_index: index-target value whose pixels count nowhere (neither in the loss nor the state).
+        reduction: ``none`` -> ``(N, *S)``; ``mean`` (over valid pixels) / ``sum`` -> scalar.
+
+    Raises:
+        SegLossError: a bad option (``λ < 0``, momentum outside ``(0, 1]``, ...), bad inputs, or logits whose
+            C differs from the state's.
+    """
+
+    function = staticmethod(focal_loss)
+    alpha: Optional[Tensor]
+    class_ce: Tensor
+    class_recall: Tensor
+    class_seen: Tensor
+    mean_ce: Tensor
+    mean_seen: Tensor
+
+    def __init__(
+        self,
+        *,
+        num_classes: Optional[int] = None,
+        gamma: float = 2.0,
+        alpha: Optional[ClassValues] = None,
+        adapt: Adapt = "both",
+        lam: float = 1.0,
+        momentum: float = 0.1,
+        ignore_index: Optional[int] = None,
+        reduction: Reduction = "mean",
+        **unknown: Any,
+    ) -> None:
+        _reject_unknown(self, unknown)
+        super().__init__(num_classes, ignore_index, reduction)
+        self.gamma = check_number("gamma", gamma, low=0.0)
+        self.adapt = check_choice("adapt", adapt, ADAPT)
+        self.lam = check_number("lam", lam, low=0.0)
+        self.momentum = _momentum(momentum)
+        initial = class_values("alpha", alpha, num_classes=self.num_classes)
+        if initial is not None and initial.ndim == 1 and self.num_classes is None:
+            self.num_classes = check_int("num_classes (the length of alpha)", initial.numel(), low=2)
+        self.register_buffer("alpha", None if initial is None else initial.detach().clone())
+        self._register_state(
+            {"class_ce": torch.float32, "class_recall": torch.float32, "class_seen": torch.bool},
+            {"mean_ce": torch.float32, "mean_seen": torch.bool},
+        )
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        work, prepared = self._prepare(logits, target)
+        if not isinstance(prepared, IndexTarget):
+            if self.training:
+                self.update(self.batch_sums(work, prepared))
+            return focal_from_prepared(work, prepared, self.options)
+        # F.cross_entropy in its two steps, so that the statistics reuse log p
+        log_p = torch.log_softmax(work, 1)
+        ce = F.nll_loss(
+            log_p, prepared.labels.long(), ignore_index=_torch_ignore(self.ignore_index), reduction="none"
+        )
+        if self.training:
+            self.update(self.batch_sums(work, prepared, log_p.detach(), ce.detach()))
+        return focal_from_prepared(work, prepared, self.options, ce=ce)
+
+    def batch_sums(
+        self,
+        work: Tensor,
+        prepared: SoftmaxTarget,
+        log_p: Optional[Tensor] = None,
+        ce: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Per-class sums ``(3, C)`` over the batch's valid pixels: ``Σ CE``, ``Σ hits`` (0 while γ is
+        static), pixel count; ``log_p`` and ``ce``: the detached ``log_softmax`` and per-pixel CE of an
+        index target, when already computed."""
+        log_p = torch.log_softmax(work.detach(), 1) if log_p is None else log_p
+        if not isinstance(prepared, IndexTarget):
+            hits = log_p == log_p.amax(1, keepdim=True)
+            return dense_class_sums(prepared.dense.to(work.dtype), [-log_p, hits])
+        if ce is None:
+            ignore = _torch_ignore(self.ignore_index)
+            ce = F.nll_loss(log_p, prepared.labels.long(), ignore_index=ignore, reduction="none")
+        hits = argmax_hits(log_p, ce) if self.adapt != "alpha" else torch.zeros_like(ce)
+        return class_sums(prepared.index(), prepared.valid, [ce, hits], work.shape[1], ce.dtype)
+
+    def update(self, sums: Tensor) -> None:
+        """Fold the batch's per-class sums ``(3, C)`` (``Σ CE``, ``Σ hits``, count) into the state."""
+        ce_sum, hit_sum, count = sums
+        has_data = count > 0
+        fold_in(self.class_ce, self.class_seen, safe_divide(ce_sum, count, 0.0), has_data, self.momentum)
+        if self.adapt != "alpha":
+            recall = safe_divide(hit_sum, count, 0.0)
+            fold_in(self.class_recall, self.class_seen, recall, has_data, self.momentum)
+        total = count.sum()
+        fold_in(self.mean_ce, self.mean_seen, safe_divide(ce_sum.sum(), total, 0.0), total > 0, self.momentum)
+        self.class_seen |= has_data
+        self.mean_seen |= total > 0
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        return {
+            "gamma": self.current_gamma(),
+            "alpha": self.current_alpha(),
+            "ignore_index": self.ignore_index,
+            "reduction": self.reduction,
+        }
+
+    def current_alpha(self) -> Optional[Tensor]:
+        """α(t): ``(C,)`` when α adapts (once C is known), else ``alpha`` as given."""
+        if self.adapt == "gamma" or self.num_classes is None:
+            return self.alpha
+        initial = self.alpha if self.alpha is not None else torch.ones((), device=self.class_ce.device)
+        return adaptive_alpha(initial, self.class_ce, self.mean_ce, self.class_seen & self.mean_seen)
+
+    def current_gamma(self) -> Union[float, Tensor]:
+        """γ(t): ``(C,)`` when γ adapts (once C is known), else ``γ_0``."""
+        if self.adapt == "alpha" or self.num_classes is None:
+            return self.gamma
+        return adaptive_gamma(self.gamma, self.class_recall, self.class_seen, self.lam)
+
+    def _config(self) -> Dict[str, Any]:
+        return {
+            "gamma": self.gamma,
+            "adapt": self.adapt,
+            "lam": self.lam,
+            "momentum": self.momentum,
+            **super()._config(),
+        }
+
+
+# --------------------------------------------------------------------------- class-balanced focal
+
+
+class ClassBalancedFocalLoss(AdaptiveLoss):
+    r"""Class-balanced focal loss (Cui et al. 2019; SPEC §2): focal with effective-number α.
+
+    ``α_c = C w_c / Σ w``, ``w_c = (1-β) / (1-β^{N_c})`` (:func:`class_balanced_alpha`), from the class
+    counts ``N_c``: given as ``counts`` (all must be > 0), or, when None, the counts of the valid pixels of
+    every training batch, summed in the ``counts`` buffer (the batch is folded in before α is computed; a
+    class not counted yet gets ``w = 0``; before any count the loss is the static focal loss). A soft
+    target counts ``Σ y``. ``update(counts)`` takes the batch's class counts ``(C,)``. The loss is
+    :func:`focal_loss` with ``alpha = α`` (see :attr:`options`).
+
+    Args:
+        counts: class pixel counts ``(C,)``, all positive, or None to count the training batches.
+        beta: ``β ∈ [0, 1)``.
+        gamma: ``γ >= 0``.
+        num_classes: C, or None (from ``counts``, or sized at the first forward).
+        ignore_index: index-target value whose pixels count nowhere.
+        reduction: ``none`` -> ``(N, *S)``; ``mean`` (over valid pixels) / ``sum`` -> scalar.
+
+    Raises:
+        SegLossError: a count that is not positive, ``β`` outside ``[0, 1)``, another bad option or input.
+    """
+
+    function = staticmethod(focal_loss)
+    counts: Tensor
+
+    def __init__(
+        self,
+        *,
+        counts: Optional[ClassValues] = None,
+        beta: float = 0.9999,
+        gamma: float = 2.0,
+        num_classes: Optional[int] = None,
+        ignore_index: Optional[int] = None,
+        reduction: Reduction = "mean",
+        **unknown: Any,
+    ) -> None:
+        _reject_unknown(self, unknown)
+        super().__init__(num_classes, ignore_index, reduction)
+        self.beta = check_number("beta", beta, low=0.0, high=1.0, high_open=True)
+        self.gamma = check_number("gamma", gamma, low=0.0)
+        fixed = class_values(
+            "counts", counts, num_classes=self.num_classes, low_open=True, allow_scalar=False
+        )
+        if fixed is not None and self.num_classes is None:
+            self.num_classes = check_int("num_classes (the length of counts)", fixed.numel(), low=2)
+        self.fixed = fixed is not None
+        self._register_state({"counts": torch.float64}, {})
+        if fixed is not None:
+            self.counts.copy_(fixed)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        work, prepared = self._prepare(logits, target)
+        if self.training and not self.fixed:
+            self.update(self.batch_sums(work, prepared))
+        return focal_from_prepared(work, prepared, self.options)
+
+    def batch_sums(self, work: Tensor, prepared: SoftmaxTarget) -> Tensor:
+        """The batch's class counts ``(C,)`` over valid pixels."""
+        return _class_counts(work, prepared)
+
+    def update(self, sums: Tensor) -> None:
+        """Add the batch's class counts ``(C,)``."""
+        self.counts += sums.to(self.counts.dtype)
+
+    def reset(self) -> None:
+        if not self.fixed:
+            super().reset()
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        alpha = None if self.num_classes is None else class_balanced_alpha(self.counts, self.beta)
+        return {
+            "gamma": self.gamma,
+            "alpha": alpha,
+            "ignore_index": self.ignore_index,
+            "reduction": self.reduction,
+        }
+
+    def _config(self) -> Dict[str, Any]:
+        return {"beta": self.beta, "gamma": self.gamma, "fixed": self.fixed, **super()._config()}
+
+
+# --------------------------------------------------------------------------- frequency-weighted focal
+
+
+class FrequencyFocalLoss(AdaptiveLoss):
+    r"""Focal loss with frequency-derived α (SPEC §2): ``α_c = 1 / (1 + k f̄_c)``.
+
+    ``f̄_c`` is the running average of the class frequencies of the training batches' valid pixels (a
+    class absent from a batch has frequency 0 in it); ``k = scale >= 0`` (the document's β). Before any
+    update ``f̄ = 0``, ``α = 1``: the static focal loss. ``update(counts)`` takes the batch's class counts
+    ``(C,)``. The loss is :func:`focal_loss` with ``alpha = α`` (see :attr:`options`).
+
+    Args:
+        num_classes: C, or None to size the state at the first forward.
+        scale: ``k >= 0``.
+        gamma: ``γ >= 0``.
+        momentum: ``m ∈ (0, 1]`` of the running average.
+        ignore_index: index-target value whose pixels count nowhere.
+        reduction: ``none`` -> ``(N, *S)``; ``mean`` (over valid pixels) / ``sum`` -> scalar.
+    """
+
+    function = staticmethod(focal_loss)
+    frequency: Tensor
+    frequency_seen: Tensor
+
+    def __init__(
+        self,
+        *,
+        num_classes: Optional[int] = None,
+        scale: float = 1.0,
+        gamma: float = 2.0,
+        momentum: float = 0.1,
+        ignore_index: Optional[int] = None,
+        reduction: Reduction = "mean",
+        **unknown: Any,
+    ) -> None:
+        _reject_unknown(self, unknown)
+        super().__init__(num_classes, ignore_index, reduction)
+        self.scale = check_number("scale", scale, low=0.0)
+        self.gamma = check_number("gamma", gamma, low=0.0)
+        self.momentum = _momentum(momentum)
+        self._register_state({"frequency": torch.float32}, {"frequency_seen": torch.bool})
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        work, prepared = self._prepare(logits, target)
+        if self.training:
+            self.update(self.batch_sums(work, prepared))
+        return focal_from_prepared(work, prepared, self.options)
+
+    def batch_sums(self, work: Tensor, prepared: SoftmaxTarget) -> Tensor:
+        """The batch's class counts ``(C,)`` over valid pixels."""
+        return _class_counts(work, prepared)
+
+    def update(self, sums: Tensor) -> None:
+        """Fold the batch's class frequencies (from its counts ``(C,)``) into ``frequency``."""
+        total = sums.sum()
+        has_data = total > 0
+        fold_in(self.frequency, self.frequency_seen, safe_divide(sums, total, 0.0), has_data, self.momentum)
+        self.frequency_seen |= has_data
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        alpha = None if self.num_classes is None else frequency_alpha(self.frequency, scale=self.scale)
+        return {
+            "gamma": self.gamma,
+            "alpha": alpha,
+            "ignore_index": self.ignore_index,
+            "reduction": self.reduction,
+        }
+
+    def _config(self) -> Dict[str, Any]:
+        return {"scale": self.scale, "gamma": self.gamma, "momentum": self.momentum, **super()._config()}
+
+
+# --------------------------------------------------------------------------- adaptive label smoothing
+
+
+class AdaptiveSmoothingCELoss(AdaptiveLoss):
+    r"""Cross-entropy with adaptive label smoothing (SPEC §1): ``ε_t = clip(ε_0 · m_t / m*, ε_min, ε_max)``.
+
+    ``m_t`` is the running average of the batches' mean max-probability ``max_c p_ic`` over valid pixels
+    (detached) and ``m*`` the ``target_confidence``: an over-confident model gets more smoothing. Before
+    any update ``ε = ε_0``. The loss is :func:`cross_entropy_loss` with ``label_smoothing = ε_t`` as a 0-d
+    tensor (no host synchronisation; see :attr:`options`). State: ``confidence``, ``confidence_seen``;
+    ``update(sums)`` takes ``(Σ max-probability, valid pixel count)``.
+
+    Args:
+        epsilon: ``ε_0``, with ``eps_min <= ε_0 <= eps_max``.
+        eps_min: lower clip, in ``[0, 1)``.
+        eps_max: upper clip, in ``[0, 1)``.
+        target_confidence: ``m* ∈ (0, 1]``.
+        momentum: ``m ∈ (0, 1]`` of the running average.
+        ignore_index: index-target value whose pixels count nowhere.
+        reduction: ``none`` -> ``(N, *S)``; ``mean`` (over valid pixels) / ``sum`` -> scalar.
+    """
+
+    function = staticmethod(cross_entropy_loss)
+    confidence: Tensor
+    confidence_seen: Tensor
+
+    def __init__(
+        self,
+        *,
+        epsilon: float = 0.1,
+        eps_min: float = 0.0,
+        eps_max: float = 0.3,
+        target_confidence: float = 0.9,
+        momentum: float = 0.1,
+        ignore_index: Optional[int] = None,
+        reduction: Reduction = "mean",
+        **unknown: Any,
+    ) -> None:
+        _reject_unknown(self, unknown)
+        super().__init__(None, ignore_index, reduction)
+        self.eps_min = check_number("eps_min", eps_min, low=0.0, high=1.0, high_open=True)
+        self.eps_max = check_number("eps_max", eps_max, low=self.eps_min, high=1.0, high_open=True)
+        self.epsilon = check_number("epsilon", epsilon, low=self.eps_min, high=self.eps_max)
+        self.target_confidence = check_number(
+            "target_confidence", target_confidence, low=0.0, high=1.0, low_open=True
+        )
+        self.momentum = _momentum(momentum)
+        self._register_state({}, {"confidence": torch.float32, "confidence_seen": torch.bool})
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        work, prepared = self._prepare(logits, target)
+        log_p = torch.log_softmax(work.detach(), 1)  # shared by the statistic and the loss
+        if self.training:
+            self.update(self.batch_sums(work, prepared, log_p))
+        return ce_from_prepared(work, prepared, self.options, log_p=log_p)
+
+    def batch_sums(self, work: Tensor, prepared: SoftmaxTarget, log_p: Optional[Tensor] = None) -> Tensor:
+        """``(Σ max_c p_ic, count)`` over the batch's valid pixels, ``(2,)``; ``log_p``: the detached
+        ``log_softmax(work)`` when already computed."""
+        log_p = torch.log_softmax(work.detach(), 1) if log_p is None else log_p
+        top = log_p.amax(1).exp()
+        valid = getattr(prepared, "valid", None)
+        total = top.sum() if valid is None else torch.where(valid, top, 0.0).sum()
+        return torch.stack([total, num_valid(valid, top.shape, top.device).to(total.dtype)])
+
+    def update(self, sums: Tensor) -> None:
+        """Fold the batch's mean max-probability (from ``(Σ, count)``) into ``confidence``."""
+        has_data = sums[1] > 0
+        fold_in(
+            self.confidence, self.confidence_seen, safe_divide(sums[0], sums[1], 0.0), has_data, self.momentum
+        )
+        self.confidence_seen |= has_data
+
+    def current_epsilon(self) -> Tensor:
+        """``ε_t`` as a 0-d tensor (``ε_0`` before any update)."""
+        adapted = (self.epsilon / self.target_confidence * self.confidence).clamp(self.eps_min, self.eps_max)
+        return torch.where(self.confidence_seen, adapted, self.epsilon)
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        return {
+            "label_smoothing": self.current_epsilon(),
+            "ignore_index": self.ignore_index,
+            "reduction": self.reduction,
+        }
+
+    def _config(self) -> Dict[str, Any]:
+        return {
+            "epsilon": self.epsilon,
+            "eps_min": self.eps_min,
+            "eps_max": self.eps_max,
+            "target_confidence": self.target_confidence,
+            "momentum": self.momentum,
+            "ignore_index": self.ignore_index,
+            "reduction": self.reduction,
+        }
+
+
+for _name, _module, _text in (
+    ("difficulty_ce", DifficultyCELoss, "CE weighted per pixel by α + (1-α)(1-p_t)^γ (detached)"),
+    ("adaptive_smoothing_ce", AdaptiveSmoothingCELoss, "CE with label smoothing from the running confidence"),
+    ("cb_focal", ClassBalancedFocalLoss, "class-balanced focal: effective-number α from class counts"),
+    ("adaptive_focal", AdaptiveFocalLoss, "focal with running per-class α (CE ratio) and/or γ (recall)"),
+    ("frequency_focal", FrequencyFocalLoss, "focal with α = 1/(1 + k f) from running class frequencies"),
+):
+    register(_name, _module, domain="softmax", description=_text)
+
+
+__all__ = [
+    "AdaptiveFocalLoss",
+    "AdaptiveLoss",
+    "AdaptiveSmoothingCELoss",
+    "ClassBalancedFocalLoss",
+    "DifficultyCELoss",
+    "FrequencyFocalLoss",
+    "adaptive_alpha",
+    "adaptive_gamma",
+    "class_balanced_alpha",
+    "difficulty_ce_loss",
+    "fold_in",
+    "frequency_alpha",
+]
