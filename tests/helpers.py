@@ -10,7 +10,8 @@ from torch import Tensor
 import seglosses as sl
 
 IGNORE = 255
-ENTRIES = sl.list_losses(details=True)
+# embedding losses take (embeddings, labels): tests/test_embedding.py has their conformance class
+ENTRIES = [entry for entry in sl.list_losses(details=True) if entry.domain != "embedding"]
 
 
 def make_inputs(

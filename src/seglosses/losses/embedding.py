@@ -1,0 +1,719 @@
+r"""Metric-learning losses on pixel embeddings (SPEC section 5): contrastive, InfoNCE, triplet, center.
+
+Every loss takes pixel embeddings ``(N, D, *S)`` (1 to 3 spatial dims) or flat ``(M, D)`` and integer
+labels ``(N, *S')`` / ``(M,)`` where the other losses take ``(logits, target)``. Three visible steps, as
+everywhere in seglosses: :func:`~seglosses.sampling.sample_pixels` turns the maps into flat rows ``x``
+``(M, D)`` with labels ``y`` (labels resized by nearest neighbour; ``ignore_index`` never sampled; every
+valid pixel by default, or capped per (image, class) and in total, at random or hard pixels first); the
+loss's own formula over pairs or triplets of those rows, pairs across images included; then ``mean`` or
+``sum`` (``reduction="none"`` raises: there is no per-pixel value). A pixel is never its own positive.
+With no valid pair, anchor or triplet the loss is 0, attached to the graph.
+
+Pairwise work runs in row blocks of about ``ops.pairwise.BLOCK_ELEMENTS`` entries and is recomputed in
+backward (closed-form for contrastive and InfoNCE, mining under ``no_grad`` for hard triplets,
+per-block autograd for batch-all / semi-hard triplets), so forward+backward memory is ``O(M·(D + B))``, never
+``O(M²)``: 16,384 pixels with ``D = 128`` stay far below 1 GB. Half-precision embeddings are computed in
+float32. The sampler's host synchronisations keep these losses out of ``torch.compile`` graphs.
+
+**pytorch-metric-learning.** Its ``TripletMarginLoss`` + ``BatchHardMiner`` equals :func:`triplet_loss`
+with ``mining="hard", normalize=True, average="nonzero"`` (same margin), and its ``NTXentLoss`` equals
+:func:`pixel_info_nce_loss` (same temperature) when every class has the same number of pixels: it
+averages over positive pairs, we over anchors of their mean over positives. Its ``ContrastiveLoss`` is a
+different loss: plain (not squared) distance hinges ``max(0, d - m_pos)`` and ``max(0, m_neg - d)`` on
+L2-normalised embeddings, positive and negative pairs each averaged over their non-zero terms and then
+added; ours is Hadsell et al.'s squared form, averaged over all pairs. Its ``SupConLoss`` puts the other
+positives in the denominator, ``-log(e^{s_ap/τ} / Σ_{k≠a} e^{s_ak/τ})``; ours (Wang et al. 2021) has
+only the negatives and the positive itself there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Literal, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._core.errors import expected, unknown_choice
+from .._core.numerics import compute_dtype, first_order_backward
+from .._core.options import check_bool, check_choice, check_ignore_index, check_int, check_number
+from .._core.reduction import reduce
+from .._core.registry import register
+from .._core.targets import check_class_indices, input_checks_enabled
+from ..ops.pairwise import Distance, row_blocks
+from ..sampling import Strategy, check_sampler_options, sample_pixels
+from .base import LossModule, keyword_options, module_for
+
+EmbeddingReduction = Literal["mean", "sum"]
+Mining = Literal["all", "hard", "semi_hard"]
+Average = Literal["all", "nonzero"]
+Learn = Literal["buffer", "parameter"]
+
+_SQUARED = Distance("squared_euclidean")
+
+
+# --- shared steps ------------------------------------------------------------------------------------
+
+
+def check_embedding_options(
+    *,
+    ignore_index: Optional[int],
+    reduction: str,
+    strategy: str,
+    max_per_class: Optional[int],
+    max_total: Optional[int],
+    hard_fraction: float,
+    generator: Optional[torch.Generator],
+) -> Dict[str, Any]:
+    """Validate the options every embedding loss takes: ``ignore_index``, ``reduction`` and the sampler's."""
+    return {
+        "ignore_index": check_ignore_index(ignore_index),
+        "reduction": check_choice("reduction", reduction, ("mean", "sum")),
+        **check_sampler_options(
+            strategy=strategy,
+            max_per_class=max_per_class,
+            max_total=max_total,
+            hard_fraction=hard_fraction,
+            generator=generator,
+        ),
+    }
+
+
+def _sampled(
+    embeddings: Tensor, labels: Tensor, logits: Optional[Tensor], opts: Dict[str, Any]
+) -> Tuple[Tensor, Tensor]:
+    """The sampled rows ``x`` ``(M, D)`` in the compute dtype and their labels ``y`` ``(M,)``."""
+    x, y = sample_pixels(
+        embeddings,
+        labels,
+        ignore_index=opts["ignore_index"],
+        logits=logits,
+        strategy=opts["strategy"],
+        max_per_class=opts["max_per_class"],
+        max_total=opts["max_total"],
+        hard_fraction=opts["hard_fraction"],
+        generator=opts["generator"],
+    )
+    return x.to(compute_dtype(x)), y
+
+
+def _same_label(y: Tensor, rows: slice) -> Tensor:
+    """``(B, M)`` bool: row anchor ``rows.start + i`` and column ``j`` share a label (self included)."""
+    return y[rows, None] == y[None, :]
+
+
+def _diagonal(rows: slice, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Index pairs ``(i, rows.start + i)`` of the anchors themselves in a ``(B, M)`` block."""
+    anchors = torch.arange(rows.start, rows.stop, device=device)
+    return anchors - rows.start, anchors
+
+
+# --- contrastive -------------------------------------------------------------------------------------
+
+
+class _ContrastiveSum(torch.autograd.Function):
+    """``Σ_{i<j} [y_ij d_ij² + (1 - y_ij) max(0, m - d_ij)²]`` over the rows of ``x``, blockwise.
+
+    Backward recomputes each block: with ``G_ij = ∂f/∂(d_ij²)`` (1 for positives, ``-max(0, m-d)/d`` for
+    negatives, 0 at ``d = 0``) and ``∂d²_ij/∂x_i = 2(x_i - x_j)``, the symmetric sum gives
+    ``∂L/∂x_i = 2 (Σ_j G_ij x_i - Σ_j G_ij x_j)``: one matrix product per block.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor, margin: float) -> Tensor:
+        ctx.save_for_backward(x, y)
+        ctx.margin = margin
+        total = x.new_zeros(())
+        for rows in row_blocks(x.shape[0], x.shape[0]):
+            squared, same = _contrastive_block(x, y, rows)
+            hinge = squared.sqrt().neg_().add_(margin).clamp_min_(0).square_()
+            total += torch.where(same, squared, hinge).sum()
+        return total / 2  # every unordered pair was counted twice
+
+    @staticmethod
+    @first_order_backward("contrastive_loss")
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
+        x, y = ctx.saved_tensors
+        grad_x = torch.empty_like(x)
+        for rows in row_blocks(x.shape[0], x.shape[0]):
+            distance, same = _contrastive_block(x, y, rows)
+            distance.sqrt_()
+            coeff = (ctx.margin - distance).clamp_min_(0).div_(distance).neg_()  # -max(0, m - d) / d
+            coeff.masked_fill_(distance == 0, 0.0).masked_fill_(same, 1.0)
+            coeff[_diagonal(rows, x.device)] = 0.0
+            grad_x[rows] = coeff.sum(1, keepdim=True) * x[rows] - coeff @ x
+        return grad_x.mul_(2 * grad), None, None
+
+
+def _contrastive_block(x: Tensor, y: Tensor, rows: slice) -> Tuple[Tensor, Tensor]:
+    """Squared distances (0 on the diagonal) and the same-label mask of a block of rows."""
+    squared = _SQUARED.block(x[rows], x)
+    squared[_diagonal(rows, x.device)] = 0.0
+    return squared, _same_label(y, rows)
+
+
+def contrastive_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    logits: Optional[Tensor] = None,
+    *,
+    margin: float = 1.0,
+    normalize: bool = False,
+    ignore_index: Optional[int] = None,
+    reduction: EmbeddingReduction = "mean",
+    strategy: Strategy = "random",
+    max_per_class: Optional[int] = None,
+    max_total: Optional[int] = None,
+    hard_fraction: float = 0.5,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    r"""Pairwise contrastive loss (Hadsell, Chopra and LeCun 2006) over sampled pixels.
+
+    ``L = 1/P Σ_{i<j} [y_ij d_ij² + (1 - y_ij) max(0, m - d_ij)²]`` with ``d`` the Euclidean distance of
+    the (optionally L2-normalised) embeddings and ``y_ij = 1`` for equal labels. The sum runs over the
+    ``P = M(M-1)/2`` unordered pairs of the ``M`` sampled pixels of the whole batch, pairs across images
+    included; there is no ½ factor. ``mean`` divides by ``P``; ``sum`` is the sum over pairs; fewer
+    than two pixels give 0. Memory ``O(M·(D + B))``: blocks of pairs are recomputed in backward.
+
+    Differs from pytorch-metric-learning's ``ContrastiveLoss`` (see the module docstring).
+
+    Args:
+        embeddings: ``(N, D, *S)`` or flat ``(M, D)``.
+        labels: integer ``(N, *S')`` (resized to ``S`` by nearest neighbour) or ``(M,)``.
+        logits: segmentation logits for the ``hard`` / ``mix`` sampler (see
+            :func:`~seglosses.sampling.sample_pixels`, which also documents the sampler's options).
+        margin: ``m >= 0``, the distance beyond which negatives cost nothing.
+        normalize: L2-normalise embeddings first.
+        ignore_index: label value never sampled.
+        reduction: ``mean`` / ``sum`` -> scalar (``none`` raises).
+
+    Raises:
+        SegLossError: bad shapes, dtypes or options; non-finite embeddings (with the input checks on).
+
+    Example:
+        >>> x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.5]])
+        >>> contrastive_loss(x, torch.tensor([0, 0, 1]), margin=1.0)  # (25 + 0.5² + 0) / 3
+        tensor(8.4167)
+    """
+    opts = check_contrastive_options(
+        margin=margin,
+        normalize=normalize,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        strategy=strategy,
+        max_per_class=max_per_class,
+        max_total=max_total,
+        hard_fraction=hard_fraction,
+        generator=generator,
+    )
+    x, y = _sampled(embeddings, labels, logits, opts)
+    x = Distance("euclidean", opts["normalize"]).prepare(x)
+    total = _ContrastiveSum.apply(x, y, opts["margin"])
+    pairs = x.shape[0] * (x.shape[0] - 1) / 2
+    return reduce(total, opts["reduction"], torch.tensor(pairs, device=x.device))
+
+
+def check_contrastive_options(*, margin: float, normalize: bool, **common: Any) -> Dict[str, Any]:
+    """Validate the options of :func:`contrastive_loss` (shared with its module)."""
+    return {
+        "margin": check_number("margin", margin, low=0.0),
+        "normalize": check_bool("normalize", normalize),
+        **check_embedding_options(**common),
+    }
+
+
+# --- InfoNCE -----------------------------------------------------------------------------------------
+
+
+class _InfoNCESum(torch.autograd.Function):
+    """``Σ_a ℓ_a`` over anchors with a positive, ``ℓ_a = 1/|P_a| Σ_p softplus(L_a - s_ap)``, blockwise.
+
+    ``s = x xᵀ / τ`` and ``L_a = log Σ_n e^{s_an}`` over the anchor's negatives (``-inf`` without any), so
+    ``softplus(L_a - s_ap) = -log(e^{s_ap} / (e^{s_ap} + Σ_n e^{s_an}))``. Backward recomputes each block:
+    ``∂ℓ_a/∂s_ap = -σ(L_a - s_ap) / |P_a|`` and ``∂ℓ_a/∂s_an = w_a e^{s_an - L_a}`` with
+    ``w_a = Σ_p σ(L_a - s_ap) / |P_a|``; then ``∂/∂x = (G x + Gᵀ x_rows) / τ``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor, temperature: float) -> Tensor:
+        ctx.save_for_backward(x, y)
+        ctx.temperature = temperature
+        total = x.new_zeros(())
+        for rows in row_blocks(x.shape[0], x.shape[0]):
+            logits, positive, negative, lse, count = _info_nce_block(x, y, rows, temperature)
+            terms = F.softplus(logits.neg_().add_(lse[:, None])).masked_fill_(~positive, 0.0)
+            total += (terms.sum(1) / count).sum()
+        return total
+
+    @staticmethod
+    @first_order_backward("pixel_info_nce_loss")
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
+        x, y = ctx.saved_tensors
+        grad_x = torch.zeros_like(x)
+        for rows in row_blocks(x.shape[0], x.shape[0]):
+            logits, positive, negative, lse, count = _info_nce_block(x, y, rows, ctx.temperature)
+            gap = logits.neg_().add_(lse[:, None])  # L_a - s_ab, in the logits' buffer
+            pull = torch.sigmoid(gap).masked_fill_(~positive, 0.0).div_(count[:, None])
+            push = gap.neg_().exp_().masked_fill_(~negative, 0.0).mul_(pull.sum(1, keepdim=True))
+            coeff = push.sub_(pull)
+            grad_x[rows] += coeff @ x
+            grad_x += coeff.T @ x[rows]
+        return grad_x.mul_(grad / ctx.temperature), None, None
+
+
+def _info_nce_block(
+    x: Tensor, y: Tensor, rows: slice, temperature: float
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``s / τ``, positive and negative masks, ``L_a`` and ``max(|P_a|, 1)`` of a block of anchors."""
+    logits = (x[rows] @ x.T).div_(temperature)
+    same = _same_label(y, rows)
+    lse = torch.logsumexp(logits.masked_fill(same, -torch.inf), dim=1)  # over the negatives
+    negative = ~same
+    same[_diagonal(rows, x.device)] = False  # a pixel is never its own positive
+    count = same.sum(1).clamp_min(1).to(x.dtype)
+    return logits, same, negative, lse, count
+
+
+def pixel_info_nce_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    logits: Optional[Tensor] = None,
+    *,
+    temperature: float = 0.1,
+    ignore_index: Optional[int] = None,
+    reduction: EmbeddingReduction = "mean",
+    strategy: Strategy = "random",
+    max_per_class: Optional[int] = None,
+    max_total: Optional[int] = None,
+    hard_fraction: float = 0.5,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    r"""Supervised pixel-wise InfoNCE (Wang et al. 2021, "Exploring cross-image pixel contrast").
+
+    With L2-normalised embeddings and ``s = x·x'``, each anchor ``a`` with at least one positive (another
+    sampled pixel of its label) has
+    ``ℓ_a = 1/|P_a| Σ_{p∈P_a} -log(e^{s_ap/τ} / (e^{s_ap/τ} + Σ_{n∈N_a} e^{s_an/τ}))`` over its negatives
+    ``N_a`` (pixels of other labels, across images too); without negatives ``ℓ_a = 0``. ``mean`` is the
+    mean of ``ℓ_a`` over the anchors with a positive; ``sum`` their sum; no such anchor gives 0. Computed
+    in log space (``softplus(logsumexp_n s_an/τ - s_ap/τ)``) and blockwise with a closed-form backward,
+    memory ``O(M·(D + B))``.
+
+    Equals pytorch-metric-learning's ``NTXentLoss`` only when every class has the same pixel count; differs
+    from its ``SupConLoss`` (see the module docstring).
+
+    Args:
+        embeddings: ``(N, D, *S)`` or flat ``(M, D)``.
+        labels: integer ``(N, *S')`` (resized to ``S`` by nearest neighbour) or ``(M,)``.
+        logits: segmentation logits for the ``hard`` / ``mix`` sampler (see
+            :func:`~seglosses.sampling.sample_pixels` for the sampler's options).
+        temperature: ``τ > 0``.
+        ignore_index: label value never sampled.
+        reduction: ``mean`` / ``sum`` -> scalar (``none`` raises).
+
+    Raises:
+        SegLossError: bad shapes, dtypes or options; non-finite embeddings (with the input checks on).
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+        >>> loss = pixel_info_nce_loss(x, torch.tensor([0, 0, 1]), temperature=1.0)
+        >>> torch.allclose(loss, torch.log1p(torch.exp(torch.tensor(-1.0))))  # -log(e / (e + 1))
+        True
+    """
+    opts = check_info_nce_options(
+        temperature=temperature,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        strategy=strategy,
+        max_per_class=max_per_class,
+        max_total=max_total,
+        hard_fraction=hard_fraction,
+        generator=generator,
+    )
+    x, y = _sampled(embeddings, labels, logits, opts)
+    x = Distance("cosine").prepare(x)
+    total = _InfoNCESum.apply(x, y, opts["temperature"])
+    _, inverse, sizes = torch.unique(y, return_inverse=True, return_counts=True)
+    anchors = (sizes[inverse] > 1).sum(dtype=torch.float32)
+    return reduce(total, opts["reduction"], anchors)
+
+
+def check_info_nce_options(*, temperature: float, **common: Any) -> Dict[str, Any]:
+    """Validate the options of :func:`pixel_info_nce_loss` (shared with its module)."""
+    return {
+        "temperature": check_number("temperature", temperature, low=0.0, low_open=True),
+        **check_embedding_options(**common),
+    }
+
+
+# --- triplet -----------------------------------------------------------------------------------------
+
+
+def _hardest_triplets(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per anchor with a positive and a negative: its farthest positive and nearest negative (indices).
+
+    Mined without gradient on squared distances (same order as plain ones), a block of anchors at a time,
+    into preallocated outputs: small tensors kept alive between blocks would pin the freed blocks in the
+    C allocator's heap, and resident memory would grow by a block per step.
+    """
+    m = x.shape[0]
+    far, near = x.new_empty(m), x.new_empty(m)
+    positives, negatives = x.new_empty(m, dtype=torch.long), x.new_empty(m, dtype=torch.long)
+    with torch.no_grad():
+        for rows in row_blocks(m, m):
+            squared = _SQUARED.block(x[rows], x)
+            same = _same_label(y, rows)
+            torch.min(squared.masked_fill(same, torch.inf), 1, out=(near[rows], negatives[rows]))
+            same[_diagonal(rows, x.device)] = False
+            torch.max(squared.masked_fill_(~same, -torch.inf), 1, out=(far[rows], positives[rows]))
+    anchors = torch.nonzero((far != -torch.inf) & (near != torch.inf)).squeeze(1)  # NaN stays in
+    return anchors, positives[anchors], negatives[anchors]
+
+
+def _window_block(
+    anchors: Tensor, x: Tensor, y: Tensor, rows: slice, distance: Distance, margin: float, semi_hard: bool
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Loss sum, mined count and non-zero count of every triplet of a block of anchors, by sorting.
+
+    For an anchor, sort its negatives' distances ascending, ``e_1 <= e_2 <= ...``, with prefix sums
+    ``E_k``. A positive at ``d`` meets the negatives with ``e < d + m`` (batch-all) or ``d < e <= d + m``
+    (semi-hard), a run ``lo <= k < hi`` found by ``searchsorted``, whose losses sum to
+    ``(hi - lo)(d + m) - (E_hi - E_lo)``. So the ``O(M³)`` triplets cost ``O(M² log M)`` time.
+    """
+    d = distance.block(anchors, x)
+    plain = d.detach()
+    same = _same_label(y, rows)
+    negatives, order = torch.sort(plain.masked_fill(same, torch.inf), dim=1)  # negatives first
+    count = (~same).sum(1, keepdim=True)
+    ranked = d.gather(1, order).masked_fill(torch.arange(d.shape[1], device=d.device) >= count, 0.0)
+    prefix = F.pad(torch.cumsum(ranked, 1), (1, 0))
+    shifted = plain + margin
+    strict = torch.searchsorted(negatives, shifted)  # negatives with e < d + m
+    if semi_hard:
+        lo = torch.searchsorted(negatives, plain, right=True)  # e <= d
+        hi = torch.searchsorted(negatives, shifted, right=True)  # e <= d + m
+        mined = (hi - lo).clamp_min_(0)
+    else:
+        lo, hi, mined = torch.zeros_like(strict), strict, count.expand_as(strict)
+    same[_diagonal(rows, x.device)] = False
+    runs = hi - lo  # lo <= hi since m >= 0
+    values = runs * (d + margin) - (prefix.gather(1, hi) - prefix.gather(1, lo))
+    total = torch.where(same, values, 0.0).sum()
+    nonzero = torch.where(same, (strict - lo).clamp_min(0), 0).sum().to(total.dtype)
+    return total, torch.where(same, mined, 0).sum().to(total.dtype), nonzero
+
+
+class _TripletWindowSum(torch.autograd.Function):
+    """Batch-all or semi-hard triplets over blocks of anchors: loss sum, mined and non-zero counts.
+
+    Forward runs :func:`_window_block` without a graph; backward recomputes each block with autograd and
+    adds its gradient, so no block (nor any per-block graph node) outlives its step.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, y: Tensor, distance: Distance, margin: float, semi_hard: bool
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        ctx.save_for_backward(x, y)
+        ctx.options = distance, margin, semi_hard
+        sums = x.new_zeros(3)  # loss, mined, non-zero
+        for rows in row_blocks(x.shape[0], 4 * x.shape[0]):  # a block holds ~10 (B, M) tensors
+            sums += torch.stack(_window_block(x[rows], x, y, rows, distance, margin, semi_hard))
+        total, mined, nonzero = (value.clone() for value in sums)
+        ctx.mark_non_differentiable(mined, nonzero)
+        return total, mined, nonzero
+
+    @staticmethod
+    @first_order_backward("triplet_loss")
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> Tuple[Tensor, None, None, None, None]:
+        x, y = ctx.saved_tensors
+        grad_x = torch.zeros_like(x)
+        for rows in row_blocks(x.shape[0], 4 * x.shape[0]):
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_()
+                total = _window_block(leaf[rows], leaf, y, rows, *ctx.options)[0]
+                grad_x += torch.autograd.grad(total, leaf)[0]
+        return grad_x.mul_(grad), None, None, None, None
+
+
+def triplet_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    logits: Optional[Tensor] = None,
+    *,
+    margin: float = 0.2,
+    mining: Mining = "hard",
+    squared: bool = False,
+    normalize: bool = True,
+    average: Average = "all",
+    ignore_index: Optional[int] = None,
+    reduction: EmbeddingReduction = "mean",
+    strategy: Strategy = "random",
+    max_per_class: Optional[int] = None,
+    max_total: Optional[int] = None,
+    hard_fraction: float = 0.5,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    r"""Triplet margin loss ``max(0, d(a,p) - d(a,n) + m)`` over mined triplets of sampled pixels.
+
+    ``d`` is the Euclidean distance (``squared=True``: its square) of the embeddings, L2-normalised first
+    by default. A triplet is an anchor, a positive (another pixel of its label) and a negative (a pixel of
+    another label), across images too. ``mining``:
+
+    * ``hard`` (batch-hard, Hermans et al. 2017): per anchor its farthest positive and nearest negative;
+      anchors without a positive or a negative are skipped. Memory ``O(M·(D + B))``.
+    * ``all``: every triplet.
+    * ``semi_hard``: every triplet with ``d(a,p) < d(a,n) <= d(a,p) + m`` (as pytorch-metric-learning's
+      semi-hard miner, not FaceNet's one negative per pair).
+
+    ``all`` and ``semi_hard`` range over ``O(M³)`` triplets; they are never enumerated but summed per
+    anchor over sorted negative distances, in ``O(M² log M)`` time. ``average="all"``: ``mean`` divides
+    by the number of mined triplets; ``"nonzero"``: by those with loss > 0. ``sum`` is the sum over mined
+    triplets. No mined (or no non-zero) triplet gives 0.
+
+    Equals pytorch-metric-learning's ``TripletMarginLoss`` + ``BatchHardMiner`` with ``mining="hard"``,
+    ``normalize=True``, ``average="nonzero"`` and the same margin (its default margin is 0.05, ours 0.2).
+
+    Args:
+        embeddings: ``(N, D, *S)`` or flat ``(M, D)``.
+        labels: integer ``(N, *S')`` (resized to ``S`` by nearest neighbour) or ``(M,)``.
+        logits: segmentation logits for the ``hard`` / ``mix`` sampler (see
+            :func:`~seglosses.sampling.sample_pixels` for the sampler's options).
+        margin: ``m >= 0``.
+        mining: ``hard``, ``all`` or ``semi_hard``.
+        squared: use ``d²`` instead of ``d``.
+        normalize: L2-normalise embeddings first.
+        average: ``all`` or ``nonzero`` (what ``mean`` divides by).
+        ignore_index: label value never sampled.
+        reduction: ``mean`` / ``sum`` -> scalar (``none`` raises).
+
+    Raises:
+        SegLossError: bad shapes, dtypes or options; non-finite embeddings (with the input checks on).
+
+    Example:
+        >>> x = torch.tensor([[0.0], [2.0], [3.0]])  # two mined triplets, (0, 1, 2) and (1, 0, 2)
+        >>> y = torch.tensor([0, 0, 1])
+        >>> triplet_loss(x, y, margin=1.0, normalize=False, mining="all")  # (max(0, 2-3+1) + (2-1+1)) / 2
+        tensor(1.)
+        >>> triplet_loss(x, y, margin=1.0, normalize=False, mining="all", average="nonzero")
+        tensor(2.)
+    """
+    opts = check_triplet_options(
+        margin=margin,
+        mining=mining,
+        squared=squared,
+        normalize=normalize,
+        average=average,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        strategy=strategy,
+        max_per_class=max_per_class,
+        max_total=max_total,
+        hard_fraction=hard_fraction,
+        generator=generator,
+    )
+    x, y = _sampled(embeddings, labels, logits, opts)
+    distance = Distance("squared_euclidean" if opts["squared"] else "euclidean", opts["normalize"])
+    x = distance.prepare(x)
+    if opts["mining"] == "hard":
+        anchors, positives, negatives = _hardest_triplets(x, y)
+        terms = distance.paired(x[anchors], x[positives]) - distance.paired(x[anchors], x[negatives])
+        terms = (terms + opts["margin"]).clamp_min(0)
+        total, mined, nonzero = terms.sum(), torch.tensor(anchors.numel()), (terms > 0).sum()
+    else:
+        semi_hard = opts["mining"] == "semi_hard"
+        total, mined, nonzero = _TripletWindowSum.apply(x, y, distance, opts["margin"], semi_hard)
+    count = nonzero if opts["average"] == "nonzero" else mined
+    return reduce(total, opts["reduction"], torch.as_tensor(count, device=x.device))
+
+
+def check_triplet_options(
+    *, margin: float, mining: str, squared: bool, normalize: bool, average: str, **common: Any
+) -> Dict[str, Any]:
+    """Validate the options of :func:`triplet_loss` (shared with its module)."""
+    return {
+        "margin": check_number("margin", margin, low=0.0),
+        "mining": check_choice("mining", mining, ("all", "hard", "semi_hard")),
+        "squared": check_bool("squared", squared),
+        "normalize": check_bool("normalize", normalize),
+        "average": check_choice("average", average, ("all", "nonzero")),
+        **check_embedding_options(**common),
+    }
+
+
+# --- center loss -------------------------------------------------------------------------------------
+
+
+def center_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    centers: Tensor,
+    logits: Optional[Tensor] = None,
+    *,
+    ignore_index: Optional[int] = None,
+    reduction: EmbeddingReduction = "mean",
+    strategy: Strategy = "random",
+    max_per_class: Optional[int] = None,
+    max_total: Optional[int] = None,
+    hard_fraction: float = 0.5,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    r"""Center loss (Wen et al. 2016): ``½ mean_i ‖x_i - c_{y_i}‖²`` over sampled pixels.
+
+    The pure function: ``centers`` ``(K, D)`` are given (and receive a gradient if they require one).
+    :class:`CenterLoss` keeps them and updates them. ``mean`` divides by the number of sampled (valid)
+    pixels; ``sum`` is the sum over them; none gives 0. No λ here: weight the loss where it is added.
+
+    Args:
+        embeddings: ``(N, D, *S)`` or flat ``(M, D)``.
+        labels: integer ``(N, *S')`` with values in ``[0, K)`` or ``ignore_index``; or ``(M,)``.
+        centers: ``(K, D)``, one center per class.
+        logits: segmentation logits for the ``hard`` / ``mix`` sampler (see
+            :func:`~seglosses.sampling.sample_pixels` for the sampler's options).
+        ignore_index: label value never sampled.
+        reduction: ``mean`` / ``sum`` -> scalar (``none`` raises).
+
+    Raises:
+        SegLossError: bad shapes, dtypes or options; labels outside ``[0, K)`` or non-finite embeddings
+            (with the input checks on).
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+        >>> center_loss(x, torch.tensor([0, 0]), torch.tensor([[2.0, 0.0]]))  # ½ (1 + 1) / 2
+        tensor(0.5000)
+    """
+    opts = check_embedding_options(
+        ignore_index=ignore_index,
+        reduction=reduction,
+        strategy=strategy,
+        max_per_class=max_per_class,
+        max_total=max_total,
+        hard_fraction=hard_fraction,
+        generator=generator,
+    )
+    x, y = _sampled(embeddings, labels, logits, opts)
+    return _center_value(x, y, centers, opts["reduction"])
+
+
+def _center_value(x: Tensor, y: Tensor, centers: Tensor, reduction: str) -> Tensor:
+    if not isinstance(centers, Tensor) or centers.ndim != 2 or centers.shape[1] != x.shape[1]:
+        got = f"shape {tuple(centers.shape)}" if isinstance(centers, Tensor) else type(centers).__name__
+        raise expected(f"centers of shape (K, D) with D = {x.shape[1]}", got)
+    if input_checks_enabled():
+        check_class_indices(y, centers.shape[0], "labels")
+    total = (x - centers.to(x)[y]).square().sum() / 2
+    return reduce(total, reduction, torch.tensor(float(x.shape[0]), device=x.device))
+
+
+class CenterLoss(LossModule):
+    r"""Center loss with its centers ``(num_classes, dim)``, the tensor named ``centers``.
+
+    The loss is :func:`center_loss` computed with the centers *before* this step's update (Wen et al.
+    2016, Algorithm 1; unlike SPEC section 2's fold-first rule for adaptive statistics). Then, with
+    ``learn="buffer"`` and in training mode only, the paper's rule updates them from the detached
+    features of the sampled pixels: ``c_j ← c_j - α Σ_{i: y_i = j}(c_j - x_i) / (1 + n_j)`` (see
+    :meth:`update_centers`). ``eval()`` never changes them. With ``learn="parameter"`` the centers are an
+    ``nn.Parameter`` for the optimiser and the rule is not applied. Centers start at 0, in float32.
+    ``state_dict`` holds ``centers`` either way.
+
+    **λ** (the paper's ``L = L_S + λ L_C``) is not an option: weight the term where it is added,
+    ``ce(logits, y) + 0.01 * center(embeddings, y)``.
+
+    Args:
+        num_classes: ``K >= 1``.
+        dim: embedding channels ``D >= 1``.
+        alpha: center learning rate ``α`` in ``[0, 1]``.
+        learn: ``buffer`` (the paper's rule) or ``parameter`` (gradient descent).
+        **options: the options of :func:`center_loss` (``ignore_index``, ``reduction`` and the sampler's).
+    """
+
+    function = staticmethod(center_loss)
+    check_options = staticmethod(check_embedding_options)
+
+    def __init__(
+        self, *, num_classes: int, dim: int, alpha: float = 0.5, learn: Learn = "buffer", **options: Any
+    ) -> None:
+        known = ["num_classes", "dim", "alpha", "learn", *keyword_options(center_loss)]
+        for name in options:
+            if name not in known:
+                raise unknown_choice("an option of CenterLoss", name, known)
+        super().__init__(**options)
+        self.num_classes = check_int("num_classes", num_classes)
+        self.dim = check_int("dim", dim)
+        self.alpha = check_number("alpha", alpha, low=0.0, high=1.0)
+        self.learn = check_choice("learn", learn, ("buffer", "parameter"))
+        centers = torch.zeros(self.num_classes, self.dim)
+        if self.learn == "parameter":
+            self.centers = nn.Parameter(centers)
+        else:
+            self.register_buffer("centers", centers)
+
+    # (embeddings, labels) where other losses take (logits, target); logits= feeds the sampler
+    def forward(  # type: ignore[override]
+        self, embeddings: Tensor, labels: Tensor, *, logits: Optional[Tensor] = None
+    ) -> Tensor:
+        """``½ mean ‖x_i - c_{y_i}‖²`` with the current centers, then the update (training, buffers)."""
+        options = self.options
+        x, y = _sampled(embeddings, labels, logits, options)
+        loss = _center_value(x, y, self.centers, options["reduction"])
+        if self.training and self.learn == "buffer":
+            self.update_centers(*self.batch_statistics(x.detach(), y))
+        return loss
+
+    def batch_statistics(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+        """Per-class sums ``(K, D)`` of the rows ``x`` ``(M, D)`` and pixel counts ``(K,)``, in the centers'
+        dtype: what a distributed run all-reduces before :meth:`update_centers`."""
+        sums = torch.zeros_like(self.centers).index_add_(0, y, x.to(self.centers.dtype))
+        return sums, torch.bincount(y, minlength=self.num_classes).to(self.centers.dtype)
+
+    @torch.no_grad()
+    def update_centers(self, sums: Tensor, counts: Tensor) -> None:
+        """The paper's rule from batch sums ``s_j`` and counts ``n_j``:
+        ``c_j ← c_j - α (n_j c_j - s_j) / (1 + n_j)``; classes absent from the batch keep their center."""
+        self.centers.sub_(self.alpha * (counts[:, None] * self.centers - sums) / (1 + counts[:, None]))
+
+    def extra_repr(self) -> str:
+        own = f"num_classes={self.num_classes}, dim={self.dim}, alpha={self.alpha}, learn={self.learn!r}"
+        return f"{own}, {super().extra_repr()}"
+
+
+# --- modules and registry ----------------------------------------------------------------------------
+
+
+class _EmbeddingModule(LossModule):
+    """An embedding-loss module: ``forward(embeddings, labels, *, logits=None)``."""
+
+    # (embeddings, labels) where other losses take (logits, target); logits= feeds the sampler
+    def forward(  # type: ignore[override]
+        self, embeddings: Tensor, labels: Tensor, *, logits: Optional[Tensor] = None
+    ) -> Tensor:
+        return type(self).function(embeddings, labels, logits, **self.options)
+
+
+_Module = _EmbeddingModule
+ContrastiveLoss = module_for("ContrastiveLoss", contrastive_loss, check_contrastive_options, _Module)
+PixelInfoNCELoss = module_for("PixelInfoNCELoss", pixel_info_nce_loss, check_info_nce_options, _Module)
+TripletLoss = module_for("TripletLoss", triplet_loss, check_triplet_options, _Module)
+
+_CENTER_SPEC = "center(num_classes=3, dim=3)"
+for _name, _module, _text, _spec in (
+    ("contrastive", ContrastiveLoss, "pairwise contrastive loss on pixel embeddings (Hadsell 2006)", ""),
+    ("info_nce", PixelInfoNCELoss, "supervised pixel InfoNCE (Wang et al. 2021)", ""),
+    ("triplet", TripletLoss, "triplet margin loss, hard / all / semi-hard mining", ""),
+    ("center", CenterLoss, "center loss (Wen et al. 2016), updated or learned centers", _CENTER_SPEC),
+):
+    register(_name, _module, domain="embedding", kind="scalar", description=_text, minimal_spec=_spec)
+
+__all__ = [
+    "CenterLoss",
+    "ContrastiveLoss",
+    "PixelInfoNCELoss",
+    "TripletLoss",
+    "center_loss",
+    "check_contrastive_options",
+    "check_embedding_options",
+    "check_info_nce_options",
+    "check_triplet_options",
+    "contrastive_loss",
+    "pixel_info_nce_loss",
+    "triplet_loss",
+]
