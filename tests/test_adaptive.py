@@ -402,6 +402,52 @@ def test_interrupted_and_resumed_run_gives_the_same_losses_step_for_step(spec):
     assert len(set(uninterrupted)) == 8  # the state and the schedules did change the loss along the way
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
+@pytest.mark.parametrize("entry", OURS, ids=lambda e: e.name)
+def test_cuda_matches_the_cpu_step_by_step(entry, deterministic):
+    """Values, gradients and state on CUDA follow the CPU over training steps, also with deterministic
+    algorithms on (where the statistics take the deterministic scatter path), and repeat bitwise there."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        cpu, gpu, again = (entry.module(ignore_index=IGNORE) for _ in range(3))
+        gpu, again = gpu.cuda(), again.cuda()
+        for step in range(3):
+            logits, target = make_inputs("softmax", (2, 3, 9, 10), ignore_fraction=0.2, seed=step)
+            cuda_logits = logits.detach().cuda().requires_grad_()
+            value = cpu(logits, target)
+            gpu_value = gpu(cuda_logits, target.cuda())
+            torch.testing.assert_close(gpu_value.cpu(), value)
+            grads = [
+                torch.autograd.grad(v, x)[0].cpu() for v, x in ((value, logits), (gpu_value, cuda_logits))
+            ]
+            torch.testing.assert_close(grads[1], grads[0])
+            repeated = again(cuda_logits, target.cuda())
+            if deterministic:
+                assert torch.equal(repeated, gpu_value)
+        for name, state in cpu.state_dict().items():
+            torch.testing.assert_close(gpu.state_dict()[name].cpu(), state)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("dense", [False, True], ids=["index", "one-hot"])
+@pytest.mark.parametrize("entry", OURS, ids=lambda e: e.name)
+def test_non_finite_logit_gives_a_non_finite_loss_with_checks_off(entry, dense, bad):
+    """SPEC §6: with the input checks off a NaN or +inf logit at a valid pixel never gives a finite loss
+    (on, it raises)."""
+    logits = torch.tensor([[[2.0, 0.1], [bad, 0.3], [0.0, -1.0]]], dtype=torch.float64)
+    target = torch.tensor([[0, 1]])
+    if dense:
+        target = F.one_hot(target, 3).movedim(-1, 1).double()
+    with sl.input_checks(False):
+        assert not torch.isfinite(entry.module()(logits, target))
+    with pytest.raises(sl.SegLossError, match="expected finite logits"):
+        entry.module()(logits, target)
+
+
 # --------------------------------------------------------------------------- bad options
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._core.errors import expected, unknown_choice
-from .._core.numerics import compute_dtype, safe_divide
+from .._core.numerics import compute_dtype
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -104,7 +104,7 @@ def difficulty_ce_loss(
         log_p = torch.log_softmax(work, dim=1)
         if opts["detach"]:
             weight = dense * (a + (1 - a) * torch.expm1(log_p.detach()).neg_().pow_(g))
-            loss = -torch.where(weight > 0, weight * log_p, 0.0).sum(1)
+            loss = -torch.where(dense > 0, weight * log_p, 0.0).sum(1)  # y = 0 at log p = -inf: 0; NaN stays
         else:
             ce = -torch.where(dense > 0, dense * log_p, 0.0).sum(1)
             loss = a * ce + (1 - a) * _FocalDense.apply(work, dense, None, g)
@@ -131,12 +131,15 @@ DifficultyCELoss = module_for("DifficultyCELoss", difficulty_ce_loss, check_diff
 # --------------------------------------------------------------------------- pure helpers of the state
 
 
-def fold_in(state: Tensor, seen: Tensor, value: Tensor, has_data: Tensor, momentum: float) -> None:
-    """SPEC's running-statistics rule, in place: ``s ← (1-m) s + m x`` where ``has_data``; the first batch
-    with data sets ``s = x`` (``seen`` is False there); elsewhere ``s`` keeps its value. ``seen`` is not
-    changed (the caller marks it once every statistic sharing it is folded)."""
-    blended = torch.where(seen, torch.lerp(state, value.to(state.dtype), momentum), value.to(state.dtype))
-    state.copy_(torch.where(has_data, blended, state))
+def fold_in(state: Tensor, seen: Tensor, sums: Tensor, counts: Tensor, momentum: float) -> None:
+    """SPEC's running-statistics rule, in place, for means ``x = sums / counts``: ``s ← (1-m) s + m x``
+    where ``counts > 0``; the first batch with data sets ``s = x`` (``seen`` False there, then set); where
+    ``counts = 0`` ``s`` keeps its value. ``counts`` broadcasts over ``sums`` (a table of statistics is
+    folded in one go)."""
+    has_data = counts > 0
+    value = (sums / counts.clamp_min(torch.finfo(sums.dtype).tiny)).to(state.dtype)  # 0 where no data
+    state.lerp_(value, torch.where(seen, momentum, 1.0) * has_data)  # weight 1 gives x, 0 keeps s
+    seen |= has_data
 
 
 def class_balanced_alpha(counts: Tensor, beta: float) -> Tensor:
@@ -162,9 +165,10 @@ def frequency_alpha(frequencies: Tensor, *, scale: float = 1.0) -> Tensor:
 
 
 def adaptive_alpha(alpha: Tensor, class_ce: Tensor, mean_ce: Tensor, seen: Tensor) -> Tensor:
-    """``α_c(t) = α_c^init · L̄_c / L̄`` (SPEC §2); ``α_c^init`` for a class never seen, and where
-    ``L̄ = 0`` (no error anywhere: the ratio is taken as 1)."""
-    return alpha * torch.where(seen, safe_divide(class_ce, mean_ce.expand_as(class_ce), 1.0), 1.0)
+    """``α_c(t) = α_c^init · L̄_c / L̄`` (SPEC §2); ``α_c^init`` where ``seen`` is False (a class, or the
+    mean, never seen) and where ``L̄ = 0`` (no error anywhere: the ratio is taken as 1)."""
+    ratio = class_ce / mean_ce.clamp_min(torch.finfo(class_ce.dtype).tiny)
+    return alpha * torch.where(seen & (mean_ce > 0), ratio, 1.0)
 
 
 def adaptive_gamma(gamma: float, recall: Tensor, seen: Tensor, lam: float) -> Tensor:
@@ -172,26 +176,39 @@ def adaptive_gamma(gamma: float, recall: Tensor, seen: Tensor, lam: float) -> Te
     for a class never seen and everywhere when ``A_max = A_min``: the worst class gets the strongest
     focusing."""
     a_min = torch.where(seen, recall, torch.inf).amin()
-    a_max = torch.where(seen, recall, -torch.inf).amax()
-    span = a_max - a_min
-    spread = seen & (span > 0)
-    relative = (recall - torch.where(spread, a_min, 0.0)) / torch.where(spread, span, 1.0)
-    return torch.where(spread, gamma * torch.exp(-lam * relative), torch.full_like(recall, gamma))
+    span = torch.where(seen, recall, -torch.inf).amax() - a_min  # -inf while no class is seen
+    relative = (recall - a_min) / span.clamp_min(torch.finfo(recall.dtype).tiny)
+    return gamma * torch.exp(-lam * torch.where(seen, relative, 0.0))
 
 
 def class_sums(
     index: Tensor, valid: Optional[Tensor], rows: Sequence[Tensor], num_classes: int, dtype: torch.dtype
 ) -> Tensor:
     """Per-class sums over the valid pixels ``(len(rows) + 1, C)``: of each pixel tensor in ``rows`` (of
-    ``index``'s shape), then the pixel counts. One ``scatter_add_`` per row; ignored pixels go to an
-    extra bin that is dropped."""
+    ``index``'s shape), then the pixel counts. Ignored pixels go to an extra bin that is dropped."""
     bins = (index if valid is None else torch.where(valid, index, num_classes)).reshape(-1)
     ones = torch.ones((), dtype=dtype, device=index.device).expand(bins.shape)
-    sums = [
-        torch.zeros(num_classes + 1, dtype=dtype, device=index.device).scatter_add_(0, bins, row)
-        for row in [*(r.reshape(-1).to(dtype) for r in rows), ones]
-    ]
-    return torch.stack(sums)[:, :num_classes]
+    rows = [*(row.reshape(-1).to(dtype) for row in rows), ones]
+    return torch.stack([_bin_sum(bins, row, num_classes + 1) for row in rows])[:, :num_classes]
+
+
+def with_total(sums: Tensor) -> Tensor:
+    """``(K, C)`` per-class sums and their total over the classes as a last column, ``(K, C + 1)``."""
+    return torch.cat([sums, sums.sum(-1, keepdim=True)], -1)
+
+
+def _bin_sum(bins: Tensor, values: Tensor, size: int) -> Tensor:
+    """``Σ values`` per bin, ``(size,)``. CUDA (eager): ``bincount``, whose per-block histograms avoid
+    millions of contended atomic adds into a few bins, or with deterministic algorithms on, one masked
+    sum per bin (a bin is a class: a loop over classes, not pixels). Otherwise a 1-D ``scatter_add_``
+    (``torch.compile`` traces it: ``bincount``'s output size depends on the data)."""
+    if (
+        values.is_cuda
+        and not torch.compiler.is_compiling()
+        and not torch.are_deterministic_algorithms_enabled()
+    ):
+        return torch.bincount(bins, weights=values, minlength=size)[:size].to(values.dtype)
+    return values.new_zeros(size).scatter_add_(0, bins, values)
 
 
 def dense_class_sums(dense: Tensor, rows: Sequence[Tensor]) -> Tensor:
@@ -230,18 +247,24 @@ class AdaptiveLoss(nn.Module):
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, low=2)
         self.ignore_index = check_ignore_index(ignore_index)
         self.reduction = check_reduction(reduction)
-        self._per_class: List[str] = []
+        self._per_class: Dict[str, Tuple[int, int]] = {}  # name -> (rows, extra columns)
         self._statistics: List[str] = []
 
-    def _register_state(self, per_class: Dict[str, torch.dtype], scalars: Dict[str, torch.dtype]) -> None:
-        """Zero statistics: per-class ``(C,)`` (``(0,)`` until C is known) and scalar buffers."""
-        size = 0 if self.num_classes is None else self.num_classes
-        for name, dtype in per_class.items():
-            self.register_buffer(name, torch.zeros(size, dtype=dtype))
+    def _register_state(
+        self, per_class: Dict[str, Tuple[torch.dtype, int, int]], scalars: Dict[str, torch.dtype]
+    ) -> None:
+        """Zero statistics: per-class buffers ``(rows, C + extra)`` (``rows = 0``: 1-D), with 0 columns
+        until C is known, and scalar buffers."""
+        for name, (dtype, rows, extra) in per_class.items():
+            self.register_buffer(name, torch.zeros(self._shape(rows, extra), dtype=dtype))
+            self._per_class[name] = (rows, extra)
         for name, dtype in scalars.items():
             self.register_buffer(name, torch.zeros((), dtype=dtype))
-        self._per_class += list(per_class)
         self._statistics += [*per_class, *scalars]
+
+    def _shape(self, rows: int, extra: int) -> Tuple[int, ...]:
+        columns = 0 if self.num_classes is None else self.num_classes + extra
+        return (rows, columns) if rows else (columns,)
 
     def _prepare(self, logits: Tensor, target: Tensor) -> Tuple[Tensor, SoftmaxTarget]:
         """Check the inputs once, size the state to C; the logits in their compute dtype and the target."""
@@ -253,23 +276,27 @@ class AdaptiveLoss(nn.Module):
         if not self._per_class:
             return
         if self.num_classes is None:
-            self._resize({name: (num_classes,) for name in self._per_class}, device)
+            self._resize(num_classes, device)
         elif num_classes != self.num_classes:
             raise expected(
                 f"logits with C = {self.num_classes} classes (the loss's state)", f"C = {num_classes}"
             )
 
-    def _resize(self, shapes: Dict[str, Tuple[int, ...]], device: Optional[torch.device] = None) -> None:
-        for name, shape in shapes.items():
+    def _resize(self, num_classes: int, device: Optional[torch.device] = None) -> None:
+        self.num_classes = num_classes
+        for name, (rows, extra) in self._per_class.items():
             own = getattr(self, name)
-            setattr(self, name, torch.zeros(shape, dtype=own.dtype, device=device or own.device))
-        self.num_classes = shapes[self._per_class[0]][0]
+            setattr(
+                self,
+                name,
+                torch.zeros(self._shape(rows, extra), dtype=own.dtype, device=device or own.device),
+            )
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
-        """A module whose state is not sized yet takes the sizes of the state dict's buffers."""
-        keys = {name: prefix + name for name in self._per_class}
-        if self.num_classes is None and self._per_class and all(k in state_dict for k in keys.values()):
-            self._resize({name: tuple(state_dict[key].shape) for name, key in keys.items()})
+        """A module whose state is not sized yet takes C from the state dict's buffers."""
+        name = next(iter(self._per_class), None)
+        if self.num_classes is None and name is not None and prefix + name in state_dict:
+            self._resize(int(state_dict[prefix + name].shape[-1]) - self._per_class[name][1])
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
@@ -354,11 +381,8 @@ class AdaptiveFocalLoss(AdaptiveLoss):
 
     function = staticmethod(focal_loss)
     alpha: Optional[Tensor]
-    class_ce: Tensor
-    class_recall: Tensor
-    class_seen: Tensor
-    mean_ce: Tensor
-    mean_seen: Tensor
+    running: Tensor
+    seen: Tensor
 
     def __init__(
         self,
@@ -383,10 +407,7 @@ class AdaptiveFocalLoss(AdaptiveLoss):
         if initial is not None and initial.ndim == 1 and self.num_classes is None:
             self.num_classes = check_int("num_classes (the length of alpha)", initial.numel(), low=2)
         self.register_buffer("alpha", None if initial is None else initial.detach().clone())
-        self._register_state(
-            {"class_ce": torch.float32, "class_recall": torch.float32, "class_seen": torch.bool},
-            {"mean_ce": torch.float32, "mean_seen": torch.bool},
-        )
+        self._register_state({"running": (torch.float32, 2, 1), "seen": (torch.bool, 0, 1)}, {})
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
@@ -410,31 +431,45 @@ class AdaptiveFocalLoss(AdaptiveLoss):
         log_p: Optional[Tensor] = None,
         ce: Optional[Tensor] = None,
     ) -> Tensor:
-        """Per-class sums ``(3, C)`` over the batch's valid pixels: ``Σ CE``, ``Σ hits`` (0 while γ is
-        static), pixel count; ``log_p`` and ``ce``: the detached ``log_softmax`` and per-pixel CE of an
-        index target, when already computed."""
+        """Sums ``(3, C + 1)`` over the batch's valid pixels of each class, then of all classes: ``Σ CE``,
+        ``Σ hits`` (0 while γ is static), pixel count; ``log_p`` and ``ce``: the detached ``log_softmax``
+        and per-pixel CE of an index target, when already computed."""
         log_p = torch.log_softmax(work.detach(), 1) if log_p is None else log_p
         if not isinstance(prepared, IndexTarget):
             hits = log_p == log_p.amax(1, keepdim=True)
-            return dense_class_sums(prepared.dense.to(work.dtype), [-log_p, hits])
+            return with_total(dense_class_sums(prepared.dense.to(work.dtype), [-log_p, hits]))
         if ce is None:
             ignore = _torch_ignore(self.ignore_index)
             ce = F.nll_loss(log_p, prepared.labels.long(), ignore_index=ignore, reduction="none")
         hits = argmax_hits(log_p, ce) if self.adapt != "alpha" else torch.zeros_like(ce)
-        return class_sums(prepared.index(), prepared.valid, [ce, hits], work.shape[1], ce.dtype)
+        return with_total(class_sums(prepared.index(), prepared.valid, [ce, hits], work.shape[1], ce.dtype))
 
     def update(self, sums: Tensor) -> None:
-        """Fold the batch's per-class sums ``(3, C)`` (``Σ CE``, ``Σ hits``, count) into the state."""
-        ce_sum, hit_sum, count = sums
-        has_data = count > 0
-        fold_in(self.class_ce, self.class_seen, safe_divide(ce_sum, count, 0.0), has_data, self.momentum)
-        if self.adapt != "alpha":
-            recall = safe_divide(hit_sum, count, 0.0)
-            fold_in(self.class_recall, self.class_seen, recall, has_data, self.momentum)
-        total = count.sum()
-        fold_in(self.mean_ce, self.mean_seen, safe_divide(ce_sum.sum(), total, 0.0), total > 0, self.momentum)
-        self.class_seen |= has_data
-        self.mean_seen |= total > 0
+        """Fold the batch's sums ``(3, C + 1)`` (``Σ CE``, ``Σ hits``, count; per class, then all) in."""
+        fold_in(self.running, self.seen, sums[:2], sums[2], self.momentum)
+
+    @property
+    def class_ce(self) -> Tensor:
+        """``L̄_c`` ``(C,)``, the running mean CE of each class."""
+        return self.running[0, :-1]
+
+    @property
+    def class_recall(self) -> Tensor:
+        """``A_c`` ``(C,)``, the running recall of each class (0 while γ is static)."""
+        return self.running[1, :-1]
+
+    @property
+    def mean_ce(self) -> Tensor:
+        """``L̄``, the running mean CE over all valid pixels."""
+        return self.running[0, -1]
+
+    @property
+    def class_seen(self) -> Tensor:
+        return self.seen[:-1]
+
+    @property
+    def mean_seen(self) -> Tensor:
+        return self.seen[-1]
 
     @property
     def options(self) -> Dict[str, Any]:
@@ -517,7 +552,7 @@ class ClassBalancedFocalLoss(AdaptiveLoss):
         if fixed is not None and self.num_classes is None:
             self.num_classes = check_int("num_classes (the length of counts)", fixed.numel(), low=2)
         self.fixed = fixed is not None
-        self._register_state({"counts": torch.float64}, {})
+        self._register_state({"counts": (torch.float64, 0, 0)}, {})
         if fixed is not None:
             self.counts.copy_(fixed)
 
@@ -593,7 +628,7 @@ class FrequencyFocalLoss(AdaptiveLoss):
         self.scale = check_number("scale", scale, low=0.0)
         self.gamma = check_number("gamma", gamma, low=0.0)
         self.momentum = _momentum(momentum)
-        self._register_state({"frequency": torch.float32}, {"frequency_seen": torch.bool})
+        self._register_state({"frequency": (torch.float32, 0, 0)}, {"frequency_seen": torch.bool})
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
@@ -607,10 +642,7 @@ class FrequencyFocalLoss(AdaptiveLoss):
 
     def update(self, sums: Tensor) -> None:
         """Fold the batch's class frequencies (from its counts ``(C,)``) into ``frequency``."""
-        total = sums.sum()
-        has_data = total > 0
-        fold_in(self.frequency, self.frequency_seen, safe_divide(sums, total, 0.0), has_data, self.momentum)
-        self.frequency_seen |= has_data
+        fold_in(self.frequency, self.frequency_seen, sums, sums.sum(), self.momentum)
 
     @property
     def options(self) -> Dict[str, Any]:
@@ -693,11 +725,7 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
 
     def update(self, sums: Tensor) -> None:
         """Fold the batch's mean max-probability (from ``(Σ, count)``) into ``confidence``."""
-        has_data = sums[1] > 0
-        fold_in(
-            self.confidence, self.confidence_seen, safe_divide(sums[0], sums[1], 0.0), has_data, self.momentum
-        )
-        self.confidence_seen |= has_data
+        fold_in(self.confidence, self.confidence_seen, sums[0], sums[1], self.momentum)
 
     def current_epsilon(self) -> Tensor:
         """``ε_t`` as a 0-d tensor (``ε_0`` before any update)."""
