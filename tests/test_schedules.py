@@ -111,6 +111,8 @@ def test_arithmetic_gives_the_complement_and_scaled_schedules():
         assert (alpha - 0.25)(step) == pytest.approx(alpha(step) - 0.25)
     assert str(1 - alpha) == "1 - linear(start=1.0, end=0.01, steps=99)"
     assert as_schedule("1 - linear(start=1.0, end=0.01, steps=99)") == 1 - alpha
+    odd = 0.1 + 1 / 3 * (2 - alpha)  # offsets and scales read back exactly
+    assert as_schedule(str(odd)) == odd
 
 
 def test_nested_warmup_spec():

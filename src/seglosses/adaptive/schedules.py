@@ -176,10 +176,10 @@ class Schedule:
     def __str__(self) -> str:
         text = f"{self.kind}({', '.join(f'{k}={_literal(v)}' for k, v in self._options.items())})"
         if self._scale != 1.0:
-            text = f"-{text}" if self._scale == -1.0 else f"{self._scale:g}*{text}"
+            text = f"-{text}" if self._scale == -1.0 else f"{_short(self._scale)}*{text}"
         if self._offset != 0.0:
             sign, text = ("-", text[1:]) if text.startswith("-") else ("+", text)
-            text = f"{self._offset:g} {sign} {text}"
+            text = f"{_short(self._offset)} {sign} {text}"
         return text
 
     def __repr__(self) -> str:
@@ -204,6 +204,11 @@ def _number(value: object, op: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise expected(f"a number on the other side of {op} with a schedule", repr(value))
     return check_number("the number combined with a schedule", value)
+
+
+def _short(number: float) -> str:
+    """The shortest text that reads back as ``number`` (``1`` for 1.0)."""
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def _literal(value: Any) -> str:
