@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +15,54 @@ Backward = Callable[..., Any]
 def safe_divide(num: Tensor, den: Tensor, empty: float) -> Tensor:
     """``num / den``, and ``empty`` where ``den == 0`` exactly (a stated policy, never 0/0 = NaN).
 
-    Only an exact 0 is special, so a NaN input stays NaN; the gradient there is 0.
+    Only an exact 0 is special, so a NaN input stays NaN; the gradient there is 0. Elsewhere the gradient
+    is ``1 / den`` and ``-(num / den) / den``, with ``|den|`` taken as at least the dtype's smallest
+    normal number: for a subnormal ``den`` (a class whose probabilities all underflowed, e.g. logit margins
+    above ~88 in float32) the exact ``1 / den`` overflows to inf, and an inf gradient times a zero factor
+    further down (an empty target band) would be NaN.
     """
+    if torch.is_grad_enabled() and isinstance(num, Tensor) and isinstance(den, Tensor):
+        if num.requires_grad or den.requires_grad:
+            return _SafeDivide.apply(num, den, empty)
+    return _divide(num, den, empty)
+
+
+def _divide(num: Tensor, den: Tensor, empty: float) -> Tensor:
     zero = den == 0
     return torch.where(zero, empty, num / torch.where(zero, 1.0, den))
+
+
+def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a broadcast gradient back to an input's ``shape``."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    grad = grad.sum(tuple(range(extra))) if extra else grad
+    dims = tuple(d for d, size in enumerate(shape) if size == 1 and grad.shape[d] != 1)
+    return grad.sum(dims, keepdim=True) if dims else grad
+
+
+class _SafeDivide(torch.autograd.Function):
+    """:func:`safe_divide` with gradients bounded at subnormal denominators (see there). The backward is
+    made of differentiable operations on the inputs, so a double backward differentiates it."""
+
+    @staticmethod
+    def forward(ctx: Any, num: Tensor, den: Tensor, empty: float) -> Tensor:
+        ctx.save_for_backward(num, den)
+        return _divide(num, den, empty)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], None]:
+        num, den = ctx.saved_tensors
+        zero = den == 0
+        dtype = den.dtype if den.is_floating_point() else num.dtype
+        tiny = torch.finfo(dtype).tiny if dtype.is_floating_point else 1.0
+        bounded = torch.where(zero, 1.0, den)
+        bounded = torch.where(bounded.abs() < tiny, torch.where(bounded < 0, -tiny, tiny), bounded)
+        inverse = torch.where(zero, 0.0, grad / bounded)
+        grad_num = _sum_to(inverse, num.shape) if ctx.needs_input_grad[0] else None
+        grad_den = _sum_to(-inverse * (num / bounded), den.shape) if ctx.needs_input_grad[1] else None
+        return grad_num, grad_den, None
 
 
 def safe_pow(base: Tensor, exponent: Union[float, Tensor]) -> Tensor:
@@ -79,8 +123,10 @@ def binary_log_terms(logits: Tensor, target: Tensor, gamma: float = 0.0) -> Tupl
     """``y (1-p)^γ log p`` and ``(1-y) p^γ log(1-p)`` with ``p = σ(z)``, from ``logσ(±z)`` (log space).
 
     A log is replaced by 0 where its target weight is 0 before any product, so a legal ``-inf`` logit
-    with target 0 gives 0 and a zero gradient, never ``0 · inf = NaN``.
+    with target 0 gives 0 and a zero gradient, never ``0 · inf = NaN``. A ``+inf`` logit is invalid (SPEC
+    section 6) and gives NaN, as in :func:`sigmoid_f32`, also where the target is 1.
     """
+    logits = torch.where(logits == torch.inf, torch.nan, logits)
     log_p, log_q = F.logsigmoid(logits), F.logsigmoid(-logits)
     positive = target * torch.where(target > 0, log_p, 0.0)
     negative = (1 - target) * torch.where(target < 1, log_q, 0.0)

@@ -51,9 +51,12 @@ def _bin_sums(bins: Tensor, values: Tensor, size: int) -> Tuple[Tensor, Tensor]:
 
     CPU: ``index_add_`` into the flat table. CUDA (eager): ``bincount``, whose per-block histograms avoid
     the contention of millions of atomic adds into a few ``N·C`` bins. ``torch.compile`` traces the
-    ``index_add_`` form (``bincount``'s output size depends on the data).
+    ``index_add_`` form (``bincount``'s output size depends on the data), and so does CUDA under
+    ``torch.use_deterministic_algorithms(True)``: a weighted CUDA ``bincount`` has no deterministic
+    implementation (it raises there), ``index_add_`` has.
     """
-    if values.is_cuda and not torch.compiler.is_compiling():
+    fast = not torch.compiler.is_compiling() and not torch.are_deterministic_algorithms_enabled()
+    if values.is_cuda and fast:
         sums = torch.bincount(bins, weights=values, minlength=size)[:size].to(values.dtype)
         return sums, torch.bincount(bins, minlength=size)[:size].to(values.dtype)
     table = torch.zeros(2, size, dtype=values.dtype, device=values.device)
@@ -84,8 +87,8 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         tp, counts = _bin_sums(bins, p_true, n * c + 1)
         if valid is None:
             prob_sum = probs.sum(-1)
-        else:
-            prob_sum = torch.bmm(probs, valid.flatten(1).unsqueeze(-1).to(dtype)).squeeze(-1)
+        else:  # where, not a product with the mask: a NaN at an ignored pixel must not reach the sum
+            prob_sum = torch.where(valid.flatten(1).unsqueeze(1), probs, 0.0).sum(-1)
         ctx.save_for_backward(probs, p_true, index, valid)
         ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
         ctx.mark_non_differentiable(counts)
@@ -99,6 +102,8 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         bins = _table_bins(index, valid, c)
         h_table = torch.cat([grad_tp.reshape(-1), grad_tp.new_zeros(1)])  # the extra bin: ignored pixels
         true_term = h_table.take(bins).mul_(p_true)  # p_{i,y_i} H_{y_i}, 0 at ignored pixels
+        if valid is not None:  # even where p is NaN there: the indexed add below sends them to pixel 0
+            true_term.masked_fill_(~valid.reshape(-1), 0.0)
         pixels = probs.shape[-1]
         s = torch.baddbmm(true_term.view(n, 1, pixels), grad_sum.unsqueeze(1), probs)  # (N, 1, P)
         grad = (grad_sum.unsqueeze(-1) - s).mul_(probs)
@@ -110,8 +115,8 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         if valid is not None:  # ignored pixels point past the end; send them to class 0 (they add 0)
             positions = positions.masked_fill_(~valid.flatten(1), 0)
         grad.view(-1).index_add_(0, positions.view(-1), true_term)
-        if valid is not None:
-            grad.mul_(valid.flatten(1).unsqueeze(1))
+        if valid is not None:  # exactly 0 at ignored pixels, whatever their logits (NaN included)
+            grad.masked_fill_(~valid.flatten(1).unsqueeze(1), 0.0)
         return grad.reshape(ctx.logits_shape).to(ctx.logits_dtype), None, None, None
 
 
@@ -134,7 +139,7 @@ def overlap_from_dense(probs: Tensor, target: Tensor, valid: Optional[Tensor] = 
     n, c = probs.shape[:2]
     flat_p = probs.flatten(2)
     flat_y = target.flatten(2).to(flat_p.dtype)
-    if valid is not None:
-        flat_p = flat_p * valid.flatten(2)
+    if valid is not None:  # where, not a product: a NaN at an ignored element must not reach the sums
+        flat_p = torch.where(valid.flatten(2), flat_p, 0.0)
     tp = (flat_p * flat_y).sum(-1)
     return Overlap(tp, flat_p.sum(-1) - tp, flat_y.sum(-1) - tp)
