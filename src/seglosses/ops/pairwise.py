@@ -11,8 +11,9 @@ holds about ``BLOCK_ELEMENTS`` entries whatever ``M`` is.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Literal, Optional
+from typing import Any, ContextManager, Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,15 @@ def safe_sqrt(squared: Tensor) -> Tensor:
     """
     zero = squared == 0
     return torch.where(zero, 0.0, torch.where(zero, 1.0, squared).sqrt())
+
+
+def _without_autocast(device: torch.device) -> ContextManager[Any]:
+    """Autocast off on ``device`` while the block is computed: under ``torch.autocast`` the matrix product
+    of the distances would run in float16 / bfloat16 (an error of ~1e-3 in the loss; the triplet miner's
+    float32 outputs would not even accept the result), whatever the rows' own dtype."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def row_blocks(rows: int, width: int) -> Iterator[slice]:
@@ -82,11 +92,12 @@ class Distance:
         From ``‖a‖² + ‖b‖² - 2 a·b`` (clamped at 0): one matrix product, as ``torch.cdist`` does for
         large inputs; the diagonal of ``block(x, x)`` is about 0, not exactly.
         """
-        if self.metric == "cosine":
-            return torch.mm(a, b.T).neg_().add_(1)
-        squared = torch.addmm(b.square().sum(1)[None], a, b.T, alpha=-2)  # one (A, B) buffer, in place
-        squared = squared.add_(a.square().sum(1, keepdim=True)).clamp_min_(0)
-        return squared if self.squared else safe_sqrt(squared)
+        with _without_autocast(a.device):  # autocast would run the product in half precision
+            if self.metric == "cosine":
+                return torch.mm(a, b.T).neg_().add_(1)
+            squared = torch.addmm(b.square().sum(1)[None], a, b.T, alpha=-2)  # one (A, B) buffer, in place
+            squared = squared.add_(a.square().sum(1, keepdim=True)).clamp_min_(0)
+            return squared if self.squared else safe_sqrt(squared)
 
     def paired(self, a: Tensor, b: Tensor) -> Tensor:
         """Distances ``(K,)`` between row ``k`` of ``a`` and row ``k`` of ``b`` (both ``(K, D)``), from
