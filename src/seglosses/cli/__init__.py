@@ -1,7 +1,8 @@
 """The ``seglosses`` command line (``pip install "seglosses[cli]"``): ``list`` and ``plot`` so far.
 
-Every user error (an unknown loss, a bad option, a missing file) ends with one line on stderr,
-``error: ...``, and exit status 2, never a traceback.
+Every user error (an unknown loss, a bad option, a missing file) and every file-system error (a full disk,
+an unwritable output folder) ends with one line on stderr, ``error: ...``, and exit status 2, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +18,21 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def _file_system_message(error: OSError, argv: List[str]) -> str:
+    """``No space left on device [errno 28]: PATH``; where the error names no file (a failed write to an
+    open file), the ``--out`` folder of the command instead."""
+    reason = error.strerror or str(error) or type(error).__name__
+    code = f" [errno {error.errno}]" if error.errno else ""
+    where = error.filename
+    if where is None:
+        for k, arg in enumerate(argv):
+            if arg == "--out" and k + 1 < len(argv):
+                where = f"writing into --out {argv[k + 1]}"
+            elif arg.startswith("--out="):
+                where = f"writing into --out {arg[len('--out='):]}"
+    return f"{reason}{code}" + (f": {where}" if where is not None else "")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of the ``seglosses`` command."""
     try:
@@ -27,6 +43,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         cli.main(args=argv, prog_name="seglosses", standalone_mode=False)
     except SegLossError as error:
         _fail(str(error))
+    except OSError as error:  # a full disk, an unwritable folder, a file that went away: no traceback
+        _fail(_file_system_message(error, sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:
         print("interrupted: finished runs are saved; run the same command again to resume", file=sys.stderr)
         raise SystemExit(130) from None
