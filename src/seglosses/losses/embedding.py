@@ -10,8 +10,8 @@ loss's own formula over pairs or triplets of those rows, pairs across images inc
 With no valid pair, anchor or triplet the loss is 0, attached to the graph.
 
 Pairwise work runs in row blocks of about ``ops.pairwise.BLOCK_ELEMENTS`` entries and is recomputed in
-backward (closed-form for contrastive and InfoNCE, mining under ``no_grad`` for hard triplets,
-per-block autograd for batch-all / semi-hard triplets), so forward+backward memory is ``O(M·(D + B))``, never
+backward (closed-form for contrastive and InfoNCE, mining under ``no_grad`` for hard triplets, per-block
+autograd for batch-all / semi-hard triplets), so forward+backward memory is ``O(M·(D + B))``, never
 ``O(M²)``: 16,384 pixels with ``D = 128`` stay far below 1 GB. Half-precision embeddings are computed in
 float32. The sampler's host synchronisations keep these losses out of ``torch.compile`` graphs.
 
