@@ -559,6 +559,19 @@ def test_bad_embedding_specs_raise(spec, message):
         sl.create_loss(spec)
 
 
+@pytest.mark.parametrize("entry", EMBEDDING_ENTRIES, ids=lambda e: e.name)
+def test_autocast_does_not_lower_the_precision(entry):
+    """Under torch.autocast the pairwise products still run in float32: the same value and gradient."""
+    x, labels = make_embeddings((2, 3, 6, 6), dtype=torch.float32)
+    loss = build(entry)
+    value = loss(x, labels)
+    (grad,) = torch.autograd.grad(value, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = loss(x, labels)
+    torch.testing.assert_close(autocast, value)
+    torch.testing.assert_close(torch.autograd.grad(autocast, x)[0], grad)
+
+
 # --- edge cases ----------------------------------------------------------------------------------------
 
 

@@ -49,7 +49,7 @@ Mining = Literal["all", "hard", "semi_hard"]
 Average = Literal["all", "nonzero"]
 Learn = Literal["buffer", "parameter"]
 
-_SQUARED = Distance("squared_euclidean")
+_SQUARED, _COSINE = Distance("squared_euclidean"), Distance("cosine")
 
 
 # --- shared steps ------------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def _info_nce_block(
     x: Tensor, y: Tensor, rows: slice, temperature: float
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``s / τ``, positive and negative masks, ``L_a`` and ``max(|P_a|, 1)`` of a block of anchors."""
-    logits = (x[rows] @ x.T).div_(temperature)
+    logits = _COSINE.similarity(x[rows], x).div_(temperature)
     same = _same_label(y, rows)
     lse = torch.logsumexp(logits.masked_fill(same, -torch.inf), dim=1)  # over the negatives
     negative = ~same
@@ -330,7 +330,7 @@ def pixel_info_nce_loss(
         generator=generator,
     )
     x, y = _sampled(embeddings, labels, logits, opts)
-    x = Distance("cosine").prepare(x)
+    x = _COSINE.prepare(x)
     total = _InfoNCESum.apply(x, y, opts["temperature"])
     _, inverse, sizes = torch.unique(y, return_inverse=True, return_counts=True)
     anchors = (sizes[inverse] > 1).sum(dtype=torch.float32)

@@ -99,6 +99,12 @@ class Distance:
             squared = squared.add_(a.square().sum(1, keepdim=True)).clamp_min_(0)
             return squared if self.squared else safe_sqrt(squared)
 
+    def similarity(self, a: Tensor, b: Tensor) -> Tensor:
+        """Dot products ``(A, B)`` of the prepared rows, ``â·b̂`` for ``cosine`` (``1 - block``, without the
+        rounding of the subtraction); autocast off, as in :meth:`block`."""
+        with _without_autocast(a.device):
+            return torch.mm(a, b.T)
+
     def paired(self, a: Tensor, b: Tensor) -> Tensor:
         """Distances ``(K,)`` between row ``k`` of ``a`` and row ``k`` of ``b`` (both ``(K, D)``), from
         their difference (exact, also for nearly equal rows)."""
