@@ -55,20 +55,24 @@ def test_finished_runs_are_skipped(tmp_path):
     assert result.stat().st_mtime_ns == stamp and [r.loss for r in results] == ["ce", "dice"]
 
 
-def test_a_killed_run_resumes_to_the_same_result(tmp_path):
-    """Interrupted after its first epoch, a run continues from its checkpoint bit for bit."""
-    whole, _ = compare(["focal(gamma=2)"], [0], SETTINGS, tmp_path / "whole")
+@pytest.mark.parametrize(
+    "spec", ["focal(gamma=2)", "adaptive_focal + linear(start=1, end=0, steps=1)*dice"]
+)
+def test_a_killed_run_resumes_to_the_same_result(tmp_path, spec):
+    """Interrupted after its first epoch, a run continues from its checkpoint bit for bit (adaptive
+    statistics and the schedule's step included)."""
+    whole, _ = compare([spec], [0], SETTINGS, tmp_path / "whole")
 
     def kill(spec, seed, epoch, dice):
         raise KeyboardInterrupt
 
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        compare(["focal(gamma=2)"], [0], SETTINGS, out, kill)
-    folder = out / "runs" / slug("focal(gamma=2)")
+        compare([spec], [0], SETTINGS, out, kill)
+    folder = out / "runs" / slug(spec)
     assert (folder / "seed0.ckpt").exists() and not (folder / "seed0.json").exists()
     assert torch.load(folder / "seed0.ckpt", weights_only=True)["epoch"] == 1
-    resumed, _ = compare(["focal(gamma=2)"], [0], SETTINGS, out)
+    resumed, _ = compare([spec], [0], SETTINGS, out)
     assert resumed[0].per_class == whole[0].per_class
     assert resumed[0].history == whole[0].history
 

@@ -19,7 +19,7 @@ def test_loss_and_gradient_match_the_cpu(entry, shape):
     cpu = loss(logits, target)
     (cpu_grad,) = torch.autograd.grad(cpu, logits)
     cuda_logits = logits.detach().cuda().requires_grad_()
-    gpu = loss.cuda()(cuda_logits, target.cuda())
+    gpu = entry.module(ignore_index=IGNORE).cuda()(cuda_logits, target.cuda())  # fresh: stateful losses
     (gpu_grad,) = torch.autograd.grad(gpu, cuda_logits)
     torch.testing.assert_close(gpu.cpu(), cpu)
     torch.testing.assert_close(gpu_grad.cpu(), cpu_grad)

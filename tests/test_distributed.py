@@ -86,6 +86,20 @@ def check_state(rank: int, world: int) -> None:
             torch.testing.assert_close(value, single.state_dict()[key], msg=name)
 
 
+def check_adaptive(rank: int, world: int) -> None:
+    """A stateful loss folds in the batch sums of every process: the state of one process's whole batch."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 3, 6, 7, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 3, (5, 6, 7), generator=g)
+    single = sl.AdaptiveFocalLoss(adapt="both")
+    single.sync = False
+    single(logits, target)
+    synced = sl.AdaptiveFocalLoss(adapt="both")
+    synced(shard(logits, rank, world), shard(target, rank, world))
+    for key, value in synced.state_dict().items():
+        torch.testing.assert_close(value, single.state_dict()[key], msg=f"AdaptiveFocalLoss.{key}")
+
+
 def check_ddp(rank: int, world: int) -> None:
     torch.manual_seed(0)
     layers = [torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1)]
@@ -122,7 +136,7 @@ def worker(rank: int, world: int, init_file: str, checks: list, errors) -> None:
 def test_processes_agree_with_one_process(world, tmp_path):
     context = mp.get_context("spawn")
     errors = context.SimpleQueue()
-    checks = ["check_losses", "check_collectives", "check_state", "check_ddp"]
+    checks = ["check_losses", "check_collectives", "check_state", "check_adaptive", "check_ddp"]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         mp.spawn(worker, args=(world, str(tmp_path / "rendezvous"), checks, errors), nprocs=world, join=True)

@@ -7,10 +7,16 @@ from helpers import ENTRIES, IGNORE
 from hypothesis import given
 from hypothesis import strategies as st
 
+# the boundary family depends on where pixels are (distances, bands, neighbours), and the surface loss
+# is negative inside the target by design (SPEC section 4)
+SPATIAL = {"boundary", "hausdorff_dt", "boundary_iou", "active_contour"}
+SPATIAL |= {f"binary_{name}" for name in SPATIAL}
+NEGATIVE_ALLOWED = {"boundary", "binary_boundary"}
+
 
 @st.composite
-def cases(draw):
-    entry = draw(st.sampled_from(ENTRIES))
+def cases(draw, entries=tuple(ENTRIES)):
+    entry = draw(st.sampled_from(entries))
     n = draw(st.integers(1, 3))
     c = draw(st.integers(2, 6))
     spatial = draw(st.lists(st.integers(1, 6), min_size=1, max_size=3))
@@ -32,11 +38,11 @@ def test_finite_non_negative_with_finite_gradients(case):
     entry, logits, target = case
     loss = entry.module(ignore_index=IGNORE)(logits, target)
     (grad,) = torch.autograd.grad(loss, logits)
-    assert torch.isfinite(loss) and loss >= 0
+    assert torch.isfinite(loss) and (loss >= 0 or entry.name in NEGATIVE_ALLOWED)
     assert torch.isfinite(grad).all()
 
 
-@given(cases())
+@given(cases(tuple(e for e in ENTRIES if e.name not in SPATIAL)))
 def test_invariant_to_permuting_pixels(case):
     """Every loss here is a function of the set of (logit, target) pixels of each sample."""
     entry, logits, target = case
@@ -47,5 +53,7 @@ def test_invariant_to_permuting_pixels(case):
         flat_target = target.reshape(n, -1)[..., perm]
     else:
         flat_target = target.reshape(n, c, -1)[..., perm]
-    loss = entry.module(ignore_index=IGNORE, reduction="none" if entry.kind == "region" else "mean")
-    torch.testing.assert_close(loss(logits, target), loss(flat_logits, flat_target))
+    def loss():  # a fresh module per call: a stateful loss folds in each training-mode batch
+        return entry.module(ignore_index=IGNORE, reduction="none" if entry.kind == "region" else "mean")
+
+    torch.testing.assert_close(loss()(logits, target), loss()(flat_logits, flat_target))

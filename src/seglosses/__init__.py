@@ -7,6 +7,14 @@ come from spec strings with :func:`create_loss`.
 from ._core.errors import SegLossError
 from ._core.registry import list_losses
 from ._core.targets import input_checks, set_input_checks
+from .adaptive.losses import (
+    AdaptiveFocalLoss,
+    AdaptiveSmoothingCELoss,
+    ClassBalancedFocalLoss,
+    DifficultyCELoss,
+    FrequencyFocalLoss,
+)
+from .adaptive.schedules import Schedule, as_schedule
 from .functional import *  # noqa: F401,F403  (the pure functions, also at top level)
 from .functional import __all__ as _functional_all
 from .losses.base import LossModule
@@ -24,6 +32,7 @@ from .losses.boundary import (
 )
 from .losses.compound import CompoundLoss, create_loss
 from .losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss
+from .losses.embedding import CenterLoss, ContrastiveLoss, PixelInfoNCELoss, TripletLoss
 from .losses.focal import BinaryFocalLoss, FocalLoss
 from .losses.overlap import (
     BinaryDiceLoss,
@@ -44,6 +53,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActiveContourLoss",
+    "AdaptiveFocalLoss",
+    "AdaptiveSmoothingCELoss",
+    "CenterLoss",
+    "ClassBalancedFocalLoss",
+    "ContrastiveLoss",
+    "DifficultyCELoss",
+    "FrequencyFocalLoss",
+    "PixelInfoNCELoss",
+    "Schedule",
+    "TripletLoss",
+    "as_schedule",
     "BinaryActiveContourLoss",
     "BinaryBoundaryIoULoss",
     "BinaryBoundaryLoss",

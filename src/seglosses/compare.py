@@ -46,7 +46,7 @@ class Settings:
     learning_rate: float = 3e-3
     device: str = "cpu"
     nproc: int = 1  # processes under torch.distributed (DDP); the batch is split between them
-    result_format: int = 3  # bump when a result file's content changes, so old ones are not reused
+    result_format: int = 4  # bump when a result file's content changes, so old ones are not reused
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -152,6 +152,13 @@ def _on_rank_zero(write: Callable[[], None]) -> None:
         dist.barrier()
 
 
+def _set_step(criterion: torch.nn.Module, step: int) -> None:
+    """Tell a scheduled loss (a compound one, or ce / focal with a schedule) the step; others have none."""
+    set_step = getattr(criterion, "set_step", None)
+    if callable(set_step):
+        set_step(step)
+
+
 def run_one(
     spec: str,
     seed: int,
@@ -183,10 +190,12 @@ def run_one(
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
+            criterion.load_state_dict(state["criterion"])  # adaptive statistics, schedule steps
             history, start = state["history"], int(state["epoch"])
     # every process draws the same batch and trains on its share; DDP averages the gradients
     forward = model if world == 1 else torch.nn.parallel.DistributedDataParallel(model)
     for epoch in range(start, settings.epochs):
+        _set_step(criterion, epoch)  # scheduled weights follow the completed epochs
         losses = []
         for _ in range(settings.steps_per_epoch):
             images, labels = random_patches(splits["train"], settings.batch_size, settings.patch, generator)
@@ -207,6 +216,7 @@ def run_one(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(),
+            "criterion": criterion.state_dict(),
         }
         payload = _to_bytes(lambda buffer: torch.save(state, buffer))  # noqa: B023
         _on_rank_zero(lambda: write_atomically(checkpoint_path, payload))  # noqa: B023

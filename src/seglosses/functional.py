@@ -4,6 +4,7 @@ The functions take ``(logits, target)`` and keyword-only options; see :mod:`segl
 for what ``reduction`` returns and what ``mean`` divides by.
 """
 
+from .adaptive.losses import difficulty_ce_loss
 from .losses.boundary import (
     active_contour_loss,
     binary_active_contour_loss,
@@ -15,6 +16,7 @@ from .losses.boundary import (
     hausdorff_dt_loss,
 )
 from .losses.cross_entropy import binary_cross_entropy_loss, cross_entropy_loss
+from .losses.embedding import center_loss, contrastive_loss, pixel_info_nce_loss, triplet_loss
 from .losses.focal import binary_focal_loss, focal_loss
 from .losses.overlap import (
     binary_dice_loss,
@@ -45,11 +47,16 @@ __all__ = [
     "binary_generalized_dice_loss",
     "binary_jaccard_loss",
     "binary_tversky_loss",
+    "center_loss",
+    "contrastive_loss",
     "cross_entropy_loss",
+    "difficulty_ce_loss",
     "dice_loss",
     "focal_loss",
     "focal_tversky_loss",
     "generalized_dice_loss",
     "jaccard_loss",
+    "pixel_info_nce_loss",
+    "triplet_loss",
     "tversky_loss",
 ]

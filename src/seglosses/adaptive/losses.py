@@ -42,6 +42,7 @@ from .._core.options import (
 from .._core.reduction import reduce
 from .._core.registry import register
 from .._core.targets import IndexTarget, SoftmaxTarget, num_valid, softmax_target
+from ..distributed import sync_sum_
 from ..losses.base import module_for
 from ..losses.cross_entropy import _torch_ignore, ce_from_prepared, cross_entropy_loss
 from ..losses.focal import _FocalDense, _FocalModulation, focal_from_prepared, focal_loss, index_cross_entropy
@@ -245,6 +246,7 @@ class AdaptiveLoss(nn.Module):
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, low=2)
         self.ignore_index = check_ignore_index(ignore_index)
         self.reduction = check_reduction(reduction)
+        self.sync, self.process_group = True, None  # see fold()
         self._per_class: Dict[str, Tuple[int, int]] = {}  # name -> (rows, extra columns)
         self._statistics: List[str] = []
 
@@ -306,6 +308,15 @@ class AdaptiveLoss(nn.Module):
     def update(self, sums: Tensor) -> None:  # pragma: no cover - every subclass overrides it
         """Fold one batch's sums and counts into the state: the only method that changes it."""
         raise NotImplementedError
+
+    def fold(self, sums: Tensor) -> None:
+        """:meth:`update` with the batch's sums summed over the processes first when ``sync`` is on and
+        a ``torch.distributed`` group is initialised (every rank must run the training forward), so every
+        process holds the same state; set the attributes ``sync = False`` or ``process_group`` to change it.
+        """
+        if self.sync:
+            sync_sum_(sums, self.process_group)
+        self.update(sums)
 
     def reset(self) -> None:
         """Forget every statistic: the module is its static form again."""
@@ -411,7 +422,7 @@ class AdaptiveFocalLoss(AdaptiveLoss):
         work, prepared = self._prepare(logits, target)
         if not isinstance(prepared, IndexTarget):
             if self.training:
-                self.update(self.batch_sums(work, prepared))
+                self.fold(self.batch_sums(work, prepared))
             return focal_from_prepared(work, prepared, self.options)
         # F.cross_entropy in its two steps, so that the statistics reuse log p
         log_p = torch.log_softmax(work, 1)
@@ -419,7 +430,7 @@ class AdaptiveFocalLoss(AdaptiveLoss):
             log_p, prepared.labels.long(), ignore_index=_torch_ignore(self.ignore_index), reduction="none"
         )
         if self.training:
-            self.update(self.batch_sums(work, prepared, log_p.detach(), ce.detach()))
+            self.fold(self.batch_sums(work, prepared, log_p.detach(), ce.detach()))
         return focal_from_prepared(work, prepared, self.options, ce=ce)
 
     def batch_sums(
@@ -557,7 +568,7 @@ class ClassBalancedFocalLoss(AdaptiveLoss):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
         if self.training and not self.fixed:
-            self.update(self.batch_sums(work, prepared))
+            self.fold(self.batch_sums(work, prepared))
         return focal_from_prepared(work, prepared, self.options)
 
     def batch_sums(self, work: Tensor, prepared: SoftmaxTarget) -> Tensor:
@@ -631,7 +642,7 @@ class FrequencyFocalLoss(AdaptiveLoss):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
         if self.training:
-            self.update(self.batch_sums(work, prepared))
+            self.fold(self.batch_sums(work, prepared))
         return focal_from_prepared(work, prepared, self.options)
 
     def batch_sums(self, work: Tensor, prepared: SoftmaxTarget) -> Tensor:
@@ -709,7 +720,7 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
         work, prepared = self._prepare(logits, target)
         log_p = torch.log_softmax(work.detach(), 1)  # shared by the statistic and the loss
         if self.training:
-            self.update(self.batch_sums(work, prepared, log_p))
+            self.fold(self.batch_sums(work, prepared, log_p))
         return ce_from_prepared(work, prepared, self.options, log_p=log_p)
 
     def batch_sums(self, work: Tensor, prepared: SoftmaxTarget, log_p: Optional[Tensor] = None) -> Tensor:
