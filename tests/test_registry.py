@@ -19,7 +19,9 @@ def test_required_names_registered():
     assert REQUIRED <= set(sl.list_losses())
     for entry in sl.list_losses(details=True):
         assert (
-            entry.description and entry.domain in ("softmax", "binary") and entry.kind in ("pixel", "region")
+            entry.description
+            and entry.domain in ("softmax", "binary", "embedding")
+            and entry.kind in ("pixel", "region", "scalar")
         )
 
 
@@ -79,6 +81,8 @@ def test_bad_specs(spec, message):
 
 def test_minimal_specs_build_and_run():
     for entry in sl.list_losses(details=True):
+        if entry.domain == "embedding":  # (embeddings, labels): run by tests/test_embedding.py
+            continue
         logits, target = make_inputs(entry.domain)
         value = sl.create_loss(entry.spec)(logits, target)
         assert torch.isfinite(value)
