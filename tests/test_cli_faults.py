@@ -152,10 +152,6 @@ def test_full_disk_then_resume(data, tmp_path, capsys, monkeypatch):
         assert not any(part.startswith(".") for part in path.relative_to(out).parts)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (compare.py write_atomically): files are created by "
-                   "tempfile.mkstemp, whose mode is 0600, and keep it after the rename, so results, report "
-                   "and plots are unreadable for the group and others whatever the umask (open() gives "
-                   "0644 under umask 022)")  # fmt: skip
 def test_written_files_follow_the_umask(tmp_path):
     previous = os.umask(0o022)
     try:
@@ -253,10 +249,6 @@ def test_a_malicious_checkpoint_runs_no_code(data, tmp_path, capsys):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (compare.py run_one): torch.load(checkpoint, weights_only=True) "
-                   "errors propagate: a checkpoint that is not a seglosses one (corrupt, or refused by the "
-                   "weights-only unpickler) ends in a traceback (UnpicklingError / RuntimeError) that does "
-                   "not name the file, instead of one error line naming it (or a fresh start)")  # fmt: skip
 @pytest.mark.parametrize("content", ["malicious", "garbage"])
 def test_a_bad_checkpoint_gives_one_line_naming_it(data, tmp_path, capsys, content):
     out = tmp_path / "out"

@@ -70,7 +70,10 @@ def write_atomically(path: Path, data: bytes) -> None:
     """Write through a temporary file in the same folder and rename it: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would give
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(temporary, path)
@@ -152,6 +155,21 @@ def _on_rank_zero(write: Callable[[], None]) -> None:
         dist.barrier()
 
 
+_CHECKPOINT = "a seglosses checkpoint at {} (delete it to train that run afresh)"
+
+
+def _load_checkpoint(path: Path) -> Dict[str, Any]:
+    """A run's checkpoint, read with ``weights_only=True``; anything else is one clear error naming it."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as error:  # corrupt, truncated, or refused by the weights-only unpickler
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise expected(_CHECKPOINT.format(path), reason) from None
+    if not isinstance(state, dict) or "settings" not in state:
+        raise expected(_CHECKPOINT.format(path), type(state).__name__)
+    return state
+
+
 def _set_step(criterion: torch.nn.Module, step: int) -> None:
     """Tell a scheduled loss (a compound one, or ce / focal with a schedule) the step; others have none."""
     set_step = getattr(criterion, "set_step", None)
@@ -185,7 +203,7 @@ def run_one(
     history: Dict[str, List[float]] = {"train_loss": [], "test_dice": []}
     start = 0
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=True)
+        state = _load_checkpoint(checkpoint_path)
         if state["settings"] == settings.key():
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
