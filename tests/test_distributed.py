@@ -100,6 +100,19 @@ def check_adaptive(rank: int, world: int) -> None:
         torch.testing.assert_close(value, single.state_dict()[key], msg=f"AdaptiveFocalLoss.{key}")
 
 
+def check_center(rank: int, world: int) -> None:
+    """Center loss updates its centers from the whole distributed batch on every process."""
+    g = torch.Generator().manual_seed(4)
+    embeddings = torch.randn(5, 4, 6, 7, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (5, 6, 7), generator=g)
+    single = sl.CenterLoss(num_classes=3, dim=4).double()
+    single.sync = False
+    single(embeddings, labels)
+    synced = sl.CenterLoss(num_classes=3, dim=4).double()
+    synced(shard(embeddings, rank, world), shard(labels, rank, world))
+    torch.testing.assert_close(synced.centers, single.centers, msg="CenterLoss.centers")
+
+
 def check_ddp(rank: int, world: int) -> None:
     torch.manual_seed(0)
     layers = [torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1)]
@@ -136,7 +149,8 @@ def worker(rank: int, world: int, init_file: str, checks: list, errors) -> None:
 def test_processes_agree_with_one_process(world, tmp_path):
     context = mp.get_context("spawn")
     errors = context.SimpleQueue()
-    checks = ["check_losses", "check_collectives", "check_state", "check_adaptive", "check_ddp"]
+    checks = ["check_losses", "check_collectives", "check_state", "check_adaptive", "check_center",
+              "check_ddp"]  # fmt: skip
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         mp.spawn(worker, args=(world, str(tmp_path / "rendezvous"), checks, errors), nprocs=world, join=True)

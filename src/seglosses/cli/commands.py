@@ -32,8 +32,11 @@ def list_command() -> None:
     """The registered losses, with their input domain and a one-line description."""
     entries = list_losses(details=True)
     width = max(len(entry.name) for entry in entries)
+    domain = max(len(entry.domain) for entry in entries)
+    kind = max(len(entry.kind) for entry in entries)
     for entry in entries:
-        click.echo(f"{entry.name:<{width}}  {entry.domain:<7}  {entry.kind:<6}  {entry.description}")
+        columns = f"{entry.name:<{width}}  {entry.domain:<{domain}}  {entry.kind:<{kind}}"
+        click.echo(f"{columns}  {entry.description}")
 
 
 DEFAULT_LOSSES = ("ce", "dice", "focal(gamma=2)", "ce + dice")

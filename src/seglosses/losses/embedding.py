@@ -40,6 +40,7 @@ from .._core.options import check_bool, check_choice, check_ignore_index, check_
 from .._core.reduction import reduce
 from .._core.registry import register
 from .._core.targets import check_class_indices, input_checks_enabled
+from ..distributed import sync_sum_
 from ..ops.pairwise import Distance, row_blocks
 from ..sampling import Strategy, check_sampler_options, sample_pixels
 from .base import LossModule, keyword_options, module_for
@@ -613,7 +614,9 @@ class CenterLoss(LossModule):
     features of the sampled pixels: ``c_j ← c_j - α Σ_{i: y_i = j}(c_j - x_i) / (1 + n_j)`` (see
     :meth:`update_centers`). ``eval()`` never changes them. With ``learn="parameter"`` the centers are an
     ``nn.Parameter`` for the optimiser and the rule is not applied. Centers start at 0, in float32.
-    ``state_dict`` holds ``centers`` either way.
+    ``state_dict`` holds ``centers`` either way. In a ``torch.distributed`` group the batch's sums and
+    counts are summed over the processes before the update (attribute ``sync``, default True; every
+    rank must run the training forward), so every process keeps the same centers.
 
     **λ** (the paper's ``L = L_S + λ L_C``) is not an option: weight the term where it is added,
     ``ce(logits, y) + 0.01 * center(embeddings, y)``.
@@ -641,6 +644,7 @@ class CenterLoss(LossModule):
         self.dim = check_int("dim", dim)
         self.alpha = check_number("alpha", alpha, low=0.0, high=1.0)
         self.learn = check_choice("learn", learn, ("buffer", "parameter"))
+        self.sync, self.process_group = True, None  # see the class docstring
         centers = torch.zeros(self.num_classes, self.dim)
         if self.learn == "parameter":
             self.centers = nn.Parameter(centers)
@@ -656,7 +660,11 @@ class CenterLoss(LossModule):
         x, y = _sampled(embeddings, labels, logits, options)
         loss = _center_value(x, y, self.centers, options["reduction"])
         if self.training and self.learn == "buffer":
-            self.update_centers(*self.batch_statistics(x.detach(), y))
+            sums, counts = self.batch_statistics(x.detach(), y)
+            if self.sync:  # every process applies the update of the whole distributed batch
+                sync_sum_(sums, self.process_group)
+                sync_sum_(counts, self.process_group)
+            self.update_centers(sums, counts)
         return loss
 
     def batch_statistics(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
