@@ -605,10 +605,7 @@ NAMES = sorted(ENTRIES)
 # Bugs found by this fuzzing whose fix belongs to another module: the fuzz steps around each (an event
 # says so) and a strict xfail at the end of this file pins it; fixing the bug fails that xfail, and then
 # the entry here goes too.
-DENSE = ("onehot", "soft", "no_mass")
-KNOWN_BUGS: Dict[Tuple[str, str], Callable[[Case], bool]] = {
-    ("minus_inf", "ce"): lambda case: case.target in DENSE,  # test_ce_dense_target_minus_inf_logit
-}
+KNOWN_BUGS: Dict[Tuple[str, str], Callable[[Case], bool]] = {}
 
 
 def known_bug(test: str, case: Case) -> bool:
@@ -879,16 +876,9 @@ def test_nan_at_ignored_pixels_does_not_reach_region_losses(loss):
 # Not fixed here (outside the files this suite's author may change): strict xfails naming the bug.
 
 
-CE_MINUS_INF = (
-    "BUG (losses/cross_entropy.py): cross_entropy_loss with a one-hot or soft target passes it to "
-    "F.cross_entropy's probability path, which multiplies 0 target mass by a -inf log-probability: NaN, "
-    "where SPEC section 6 makes -inf a legal logit"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=CE_MINUS_INF)
 def test_ce_dense_target_minus_inf_logit():
-    """Found by the -inf fuzz (ce, target='onehot'); index targets are fine."""
+    """Found by the -inf fuzz (ce, target='onehot'): F.cross_entropy's probability path multiplied 0 target
+    mass by a -inf log-probability (NaN); the dense path now drops terms without mass."""
     logits = torch.tensor([[[2.0], [0.5], [-inf]]], requires_grad=True)
     value = sl.cross_entropy_loss(logits, torch.tensor([[[1.0], [0.0], [0.0]]]))
     (grad,) = torch.autograd.grad(value, logits)

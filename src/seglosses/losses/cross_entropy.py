@@ -119,7 +119,14 @@ def ce_from_prepared(
     smoothed = dense
     if isinstance(eps, Tensor):
         smoothed, eps = dense * (1 - eps.to(work.dtype)) + eps.to(work.dtype) / work.shape[1], 0.0
-    loss = F.cross_entropy(work, smoothed, weight=w, reduction="none", label_smoothing=eps)
+    if eps:
+        smoothed = smoothed * (1 - eps) + eps / work.shape[1]
+    weighted = smoothed if w is None else smoothed * w.view(1, -1, *[1] * (work.ndim - 2))
+    # -Σ_c w_c y_c log p_c, with 0 where y_c = 0: a -inf logit of a class without target mass is legal
+    # (SPEC section 6), and 0 · log 0 must not become NaN as in F.cross_entropy's probability path
+    log_p = torch.log_softmax(work, 1)
+    terms = torch.where(weighted != 0, weighted * log_p, 0.0)
+    loss = -torch.where(log_p.isnan(), log_p, terms).sum(1)  # a NaN / +inf logit stays visible
     target_mass = dense.sum(1) if w is None else torch.einsum("nc...,c->n...", dense, w)
     return reduce(loss, reduction, target_mass.sum(dtype=torch.float32))
 
