@@ -159,11 +159,9 @@ def pixel_loss_curve(spec: str, points: int) -> Tuple[List[float], List[float]]:
     channel with logit ``logit p`` and target 1.
     """
     entries = [get_entry(name) for _, name, _, _ in parse_spec(spec)]
-    region = [entry.name for entry in entries if entry.kind != "pixel"]
-    if region:
-        raise SegLossError(
-            f"expected pixel losses in {spec!r}, got region losses {region} (no per-pixel value)"
-        )
+    other = [f"{entry.name} ({entry.kind} loss)" for entry in entries if entry.kind != "pixel"]
+    if other:
+        raise SegLossError(f"expected pixel losses in {spec!r}, got {', '.join(other)}: no per-pixel value")
     binary = entries[0].domain == "binary"
     loss = create_loss(spec)
     probabilities = [(k + 0.5) / points for k in range(points)]
