@@ -19,7 +19,6 @@ import math
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._core.errors import expected
@@ -61,18 +60,18 @@ def _prepare(
     """Probabilities and dense target ``(N, C, *S)`` in the compute dtype, both 0 at ignored pixels
     (background for every class), and the valid mask broadcastable to them, or None."""
     if binary:
-        prepared = binary_target(logits, target, ignore_index)
+        prepared = binary_target(logits, target, ignore_index)  # its dense target is 0 at ignored pixels
         probs, dense, valid = sigmoid_f32(logits), prepared.dense, prepared.valid
     else:
         soft = softmax_target(logits, target, ignore_index)
         probs = softmax_f32(logits)
         if isinstance(soft, DenseTarget):
             return probs, soft.dense.to(probs.dtype), None
-        dense = F.one_hot(soft.index(), logits.shape[1]).movedim(-1, 1).to(probs.dtype)
+        dense = _target_masks(soft, logits.shape[1], 0).to(probs.dtype)  # ignored: background
         valid = None if soft.valid is None else soft.valid.unsqueeze(1)
     if valid is None:
         return probs, dense, None
-    return torch.where(valid, probs, 0.0), torch.where(valid, dense, 0.0), valid
+    return torch.where(valid, probs, 0.0), dense, valid
 
 
 def _kept(start: int, *tensors: Tensor) -> Tuple[Tensor, ...]:
