@@ -113,6 +113,38 @@ def check_center(rank: int, world: int) -> None:
     torch.testing.assert_close(synced.centers, single.centers, msg="CenterLoss.centers")
 
 
+PAIRED = [
+    ("contrastive", {}),
+    ("contrastive", {"reduction": "sum", "normalize": True}),
+    ("info_nce", {}),
+    ("triplet", {}),
+    ("triplet", {"average": "nonzero", "squared": True}),
+    ("triplet", {"mining": "all"}),
+    ("triplet", {"mining": "semi_hard", "margin": 0.5}),
+]
+
+
+def check_embedding(rank: int, world: int) -> None:
+    """Pair losses with sync pair each process's pixels with every process's: the one-process loss and,
+    times W, its gradient; the 2-sample batch leaves the third of 3 processes an empty shard."""
+    g = torch.Generator().manual_seed(5)
+    for samples in (5, 2):
+        embeddings = torch.randn(samples, 4, 3, 4, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 3, (samples, 3, 4), generator=g)
+        labels[0, 0] = 255
+        for name, options in PAIRED:
+            whole = embeddings.clone().requires_grad_()
+            reference = build(name, ignore_index=255, **options)(whole, labels)
+            (reference_grad,) = torch.autograd.grad(reference, whole)
+            local = shard(embeddings, rank, world).clone().requires_grad_()
+            loss = build(name, ignore_index=255, sync=True, **options)(local, shard(labels, rank, world))
+            (grad,) = torch.autograd.grad(loss, local)
+            name = f"{name}({options}) on {samples} samples"
+            torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12, msg=f"{name}: value")
+            expected = world * shard(reference_grad, rank, world)
+            torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-12, msg=f"{name}: gradient")
+
+
 def check_ddp(rank: int, world: int) -> None:
     torch.manual_seed(0)
     layers = [torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1)]
@@ -120,9 +152,14 @@ def check_ddp(rank: int, world: int) -> None:
     g = torch.Generator().manual_seed(2)
     images = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
     target = torch.randint(0, 3, (2, 8, 8), generator=g)
-    loss = sl.DiceLoss(batch=True, sync=True)
-    reference = sl.DiceLoss(batch=True)(model(images), target)
+
+    def make_loss(sync: bool):  # Dice plus InfoNCE on the same output, doubling as pixel embeddings
+        dice, info_nce = sl.DiceLoss(batch=True, sync=sync), sl.PixelInfoNCELoss(sync=sync)
+        return lambda output, target: dice(output, target) + 0.1 * info_nce(output, target)
+
+    reference = make_loss(sync=False)(model(images), target)
     reference_grads = torch.autograd.grad(reference, list(model.parameters()))
+    loss = make_loss(sync=True)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     value = loss(ddp(shard(images, rank, world)), shard(target, rank, world))
     value.backward()
@@ -150,7 +187,7 @@ def test_processes_agree_with_one_process(world, tmp_path):
     context = mp.get_context("spawn")
     errors = context.SimpleQueue()
     checks = ["check_losses", "check_collectives", "check_state", "check_adaptive", "check_center",
-              "check_ddp"]  # fmt: skip
+              "check_embedding", "check_ddp"]  # fmt: skip
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         mp.spawn(worker, args=(world, str(tmp_path / "rendezvous"), checks, errors), nprocs=world, join=True)
@@ -170,6 +207,18 @@ def test_collectives_are_no_ops_outside_a_group():
     logits, target = x[None, :, :1], torch.zeros(1, 1).long()
     synced = sl.create_loss("dice(batch=True, sync=True)")(logits, target)
     assert torch.equal(synced, sl.create_loss("dice(batch=True)")(logits, target))
+
+
+def test_embedding_sync_outside_a_group_is_the_plain_loss():
+    g = torch.Generator().manual_seed(6)
+    embeddings, labels = torch.randn(2, 3, 4, 4, generator=g), torch.randint(0, 3, (2, 4, 4), generator=g)
+    for name in ("contrastive", "info_nce", "triplet"):
+        synced = build(name, sync=True)(embeddings, labels)
+        assert torch.equal(synced, build(name)(embeddings, labels)), name
+    with pytest.raises(sl.SegLossError, match="process_group"):
+        sl.TripletLoss(sync=True, process_group="world")
+    with pytest.raises(sl.SegLossError, match="sync"):
+        sl.ContrastiveLoss(sync="yes")
 
 
 def test_sync_needs_batch():

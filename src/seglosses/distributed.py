@@ -103,6 +103,13 @@ def all_gather(tensor: Tensor, group: ProcessGroup = None) -> Tensor:
     return _AllGather.apply(tensor, group)
 
 
+def row_start(tensor: Tensor, group: ProcessGroup = None) -> int:
+    """Index of this process's first row in :func:`all_gather`'s result (0 outside a process group)."""
+    if not is_distributed(group):
+        return 0
+    return sum(_gather_sizes(tensor.shape[0], tensor.device, group)[: dist.get_rank(group)])
+
+
 def sync_sum_(tensor: Tensor, group: ProcessGroup = None) -> Tensor:
     """Sum ``tensor`` over the processes in place (no gradient) and return it; a no-op on one process."""
     if is_distributed(group):
@@ -123,6 +130,7 @@ __all__ = [
     "check_process_group",
     "is_distributed",
     "rank_and_size",
+    "row_start",
     "sync_sum_",
     "world_size",
 ]

@@ -15,6 +15,14 @@ autograd for batch-all / semi-hard triplets), so forward+backward memory is ``O(
 ``O(M²)``: 16,384 pixels with ``D = 128`` stay far below 1 GB. Half-precision embeddings are computed in
 float32. The sampler's host synchronisations keep these losses out of ``torch.compile`` graphs.
 
+**Across processes** (``sync=True`` in a ``torch.distributed`` group; contrastive, InfoNCE and triplet):
+each process samples its own pixels, keeps them as anchors and pairs them with the sampled pixels of
+every process, gathered with their gradients (unequal counts and empty shards allowed). The sums and
+counts over anchors are then summed over the processes, so every process returns the loss of the whole
+distributed batch and, after DDP's gradient averaging, the model gets the one-process gradient (each
+process's rows receive the gradient of every process's pairs that use them). Every process must call
+the loss. Sampling caps (``max_per_class``, ``max_total``) apply per process.
+
 **pytorch-metric-learning.** Its ``TripletMarginLoss`` + ``BatchHardMiner`` equals :func:`triplet_loss`
 with ``mining="hard", normalize=True, average="nonzero"`` (same margin), and its ``NTXentLoss`` equals
 :func:`pixel_info_nce_loss` (same temperature) when every class has the same number of pixels: it
@@ -28,7 +36,7 @@ only the negatives and the positive itself there.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Literal, Optional, Tuple
+from typing import Any, Dict, Literal, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +48,15 @@ from .._core.options import check_bool, check_choice, check_ignore_index, check_
 from .._core.reduction import reduce
 from .._core.registry import register
 from .._core.targets import check_class_indices, input_checks_enabled
-from ..distributed import sync_sum_
+from ..distributed import (
+    ProcessGroup,
+    all_gather,
+    all_reduce_sum,
+    check_process_group,
+    is_distributed,
+    row_start,
+    sync_sum_,
+)
 from ..ops.pairwise import Distance, row_blocks
 from ..sampling import Strategy, check_sampler_options, sample_pixels
 from .base import LossModule, keyword_options, module_for
@@ -98,59 +114,114 @@ def _sampled(
     return x.to(compute_dtype(x)), y
 
 
-def _same_label(y: Tensor, rows: slice) -> Tensor:
-    """``(B, M)`` bool: row anchor ``rows.start + i`` and column ``j`` share a label (self included)."""
-    return y[rows, None] == y[None, :]
+def check_pool_options(*, sync: bool, process_group: Optional[ProcessGroup]) -> Dict[str, Any]:
+    """Validate ``sync`` and ``process_group``, the options of the losses over pairs of pixels."""
+    return {"sync": check_bool("sync", sync), "process_group": check_process_group(process_group)}
 
 
-def _diagonal(rows: slice, device: torch.device) -> Tuple[Tensor, Tensor]:
-    """Index pairs ``(i, rows.start + i)`` of the anchors themselves in a ``(B, M)`` block."""
+class _Pool(NamedTuple):
+    """The rows that this process's anchors ``x`` are paired with.
+
+    ``x`` is None when the pool is the anchors themselves (one process, or ``sync=False``), otherwise
+    the sampled rows of every process in rank order (gathered with gradient), whose row ``start + i`` is
+    anchor ``i``; ``y`` are the pool's labels.
+    """
+
+    x: Optional[Tensor]
+    y: Tensor
+    start: int
+
+    def rows(self, anchors: Tensor) -> Tensor:
+        return anchors if self.x is None else self.x
+
+
+def _pool(x: Tensor, y: Tensor, opts: Dict[str, Any]) -> _Pool:
+    """Every process's sampled rows with ``sync`` in a process group (SPEC section 5, "Across
+    processes"); else the anchors themselves. Every process must call the loss, an empty one too."""
+    group = opts["process_group"]
+    if not (opts["sync"] and is_distributed(group)):
+        return _Pool(None, y, 0)
+    return _Pool(all_gather(x, group), all_gather(y, group), row_start(x, group))
+
+
+def _pooled_reduce(total: Tensor, count: Union[Tensor, float], pool: _Pool, opts: Dict[str, Any]) -> Tensor:
+    """``reduce`` of this process's anchors' sum ``total`` and ``count`` (what ``mean`` divides by).
+
+    With a gathered pool both are summed over the processes first: every process returns the loss of
+    the whole distributed batch, and the sum's backward (summed over ranks) gives each local anchor
+    ``W`` times its one-process gradient, which DDP's averaging undoes.
+    """
+    count = torch.as_tensor(count, device=total.device, dtype=total.dtype)
+    if pool.x is not None:
+        total, count = all_reduce_sum(torch.stack([total, count.detach()]), opts["process_group"]).unbind(0)
+    return reduce(total, opts["reduction"], count)
+
+
+def _same_label(y: Tensor, pool_y: Tensor, rows: slice) -> Tensor:
+    """``(B, P)`` bool: anchor ``rows.start + i`` and pool row ``j`` share a label (self included)."""
+    return y[rows, None] == pool_y[None, :]
+
+
+def _diagonal(rows: slice, start: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Index pairs ``(i, start + rows.start + i)`` of the anchors themselves in a ``(B, P)`` block."""
     anchors = torch.arange(rows.start, rows.stop, device=device)
-    return anchors - rows.start, anchors
+    return anchors - rows.start, anchors + start
 
 
 # --- contrastive -------------------------------------------------------------------------------------
 
 
 class _ContrastiveSum(torch.autograd.Function):
-    """``Σ_{i<j} [y_ij d_ij² + (1 - y_ij) max(0, m - d_ij)²]`` over the rows of ``x``, blockwise.
+    """``½ Σ_a Σ_{j≠a} [y_aj d_aj² + (1 - y_aj) max(0, m - d_aj)²]`` over anchors ``x`` against the pool
+    (``x`` itself when ``pool`` is None: the sum over unordered pairs), blockwise.
 
-    Backward recomputes each block: with ``G_ij = ∂f/∂(d_ij²)`` (1 for positives, ``-max(0, m-d)/d`` for
-    negatives, 0 at ``d = 0``) and ``∂d²_ij/∂x_i = 2(x_i - x_j)``, the symmetric sum gives
-    ``∂L/∂x_i = 2 (Σ_j G_ij x_i - Σ_j G_ij x_j)``: one matrix product per block.
+    Backward recomputes each block: with ``G_aj = ∂f/∂(d_aj²)`` (1 for positives, ``-max(0, m-d)/d`` for
+    negatives, 0 at ``d = 0``) and ``∂d²_aj/∂x_a = 2(x_a - x_j)``, an anchor receives
+    ``Σ_j G_aj x_a - Σ_j G_aj x_j`` and a pool row ``Σ_a G_aj x_j - Σ_a G_aj x_a``; when the pool is the
+    anchors the two are equal, so one matrix product per block gives both.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, y: Tensor, margin: float) -> Tensor:
-        ctx.save_for_backward(x, y)
-        ctx.margin = margin
+    def forward(
+        ctx: Any, x: Tensor, y: Tensor, pool_x: Optional[Tensor], pool_y: Tensor, start: int, margin: float
+    ) -> Tensor:
+        ctx.save_for_backward(x, y, pool_x, pool_y)
+        ctx.start, ctx.margin = start, margin
+        pool = _Pool(pool_x, pool_y, start)
         total = x.new_zeros(())
-        for rows in row_blocks(x.shape[0], x.shape[0]):
-            squared, same = _contrastive_block(x, y, rows)
+        for rows in row_blocks(x.shape[0], pool.y.shape[0]):
+            squared, same = _contrastive_block(x, y, pool, rows)
             hinge = squared.sqrt().neg_().add_(margin).clamp_min_(0).square_()
             total += torch.where(same, squared, hinge).sum()
-        return total / 2  # every unordered pair was counted twice
+        return total / 2  # every unordered pair was counted twice, once from each end
 
     @staticmethod
     @first_order_backward("contrastive_loss")
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
-        x, y = ctx.saved_tensors
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x, y, pool_x, pool_y = ctx.saved_tensors
+        pool = _Pool(pool_x, pool_y, ctx.start)
+        rows_of_pool = pool.rows(x)
         grad_x = torch.empty_like(x)
-        for rows in row_blocks(x.shape[0], x.shape[0]):
-            distance, same = _contrastive_block(x, y, rows)
+        grad_pool = None if pool_x is None else torch.zeros_like(pool_x)
+        for rows in row_blocks(x.shape[0], pool.y.shape[0]):
+            distance, same = _contrastive_block(x, y, pool, rows)
             distance.sqrt_()
             coeff = (ctx.margin - distance).clamp_min_(0).div_(distance).neg_()  # -max(0, m - d) / d
             coeff.masked_fill_(distance == 0, 0.0).masked_fill_(same, 1.0)
-            coeff[_diagonal(rows, x.device)] = 0.0
-            grad_x[rows] = coeff.sum(1, keepdim=True) * x[rows] - coeff @ x
-        return grad_x.mul_(2 * grad), None, None
+            coeff[_diagonal(rows, ctx.start, x.device)] = 0.0
+            grad_x[rows] = coeff.sum(1, keepdim=True) * x[rows] - coeff @ rows_of_pool
+            if grad_pool is not None:
+                grad_pool += coeff.sum(0)[:, None] * rows_of_pool - coeff.T @ x[rows]
+        if grad_pool is None:  # the anchors are the pool: both ends of every pair
+            return grad_x.mul_(2 * grad), None, None, None, None, None
+        return grad_x.mul_(grad), None, grad_pool.mul_(grad), None, None, None
 
 
-def _contrastive_block(x: Tensor, y: Tensor, rows: slice) -> Tuple[Tensor, Tensor]:
-    """Squared distances (0 on the diagonal) and the same-label mask of a block of rows."""
-    squared = _SQUARED.block(x[rows], x)
-    squared[_diagonal(rows, x.device)] = 0.0
-    return squared, _same_label(y, rows)
+def _contrastive_block(x: Tensor, y: Tensor, pool: _Pool, rows: slice) -> Tuple[Tensor, Tensor]:
+    """Squared distances (0 at the anchors themselves) and the same-label mask of a block of anchors."""
+    squared = _SQUARED.block(x[rows], pool.rows(x))
+    squared[_diagonal(rows, pool.start, x.device)] = 0.0
+    return squared, _same_label(y, pool.y, rows)
 
 
 def contrastive_loss(
@@ -167,6 +238,8 @@ def contrastive_loss(
     max_total: Optional[int] = None,
     hard_fraction: float = 0.5,
     generator: Optional[torch.Generator] = None,
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Pairwise contrastive loss (Hadsell, Chopra and LeCun 2006) over sampled pixels.
 
@@ -187,6 +260,9 @@ def contrastive_loss(
         normalize: L2-normalise embeddings first.
         ignore_index: label value never sampled.
         reduction: ``mean`` / ``sum`` -> scalar (``none`` raises).
+        sync: in a ``torch.distributed`` group, pair this process's pixels with the sampled pixels of
+            every process (gathered with their gradients; see the module docstring).
+        process_group: the group for ``sync`` (default: the default group).
 
     Raises:
         SegLossError: bad shapes, dtypes or options; non-finite embeddings (with the input checks on).
@@ -206,19 +282,25 @@ def contrastive_loss(
         max_total=max_total,
         hard_fraction=hard_fraction,
         generator=generator,
+        sync=sync,
+        process_group=process_group,
     )
     x, y = _sampled(embeddings, labels, logits, opts)
     x = Distance("euclidean", opts["normalize"]).prepare(x)
-    total = _ContrastiveSum.apply(x, y, opts["margin"])
-    pairs = x.shape[0] * (x.shape[0] - 1) / 2
-    return reduce(total, opts["reduction"], torch.tensor(pairs, device=x.device))
+    pool = _pool(x, y, opts)
+    total = _ContrastiveSum.apply(x, y, pool.x, pool.y, pool.start, opts["margin"])
+    pairs = x.shape[0] * (pool.y.shape[0] - 1) / 2  # summed over the processes: M(M - 1) / 2
+    return _pooled_reduce(total, pairs, pool, opts)
 
 
-def check_contrastive_options(*, margin: float, normalize: bool, **common: Any) -> Dict[str, Any]:
+def check_contrastive_options(
+    *, margin: float, normalize: bool, sync: bool, process_group: Optional[ProcessGroup], **common: Any
+) -> Dict[str, Any]:
     """Validate the options of :func:`contrastive_loss` (shared with its module)."""
     return {
         "margin": check_number("margin", margin, low=0.0),
         "normalize": check_bool("normalize", normalize),
+        **check_pool_options(sync=sync, process_group=process_group),
         **check_embedding_options(**common),
     }
 
@@ -229,48 +311,64 @@ def check_contrastive_options(*, margin: float, normalize: bool, **common: Any) 
 class _InfoNCESum(torch.autograd.Function):
     """``Σ_a ℓ_a`` over anchors with a positive, ``ℓ_a = 1/|P_a| Σ_p softplus(L_a - s_ap)``, blockwise.
 
-    ``s = x xᵀ / τ`` and ``L_a = log Σ_n e^{s_an}`` over the anchor's negatives (``-inf`` without any), so
+    ``s = x poolᵀ / τ`` (the pool is ``x`` itself when ``pool_x`` is None) and ``L_a = log Σ_n e^{s_an}``
+    over the anchor's negatives (``-inf`` without any), so
     ``softplus(L_a - s_ap) = -log(e^{s_ap} / (e^{s_ap} + Σ_n e^{s_an}))``. Backward recomputes each block:
     ``∂ℓ_a/∂s_ap = -σ(L_a - s_ap) / |P_a|`` and ``∂ℓ_a/∂s_an = w_a e^{s_an - L_a}`` with
-    ``w_a = Σ_p σ(L_a - s_ap) / |P_a|``; then ``∂/∂x = (G x + Gᵀ x_rows) / τ``.
+    ``w_a = Σ_p σ(L_a - s_ap) / |P_a|``; then ``∂/∂x = G pool / τ`` and ``∂/∂pool = Gᵀ x / τ``.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, y: Tensor, temperature: float) -> Tensor:
-        ctx.save_for_backward(x, y)
-        ctx.temperature = temperature
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        y: Tensor,
+        pool_x: Optional[Tensor],
+        pool_y: Tensor,
+        start: int,
+        temperature: float,
+    ) -> Tensor:
+        ctx.save_for_backward(x, y, pool_x, pool_y)
+        ctx.start, ctx.temperature = start, temperature
+        pool = _Pool(pool_x, pool_y, start)
         total = x.new_zeros(())
-        for rows in row_blocks(x.shape[0], x.shape[0]):
-            logits, positive, negative, lse, count = _info_nce_block(x, y, rows, temperature)
+        for rows in row_blocks(x.shape[0], pool.y.shape[0]):
+            logits, positive, negative, lse, count = _info_nce_block(x, y, pool, rows, temperature)
             terms = F.softplus(logits.neg_().add_(lse[:, None])).masked_fill_(~positive, 0.0)
             total += (terms.sum(1) / count).sum()
         return total
 
     @staticmethod
     @first_order_backward("pixel_info_nce_loss")
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
-        x, y = ctx.saved_tensors
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x, y, pool_x, pool_y = ctx.saved_tensors
+        pool = _Pool(pool_x, pool_y, ctx.start)
+        rows_of_pool = pool.rows(x)
         grad_x = torch.zeros_like(x)
-        for rows in row_blocks(x.shape[0], x.shape[0]):
-            logits, positive, negative, lse, count = _info_nce_block(x, y, rows, ctx.temperature)
+        grad_pool = grad_x if pool_x is None else torch.zeros_like(pool_x)  # the anchors are the pool
+        for rows in row_blocks(x.shape[0], pool.y.shape[0]):
+            logits, positive, negative, lse, count = _info_nce_block(x, y, pool, rows, ctx.temperature)
             gap = logits.neg_().add_(lse[:, None])  # L_a - s_ab, in the logits' buffer
             pull = torch.sigmoid(gap).masked_fill_(~positive, 0.0).div_(count[:, None])
             push = gap.neg_().exp_().masked_fill_(~negative, 0.0).mul_(pull.sum(1, keepdim=True))
             coeff = push.sub_(pull)
-            grad_x[rows] += coeff @ x
-            grad_x += coeff.T @ x[rows]
-        return grad_x.mul_(grad / ctx.temperature), None, None
+            grad_x[rows] += coeff @ rows_of_pool
+            grad_pool += coeff.T @ x[rows]
+        scale = grad / ctx.temperature
+        if pool_x is None:
+            return grad_x.mul_(scale), None, None, None, None, None
+        return grad_x.mul_(scale), None, grad_pool.mul_(scale), None, None, None
 
 
 def _info_nce_block(
-    x: Tensor, y: Tensor, rows: slice, temperature: float
+    x: Tensor, y: Tensor, pool: _Pool, rows: slice, temperature: float
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``s / τ``, positive and negative masks, ``L_a`` and ``max(|P_a|, 1)`` of a block of anchors."""
-    logits = _COSINE.similarity(x[rows], x).div_(temperature)
-    same = _same_label(y, rows)
+    logits = _COSINE.similarity(x[rows], pool.rows(x)).div_(temperature)
+    same = _same_label(y, pool.y, rows)
     lse = torch.logsumexp(logits.masked_fill(same, -torch.inf), dim=1)  # over the negatives
     negative = ~same
-    same[_diagonal(rows, x.device)] = False  # a pixel is never its own positive
+    same[_diagonal(rows, pool.start, x.device)] = False  # a pixel is never its own positive
     count = same.sum(1).clamp_min(1).to(x.dtype)
     return logits, same, negative, lse, count
 
@@ -288,6 +386,8 @@ def pixel_info_nce_loss(
     max_total: Optional[int] = None,
     hard_fraction: float = 0.5,
     generator: Optional[torch.Generator] = None,
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Supervised pixel-wise InfoNCE (Wang et al. 2021, "Exploring cross-image pixel contrast").
 
@@ -310,6 +410,9 @@ def pixel_info_nce_loss(
         temperature: ``τ > 0``.
         ignore_index: label value never sampled.
         reduction: ``mean`` / ``sum`` -> scalar (``none`` raises).
+        sync: in a ``torch.distributed`` group, pair this process's pixels with the sampled pixels of
+            every process (gathered with their gradients; see the module docstring).
+        process_group: the group for ``sync`` (default: the default group).
 
     Raises:
         SegLossError: bad shapes, dtypes or options; non-finite embeddings (with the input checks on).
@@ -329,19 +432,25 @@ def pixel_info_nce_loss(
         max_total=max_total,
         hard_fraction=hard_fraction,
         generator=generator,
+        sync=sync,
+        process_group=process_group,
     )
     x, y = _sampled(embeddings, labels, logits, opts)
     x = _COSINE.prepare(x)
-    total = _InfoNCESum.apply(x, y, opts["temperature"])
-    _, inverse, sizes = torch.unique(y, return_inverse=True, return_counts=True)
-    anchors = (sizes[inverse] > 1).sum(dtype=torch.float32)
-    return reduce(total, opts["reduction"], anchors)
+    pool = _pool(x, y, opts)
+    total = _InfoNCESum.apply(x, y, pool.x, pool.y, pool.start, opts["temperature"])
+    _, inverse, sizes = torch.unique(pool.y, return_inverse=True, return_counts=True)
+    own = inverse[pool.start : pool.start + x.shape[0]]
+    return _pooled_reduce(total, (sizes[own] > 1).sum(), pool, opts)  # anchors with a positive
 
 
-def check_info_nce_options(*, temperature: float, **common: Any) -> Dict[str, Any]:
+def check_info_nce_options(
+    *, temperature: float, sync: bool, process_group: Optional[ProcessGroup], **common: Any
+) -> Dict[str, Any]:
     """Validate the options of :func:`pixel_info_nce_loss` (shared with its module)."""
     return {
         "temperature": check_number("temperature", temperature, low=0.0, low_open=True),
+        **check_pool_options(sync=sync, process_group=process_group),
         **check_embedding_options(**common),
     }
 
@@ -349,29 +458,30 @@ def check_info_nce_options(*, temperature: float, **common: Any) -> Dict[str, An
 # --- triplet -----------------------------------------------------------------------------------------
 
 
-def _hardest_triplets(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """Per anchor with a positive and a negative: its farthest positive and nearest negative (indices).
+def _hardest_triplets(x: Tensor, y: Tensor, pool: _Pool) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per anchor with a positive and a negative: its farthest positive and nearest negative in the pool.
 
-    Mined without gradient on squared distances (same order as plain ones), a block of anchors at a time,
-    into preallocated outputs: small tensors kept alive between blocks would pin the freed blocks in the
-    C allocator's heap, and resident memory would grow by a block per step.
+    Returns anchor indices into ``x`` and positive / negative indices into the pool. Mined without
+    gradient on squared distances (same order as plain ones), a block of anchors at a time, into
+    preallocated outputs: small tensors kept alive between blocks would pin the freed blocks in the C
+    allocator's heap, and resident memory would grow by a block per step.
     """
     m = x.shape[0]
     far, near = x.new_empty(m), x.new_empty(m)
     positives, negatives = x.new_empty(m, dtype=torch.long), x.new_empty(m, dtype=torch.long)
     with torch.no_grad():
-        for rows in row_blocks(m, m):
-            squared = _SQUARED.block(x[rows], x)
-            same = _same_label(y, rows)
+        for rows in row_blocks(m, pool.y.shape[0]):
+            squared = _SQUARED.block(x[rows], pool.rows(x))
+            same = _same_label(y, pool.y, rows)
             torch.min(squared.masked_fill(same, torch.inf), 1, out=(near[rows], negatives[rows]))
-            same[_diagonal(rows, x.device)] = False
+            same[_diagonal(rows, pool.start, x.device)] = False
             torch.max(squared.masked_fill_(~same, -torch.inf), 1, out=(far[rows], positives[rows]))
     anchors = torch.nonzero((far != -torch.inf) & (near != torch.inf)).squeeze(1)  # NaN stays in
     return anchors, positives[anchors], negatives[anchors]
 
 
 def _window_block(
-    anchors: Tensor, x: Tensor, y: Tensor, rows: slice, distance: Distance, margin: float, semi_hard: bool
+    x: Tensor, y: Tensor, pool: _Pool, rows: slice, distance: Distance, margin: float, semi_hard: bool
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Loss sum, mined count and non-zero count of every triplet of a block of anchors, by sorting.
 
@@ -380,9 +490,9 @@ def _window_block(
     (semi-hard), a run ``lo <= k < hi`` found by ``searchsorted``, whose losses sum to
     ``(hi - lo)(d + m) - (E_hi - E_lo)``. So the ``O(M³)`` triplets cost ``O(M² log M)`` time.
     """
-    d = distance.block(anchors, x)
+    d = distance.block(x[rows], pool.rows(x))
     plain = d.detach()
-    same = _same_label(y, rows)
+    same = _same_label(y, pool.y, rows)
     negatives, order = torch.sort(plain.masked_fill(same, torch.inf), dim=1)  # negatives first
     count = (~same).sum(1, keepdim=True)
     ranked = d.gather(1, order).masked_fill(torch.arange(d.shape[1], device=d.device) >= count, 0.0)
@@ -395,7 +505,7 @@ def _window_block(
         mined = (hi - lo).clamp_min_(0)
     else:
         lo, hi, mined = torch.zeros_like(strict), strict, count.expand_as(strict)
-    same[_diagonal(rows, x.device)] = False
+    same[_diagonal(rows, pool.start, x.device)] = False
     runs = hi - lo  # lo <= hi since m >= 0
     values = runs * (d + margin) - (prefix.gather(1, hi) - prefix.gather(1, lo))
     total = torch.where(same, values, 0.0).sum()
@@ -406,34 +516,48 @@ def _window_block(
 class _TripletWindowSum(torch.autograd.Function):
     """Batch-all or semi-hard triplets over blocks of anchors: loss sum, mined and non-zero counts.
 
-    Forward runs :func:`_window_block` without a graph; backward recomputes each block with autograd and
-    adds its gradient, so no block (nor any per-block graph node) outlives its step.
+    Anchors are the rows of ``x``; positives and negatives come from the pool (``x`` itself when
+    ``pool_x`` is None). Forward runs :func:`_window_block` without a graph; backward recomputes each
+    block with autograd and adds its gradient, so no block (nor any per-block graph node) outlives its
+    step.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, y: Tensor, distance: Distance, margin: float, semi_hard: bool
+        ctx: Any,
+        x: Tensor,
+        y: Tensor,
+        pool_x: Optional[Tensor],
+        pool_y: Tensor,
+        start: int,
+        options: Tuple[Distance, float, bool],
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        ctx.save_for_backward(x, y)
-        ctx.options = distance, margin, semi_hard
+        ctx.save_for_backward(x, y, pool_x, pool_y)
+        ctx.start, ctx.options = start, options
+        pool = _Pool(pool_x, pool_y, start)
         sums = x.new_zeros(3)  # loss, mined, non-zero
-        for rows in row_blocks(x.shape[0], 4 * x.shape[0]):  # a block holds ~10 (B, M) tensors
-            sums += torch.stack(_window_block(x[rows], x, y, rows, distance, margin, semi_hard))
+        for rows in row_blocks(x.shape[0], 4 * pool.y.shape[0]):  # a block holds ~10 (B, P) tensors
+            sums += torch.stack(_window_block(x, y, pool, rows, *options))
         total, mined, nonzero = (value.clone() for value in sums)
         ctx.mark_non_differentiable(mined, nonzero)
         return total, mined, nonzero
 
     @staticmethod
     @first_order_backward("triplet_loss")
-    def backward(ctx: Any, grad: Tensor, *_: Any) -> Tuple[Tensor, None, None, None, None]:
-        x, y = ctx.saved_tensors
-        grad_x = torch.zeros_like(x)
-        for rows in row_blocks(x.shape[0], 4 * x.shape[0]):
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> Tuple[Optional[Tensor], ...]:
+        x, y, pool_x, pool_y = ctx.saved_tensors
+        leaf = x.detach().requires_grad_()
+        leaves = [leaf] if pool_x is None else [leaf, pool_x.detach().requires_grad_()]
+        pool = _Pool(None if pool_x is None else leaves[1], pool_y, ctx.start)
+        grads = [torch.zeros_like(t) for t in leaves]
+        for rows in row_blocks(x.shape[0], 4 * pool.y.shape[0]):
             with torch.enable_grad():
-                leaf = x.detach().requires_grad_()
-                total = _window_block(leaf[rows], leaf, y, rows, *ctx.options)[0]
-                grad_x += torch.autograd.grad(total, leaf)[0]
-        return grad_x.mul_(grad), None, None, None, None
+                total = _window_block(leaf, y, pool, rows, *ctx.options)[0]
+                for into, part in zip(grads, torch.autograd.grad(total, leaves, allow_unused=True)):
+                    if part is not None:
+                        into += part
+        grad_pool = None if pool_x is None else grads[1].mul_(grad)
+        return grads[0].mul_(grad), None, grad_pool, None, None, None
 
 
 def triplet_loss(
@@ -453,6 +577,8 @@ def triplet_loss(
     max_total: Optional[int] = None,
     hard_fraction: float = 0.5,
     generator: Optional[torch.Generator] = None,
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Triplet margin loss ``max(0, d(a,p) - d(a,n) + m)`` over mined triplets of sampled pixels.
 
@@ -486,6 +612,9 @@ def triplet_loss(
         average: ``all`` or ``nonzero`` (what ``mean`` divides by).
         ignore_index: label value never sampled.
         reduction: ``mean`` / ``sum`` -> scalar (``none`` raises).
+        sync: in a ``torch.distributed`` group, pair this process's pixels with the sampled pixels of
+            every process (gathered with their gradients; see the module docstring).
+        process_group: the group for ``sync`` (default: the default group).
 
     Raises:
         SegLossError: bad shapes, dtypes or options; non-finite embeddings (with the input checks on).
@@ -511,24 +640,37 @@ def triplet_loss(
         max_total=max_total,
         hard_fraction=hard_fraction,
         generator=generator,
+        sync=sync,
+        process_group=process_group,
     )
     x, y = _sampled(embeddings, labels, logits, opts)
     distance = Distance("squared_euclidean" if opts["squared"] else "euclidean", opts["normalize"])
     x = distance.prepare(x)
+    pool = _pool(x, y, opts)
     if opts["mining"] == "hard":
-        anchors, positives, negatives = _hardest_triplets(x, y)
-        terms = distance.paired(x[anchors], x[positives]) - distance.paired(x[anchors], x[negatives])
+        anchors, positives, negatives = _hardest_triplets(x, y, pool)
+        pool_rows, anchor_rows = pool.rows(x), x[anchors]
+        terms = distance.paired(anchor_rows, pool_rows[positives]) - distance.paired(
+            anchor_rows, pool_rows[negatives]
+        )
         terms = (terms + opts["margin"]).clamp_min(0)
-        total, mined, nonzero = terms.sum(), torch.tensor(anchors.numel()), (terms > 0).sum()
+        total, mined, nonzero = terms.sum(), anchors.numel(), (terms > 0).sum()
     else:
-        semi_hard = opts["mining"] == "semi_hard"
-        total, mined, nonzero = _TripletWindowSum.apply(x, y, distance, opts["margin"], semi_hard)
-    count = nonzero if opts["average"] == "nonzero" else mined
-    return reduce(total, opts["reduction"], torch.as_tensor(count, device=x.device))
+        options = (distance, opts["margin"], opts["mining"] == "semi_hard")
+        total, mined, nonzero = _TripletWindowSum.apply(x, y, pool.x, pool.y, pool.start, options)
+    return _pooled_reduce(total, nonzero if opts["average"] == "nonzero" else mined, pool, opts)
 
 
 def check_triplet_options(
-    *, margin: float, mining: str, squared: bool, normalize: bool, average: str, **common: Any
+    *,
+    margin: float,
+    mining: str,
+    squared: bool,
+    normalize: bool,
+    average: str,
+    sync: bool,
+    process_group: Optional[ProcessGroup],
+    **common: Any,
 ) -> Dict[str, Any]:
     """Validate the options of :func:`triplet_loss` (shared with its module)."""
     return {
@@ -537,6 +679,7 @@ def check_triplet_options(
         "squared": check_bool("squared", squared),
         "normalize": check_bool("normalize", normalize),
         "average": check_choice("average", average, ("all", "nonzero")),
+        **check_pool_options(sync=sync, process_group=process_group),
         **check_embedding_options(**common),
     }
 
