@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import seglosses as sl
-from seglosses.metrics import boundary_iou, boundary_iou_counts, mask_iou
+from seglosses.metrics import BoundaryIoU, boundary_iou, boundary_iou_counts, mask_iou
 
 
 def square(top: int, left: int, size: int = 7) -> torch.Tensor:
@@ -33,6 +33,21 @@ def test_shifted_square_by_hand():
     assert intersection[0, 1] == 4 and union[0, 1] == 12
     torch.testing.assert_close(boundary_iou(prediction, target)[0, 1], torch.tensor(1 / 3))
     torch.testing.assert_close(mask_iou(prediction, target)[0, 1], torch.tensor(6 / 12))
+
+
+def test_accumulating_metric_sums_counts_over_batches():
+    """Two batches: the shifted squares (4 of 12 ring pixels shared) and a perfect pair (8 of 8): 12 / 20,
+    not the mean of the two ratios; class 2 is absent from every band and scores 1."""
+    metric = BoundaryIoU(3)
+    metric.update(square(2, 3), square(2, 2))
+    metric.update(square(2, 2), square(2, 2))
+    assert metric.intersection.tolist()[1] == 12 and metric.union.tolist()[1] == 20
+    torch.testing.assert_close(metric.compute()[1:], torch.tensor([12 / 20, 1.0]))
+    assert set(metric.state_dict()) == {"intersection", "union"}
+    metric.reset()
+    assert metric.union.sum() == 0 and metric.compute().tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(sl.SegLossError, match="num_classes"):
+        BoundaryIoU(0)
 
 
 def test_larger_dilation_widens_the_band():

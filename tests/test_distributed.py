@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 import seglosses as sl
 from seglosses._core.registry import build
 from seglosses.distributed import all_gather, all_reduce_sum
-from seglosses.metrics import ConfusionMatrix, HausdorffDistance
+from seglosses.metrics import BoundaryIoU, ConfusionMatrix, HausdorffDistance
 
 pytestmark = pytest.mark.slow  # spawns processes: a few seconds each
 SYNCED = ["dice", "jaccard", "tversky", "focal_tversky", "gdl"]
@@ -75,6 +75,7 @@ def check_state(rank: int, world: int) -> None:
     for make, update in [
         (lambda **o: ConfusionMatrix(3, **o), lambda m, p, t: m.update(p, t)),
         (lambda **o: HausdorffDistance(3, **o), lambda m, p, t: m.update(p, t)),
+        (lambda **o: BoundaryIoU(3, **o), lambda m, p, t: m.update(p, t)),
         (lambda **o: sl.ClassFrequency(3, **o), lambda m, p, t: m.update(t)),
     ]:
         single = make(sync=False)

@@ -26,7 +26,7 @@ from ._core.errors import expected
 from .data import load_data
 from .distributed import rank_and_size, sync_sum_
 from .losses.compound import create_loss, loss_domain
-from .metrics import ConfusionMatrix, HausdorffDistance, boundary_iou_counts, iou_from_counts
+from .metrics import BoundaryIoU, ConfusionMatrix, HausdorffDistance
 from .models import UNet
 
 Pair = Tuple[Tensor, Tensor]
@@ -126,7 +126,7 @@ def evaluate(
     rank, world = rank_and_size()
     metric = ConfusionMatrix(num_classes, sync=False)
     hausdorff = HausdorffDistance(num_classes, sync=False)
-    bands = torch.zeros(2, num_classes, dtype=torch.int64)  # Boundary IoU intersection, union
+    boundary = BoundaryIoU(num_classes, sync=False)
     predictions = []
     model.eval()
     with torch.no_grad():
@@ -134,14 +134,13 @@ def evaluate(
             predicted = model(image[None].to(device)).argmax(1)[0].cpu()
             metric.update(predicted, labels)
             hausdorff.update(predicted[None], labels[None])
-            both, either = boundary_iou_counts(predicted[None], labels[None], num_classes=num_classes)
-            bands += torch.stack([both[0], either[0]])
+            boundary.update(predicted[None], labels[None])
             predictions.append(predicted)
     model.train()
-    for state in (metric.matrix, hausdorff.total, hausdorff.count, bands):
+    for state in (metric.matrix, hausdorff.total, hausdorff.count, boundary.intersection, boundary.union):
         sync_sum_(state)
     scores = metric.compute()
-    scores["boundary_iou"] = iou_from_counts(bands[0], bands[1])
+    scores["boundary_iou"] = boundary.compute()
     scores["hd95"] = hausdorff.compute()
     return scores, predictions
 
@@ -385,6 +384,7 @@ def _spawn(
     out.mkdir(parents=True, exist_ok=True)
     context = mp.get_context("spawn")
     events = context.SimpleQueue()
+
     def relay() -> None:
         while not events.empty():
             event = events.get()

@@ -5,7 +5,7 @@ The band of a mask is the mask minus its erosion by ``d = max(1, round(r · diag
 axes and ``round`` is Python's (half to even). Ignored pixels are background for every class before the
 erosion and are removed from both bands afterwards. Boundary IoU = ``|Bp ∩ Bg| / |Bp ∪ Bg|`` per
 (sample, class); a class absent from both scores 1.0. Over a data set, sum the intersections and
-unions per class before dividing (:func:`boundary_iou_counts`).
+unions per class before dividing (:func:`boundary_iou_counts`, or the accumulating :class:`BoundaryIoU`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._core.errors import expected
 from .._core.numerics import safe_divide
-from .._core.options import check_ignore_index, check_number
+from .._core.options import check_bool, check_ignore_index, check_int, check_number
 from .._core.targets import check_class_indices
+from ..distributed import ProcessGroup, check_process_group, sync_sum_
 from ..ops.bands import band_width, boundary_band
 
 
@@ -108,3 +109,62 @@ def mask_iou(
     return iou_from_counts(
         *_overlap_counts(_class_masks(prediction, c, valid), _class_masks(target, c, valid))
     )
+
+
+class BoundaryIoU(nn.Module):
+    """Accumulates Boundary IoU per class over a data set: band intersections and unions summed over
+    images (buffers ``intersection``, ``union``, int64, all-reducible); ``compute()`` divides, 1.0 for a
+    class absent from every band. In a process group each ``update`` sums the batch's counts over the
+    processes (``sync=True``, the default; every rank must call it), so every process holds the same
+    state.
+
+    Example:
+        >>> metric = BoundaryIoU(2)
+        >>> labels = torch.zeros(1, 8, 8, dtype=torch.long)
+        >>> labels[:, 2:6, 2:6] = 1
+        >>> metric.update(labels, labels)
+        >>> metric.compute()
+        tensor([1., 1.])
+    """
+
+    intersection: Tensor
+    union: Tensor
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        dilation_ratio: float = 0.02,
+        ignore_index: Optional[int] = None,
+        sync: bool = True,
+        process_group: Optional[ProcessGroup] = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes = check_int("num_classes", num_classes)
+        self.dilation_ratio = check_number("dilation_ratio", dilation_ratio, low=0.0)
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.sync = check_bool("sync", sync)
+        self.process_group = check_process_group(process_group)
+        self.register_buffer("intersection", torch.zeros(num_classes, dtype=torch.int64))
+        self.register_buffer("union", torch.zeros(num_classes, dtype=torch.int64))
+
+    def update(self, prediction: Tensor, target: Tensor) -> None:
+        """Add the band counts of a batch of label maps ``(N, *S)``."""
+        counts = boundary_iou_counts(
+            prediction, target, num_classes=self.num_classes, dilation_ratio=self.dilation_ratio,
+            ignore_index=self.ignore_index,
+        )  # fmt: skip
+        both, either = (count.sum(0).to(self.intersection) for count in counts)
+        if self.sync:  # a no-op outside a process group
+            sync_sum_(both, self.process_group)
+            sync_sum_(either, self.process_group)
+        self.intersection += both
+        self.union += either
+
+    def compute(self) -> Tensor:
+        """Per-class Boundary IoU ``(C,)`` (float32) over everything added so far."""
+        return iou_from_counts(self.intersection, self.union)
+
+    def reset(self) -> None:
+        self.intersection.zero_()
+        self.union.zero_()
