@@ -1,14 +1,16 @@
 """Several processes (gloo on CPU) give what one process gives on the whole batch (SPEC section 3).
 
-Each test spawns W processes; the batch of 5 samples is split unevenly over them (W = 3 splits 2 samples
-as 1 + 1 + 0 in the DDP check: an empty shard). Every worker computes the one-process reference itself
+Each test spawns W processes; batches of 5 samples are split unevenly over them, and batches of 2 leave
+the third of 3 processes an empty shard. Every worker computes the one-process reference itself
 from the same seeded inputs and compares, so a failure names the rank and the item.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import traceback
+from datetime import timedelta
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ from seglosses.metrics import BoundaryIoU, ConfusionMatrix, HausdorffDistance
 
 pytestmark = pytest.mark.slow  # spawns processes: a few seconds each
 SYNCED = ["dice", "jaccard", "tversky", "focal_tversky", "gdl"]
+BATCHES = (5, 2)  # 5 samples split unevenly; 2 samples on 3 processes leave one an empty shard
 
 
 def shard(tensor: torch.Tensor, rank: int, world: int) -> torch.Tensor:
@@ -31,10 +34,10 @@ def shard(tensor: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 def check_losses(rank: int, world: int) -> None:
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(5, 3, 6, 7, generator=g, dtype=torch.float64)
-    target = torch.randint(0, 3, (5, 6, 7), generator=g)
-    target[0, :2] = 255
-    for name in SYNCED:
+    for samples, name in itertools.product(BATCHES, SYNCED):
+        logits = torch.randn(samples, 3, 6, 7, generator=g, dtype=torch.float64)
+        target = torch.randint(0, 3, (samples, 6, 7), generator=g)
+        target[0, :2] = 255
         options = {"batch": True, "ignore_index": 255}
         whole = logits.clone().requires_grad_()
         reference = build(name, **options)(whole, target)
@@ -42,9 +45,9 @@ def check_losses(rank: int, world: int) -> None:
         local = shard(logits, rank, world).clone().requires_grad_()
         loss = build(name, sync=True, **options)(local, shard(target, rank, world))
         (grad,) = torch.autograd.grad(loss, local)
-        torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12, msg=f"{name} value")
+        torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12, msg=f"{name}, {samples}: value")
         expected = world * shard(reference_grad, rank, world)
-        torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-12, msg=f"{name} gradient")
+        torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-12, msg=f"{name}, {samples}: gradient")
 
 
 def check_collectives(rank: int, world: int) -> None:
@@ -70,48 +73,54 @@ def check_collectives(rank: int, world: int) -> None:
 
 def check_state(rank: int, world: int) -> None:
     g = torch.Generator().manual_seed(1)
-    prediction = torch.randint(0, 3, (5, 12, 10), generator=g)
-    target = torch.randint(0, 3, (5, 12, 10), generator=g)
-    for make, update in [
+    metrics = [
         (lambda **o: ConfusionMatrix(3, **o), lambda m, p, t: m.update(p, t)),
         (lambda **o: HausdorffDistance(3, **o), lambda m, p, t: m.update(p, t)),
         (lambda **o: BoundaryIoU(3, **o), lambda m, p, t: m.update(p, t)),
         (lambda **o: sl.ClassFrequency(3, **o), lambda m, p, t: m.update(t)),
-    ]:
+    ]
+    for samples, (make, update) in itertools.product(BATCHES, metrics):
+        prediction = torch.randint(0, 3, (samples, 12, 10), generator=g)
+        target = torch.randint(0, 3, (samples, 12, 10), generator=g)
         single = make(sync=False)
         update(single, prediction, target)
         synced = make()
         update(synced, shard(prediction, rank, world), shard(target, rank, world))
         for key, value in synced.state_dict().items():
-            name = f"{type(synced).__name__}.{key}"
+            name = f"{type(synced).__name__}.{key}, {samples} samples"
             torch.testing.assert_close(value, single.state_dict()[key], msg=name)
 
 
 def check_adaptive(rank: int, world: int) -> None:
     """A stateful loss folds in the batch sums of every process: the state of one process's whole batch."""
     g = torch.Generator().manual_seed(3)
-    logits = torch.randn(5, 3, 6, 7, generator=g, dtype=torch.float64)
-    target = torch.randint(0, 3, (5, 6, 7), generator=g)
-    single = sl.AdaptiveFocalLoss(adapt="both")
-    single.sync = False
-    single(logits, target)
-    synced = sl.AdaptiveFocalLoss(adapt="both")
-    synced(shard(logits, rank, world), shard(target, rank, world))
-    for key, value in synced.state_dict().items():
-        torch.testing.assert_close(value, single.state_dict()[key], msg=f"AdaptiveFocalLoss.{key}")
+    for samples in BATCHES:
+        logits = torch.randn(samples, 3, 6, 7, generator=g, dtype=torch.float64)
+        target = torch.randint(0, 3, (samples, 6, 7), generator=g)
+        single = sl.AdaptiveFocalLoss(adapt="both")
+        single.sync = False
+        single(logits, target)
+        synced = sl.AdaptiveFocalLoss(adapt="both")
+        synced(shard(logits, rank, world), shard(target, rank, world))
+        for key, value in synced.state_dict().items():
+            name = f"AdaptiveFocalLoss.{key}, {samples} samples"
+            torch.testing.assert_close(value, single.state_dict()[key], msg=name)
 
 
 def check_center(rank: int, world: int) -> None:
     """Center loss updates its centers from the whole distributed batch on every process."""
     g = torch.Generator().manual_seed(4)
-    embeddings = torch.randn(5, 4, 6, 7, generator=g, dtype=torch.float64)
-    labels = torch.randint(0, 3, (5, 6, 7), generator=g)
-    single = sl.CenterLoss(num_classes=3, dim=4).double()
-    single.sync = False
-    single(embeddings, labels)
-    synced = sl.CenterLoss(num_classes=3, dim=4).double()
-    synced(shard(embeddings, rank, world), shard(labels, rank, world))
-    torch.testing.assert_close(synced.centers, single.centers, msg="CenterLoss.centers")
+    for samples in BATCHES:
+        embeddings = torch.randn(samples, 4, 6, 7, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 3, (samples, 6, 7), generator=g)
+        single = sl.CenterLoss(num_classes=3, dim=4).double()
+        single.sync = False
+        single(embeddings, labels)
+        synced = sl.CenterLoss(num_classes=3, dim=4).double()
+        synced(shard(embeddings, rank, world), shard(labels, rank, world))
+        torch.testing.assert_close(
+            synced.centers, single.centers, msg=f"CenterLoss.centers, {samples} samples"
+        )
 
 
 PAIRED = [
@@ -129,7 +138,7 @@ def check_embedding(rank: int, world: int) -> None:
     """Pair losses with sync pair each process's pixels with every process's: the one-process loss and,
     times W, its gradient; the 2-sample batch leaves the third of 3 processes an empty shard."""
     g = torch.Generator().manual_seed(5)
-    for samples in (5, 2):
+    for samples in BATCHES:
         embeddings = torch.randn(samples, 4, 3, 4, generator=g, dtype=torch.float64)
         labels = torch.randint(0, 3, (samples, 3, 4), generator=g)
         labels[0, 0] = 255
@@ -171,7 +180,10 @@ def check_ddp(rank: int, world: int) -> None:
 
 
 def worker(rank: int, world: int, init_file: str, checks: list, errors) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # a short timeout: a rank that fails leaves the others waiting in a collective; fail, never hang
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
     try:
         for check in checks:
             globals()[check](rank, world)

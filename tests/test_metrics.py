@@ -86,3 +86,21 @@ def test_state_dict_round_trip_and_reset():
 def test_errors(prediction, target, message):
     with pytest.raises(sl.SegLossError, match=message):
         ConfusionMatrix(3).update(prediction, target)
+
+
+def test_an_empty_batch_adds_nothing():
+    """N = 0 (an empty distributed shard: every rank must still call update) leaves every metric as it was."""
+    from seglosses.metrics import BoundaryIoU, HausdorffDistance, boundary_iou
+
+    labels = torch.tensor([[[0, 1, 1], [0, 2, 2]]])
+    empty = labels[:0]
+    for metric in (ConfusionMatrix(3), BoundaryIoU(3), HausdorffDistance(3)):
+        metric.update(labels, labels)
+        before = {k: v.clone() for k, v in metric.state_dict().items()}
+        metric.update(empty, empty)
+        for key, value in metric.state_dict().items():
+            assert torch.equal(value, before[key]), f"{type(metric).__name__}.{key}"
+    ConfusionMatrix(3).update(torch.zeros(0, 3, 2, 3), empty)  # logits of an empty batch
+    assert boundary_iou(empty, empty, num_classes=3).shape == (0, 3)
+    with pytest.raises(sl.SegLossError, match="num_classes with an empty batch"):
+        boundary_iou(empty, empty)

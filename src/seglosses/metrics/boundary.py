@@ -37,12 +37,14 @@ def _prepare(
     for name, tensor in (("prediction", prediction), ("target", target)):
         if not isinstance(tensor, Tensor) or tensor.is_floating_point() or tensor.dtype == torch.bool:
             raise expected(f"an integer label map as {name}", getattr(tensor, "dtype", type(tensor).__name__))
-    if prediction.shape != target.shape or target.ndim not in (3, 4) or target.numel() == 0:
+    if prediction.shape != target.shape or target.ndim not in (3, 4) or 0 in target.shape[1:]:
         raise expected("prediction and target label maps of one shape (N, H, W) or (N, D, H, W)",
                        f"{tuple(prediction.shape)} and {tuple(target.shape)}")  # fmt: skip
     ignore_index = check_ignore_index(ignore_index)
     valid = None if ignore_index is None else target != ignore_index
     kept = target if valid is None else target[valid]
+    if num_classes is None and target.shape[0] == 0:  # an empty batch (an empty distributed shard)
+        raise expected("num_classes with an empty batch", tuple(target.shape))
     if num_classes is None:
         num_classes = max(int(kept.max()) if kept.numel() else 0, int(prediction.max())) + 1
     check_class_indices(kept, num_classes, "target")

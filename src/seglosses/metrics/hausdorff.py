@@ -68,10 +68,11 @@ def hausdorff_terms(
     # distance of every pixel to the nearest boundary pixel of the other map
     to_edge = [distance_transform(~e, steps, spatial_dims=len(spatial)) for e in edges]
     n = target.shape[0]
-    flat = [e.reshape(n * c, -1) for e in edges]
+    pixels = math.prod(spatial)  # not -1: an empty batch (N = 0) has no size to infer it from
+    flat = [e.reshape(n * c, pixels) for e in edges]
     directed = [
-        _percentile(to_edge[1].reshape(n * c, -1), flat[0], q),  # predicted boundary -> target's
-        _percentile(to_edge[0].reshape(n * c, -1), flat[1], q),  # target boundary -> prediction's
+        _percentile(to_edge[1].reshape(n * c, pixels), flat[0], q),  # predicted boundary -> target's
+        _percentile(to_edge[0].reshape(n * c, pixels), flat[1], q),  # target boundary -> prediction's
     ]
     distance = torch.maximum(*directed)
     in_prediction, in_target = (f.any(-1) for f in flat)
