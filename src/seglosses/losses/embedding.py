@@ -173,7 +173,7 @@ def _diagonal(rows: slice, start: int, device: torch.device) -> Tuple[Tensor, Te
 
 class _ContrastiveSum(torch.autograd.Function):
     """``½ Σ_a Σ_{j≠a} [y_aj d_aj² + (1 - y_aj) max(0, m - d_aj)²]`` over anchors ``x`` against the pool
-    (``x`` itself when ``pool`` is None: the sum over unordered pairs), blockwise.
+    (``x`` itself when ``pool_x`` is None: the sum over unordered pairs), blockwise.
 
     Backward recomputes each block: with ``G_aj = ∂f/∂(d_aj²)`` (1 for positives, ``-max(0, m-d)/d`` for
     negatives, 0 at ``d = 0``) and ``∂d²_aj/∂x_a = 2(x_a - x_j)``, an anchor receives
