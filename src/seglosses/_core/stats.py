@@ -11,7 +11,7 @@ into a per-(sample, class) table, ``Σ p`` is a reduction, and the backward is f
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -35,99 +35,267 @@ class Overlap(NamedTuple):
         return Overlap(self.tp[..., start:], self.fp[..., start:], self.fn[..., start:])
 
 
-def _table_bins(index: Tensor, valid: Optional[Tensor], c: int) -> Tensor:
-    """``n·C + y_i`` per pixel, ``(N·P,)`` int64, into a flat ``(N, C)`` table; ignored pixels go to an
-    extra bin ``N·C``."""
-    n = index.shape[0]
-    rows = torch.arange(0, n * c, c, device=index.device).unsqueeze(1)
-    bins = index.flatten(1) + rows
-    if valid is not None:
-        bins = bins.masked_fill_(~valid.flatten(1), n * c)
-    return bins.reshape(-1)
+def _valid_weights(valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """The valid mask ``(N, *S)`` as 1.0 / 0.0, flattened to ``(N, P)`` (through a ``uint8`` view: on CPU
+    converting a bool tensor directly is several times slower)."""
+    return valid.flatten(1).view(torch.uint8).to(dtype)
 
 
-def _bin_sums(bins: Tensor, values: Tensor, size: int) -> Tuple[Tensor, Tensor]:
-    """Per bin: the sum of ``values`` and the number of entries, ``(size,)`` each in ``values``' dtype.
+def _class_labels(labels: Tensor, valid: Optional[Tensor]) -> Tensor:
+    """The labels ``(N, P)`` as int64, class 0 at ignored pixels; the target itself when it is int64 and
+    nothing is ignored."""
+    flat = labels.flatten(1).long()
+    return flat if valid is None else torch.where(valid.flatten(1), flat, 0)
 
-    CPU: ``index_add_`` into the flat table. CUDA (eager): ``bincount``, whose per-block histograms avoid
-    the contention of millions of atomic adds into a few ``N·C`` bins. ``torch.compile`` traces the
-    ``index_add_`` form (``bincount``'s output size depends on the data), and so does CUDA under
+
+def _fast_cpu(t: Tensor) -> bool:
+    """Eager CPU: a host read costs nothing there, so data-dependent shortcuts are allowed."""
+    return not t.is_cuda and not torch.compiler.is_compiling()
+
+
+def _zero_ignored(probs: Tensor, valid: Optional[Tensor], keep: Optional[Tensor]) -> Tensor:
+    """Set ``probs`` ``(N, C, P)`` to exactly 0 at ignored pixels, in place, and return ``Σ_i p_ic``.
+
+    A NaN at an ignored pixel must not reach the sums. Eager CPU multiplies by the float mask ``keep``
+    (a boolean mask over ``(N, C, P)`` is several times slower there) and, only when a sum comes out
+    non-finite (a NaN or +inf logit somewhere), redoes the masking with ``masked_fill_``, which clears a
+    NaN.
+    """
+    if valid is None or keep is None:  # keep: the valid mask as 1.0 / 0.0, (N, P)
+        return probs.sum(-1)
+    if _fast_cpu(probs):
+        probs.mul_(keep.unsqueeze(1))
+        prob_sum = probs.sum(-1)
+        if bool(prob_sum.isfinite().all()):
+            return prob_sum
+    probs.masked_fill_(~valid.flatten(1).unsqueeze(1), 0.0)
+    return probs.sum(-1)
+
+
+def _binary_sums(probs: Tensor, y: Tensor, valid: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """``C = 2``: ``TP`` ``(N, 2)`` = ``Σ_i p_i0 (1 - y_i)``, ``Σ_i p_i1 y_i``, and ``Σ_{i∈V} y_i`` ``(N,)``,
+    for labels ``y`` ``(N, P)`` as numbers (any value at ignored pixels, where ``p = 0``). An eighth of
+    the pixels at a time, so that the products' temporaries stay a fraction of the logits' size."""
+    n, pixels = y.shape
+    step = max(1, -(-pixels // 8))
+    tp, ones = probs.new_zeros(n, 2), probs.new_zeros(n)
+    keep = None if valid is None else valid.flatten(1)
+    for start in range(0, pixels, step):
+        p, t = probs[..., start : start + step], y[:, start : start + step]
+        tp[:, 0] += torch.linalg.vecdot(p[:, 0], 1 - t)
+        tp[:, 1] += torch.linalg.vecdot(p[:, 1], t)
+        if keep is None:
+            ones += t.sum(-1)
+        else:
+            ones += torch.linalg.vecdot(t, _valid_weights(keep[:, start : start + step], t.dtype))
+    return tp, ones
+
+
+def _table_bins(labels: Tensor, c: int) -> Tensor:
+    """``n·C + y_i`` per pixel ``(N, P)`` int64: the pixel's entry in a flat ``(N, C)`` table."""
+    n = labels.shape[0]
+    return labels + torch.arange(0, n * c, c, device=labels.device).unsqueeze(1)
+
+
+def _positions(rows: Tensor) -> Tensor:
+    """``r_i·P + i`` for ``rows`` ``(N, P)`` int64: with table bins ``n·C + y``, the address of each
+    pixel's target class in the whole contiguous ``(N, C, P)`` tensor."""
+    pixels = rows.shape[1]
+    return torch.add(torch.arange(pixels, device=rows.device), rows, alpha=pixels)
+
+
+def _label_sums(index: Tensor, values: Tensor, c: int) -> Tensor:
+    """``(N, C)``: the sum of ``values`` ``(N, P)`` by label, a ``scatter_add_`` per sample (parallel over
+    the batch). The table's rows are padded to 64 bytes: threads adding into neighbouring rows of one
+    cache line slow each other down several times (false sharing)."""
+    width = -(-c // 16) * 16
+    return values.new_zeros(index.shape[0], width).scatter_add_(1, index, values)[:, :c]
+
+
+def _row_gather(probs: Tensor, index: Tensor) -> Tensor:
+    """``p_{i,y_i}`` ``(N, P)`` from ``probs`` ``(N, C, P)``: ``gather`` along each sample's flat ``(C·P)``
+    row at ``y_i·P + i`` (parallel over the batch, each sample's loop contiguous; ``gather`` along the
+    class dim itself has an inner loop of length 1 and is several times slower on CPU). The int64
+    addresses are made for a quarter of the pixels at a time, to keep them a fraction of the logits."""
+    rows, out = probs.flatten(1), probs.new_empty(index.shape)
+    for start, stop in _pixel_parts(index.shape[1]):
+        out[:, start:stop] = rows.gather(1, _part_addresses(index, start, stop))
+    return out
+
+
+def _row_scatter_add(grad: Tensor, index: Tensor, values: Tensor) -> None:
+    """Add ``values`` ``(N, P)`` into ``grad`` ``(N, C, P)`` (contiguous) at each pixel's target class,
+    the transpose of :func:`_row_gather`."""
+    rows = grad.flatten(1)  # a view: grad is contiguous
+    for start, stop in _pixel_parts(index.shape[1]):
+        rows.scatter_add_(1, _part_addresses(index, start, stop), values[:, start:stop])
+
+
+def _pixel_parts(pixels: int) -> List[Tuple[int, int]]:
+    """``(start, stop)`` of four about equal parts of ``range(pixels)``."""
+    step = max(1, -(-pixels // 4))
+    return [(start, min(start + step, pixels)) for start in range(0, pixels, step)]
+
+
+def _part_addresses(index: Tensor, start: int, stop: int) -> Tensor:
+    """``y_i·P + i`` for the pixels ``start:stop`` of ``index`` ``(N, P)``."""
+    pixel = torch.arange(start, stop, device=index.device)
+    return torch.add(pixel, index[:, start:stop], alpha=index.shape[1])
+
+
+def _cuda_bin_sums(bins: Tensor, values: Tensor, keep: Optional[Tensor], size: int) -> Tuple[Tensor, Tensor]:
+    """CUDA: per bin ``(size,)``, in ``values``' dtype, the sum of ``values`` and the number of valid
+    entries. ``bins`` and ``values`` are ``(N, P)``; ``keep`` ``(N, P)`` is 1.0 at valid pixels and 0.0 at
+    ignored ones, which sit in the bin of class 0 of their sample with value 0 (or None: all valid).
+
+    Eager: ``bincount``, whose per-block histograms avoid the contention of millions of atomic adds into a
+    few ``N·C`` bins; the ignored pixels are taken off class 0 afterwards. ``torch.compile`` traces an
+    ``index_add_`` form (``bincount``'s output size depends on the data), and so does
     ``torch.use_deterministic_algorithms(True)``: a weighted CUDA ``bincount`` has no deterministic
     implementation (it raises there), ``index_add_`` has.
     """
-    fast = not torch.compiler.is_compiling() and not torch.are_deterministic_algorithms_enabled()
-    if values.is_cuda and fast:
-        sums = torch.bincount(bins, weights=values, minlength=size)[:size].to(values.dtype)
-        return sums, torch.bincount(bins, minlength=size)[:size].to(values.dtype)
-    table = torch.zeros(2, size, dtype=values.dtype, device=values.device)
-    sums = table[0].index_add_(0, bins, values)
-    ones = torch.ones(1, dtype=values.dtype, device=values.device).expand_as(values)
-    counts = table[1].index_add_(0, bins, ones)
+    flat, values = bins.reshape(-1), values.reshape(-1)
+    if torch.compiler.is_compiling() or torch.are_deterministic_algorithms_enabled():
+        sums = values.new_zeros(size).index_add_(0, flat, values)
+        weights = values.new_ones(1).expand_as(values) if keep is None else keep.reshape(-1)
+        return sums, values.new_zeros(size).index_add_(0, flat, weights)
+    sums = torch.bincount(flat, weights=values, minlength=size)[:size].to(values.dtype)
+    counts = torch.bincount(flat, minlength=size)[:size].to(values.dtype)
+    if keep is not None:  # the ignored pixels were counted in class 0 of their sample
+        n, pixels = bins.shape
+        counts.view(n, -1)[:, 0] -= pixels - keep.sum(-1)
     return sums, counts
 
 
 class _SoftmaxIndexSums(torch.autograd.Function):
     """``TP = Σ_i p_ic [y_i = c]``, ``Σ_i p_ic`` and the class counts over valid pixels, ``p = softmax(z)``.
 
-    Per-class sums by label use a flat ``index_add_`` (much faster on CPU than
-    ``scatter_add_`` along the class dim). Backward, with ``H = ∂L/∂TP`` and ``G = ∂L/∂Σp`` (each
-    ``(N, C)``): ``∂L/∂p_ic = G_c + H_c [y_i = c]`` at valid pixels, so the softmax backward is
-    ``∂L/∂z_ic = p_ic (G_c - s_i) + [y_i = c] p_ic H_c`` with ``s_i = Σ_k p_ik G_k + p_{i,y_i} H_{y_i}``:
-    one read of ``p``, one write of the gradient, one indexed add; no one-hot of the logits' size.
+    Backward, with ``H = ∂L/∂TP`` and ``G = ∂L/∂Σp`` (each ``(N, C)``): ``∂L/∂p_ic = G_c + H_c [y_i = c]``
+    at valid pixels, so the softmax backward is ``∂L/∂z_ic = p_ic (A_ic - s_i)`` with
+    ``A_ic = G_c + H_c [y_i = c]`` and ``s_i = Σ_k p_ik A_ik``. No one-hot of the logits' size is built:
+
+    * ``C = 2``: elementwise arithmetic on the labels as numbers (``[y = 1] = y``): ``TP_1 = Σ p_1 y``,
+      ``TP_0 = Σ p_0 (1 - y)``, and since ``p_0 + p_1 = 1`` the gradient is
+      ``∂L/∂z_1 = -∂L/∂z_0 = p_0 p_1 (A_1 - A_0)``, with ``A_1 - A_0`` linear in ``y``.
+    * ``C > 2``: ``p_{i,y_i}`` is read at each pixel's target class, summed by label into the ``(N, C)``
+      table, and the backward is ``p_ic (G_c - s_i)`` plus ``p_{i,y_i} H_{y_i}`` added at the target class.
+      On CPU these are ``gather`` / ``scatter_add_`` along each sample's flat ``(C·P)`` row (parallel over
+      the batch, each pixel's loop contiguous; ``scatter_add_`` or ``gather`` along the class dim itself
+      runs an inner loop of length 1 and is several times slower); on CUDA ``take``, ``bincount`` and
+      ``index_add_`` on flat ``(N·C)`` bins (see :func:`_cuda_bin_sums`).
+
+    Ignored pixels get ``p = 0`` in the forward, so they add nothing and their gradient is 0.
+
+    Memory: ``p`` is the only logits-sized tensor kept, and the first backward turns it into the gradient
+    in place, so a step holds about one logits-sized tensor besides the returned gradient itself. A second
+    backward through a retained graph recomputes ``p`` from the logits. Under ``torch.compile`` ``p`` is
+    saved as usual and the gradient is a new tensor.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, logits: Tensor, index: Tensor, valid: Optional[Tensor], dtype: torch.dtype
+        ctx: Any, logits: Tensor, labels: Tensor, valid: Optional[Tensor], dtype: torch.dtype
     ) -> Tuple[Tensor, Tensor, Tensor]:
         n, c = logits.shape[:2]
         probs = torch.softmax(logits.flatten(2), dim=1, dtype=dtype)  # flatten: N = 0 works too
-        bins = _table_bins(index, valid, c)
-        p_true = probs.gather(1, index.flatten(1).unsqueeze(1)).reshape(-1)
-        tp, counts = _bin_sums(bins, p_true, n * c + 1)
-        if valid is None:
-            prob_sum = probs.sum(-1)
-        else:  # where, not a product with the mask: a NaN at an ignored pixel must not reach the sum
-            prob_sum = torch.where(valid.flatten(1).unsqueeze(1), probs, 0.0).sum(-1)
-        ctx.save_for_backward(probs, p_true, index, valid)
-        ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
+        keep = None if valid is None else _valid_weights(valid, dtype)
+        prob_sum = _zero_ignored(probs, valid, keep)
+        p_true = None
+        if c == 2:  # the labels as numbers: [y_i = 1] = y_i
+            total = torch.full_like(prob_sum[:, 0], probs.shape[-1]) if keep is None else keep.sum(-1)
+            keep = None
+            tp, ones = _binary_sums(probs, labels.flatten(1).to(dtype), valid)
+            counts = torch.stack([total - ones, ones], 1)
+        else:
+            index = _class_labels(labels, valid)
+            if probs.is_cuda:
+                bins = _table_bins(index, c)
+                p_true = probs.view(-1).take(_positions(bins))  # 0 at ignored pixels
+                tp, counts = (t.view(n, c) for t in _cuda_bin_sums(bins, p_true, keep, n * c))
+            else:
+                counts = _label_sums(index, probs.new_ones(1).expand_as(index) if keep is None else keep, c)
+                keep = None
+                p_true = _row_gather(probs, index)  # 0 at ignored pixels
+                tp = _label_sums(index, p_true, c)
+        ctx.logits_shape, ctx.logits_dtype, ctx.dtype = logits.shape, logits.dtype, dtype
+        if torch.compiler.is_compiling():
+            ctx.probs = ctx.p_true = None
+            ctx.save_for_backward(probs, p_true, labels, valid)
+        else:  # the backward reuses ``probs`` as its gradient buffer (see the class docstring)
+            ctx.probs, ctx.p_true = probs, p_true
+            ctx.save_for_backward(logits, None, labels, valid)
         ctx.mark_non_differentiable(counts)
-        return tp[:-1].view(n, c), prob_sum, counts[:-1].view(n, c)
+        return tp, prob_sum, counts
 
     @staticmethod
     @first_order_backward("the overlap losses")
     def backward(ctx: Any, grad_tp: Tensor, grad_sum: Tensor, _: Tensor) -> Tuple[Tensor, None, None, None]:
-        probs, p_true, index, valid = ctx.saved_tensors
+        saved, p_true, labels, valid = ctx.saved_tensors
         n, c = grad_tp.shape
-        bins = _table_bins(index, valid, c)
-        h_table = torch.cat([grad_tp.reshape(-1), grad_tp.new_zeros(1)])  # the extra bin: ignored pixels
-        true_term = h_table.take(bins).mul_(p_true)  # p_{i,y_i} H_{y_i}, 0 at ignored pixels
-        if valid is not None:  # even where p is NaN there: the indexed add below sends them to pixel 0
-            true_term.masked_fill_(~valid.reshape(-1), 0.0)
-        pixels = probs.shape[-1]
-        s = torch.baddbmm(true_term.view(n, 1, pixels), grad_sum.unsqueeze(1), probs)  # (N, 1, P)
-        grad = (grad_sum.unsqueeze(-1) - s).mul_(probs)
-        # flat address (n·C + y_i)·P + i of each pixel's target class; an indexed add there is much faster
-        # on CPU than scatter_add_ along the class dim
-        positions = (
-            bins.view(n, pixels).mul_(pixels).add_(torch.arange(pixels, device=grad.device))
-        )  # reuses bins
-        if valid is not None:  # ignored pixels point past the end; send them to class 0 (they add 0)
-            positions = positions.masked_fill_(~valid.flatten(1), 0)
-        grad.view(-1).index_add_(0, positions.view(-1), true_term)
-        if valid is not None:  # exactly 0 at ignored pixels, whatever their logits (NaN included)
+        if ctx.probs is not None:  # the first backward writes the gradient into ``probs``
+            probs, p_true, ctx.probs, ctx.p_true = ctx.probs, ctx.p_true, None, None
+        elif torch.compiler.is_compiling():
+            probs = saved
+        else:  # a later backward through a retained graph
+            probs = torch.softmax(saved.flatten(2), dim=1, dtype=ctx.dtype)
+            _zero_ignored(probs, valid, None if valid is None else _valid_weights(valid, ctx.dtype))
+        in_place = probs is not saved  # compiled: a new tensor (and no ``out=`` into strided views)
+        if c == 2:
+            g, h = grad_sum, grad_tp
+            offset = (g[:, 1] - g[:, 0] - h[:, 0]).unsqueeze(1)  # A_1 - A_0 = offset + slope · y
+            slope = (h[:, 1] + h[:, 0]).unsqueeze(1)
+            diff = labels.flatten(1).to(probs.dtype).mul_(slope).add_(offset)  # any value at ignored pixels,
+            diff.mul_(probs[:, 0]).mul_(probs[:, 1])  # where p_0 p_1 = 0
+            if in_place:
+                grad = probs
+                grad[:, 1].copy_(diff)
+                torch.neg(diff, out=grad[:, 0])
+            else:
+                grad = torch.stack([-diff, diff], 1)
+        else:
+            index = _class_labels(labels, valid)
+            cuda = probs.is_cuda
+            if p_true is None:  # recomputed probabilities
+                p_true = probs.view(-1).take(_positions(_table_bins(index, c))).view_as(index)
+            if cuda:
+                true_term = grad_tp.reshape(-1).take(_table_bins(index, c))
+            else:
+                true_term = grad_tp.gather(1, index)
+            true_term.mul_(p_true.view_as(true_term))  # p_{i,y_i} H_{y_i}, (N, P)
+            del p_true
+            s = torch.baddbmm(true_term.unsqueeze(1), grad_sum.unsqueeze(1), probs).squeeze(1)  # (N, P)
+            if in_place:
+                grad, shifted = probs, torch.empty_like(s)
+                for k in range(c):  # p (G - s) class by class: no logits-sized temporary
+                    grad[:, k].mul_(torch.sub(grad_sum[:, k : k + 1], s, out=shifted))
+                del shifted
+            else:
+                grad = probs * (grad_sum.unsqueeze(-1) - s.unsqueeze(1))
+            del s  # freed before the int64 addresses below
+            if cuda:
+                positions = _positions(_table_bins(index, c))
+                grad.view(-1).index_add_(0, positions.view(-1), true_term.view(-1))
+            else:
+                _row_scatter_add(grad, index, true_term)
+        # p = 0 at ignored pixels, so their gradient is 0 unless G or H is not finite (0 · inf)
+        if valid is not None and not (_fast_cpu(grad) and _finite(grad_tp, grad_sum)):
             grad.masked_fill_(~valid.flatten(1).unsqueeze(1), 0.0)
         return grad.reshape(ctx.logits_shape).to(ctx.logits_dtype), None, None, None
 
 
-def softmax_overlap_from_index(logits: Tensor, index: Tensor, valid: Optional[Tensor]) -> Overlap:
+def _finite(*tables: Tensor) -> bool:
+    return all(bool(t.isfinite().all()) for t in tables)
+
+
+def softmax_overlap_from_index(logits: Tensor, labels: Tensor, valid: Optional[Tensor]) -> Overlap:
     """Statistics ``(N, C)`` from logits (softmax over C) and an index target ``(N, *S)``.
 
-    ``index`` is int64 with ignored pixels set to any class (``valid`` marks them). Half-precision logits
-    are computed in float32. No one-hot of the logits' size is built.
+    ``labels`` are the class indices in any integer dtype; at ignored pixels (``valid`` False) they may
+    hold anything, ``ignore_index`` say. Half-precision logits are computed in float32. No one-hot of the
+    logits' size is built.
     """
     dtype = compute_dtype(logits)
-    tp, prob_sum, counts = _SoftmaxIndexSums.apply(logits, index, valid, dtype)
+    tp, prob_sum, counts = _SoftmaxIndexSums.apply(logits, labels, valid, dtype)
     return Overlap(tp, prob_sum - tp, counts - tp)
 
 

@@ -70,7 +70,7 @@ def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary
         return overlap_from_dense(sigmoid_f32(logits), prepared.dense, prepared.valid)
     soft = softmax_target(logits, target, ignore_index)
     if isinstance(soft, IndexTarget):
-        return softmax_overlap_from_index(logits, soft.index(), soft.valid)
+        return softmax_overlap_from_index(logits, soft.labels, soft.valid)
     return overlap_from_dense(softmax_f32(logits), soft.dense)
 
 
