@@ -35,13 +35,13 @@ class Overlap(NamedTuple):
         return Overlap(self.tp[..., start:], self.fp[..., start:], self.fn[..., start:])
 
 
-def _valid_weights(valid: Tensor, dtype: torch.dtype) -> Tensor:
+def valid_weights(valid: Tensor, dtype: torch.dtype) -> Tensor:
     """The valid mask ``(N, *S)`` as 1.0 / 0.0, flattened to ``(N, P)`` (through a ``uint8`` view: on CPU
     converting a bool tensor directly is several times slower)."""
     return valid.flatten(1).view(torch.uint8).to(dtype)
 
 
-def _class_labels(labels: Tensor, valid: Optional[Tensor]) -> Tensor:
+def class_labels(labels: Tensor, valid: Optional[Tensor]) -> Tensor:
     """The labels ``(N, P)`` as int64, class 0 at ignored pixels; the target itself when it is int64 and
     nothing is ignored."""
     flat = labels.flatten(1).long()
@@ -87,7 +87,7 @@ def _binary_sums(probs: Tensor, y: Tensor, valid: Optional[Tensor]) -> Tuple[Ten
         if keep is None:
             ones += t.sum(-1)
         else:
-            ones += torch.linalg.vecdot(t, _valid_weights(keep[:, start : start + step], t.dtype))
+            ones += torch.linalg.vecdot(t, valid_weights(keep[:, start : start + step], t.dtype))
     return tp, ones
 
 
@@ -112,28 +112,35 @@ def _label_sums(index: Tensor, values: Tensor, c: int) -> Tensor:
     return values.new_zeros(index.shape[0], width).scatter_add_(1, index, values)[:, :c]
 
 
-def _row_gather(probs: Tensor, index: Tensor) -> Tensor:
+def row_gather(probs: Tensor, index: Tensor, parts: int = 4) -> Tensor:
     """``p_{i,y_i}`` ``(N, P)`` from ``probs`` ``(N, C, P)``: ``gather`` along each sample's flat ``(C·P)``
     row at ``y_i·P + i`` (parallel over the batch, each sample's loop contiguous; ``gather`` along the
     class dim itself has an inner loop of length 1 and is several times slower on CPU). The int64
-    addresses are made for a quarter of the pixels at a time, to keep them a fraction of the logits."""
-    rows, out = probs.flatten(1), probs.new_empty(index.shape)
-    for start, stop in _pixel_parts(index.shape[1]):
-        out[:, start:stop] = rows.gather(1, _part_addresses(index, start, stop))
+    addresses are made for ``1 / parts`` of the pixels at a time, to keep them a fraction of the logits."""
+    rows = probs.flatten(1)
+    if parts == 1:
+        return rows.gather(1, _part_addresses(index, 0, index.shape[1]))
+    out, tracing = probs.new_empty(index.shape), torch.compiler.is_compiling()
+    for start, stop in _pixel_parts(index.shape[1], parts):
+        addresses = _part_addresses(index, start, stop)
+        if tracing:  # no out= into a strided view under torch.compile (a graph break)
+            out[:, start:stop] = rows.gather(1, addresses)
+        else:
+            torch.gather(rows, 1, addresses, out=out[:, start:stop])
     return out
 
 
-def _row_scatter_add(grad: Tensor, index: Tensor, values: Tensor) -> None:
+def row_scatter_add(grad: Tensor, index: Tensor, values: Tensor, parts: int = 4) -> None:
     """Add ``values`` ``(N, P)`` into ``grad`` ``(N, C, P)`` (contiguous) at each pixel's target class,
-    the transpose of :func:`_row_gather`."""
+    the transpose of :func:`row_gather`."""
     rows = grad.flatten(1)  # a view: grad is contiguous
-    for start, stop in _pixel_parts(index.shape[1]):
+    for start, stop in _pixel_parts(index.shape[1], parts):
         rows.scatter_add_(1, _part_addresses(index, start, stop), values[:, start:stop])
 
 
-def _pixel_parts(pixels: int) -> List[Tuple[int, int]]:
-    """``(start, stop)`` of four about equal parts of ``range(pixels)``."""
-    step = max(1, -(-pixels // 4))
+def _pixel_parts(pixels: int, parts: int) -> List[Tuple[int, int]]:
+    """``(start, stop)`` of ``parts`` about equal parts of ``range(pixels)``."""
+    step = max(1, -(-pixels // parts))
     return [(start, min(start + step, pixels)) for start in range(0, pixels, step)]
 
 
@@ -198,7 +205,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
     ) -> Tuple[Tensor, Tensor, Tensor]:
         n, c = logits.shape[:2]
         probs = torch.softmax(logits.flatten(2), dim=1, dtype=dtype)  # flatten: N = 0 works too
-        keep = None if valid is None else _valid_weights(valid, dtype)
+        keep = None if valid is None else valid_weights(valid, dtype)
         prob_sum = _zero_ignored(probs, valid, keep)
         p_true = None
         if c == 2:  # the labels as numbers: [y_i = 1] = y_i
@@ -207,7 +214,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
             tp, ones = _binary_sums(probs, labels.flatten(1).to(dtype), valid)
             counts = torch.stack([total - ones, ones], 1)
         else:
-            index = _class_labels(labels, valid)
+            index = class_labels(labels, valid)
             if probs.is_cuda:
                 bins = _table_bins(index, c)
                 p_true = probs.view(-1).take(_positions(bins))  # 0 at ignored pixels
@@ -215,7 +222,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
             else:
                 counts = _label_sums(index, probs.new_ones(1).expand_as(index) if keep is None else keep, c)
                 keep = None
-                p_true = _row_gather(probs, index)  # 0 at ignored pixels
+                p_true = row_gather(probs, index)  # 0 at ignored pixels
                 tp = _label_sums(index, p_true, c)
         ctx.logits_shape, ctx.logits_dtype, ctx.dtype = logits.shape, logits.dtype, dtype
         if torch.compiler.is_compiling():
@@ -238,7 +245,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
             probs = saved
         else:  # a later backward through a retained graph
             probs = torch.softmax(saved.flatten(2), dim=1, dtype=ctx.dtype)
-            _zero_ignored(probs, valid, None if valid is None else _valid_weights(valid, ctx.dtype))
+            _zero_ignored(probs, valid, None if valid is None else valid_weights(valid, ctx.dtype))
         in_place = probs is not saved  # compiled: a new tensor (and no ``out=`` into strided views)
         if c == 2:
             g, h = grad_sum, grad_tp
@@ -253,7 +260,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
             else:
                 grad = torch.stack([-diff, diff], 1)
         else:
-            index = _class_labels(labels, valid)
+            index = class_labels(labels, valid)
             cuda = probs.is_cuda
             if p_true is None:  # recomputed probabilities
                 p_true = probs.view(-1).take(_positions(_table_bins(index, c))).view_as(index)
@@ -276,7 +283,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
                 positions = _positions(_table_bins(index, c))
                 grad.view(-1).index_add_(0, positions.view(-1), true_term.view(-1))
             else:
-                _row_scatter_add(grad, index, true_term)
+                row_scatter_add(grad, index, true_term)
         # p = 0 at ignored pixels, so their gradient is 0 unless G or H is not finite (0 · inf)
         if valid is not None and not (_fast_cpu(grad) and _finite(grad_tp, grad_sum)):
             grad.masked_fill_(~valid.flatten(1).unsqueeze(1), 0.0)

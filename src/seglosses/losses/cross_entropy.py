@@ -22,6 +22,7 @@ from .._core.options import (
 )
 from .._core.reduction import reduce
 from .._core.registry import register
+from .._core.stats import class_labels, row_gather, row_scatter_add, valid_weights
 from .._core.targets import IndexTarget, SoftmaxTarget, binary_target, num_valid, softmax_target
 from ..adaptive.schedules import (
     ScheduledLossModule,
@@ -105,6 +106,10 @@ def ce_from_prepared(
         if isinstance(eps, Tensor):
             loss = _index_smoothed(work, prepared, w, eps.to(work.dtype), opts["ignore_index"], log_p)
             return reduce(loss, reduction, _index_denominator(prepared, w) if reduction == "mean" else None)
+        if w is None and not eps and fused_index_path(work):
+            loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, 0.0)
+            loss = loss if reduction == "none" else loss.sum()
+            return reduce(loss, reduction, _index_denominator(prepared, w) if reduction == "mean" else None)
         # torch's own kernel, summed; the mean's denominator is ours so that all-ignored gives 0, not NaN
         loss = F.cross_entropy(
             work,
@@ -129,6 +134,82 @@ def ce_from_prepared(
     loss = -torch.where(log_p.isnan(), log_p, terms).sum(1)  # a NaN / +inf logit stays visible
     target_mass = dense.sum(1) if w is None else torch.einsum("nc...,c->n...", dense, w)
     return reduce(loss, reduction, target_mass.sum(dtype=torch.float32))
+
+
+def fused_index_path(work: Tensor) -> bool:
+    """Whether :class:`FusedIndexCE` serves an index target: eager CPU (CUDA keeps torch's kernels, and
+    ``torch.compile`` traces them)."""
+    return not work.is_cuda and not torch.compiler.is_compiling()
+
+
+def focal_factor(ce: Tensor, u: Tensor, gamma: float) -> Tensor:
+    """``d/d ce`` of ``u^γ ce`` with ``u = 1 - p_t = -expm1(-ce)``: ``u^γ - γ u^(γ-1) p_t log p_t``, finite
+    for every ``γ >= 0`` (see ``focal._FocalModulation``): ``u^(γ-1) (u + γ p_t ce)`` for ``γ >= 1``,
+    ``u^γ (1 + γ p_t ce / u)`` below, with ``p_t ce / u -> 1`` at ``u = 0``."""
+    p_ce = torch.addcmul(ce, u, ce, value=-1.0)  # p_t · ce = (1 - u) · ce
+    if gamma >= 1:
+        return p_ce.mul_(gamma).add_(u).mul_(u if gamma == 2 else u.pow(gamma - 1))
+    ratio = p_ce.div_(u).nan_to_num_(nan=1.0, posinf=torch.inf)
+    return ratio.mul_(gamma).add_(1.0).mul_(u.pow(gamma))
+
+
+class FusedIndexCE(torch.autograd.Function):
+    """Per-pixel ``-(1 - p_t)^γ log p_t`` (``γ = 0``: cross-entropy) for an index target, ``(N, *S)``, 0 at
+    ignored pixels; eager CPU (:func:`fused_index_path`).
+
+    Forward: ``log_softmax`` and ``log p_t`` read at each pixel's target class along its sample's flat
+    ``(C·P)`` row (``stats.row_gather``). Backward, with ``w_i = ∂L/∂ce_i`` (the focal factor times the
+    incoming gradient): ``∂L/∂z_ij = w_i (p_ij - [j = t_i])``, written into the saved log-probabilities
+    in place (``exp_``, a product, and ``-w_i`` added at the target class). ``F.cross_entropy`` makes
+    the same log-softmax pass but then an indexed read, a zero-filled logits-sized gradient, an indexed
+    write and a log-softmax backward that reads two logits-sized tensors; here a step holds one
+    logits-sized tensor besides its result. A second backward through a retained graph recomputes the
+    log-probabilities from the logits.
+
+    Ignored pixels get loss and gradient 0: by a product with the float mask, and only when something
+    is not finite (a NaN / inf logit or incoming gradient) by ``where`` / ``masked_fill_``, so that a NaN
+    at an ignored pixel reaches nothing.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, labels: Tensor, valid: Optional[Tensor], gamma: float) -> Tensor:
+        log_p = torch.log_softmax(logits.flatten(2), dim=1)
+        ce = row_gather(log_p, class_labels(labels, valid)).neg_()  # -log p_t
+        u = torch.expm1(ce.neg()).neg_() if gamma > 0 else None  # 1 - p_t, exact near p_t = 1
+        loss = ce if u is None else u.pow(gamma).mul_(ce)
+        ctx.dirty = False
+        if valid is not None:
+            keep = valid_weights(valid, loss.dtype)
+            loss = loss * keep
+            if not bool(loss.sum().isfinite()):  # a NaN / inf at an ignored pixel stays out
+                ctx.dirty = True
+                loss = torch.where(valid.flatten(1), loss, 0.0)
+        ctx.log_p, ctx.gamma, ctx.logits_shape = log_p, gamma, logits.shape
+        ctx.save_for_backward(logits, labels, valid, None if u is None else ce, u)
+        return loss.view(labels.shape)
+
+    @staticmethod
+    @first_order_backward("cross_entropy_loss / focal_loss")
+    def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None, None, None]:
+        logits, labels, valid, ce, u = ctx.saved_tensors
+        w = grad_loss.flatten(1)  # (N, P)
+        if u is not None:
+            w = focal_factor(ce, u, ctx.gamma).mul_(w)
+        if valid is not None:
+            w = w * valid_weights(valid, w.dtype)
+            if ctx.dirty or not bool(w.sum().isfinite()):
+                ctx.dirty = True
+                w = torch.where(valid.flatten(1), w, 0.0)
+        if ctx.log_p is not None:  # the first backward: the log-probabilities become the gradient
+            grad, ctx.log_p = ctx.log_p.exp_(), None
+        else:  # the same operations as the first time, so the same gradient to the last bit
+            grad = torch.log_softmax(logits.flatten(2), dim=1).exp_()
+        minus_one = grad.new_full((1, 1), -1.0).expand(w.shape)
+        row_scatter_add(grad, class_labels(labels, valid), minus_one)  # p - onehot(t)
+        grad.mul_(w.unsqueeze(1))
+        if ctx.dirty:  # p · 0 is NaN where p is (a NaN logit at an ignored pixel)
+            grad.masked_fill_(~valid.flatten(1).unsqueeze(1), 0.0)
+        return grad.view(ctx.logits_shape), None, None, None
 
 
 def _torch_ignore(ignore_index: Optional[int]) -> int:

@@ -24,7 +24,7 @@ from .._core.registry import register
 from .._core.targets import IndexTarget, SoftmaxTarget, binary_target, num_valid, softmax_target
 from ..adaptive.schedules import ScheduledLossModule, ScheduleLike, scheduled_class_weights
 from .base import module_for
-from .cross_entropy import check_weight_schedule
+from .cross_entropy import FusedIndexCE, check_weight_schedule, fused_index_path
 
 
 def _focal_factor_terms(log_p: Tensor, gamma: Union[float, Tensor]) -> Tuple[Tensor, Tensor]:
@@ -177,7 +177,17 @@ def focal_from_prepared(
     gamma = opts["gamma"]
     if isinstance(gamma, Tensor):
         gamma = class_tensor(gamma, work, "gamma")
-    if isinstance(prepared, IndexTarget):
+    if (
+        isinstance(prepared, IndexTarget)
+        and ce is None
+        and not isinstance(gamma, Tensor)
+        and fused_index_path(work)
+    ):
+        loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, float(gamma))  # 0 at ignored pixels
+        if a is not None:
+            loss = loss * (torch.take(a, prepared.index()) if a.ndim else a)
+        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
+    elif isinstance(prepared, IndexTarget):
         ce = index_cross_entropy(work, prepared, opts["ignore_index"]) if ce is None else ce
         index = prepared.index()
         # ce = 0 at ignored pixels, so their focal term and gradient are 0; γ = 0 is CE itself
