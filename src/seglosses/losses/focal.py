@@ -158,7 +158,10 @@ def focal_loss(
 
 
 def index_cross_entropy(work: Tensor, prepared: IndexTarget, ignore_index: Optional[int]) -> Tensor:
-    """The per-pixel CE ``-log p_t`` of an index target, ``(N, *S)``, 0 at ignored pixels (torch's kernel)."""
+    """The per-pixel CE ``-log p_t`` of an index target, ``(N, *S)``, 0 at ignored pixels: the fused
+    :class:`~seglosses.losses.cross_entropy.FusedIndexCE` on eager CPU, else torch's kernel."""
+    if fused_index_path(work):
+        return FusedIndexCE.apply(work, prepared.labels, prepared.valid, 0.0)
     torch_ignore = -100 if ignore_index is None else ignore_index
     return F.cross_entropy(work, prepared.labels.long(), ignore_index=torch_ignore, reduction="none")
 
