@@ -74,10 +74,10 @@ def _zero_ignored(probs: Tensor, valid: Optional[Tensor], keep: Optional[Tensor]
 
 def _binary_sums(probs: Tensor, y: Tensor, valid: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """``C = 2``: ``TP`` ``(N, 2)`` = ``Σ_i p_i0 (1 - y_i)``, ``Σ_i p_i1 y_i``, and ``Σ_{i∈V} y_i`` ``(N,)``,
-    for labels ``y`` ``(N, P)`` as numbers (any value at ignored pixels, where ``p = 0``). A quarter of
+    for labels ``y`` ``(N, P)`` as numbers (any value at ignored pixels, where ``p = 0``). An eighth of
     the pixels at a time, so that the products' temporaries stay a fraction of the logits' size."""
     n, pixels = y.shape
-    step = max(1, -(-pixels // 4))
+    step = max(1, -(-pixels // 8))
     tp, ones = probs.new_zeros(n, 2), probs.new_zeros(n)
     keep = None if valid is None else valid.flatten(1)
     for start in range(0, pixels, step):
@@ -112,18 +112,12 @@ def _label_sums(index: Tensor, values: Tensor, c: int) -> Tensor:
     return values.new_zeros(index.shape[0], width).scatter_add_(1, index, values)[:, :c]
 
 
-def _parts_for(probs: Tensor) -> int:
-    """Pieces to make the int64 addresses ``(N, P)`` in: 2/C of the logits' bytes at once, so a quarter
-    at a time below 8 classes (memory), all at once from 8 classes on (fewer small operations)."""
-    return 4 if probs.shape[1] < 8 else 1
-
-
-def row_gather(probs: Tensor, index: Tensor, parts: Optional[int] = None) -> Tensor:
+def row_gather(probs: Tensor, index: Tensor, parts: int = 4) -> Tensor:
     """``p_{i,y_i}`` ``(N, P)`` from ``probs`` ``(N, C, P)``: ``gather`` along each sample's flat ``(C·P)``
     row at ``y_i·P + i`` (parallel over the batch, each sample's loop contiguous; ``gather`` along the
     class dim itself has an inner loop of length 1 and is several times slower on CPU). The int64
     addresses are made for ``1 / parts`` of the pixels at a time, to keep them a fraction of the logits."""
-    rows, parts = probs.flatten(1), parts or _parts_for(probs)
+    rows = probs.flatten(1)
     if parts == 1:
         return rows.gather(1, _part_addresses(index, 0, index.shape[1]))
     out, tracing = probs.new_empty(index.shape), torch.compiler.is_compiling()
@@ -136,11 +130,11 @@ def row_gather(probs: Tensor, index: Tensor, parts: Optional[int] = None) -> Ten
     return out
 
 
-def row_scatter_add(grad: Tensor, index: Tensor, values: Tensor, parts: Optional[int] = None) -> None:
+def row_scatter_add(grad: Tensor, index: Tensor, values: Tensor, parts: int = 4) -> None:
     """Add ``values`` ``(N, P)`` into ``grad`` ``(N, C, P)`` (contiguous) at each pixel's target class,
     the transpose of :func:`row_gather`."""
     rows = grad.flatten(1)  # a view: grad is contiguous
-    for start, stop in _pixel_parts(index.shape[1], parts or _parts_for(grad)):
+    for start, stop in _pixel_parts(index.shape[1], parts):
         rows.scatter_add_(1, _part_addresses(index, start, stop), values[:, start:stop])
 
 
