@@ -48,6 +48,12 @@ def class_labels(labels: Tensor, valid: Optional[Tensor]) -> Tensor:
     return flat if valid is None else torch.where(valid.flatten(1), flat, 0)
 
 
+def _flat_bins(t: Tensor) -> bool:
+    """Whether ``C > 2`` statistics use flat ``(N·C)`` bins (``take``, ``bincount``, ``index_add_``): on
+    CUDA. CPU uses per-sample rows. One switch, so that a test can run the CUDA branch's logic on CPU."""
+    return t.is_cuda
+
+
 def _fast_cpu(t: Tensor) -> bool:
     """Eager CPU: a host read costs nothing there, so data-dependent shortcuts are allowed."""
     return not t.is_cuda and not torch.compiler.is_compiling()
@@ -215,7 +221,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
             counts = torch.stack([total - ones, ones], 1)
         else:
             index = class_labels(labels, valid)
-            if probs.is_cuda:
+            if _flat_bins(probs):
                 bins = _table_bins(index, c)
                 p_true = probs.view(-1).take(_positions(bins))  # 0 at ignored pixels
                 tp, counts = (t.view(n, c) for t in _cuda_bin_sums(bins, p_true, keep, n * c))
@@ -261,7 +267,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
                 grad = torch.stack([-diff, diff], 1)
         else:
             index = class_labels(labels, valid)
-            cuda = probs.is_cuda
+            cuda = _flat_bins(probs)
             if p_true is None:  # recomputed probabilities
                 p_true = probs.view(-1).take(_positions(_table_bins(index, c))).view_as(index)
             if cuda:
