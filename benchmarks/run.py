@@ -5,6 +5,7 @@ A benchmark, not a test: it prints markdown tables and never fails. See benchmar
     python benchmarks/run.py                      # every shape (the large one included), every softmax loss
     python benchmarks/run.py --quick              # one small shape, short timings (smoke run)
     python benchmarks/run.py --shapes c5,3d --losses dice,focal --markdown out.md
+    python benchmarks/run.py --domain binary       # the binary (sigmoid) losses against F.bce with logits
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ QUICK_SHAPES: Dict[str, Tuple[int, ...]] = {"quick": (2, 5, 64, 64)}
 
 # Our options, chosen to match the references' settings below.
 OPTIONS: Dict[str, dict] = {
+    "binary_focal": dict(gamma=2.0),
+    "binary_tversky": dict(alpha=0.3, beta=0.7),
+    "binary_focal_tversky": dict(alpha=0.3, beta=0.7, gamma=0.75),
     "focal": dict(gamma=2.0),
     "tversky": dict(alpha=0.3, beta=0.7),
     "focal_tversky": dict(alpha=0.3, beta=0.7, gamma=0.75),
@@ -56,7 +60,13 @@ OPTIONS: Dict[str, dict] = {
 # F.cross_entropy's on the same tensors, per family; and the most peak memory a region loss may take in a
 # step, as a multiple of the logits' bytes (the returned gradient included).
 FAMILY_TARGETS: Dict[str, float] = {"ce": 1.1, "focal": 1.3, "region": 1.0}
-FAMILIES: Dict[str, str] = {"ce": "ce", "difficulty_ce": "ce", "focal": "focal"}  # the rest: below
+FAMILIES: Dict[str, str] = {
+    "ce": "ce",
+    "difficulty_ce": "ce",
+    "focal": "focal",
+    "bce": "ce",
+    "binary_focal": "focal",
+}
 REGION_MODULE = "seglosses.losses.overlap"  # the region (overlap) family: Dice, Jaccard, Tversky, ...
 REGION_MEMORY_TARGET = 2.0
 
@@ -64,12 +74,33 @@ REGION_MEMORY_TARGET = 2.0
 # --------------------------------------------------------------------------- losses
 
 
-def our_losses(names: Optional[Sequence[str]]) -> Dict[str, LossFn]:
-    """The registered softmax losses (or a subset) as pure functions with OPTIONS applied."""
+@dataclass(frozen=True)
+class Domain:
+    """The losses of one input domain, their target and the torch loss every ratio is taken to."""
+
+    name: str
+    baseline: LossFn
+    baseline_label: str  # in the tables: "ratio to F.ce" / "ratio to F.bce"
+
+    def target(self, shape: Tuple[int, ...], gen: torch.Generator) -> Tensor:
+        """Class indices ``(N, *S)`` (softmax) or a 0 / 1 float target ``(N, C, *S)`` (binary)."""
+        if self.name == "binary":
+            return torch.randint(0, 2, shape, generator=gen).float()
+        return torch.randint(0, shape[1], shape[:1] + shape[2:], generator=gen)
+
+
+DOMAINS: Dict[str, Domain] = {
+    "softmax": Domain("softmax", F.cross_entropy, "F.ce"),
+    "binary": Domain("binary", F.binary_cross_entropy_with_logits, "F.bce"),
+}
+
+
+def our_losses(names: Optional[Sequence[str]], domain: str = "softmax") -> Dict[str, LossFn]:
+    """The registered losses of ``domain`` (or a subset) as pure functions with OPTIONS applied."""
     entries = {  # stateful (adaptive) losses are timed against their static forms by benchmarks/adaptive.py
         e.name: e
         for e in sl.list_losses(details=True)
-        if e.domain == "softmax" and not getattr(e.module, "stateful", False)
+        if e.domain == domain and not getattr(e.module, "stateful", False)
     }
     unknown = sorted(set(names or ()) - set(entries))
     if unknown:
@@ -109,6 +140,12 @@ def _monai() -> Iterator[RefEntry]:
     yield "gdl", "monai GeneralizedDiceLoss", indexed(M.GeneralizedDiceLoss(**soft))
     focal = M.FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0)
     yield "focal", "monai FocalLoss", indexed(focal)
+    # binary: a sigmoid per channel, target (N, C, *S) of 0 / 1
+    yield "binary_dice", "monai DiceLoss(sigmoid)", M.DiceLoss(sigmoid=True)
+    yield "binary_jaccard", "monai DiceLoss(jaccard, sigmoid)", M.DiceLoss(jaccard=True, sigmoid=True)
+    yield "binary_tversky", "monai TverskyLoss(sigmoid)", M.TverskyLoss(alpha=0.3, beta=0.7, sigmoid=True)
+    yield "binary_gdl", "monai GeneralizedDiceLoss(sigmoid)", M.GeneralizedDiceLoss(sigmoid=True)
+    yield "binary_focal", "monai FocalLoss(sigmoid)", M.FocalLoss(gamma=2.0)
 
 
 def _kornia() -> Iterator[RefEntry]:
@@ -118,6 +155,8 @@ def _kornia() -> Iterator[RefEntry]:
     yield "tversky", "kornia tversky_loss", functools.partial(K.tversky_loss, alpha=0.3, beta=0.7)
     focal = functools.partial(K.focal_loss, alpha=None, gamma=2.0, reduction="mean")
     yield "focal", "kornia focal_loss", focal
+    binary_focal = functools.partial(K.binary_focal_loss_with_logits, alpha=None, gamma=2.0, reduction="mean")
+    yield "binary_focal", "kornia binary_focal_loss_with_logits", binary_focal
 
 
 def _import_smp_losses() -> types.ModuleType:
@@ -139,6 +178,10 @@ def _smp() -> Iterator[RefEntry]:
     ft = L.TverskyLoss("multiclass", alpha=0.3, beta=0.7, gamma=0.75)
     yield "focal_tversky", "smp TverskyLoss(gamma)", ft
     yield "focal", "smp FocalLoss", L.FocalLoss("multiclass", gamma=2.0)
+    yield "binary_dice", "smp DiceLoss(multilabel)", L.DiceLoss("multilabel")
+    yield "binary_jaccard", "smp JaccardLoss(multilabel)", L.JaccardLoss("multilabel")
+    yield "binary_tversky", "smp TverskyLoss(multilabel)", L.TverskyLoss("multilabel", alpha=0.3, beta=0.7)
+    yield "binary_focal", "smp FocalLoss(multilabel)", L.FocalLoss("multilabel", gamma=2.0)
 
 
 def references() -> Tuple[References, List[str]]:
@@ -273,18 +316,24 @@ class Row:
 class Bench:
     """Times losses on one shape, each beside F.cross_entropy on the same tensors."""
 
-    def __init__(self, shape: Tuple[int, ...], device: torch.device, min_run_time: float) -> None:
+    def __init__(
+        self,
+        shape: Tuple[int, ...],
+        device: torch.device,
+        min_run_time: float,
+        domain: Domain = DOMAINS["softmax"],
+    ) -> None:
         gen = torch.Generator().manual_seed(0)
         self.x = torch.randn(shape, generator=gen).to(device).requires_grad_()
-        self.t = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=gen).to(device)
-        self.device, self.min_run_time = device, min_run_time
+        self.t = domain.target(shape, gen).to(device)
+        self.device, self.min_run_time, self.domain = device, min_run_time, domain
         self.logit_bytes = self.x.numel() * self.x.element_size()
         self.base_seconds: Dict[bool, List[float]] = {False: [], True: []}  # by forward_only
 
     def ratio(self, fn: LossFn, forward_only: bool = False) -> Tuple[float, float]:
         """Seconds of ``fn`` and its ratio to F.cross_entropy timed in the same rounds."""
         make = fwd if forward_only else fwd_bwd
-        step, base = make(fn, self.x, self.t), make(F.cross_entropy, self.x, self.t)
+        step, base = make(fn, self.x, self.t), make(self.domain.baseline, self.x, self.t)
         seconds, base_seconds = paired(step, base, self.min_run_time)
         self.base_seconds[forward_only].append(base_seconds)
         return seconds, seconds / base_seconds
@@ -314,8 +363,8 @@ class Bench:
         """F.cross_entropy's own numbers: the median of its medians beside every measurement."""
         fb, f = (statistics.median(self.base_seconds[k] or [math.nan]) * 1e3 for k in (False, True))
         return (
-            f"F.cross_entropy: {fb:.2f} ms fwd+bwd, {f:.2f} ms fwd, "
-            f"peak extra memory {_x(self.memory(F.cross_entropy))} logits"
+            f"{self.domain.baseline_label}: {fb:.2f} ms fwd+bwd, {f:.2f} ms fwd, "
+            f"peak extra memory {_x(self.memory(self.domain.baseline))} logits"
         )
 
 
@@ -370,14 +419,16 @@ def _x(value: Optional[float]) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
-def shape_table(label: str, shape: Tuple[int, ...], baseline: str, rows: List[Row]) -> List[str]:
+def shape_table(
+    label: str, shape: Tuple[int, ...], baseline: str, rows: List[Row], base: str = "F.ce"
+) -> List[str]:
     lines = [
         f"### {label} {tuple(shape)}",
         "",
         baseline,
         "",
-        "| loss | ours fwd+bwd ms | ratio to F.ce (checks on) | ratio (checks off) "
-        "| fwd-only ratio | target | best reference (ratio to F.ce) | our speed-up over it "
+        f"| loss | ours fwd+bwd ms | ratio to {base} (checks on) | ratio (checks off) "
+        f"| fwd-only ratio | target | best reference (ratio to {base}) | our speed-up over it "
         "| peak extra mem ×logits | memory target |",
         "|---|---:|---:|---:|---:|---|---|---:|---:|---|",
     ]
@@ -436,6 +487,7 @@ def load_note(cores: Optional[float]) -> str:
 
 
 def header(args: argparse.Namespace, notes: List[str]) -> List[str]:
+    base = DOMAINS[args.domain].baseline.__name__
     versions = [f"torch {torch.__version__}", f"seglosses {sl.__version__}"]
     for module in ("monai", "kornia"):
         try:
@@ -448,8 +500,7 @@ def header(args: argparse.Namespace, notes: List[str]) -> List[str]:
         f"{', '.join(versions)}; device {args.device}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs.",
         f"Medians of Timer.blocked_autorange, {args.min_run_time}s per loss and as much for "
-        "F.cross_entropy, timed in alternating rounds; ratios are to the F.cross_entropy rounds "
-        "beside each measurement"
+        f"{base}, timed in alternating rounds; ratios are to the {base} rounds beside each measurement"
         + "".join(f"; {label}: {f:g}× that time" for label, f in TIME_FRACTION.items())
         + ".",
         "Targets (fwd+bwd ratio, judged with input checks on; the column says when checks off would "
@@ -477,7 +528,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", help=f"comma-separated subset of {','.join(SHAPES)}")
     p.add_argument("--quick", action="store_true", help="one small shape, short timings")
-    p.add_argument("--losses", help="comma-separated subset of our softmax losses (default: all)")
+    p.add_argument("--losses", help="comma-separated subset of the domain's losses (default: all)")
+    p.add_argument(
+        "--domain",
+        default="softmax",
+        choices=list(DOMAINS),
+        help="softmax losses against F.cross_entropy (default) or binary (sigmoid) ones against "
+        "F.binary_cross_entropy_with_logits, target (N, C, *S) of 0 / 1",
+    )
     p.add_argument("--markdown", metavar="PATH", help="also write the tables to this file")
     p.add_argument("--min-run-time", type=float, help="seconds per measurement (1.0; quick 0.1)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -504,18 +562,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    losses = our_losses([s.strip() for s in args.losses.split(",")] if args.losses else None)
+    domain = DOMAINS[args.domain]
+    losses = our_losses([s.strip() for s in args.losses.split(",")] if args.losses else None, args.domain)
     refs, notes = references()
     out = header(args, notes)
     print("\n".join(out), flush=True)
     results = []
     for label, shape in chosen_shapes(args).items():
         progress(f"shape {label} {shape}")
-        bench = Bench(shape, device, args.min_run_time * TIME_FRACTION.get(label, 1.0))
+        bench = Bench(shape, device, args.min_run_time * TIME_FRACTION.get(label, 1.0), domain)
         with ForeignLoad() as load:
             rows = run_shape(bench, losses, refs)
         results.append((label, rows))
-        table = shape_table(label, shape, bench.baseline_line() + load_note(load.cores), rows)
+        baseline = bench.baseline_line() + load_note(load.cores)
+        table = shape_table(label, shape, baseline, rows, domain.baseline_label)
         print("\n".join(table), flush=True)
         out += table
     tail = summary(results)
