@@ -82,3 +82,41 @@ def test_saturated_logits_give_finite_focal_gradients():
         value = SF.focal_loss(logits, target, gamma=gamma)
         grad = torch.autograd.grad(value, logits)[0]
         assert value.isfinite() and grad.isfinite().all()
+
+
+@pytest.mark.parametrize("options", [{}, {"pos_weight": [2.0, 0.5, 1.0]}, {"label_smoothing": 0.1},
+                                     {"weight": [1.0, 2.0, 3.0], "ignore_index": 255}])  # fmt: skip
+def test_bce_fused_kernel_equals_the_log_space_terms(options, monkeypatch):
+    """bce on eager CPU runs torch's fused kernel; it gives the log-space formula's value and gradient."""
+    import seglosses.losses.cross_entropy as ce_module
+
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    target = torch.randint(0, 2, (2, 3, 5, 6), generator=g)
+    if "ignore_index" in options:
+        target[0, 1, :2] = 255
+    else:
+        target = target.double()
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(ce_module, "_fused_binary_ce", lambda *args: None)
+        value = (
+            sl.create_loss("bce")(logits, target)
+            if not options
+            else sl.BinaryCrossEntropyLoss(**options)(logits, target)
+        )
+        results.append((value, torch.autograd.grad(value, logits)[0]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
+def test_bce_minus_inf_logit_with_target_zero_is_legal():
+    """torch's kernel gives NaN there; the fallback gives the loss 0 and a zero gradient (SPEC 6)."""
+    logits = torch.tensor([-torch.inf, 0.5]).view(1, 2, 1, 1).requires_grad_()
+    target = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)
+    with sl.input_checks(False):
+        value = sl.create_loss("bce")(logits, target)
+    (grad,) = torch.autograd.grad(value, logits)
+    torch.testing.assert_close(value, F.softplus(torch.tensor(-0.5)) / 2)
+    assert grad.flatten()[0] == 0 and grad.isfinite().all()

@@ -315,8 +315,10 @@ def binary_cross_entropy_loss(
     w = channel_tensor(class_tensor(opts["weight"], logits, "weight"), logits)
     rho = channel_tensor(class_tensor(opts["pos_weight"], logits, "pos_weight"), logits)
     y = prepared.dense if eps == 0 else prepared.dense * (1 - eps) + eps / 2
-    positive, negative = binary_log_terms(logits, y)
-    loss = -(positive + negative) if rho is None else -(rho * positive + negative)
+    loss = _fused_binary_ce(logits, y, rho) if fused_index_path(logits) else None
+    if loss is None:
+        positive, negative = binary_log_terms(logits, y)
+        loss = -(positive + negative) if rho is None else -(rho * positive + negative)
     if w is not None:
         loss = loss * w
     if prepared.valid is not None:
@@ -329,6 +331,15 @@ def binary_cross_entropy_loss(
             element_weight = element_weight * prepared.valid
         denominator = element_weight.sum(dtype=torch.float32)
     return reduce(loss, reduction, denominator)
+
+
+def _fused_binary_ce(logits: Tensor, y: Tensor, rho: Optional[Tensor]) -> Optional[Tensor]:
+    """``-(ρ y log σ(z) + (1 - y) log σ(-z))`` per element by torch's fused kernel (eager CPU, where the
+    host read is free), or None when any element is not finite. The kernel gives NaN for a ``-inf`` logit
+    with target 0, whose loss is 0 (SPEC 6), and its gradient would carry a NaN logit at an ignored
+    element into the result; such inputs take :func:`binary_log_terms`, which handles both."""
+    loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=rho, reduction="none")
+    return loss if bool(loss.sum().isfinite()) else None
 
 
 def check_ce_options(
