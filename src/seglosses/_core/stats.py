@@ -118,16 +118,14 @@ def _label_sums(index: Tensor, values: Tensor, c: int) -> Tensor:
     return values.new_zeros(index.shape[0], width).scatter_add_(1, index, values)[:, :c]
 
 
-def row_gather(probs: Tensor, index: Tensor, parts: int = 4) -> Tensor:
+def row_gather(probs: Tensor, index: Tensor) -> Tensor:
     """``p_{i,y_i}`` ``(N, P)`` from ``probs`` ``(N, C, P)``: ``gather`` along each sample's flat ``(C·P)``
     row at ``y_i·P + i`` (parallel over the batch, each sample's loop contiguous; ``gather`` along the
     class dim itself has an inner loop of length 1 and is several times slower on CPU). The int64
-    addresses are made for ``1 / parts`` of the pixels at a time, to keep them a fraction of the logits."""
+    addresses are made for a quarter of the pixels at a time, to keep them a fraction of the logits."""
     rows = probs.flatten(1)
-    if parts == 1:
-        return rows.gather(1, _part_addresses(index, 0, index.shape[1]))
     out, tracing = probs.new_empty(index.shape), torch.compiler.is_compiling()
-    for start, stop in _pixel_parts(index.shape[1], parts):
+    for start, stop in _pixel_parts(index.shape[1]):
         addresses = _part_addresses(index, start, stop)
         if tracing:  # no out= into a strided view under torch.compile (a graph break)
             out[:, start:stop] = rows.gather(1, addresses)
@@ -136,17 +134,17 @@ def row_gather(probs: Tensor, index: Tensor, parts: int = 4) -> Tensor:
     return out
 
 
-def row_scatter_add(grad: Tensor, index: Tensor, values: Tensor, parts: int = 4) -> None:
+def row_scatter_add(grad: Tensor, index: Tensor, values: Tensor) -> None:
     """Add ``values`` ``(N, P)`` into ``grad`` ``(N, C, P)`` (contiguous) at each pixel's target class,
     the transpose of :func:`row_gather`."""
     rows = grad.flatten(1)  # a view: grad is contiguous
-    for start, stop in _pixel_parts(index.shape[1], parts):
+    for start, stop in _pixel_parts(index.shape[1]):
         rows.scatter_add_(1, _part_addresses(index, start, stop), values[:, start:stop])
 
 
-def _pixel_parts(pixels: int, parts: int) -> List[Tuple[int, int]]:
-    """``(start, stop)`` of ``parts`` about equal parts of ``range(pixels)``."""
-    step = max(1, -(-pixels // parts))
+def _pixel_parts(pixels: int) -> List[Tuple[int, int]]:
+    """``(start, stop)`` of four about equal parts of ``range(pixels)``."""
+    step = max(1, -(-pixels // 4))
     return [(start, min(start + step, pixels)) for start in range(0, pixels, step)]
 
 

@@ -355,9 +355,8 @@ class _InfoNCESum(torch.autograd.Function):
             grad_x[rows] += coeff @ rows_of_pool
             grad_pool += coeff.T @ x[rows]
         scale = grad / ctx.temperature
-        if pool_x is None:
-            return grad_x.mul_(scale), None, None, None, None, None
-        return grad_x.mul_(scale), None, grad_pool.mul_(scale), None, None, None
+        pool_out = None if pool_x is None else grad_pool.mul_(scale)  # else it is grad_x itself
+        return grad_x.mul_(scale), None, pool_out, None, None, None
 
 
 def _info_nce_block(
@@ -553,9 +552,8 @@ class _TripletWindowSum(torch.autograd.Function):
         for rows in row_blocks(x.shape[0], 4 * pool.y.shape[0]):
             with torch.enable_grad():
                 total = _window_block(leaf, y, pool, rows, *ctx.options)[0]
-                for into, part in zip(grads, torch.autograd.grad(total, leaves, allow_unused=True)):
-                    if part is not None:
-                        into += part
+                for into, part in zip(grads, torch.autograd.grad(total, leaves)):  # both rows and pool used
+                    into += part
         grad_pool = None if pool_x is None else grads[1].mul_(grad)
         return grads[0].mul_(grad), None, grad_pool, None, None, None
 
