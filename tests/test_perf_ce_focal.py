@@ -44,9 +44,10 @@ def test_cross_entropy_equals_torch(reduction):
     torch.testing.assert_close(g[0], g[1])
 
 
-@pytest.mark.parametrize("name", ["ce", "focal"])
-def test_nan_at_ignored_pixels_changes_nothing_with_checks_off(name):
-    logits, target = make_inputs("softmax", (2, 3, 5, 6), dtype=torch.float32, ignore_fraction=0.3)
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("name", ["ce", "focal", "difficulty_ce"])
+def test_nan_at_ignored_pixels_changes_nothing_with_checks_off(name, classes):
+    logits, target = make_inputs("softmax", (2, classes, 5, 6), dtype=torch.float32, ignore_fraction=0.3)
     ignored = (target == IGNORE).unsqueeze(1).expand_as(logits)
     dirty = logits.detach().masked_fill(ignored, float("nan")).requires_grad_()
     loss = sl.create_loss(f"{name}(ignore_index={IGNORE})")
@@ -57,10 +58,12 @@ def test_nan_at_ignored_pixels_changes_nothing_with_checks_off(name):
     assert (results[1][1][ignored] == 0).all()
 
 
-@pytest.mark.parametrize("name", ["ce", "focal"])
-def test_a_retained_graph_gives_the_same_gradient_twice(name):
-    logits, target = make_inputs("softmax", (2, 3, 5, 6), dtype=torch.float32, ignore_fraction=0.2)
-    value = sl.create_loss(f"{name}(ignore_index={IGNORE})")(logits, target)
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("name", ["ce", "focal", "difficulty_ce(detach=False)"])
+def test_a_retained_graph_gives_the_same_gradient_twice(name, classes):
+    logits, target = make_inputs("softmax", (2, classes, 5, 6), dtype=torch.float32, ignore_fraction=0.2)
+    spec = name[:-1] + f", ignore_index={IGNORE})" if name.endswith(")") else f"{name}(ignore_index={IGNORE})"
+    value = sl.create_loss(spec)(logits, target)
     first = torch.autograd.grad(value, logits, retain_graph=True)[0].clone()
     second = torch.autograd.grad(value, logits)[0]
     torch.testing.assert_close(second, first, rtol=0, atol=0)
@@ -120,3 +123,76 @@ def test_bce_minus_inf_logit_with_target_zero_is_legal():
     (grad,) = torch.autograd.grad(value, logits)
     torch.testing.assert_close(value, F.softplus(torch.tensor(-0.5)) / 2)
     assert grad.flatten()[0] == 0 and grad.isfinite().all()
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 7, 9), (2, 5, 4, 5, 6)])
+@pytest.mark.parametrize("ignore", [0.0, 0.3])
+@pytest.mark.parametrize("options", [{"alpha": 0.25, "gamma": 2.0}, {"alpha": 0.6, "gamma": 0.5},
+                                     {"alpha": 0.0, "gamma": 3.0}, {"alpha": 0.3, "gamma": 0.0}])  # fmt: skip
+@pytest.mark.parametrize("detach", [True, False])
+def test_fused_difficulty_ce_matches_its_formula(shape, ignore, options, detach, monkeypatch):
+    """The fused path of the difficulty-weighted CE against its formula on torch's CE kernel (the path
+    CUDA and torch.compile keep): values and gradients, detached weight or not."""
+    import seglosses.adaptive.losses as adaptive
+
+    logits, target = make_inputs("softmax", shape, ignore_fraction=ignore, scale=4.0)
+    kwargs = dict(options, detach=detach, ignore_index=IGNORE, reduction="none")
+    ours = SF.difficulty_ce_loss(logits, target, **kwargs)
+    monkeypatch.setattr(adaptive, "fused_index_path", lambda work: False)
+    reference = SF.difficulty_ce_loss(logits, target, **kwargs)
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
+    a, g = options["alpha"], options["gamma"]
+    by_hand = (a + (1 - a) * (1 - torch.exp(-ce)) ** g) * ce
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(ours, by_hand)
+    weights = torch.rand_like(ours)
+    grads = [torch.autograd.grad((v * weights).sum(), logits)[0] for v in (ours, reference)]
+    torch.testing.assert_close(grads[0], grads[1])
+    if detach:  # a constant weight: w_i (p - onehot(t))
+        weight = (a + (1 - a) * (1 - torch.exp(-ce.detach())) ** g) * weights
+        expected = torch.autograd.grad((weight * ce).sum(), logits)[0]
+        torch.testing.assert_close(grads[0], expected)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("floor", [0.0, 0.4])
+def test_two_class_margin_path_gradcheck(gamma, floor):
+    """float64 gradcheck of the fused function at C = 2 (the margin path) with ignored pixels (a detached
+    weight is not the value's derivative: ``test_fused_difficulty_ce_matches_its_formula`` checks it)."""
+    from seglosses.losses.cross_entropy import FusedIndexCE
+
+    logits, target = make_inputs("softmax", (2, 2, 3, 4), ignore_fraction=0.25, scale=3.0)
+    valid = target != IGNORE
+    torch.autograd.gradcheck(lambda z: FusedIndexCE.apply(z, target, valid, gamma, floor, False), (logits,))
+
+
+def test_two_class_margin_is_exact_at_large_margins():
+    """softplus of the margin keeps float64 precision where it is large (ce ≈ m) and tiny (ce ≈ e^m)."""
+    z = torch.tensor([[30.0, -30.0], [-50.0, 50.0], [0.0, 745.0], [2.0, -1.5]], dtype=torch.float64)
+    logits = z.T.reshape(1, 2, 4, 1).contiguous().requires_grad_()
+    target = torch.tensor([1, 1, 0, 0]).view(1, 4, 1)
+    ours = SF.cross_entropy_loss(logits, target, reduction="none")
+    margin = torch.tensor([60.0, -100.0, 745.0, -3.5], dtype=torch.float64)  # z_other - z_target
+    torch.testing.assert_close(
+        ours.flatten(), torch.logaddexp(margin, torch.zeros_like(margin)), rtol=1e-15, atol=0
+    )
+    grad = torch.autograd.grad(ours.sum(), logits)[0].flatten(2).squeeze(-1)[0]  # (2, 4)
+    torch.testing.assert_close(grad[1], torch.sigmoid(margin) * torch.tensor([-1.0, -1.0, 1.0, 1.0]).double())
+    torch.testing.assert_close(grad[0], -grad[1])
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "difficulty_ce"])
+def test_two_class_non_finite_logits_take_the_log_softmax_path(name):
+    """C = 2 with a legal -inf logit (probability 0) and an invalid +inf one, checks off: the -inf pixel
+    gives the log-softmax result, the +inf pixel NaN, as at C = 3."""
+    target = torch.tensor([0, 1, 0]).view(1, 3, 1)
+    logits = torch.tensor([[1.0, 0.5, 2.0], [-torch.inf, 0.5, torch.inf]]).view(1, 2, 3, 1).requires_grad_()
+    loss = {"ce": SF.cross_entropy_loss, "focal": SF.focal_loss, "difficulty_ce": SF.difficulty_ce_loss}[name]
+    with sl.input_checks(False):
+        per_pixel = loss(logits, target, reduction="none")
+    flat = per_pixel.flatten()
+    assert flat[0] == 0 and flat[1].isfinite() and flat[2].isnan()
+    grad = torch.autograd.grad(flat[:2].sum(), logits)[0]
+    assert (
+        grad[..., 0, :].eq(0).all() and grad[..., :2, :].isfinite().all()
+    )  # NaN at the +inf pixel, as in torch

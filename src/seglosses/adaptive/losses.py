@@ -44,7 +44,13 @@ from .._core.registry import register
 from .._core.targets import IndexTarget, SoftmaxTarget, num_valid, softmax_target
 from ..distributed import sync_sum_
 from ..losses.base import module_for
-from ..losses.cross_entropy import _torch_ignore, ce_from_prepared, cross_entropy_loss
+from ..losses.cross_entropy import (
+    FusedIndexCE,
+    _torch_ignore,
+    ce_from_prepared,
+    cross_entropy_loss,
+    fused_index_path,
+)
 from ..losses.focal import _FocalDense, _FocalModulation, focal_from_prepared, focal_loss, index_cross_entropy
 
 Adapt = Literal["both", "alpha", "gamma"]
@@ -93,7 +99,10 @@ def difficulty_ce_loss(
     prepared = softmax_target(logits, target, ignore_index)
     work = logits.to(compute_dtype(logits))
     a, g = opts["alpha"], opts["gamma"]
-    if isinstance(prepared, IndexTarget):
+    if isinstance(prepared, IndexTarget) and fused_index_path(work):
+        loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, g, a, opts["detach"])
+        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
+    elif isinstance(prepared, IndexTarget):
         ce = index_cross_entropy(work, prepared, ignore_index)
         if opts["detach"]:
             loss = (a + (1 - a) * torch.expm1(-ce.detach()).neg_().pow_(g)) * ce

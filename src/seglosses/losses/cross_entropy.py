@@ -154,17 +154,25 @@ def focal_factor(ce: Tensor, u: Tensor, gamma: float) -> Tensor:
 
 
 class FusedIndexCE(torch.autograd.Function):
-    """Per-pixel ``-(1 - p_t)^γ log p_t`` (``γ = 0``: cross-entropy) for an index target, ``(N, *S)``, 0 at
-    ignored pixels; eager CPU (:func:`fused_index_path`).
+    """Per-pixel ``m_i · ce_i`` for an index target, ``(N, *S)``, 0 at ignored pixels; eager CPU
+    (:func:`fused_index_path`). ``ce_i = -log p_{i,t}`` and ``m_i = α + (1 - α) u_i^γ`` with
+    ``u_i = 1 - p_{i,t}``: cross-entropy (``γ = 0``), focal loss (``α = 0``) and the difficulty-weighted
+    CE (``α`` the floor; ``detach``: ``m`` is a constant weight).
 
-    Forward: ``log_softmax`` and ``log p_t`` read at each pixel's target class along its sample's flat
-    ``(C·P)`` row (``stats.row_gather``). Backward, with ``w_i = ∂L/∂ce_i`` (the focal factor times the
-    incoming gradient): ``∂L/∂z_ij = w_i (p_ij - [j = t_i])``, written into the saved log-probabilities
-    in place (``exp_``, a product, and ``-w_i`` added at the target class). ``F.cross_entropy`` makes
-    the same log-softmax pass but then an indexed read, a zero-filled logits-sized gradient, an indexed
-    write and a log-softmax backward that reads two logits-sized tensors; here a step holds one
-    logits-sized tensor besides its result. A second backward through a retained graph recomputes the
-    log-probabilities from the logits.
+    Backward, with ``w_i = ∂L/∂ce_i`` (times the incoming gradient): ``1`` for CE, ``m_i`` detached, else
+    ``α + (1 - α) F_i`` with the focal factor ``F`` (:func:`focal_factor`); then
+    ``∂L/∂z_ij = w_i (p_ij - [j = t_i])``.
+
+    * ``C = 2``, every logit finite: the margin ``m_i = z_{i,o} - z_{i,t}`` (``o`` the other class) is all
+      it takes: ``ce = softplus(m)``, ``u = σ(m)``, and ``∂L/∂z_o = -∂L/∂z_t = w u``. Every step is
+      pixel-sized; the gradient is the only logits-sized tensor written.
+    * Otherwise: ``log_softmax`` and ``log p_t`` read at each pixel's target class along its sample's flat
+      ``(C·P)`` row (``stats.row_gather``); the backward writes ``w (p - onehot(t))`` into the saved
+      log-probabilities in place (``exp_``, ``-w`` added at the target class, a product). A second
+      backward through a retained graph recomputes them from the logits.
+
+    ``F.cross_entropy`` makes the same log-softmax pass but then an indexed read, a zero-filled
+    logits-sized gradient, an indexed write and a log-softmax backward that reads two logits-sized tensors.
 
     Ignored pixels get loss and gradient 0: by a product with the float mask, and only when something
     is not finite (a NaN / inf logit or incoming gradient) by ``where`` / ``masked_fill_``, so that a NaN
@@ -172,34 +180,49 @@ class FusedIndexCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, labels: Tensor, valid: Optional[Tensor], gamma: float) -> Tensor:
-        log_p = torch.log_softmax(logits.flatten(2), dim=1)
-        ce = row_gather(log_p, class_labels(labels, valid)).neg_()  # -log p_t
-        u = torch.expm1(ce.neg()).neg_() if gamma > 0 else None  # 1 - p_t, exact near p_t = 1
-        loss = ce if u is None else u.pow(gamma).mul_(ce)
+    def forward(
+        ctx: Any,
+        logits: Tensor,
+        labels: Tensor,
+        valid: Optional[Tensor],
+        gamma: float,
+        floor: float = 0.0,
+        detach: bool = False,
+    ) -> Tensor:
+        flat = logits.flatten(2)
+        ctx.gamma, ctx.floor, ctx.detach, ctx.logits_shape = gamma, floor, detach, logits.shape
+        ctx.log_p, two = None, _two_class_terms(flat, labels) if logits.shape[1] == 2 else None
+        if two is not None:
+            ce, u, label_one = two
+        else:
+            ctx.log_p = torch.log_softmax(flat, dim=1)
+            ce = row_gather(ctx.log_p, class_labels(labels, valid)).neg_()  # -log p_t
+            u = torch.expm1(ce.neg()).neg_() if gamma > 0 else None  # 1 - p_t, exact near p_t = 1
+            label_one = None
+        loss = ce if gamma == 0 else _modulation(u, gamma, floor).mul_(ce)
         ctx.dirty = False
         if valid is not None:
-            keep = valid_weights(valid, loss.dtype)
-            loss = loss * keep
-            if not bool(loss.sum().isfinite()):  # a NaN / inf at an ignored pixel stays out
+            loss = loss * valid_weights(valid, loss.dtype)
+            if two is None and not bool(loss.sum().isfinite()):  # a NaN / inf at an ignored pixel
                 ctx.dirty = True
                 loss = torch.where(valid.flatten(1), loss, 0.0)
-        ctx.log_p, ctx.gamma, ctx.logits_shape = log_p, gamma, logits.shape
-        ctx.save_for_backward(logits, labels, valid, None if u is None else ce, u)
+        ctx.save_for_backward(logits, labels, valid, None if gamma == 0 else ce, u, label_one)
         return loss.view(labels.shape)
 
     @staticmethod
-    @first_order_backward("cross_entropy_loss / focal_loss")
-    def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None, None, None]:
-        logits, labels, valid, ce, u = ctx.saved_tensors
+    @first_order_backward("cross_entropy_loss / focal_loss / difficulty_ce_loss")
+    def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None, None, None, None, None]:
+        logits, labels, valid, ce, u, label_one = ctx.saved_tensors
         w = grad_loss.flatten(1)  # (N, P)
-        if u is not None:
-            w = focal_factor(ce, u, ctx.gamma).mul_(w)
+        if ctx.gamma > 0:
+            w = _ce_factor(ce, u, ctx.gamma, ctx.floor, ctx.detach).mul_(w)
         if valid is not None:
             w = w * valid_weights(valid, w.dtype)
             if ctx.dirty or not bool(w.sum().isfinite()):
                 ctx.dirty = True
                 w = torch.where(valid.flatten(1), w, 0.0)
+        if label_one is not None:
+            return _two_class_grad(w, u, label_one, ctx.logits_shape), None, None, None, None, None
         if ctx.log_p is not None:  # the first backward: the log-probabilities become the gradient
             grad, ctx.log_p = ctx.log_p.exp_(), None
         else:  # the same operations as the first time, so the same gradient to the last bit
@@ -209,7 +232,43 @@ class FusedIndexCE(torch.autograd.Function):
         grad.mul_(w.unsqueeze(1))
         if ctx.dirty:  # p · 0 is NaN where p is (a NaN logit at an ignored pixel)
             grad.masked_fill_(~valid.flatten(1).unsqueeze(1), 0.0)
-        return grad.view(ctx.logits_shape), None, None, None
+        return grad.view(ctx.logits_shape), None, None, None, None, None
+
+
+def _two_class_terms(flat: Tensor, labels: Tensor) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    """``C = 2``: ``ce = softplus(m)``, ``u = σ(m)`` and ``[t = 1]`` as a number, each ``(N, P)``, from the
+    margin ``m = z_o - z_t = (z_1 - z_0)(1 - 2 [t = 1])`` (any label but 1, ``ignore_index`` included,
+    counts as class 0: the pixel is masked later). None when a margin is not finite (a NaN or infinite
+    logit anywhere, ignored pixels included): the log-softmax path handles those."""
+    label_one = valid_weights(labels.eq(1), flat.dtype)
+    margin = torch.sub(flat[:, 1], flat[:, 0])
+    margin = torch.addcmul(margin, label_one, margin, value=-2.0)
+    if not bool(margin.sum().isfinite()):
+        return None
+    return F.softplus(margin, threshold=40.0), torch.sigmoid(margin), label_one  # exact to float64
+
+
+def _two_class_grad(w: Tensor, u: Tensor, label_one: Tensor, shape: torch.Size) -> Tensor:
+    """``∂L/∂z_o = -∂L/∂z_t = w u``, so ``∂L/∂z_1 = w u (1 - 2 [t = 1]) = -∂L/∂z_0``."""
+    w_u = w * u
+    grad = w_u.new_empty(w_u.shape[0], 2, w_u.shape[1])
+    torch.addcmul(w_u, label_one, w_u, value=-2.0, out=grad[:, 1])
+    torch.neg(grad[:, 1], out=grad[:, 0])
+    return grad.view(shape)
+
+
+def _modulation(u: Tensor, gamma: float, floor: float) -> Tensor:
+    """``α + (1 - α) u^γ`` (a new tensor)."""
+    modulation = u.pow(gamma)
+    return modulation if floor == 0 else modulation.mul_(1 - floor).add_(floor)
+
+
+def _ce_factor(ce: Tensor, u: Tensor, gamma: float, floor: float, detach: bool) -> Tensor:
+    """``∂(m · ce)/∂ce`` for ``γ > 0``: ``m`` itself when it is detached, else ``α + (1 - α) F``."""
+    if detach:
+        return _modulation(u, gamma, floor)
+    factor = focal_factor(ce, u, gamma)
+    return factor if floor == 0 else factor.mul_(1 - floor).add_(floor)
 
 
 def _torch_ignore(ignore_index: Optional[int]) -> int:
