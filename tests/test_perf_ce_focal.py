@@ -196,3 +196,20 @@ def test_two_class_non_finite_logits_take_the_log_softmax_path(name):
     assert (
         grad[..., 0, :].eq(0).all() and grad[..., :2, :].isfinite().all()
     )  # NaN at the +inf pixel, as in torch
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_saturated_wrong_prediction_keeps_its_exact_ce(gamma):
+    """C = 3, float32: where p_t underflows (ce = 200 > 87) ce comes from log_softmax, so the loss is 200,
+    not inf, and every other pixel keeps torch's value."""
+    logits, target = make_inputs("softmax", (2, 3, 4, 5), dtype=torch.float32)
+    logits = logits.detach()
+    logits[0, :, 0, 0] = torch.tensor([100.0, -100.0, 0.0])
+    target[0, 0, 0] = 1
+    logits.requires_grad_()
+    ours = SF.focal_loss(logits, target, gamma=gamma, reduction="none")
+    reference = _reference_focal(logits, target, gamma)
+    assert ours[0, 0, 0].item() == 200.0
+    torch.testing.assert_close(ours, reference)
+    grads = [torch.autograd.grad(v.sum(), logits)[0] for v in (ours, reference)]
+    torch.testing.assert_close(grads[0], grads[1])

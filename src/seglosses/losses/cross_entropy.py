@@ -166,13 +166,14 @@ class FusedIndexCE(torch.autograd.Function):
     * ``C = 2``, every logit finite: the margin ``m_i = z_{i,o} - z_{i,t}`` (``o`` the other class) is all
       it takes: ``ce = softplus(m)``, ``u = σ(m)``, and ``∂L/∂z_o = -∂L/∂z_t = w u``. Every step is
       pixel-sized; the gradient is the only logits-sized tensor written.
-    * Otherwise: ``log_softmax`` and ``log p_t`` read at each pixel's target class along its sample's flat
-      ``(C·P)`` row (``stats.row_gather``); the backward writes ``w (p - onehot(t))`` into the saved
-      log-probabilities in place (``exp_``, ``-w`` added at the target class, a product). A second
-      backward through a retained graph recomputes them from the logits.
+    * Otherwise: ``softmax``, ``p_t`` read at each pixel's target class along its sample's flat ``(C·P)``
+      row (``stats.row_gather``) and ``ce = -log p_t`` (:func:`_target_ce`); the backward writes
+      ``w (p - onehot(t))`` into the saved probabilities in place (``-1`` added at the target class, a
+      product). A second backward through a retained graph recomputes them from the logits.
 
-    ``F.cross_entropy`` makes the same log-softmax pass but then an indexed read, a zero-filled
-    logits-sized gradient, an indexed write and a log-softmax backward that reads two logits-sized tensors.
+    ``F.cross_entropy`` makes a log-softmax pass, an indexed read, a zero-filled logits-sized gradient,
+    an indexed write and a log-softmax backward that reads two logits-sized tensors and takes ``exp`` of
+    one; here the one ``exp`` pass is the softmax's.
 
     Ignored pixels get loss and gradient 0: by a product with the float mask, and only when something
     is not finite (a NaN / inf logit or incoming gradient) by ``where`` / ``masked_fill_``, so that a NaN
@@ -191,12 +192,12 @@ class FusedIndexCE(torch.autograd.Function):
     ) -> Tensor:
         flat = logits.flatten(2)
         ctx.gamma, ctx.floor, ctx.detach, ctx.logits_shape = gamma, floor, detach, logits.shape
-        ctx.log_p, two = None, _two_class_terms(flat, labels) if logits.shape[1] == 2 else None
+        ctx.probs, two = None, _two_class_terms(flat, labels) if logits.shape[1] == 2 else None
         if two is not None:
             ce, u, label_one = two
         else:
-            ctx.log_p = torch.log_softmax(flat, dim=1)
-            ce = row_gather(ctx.log_p, class_labels(labels, valid)).neg_()  # -log p_t
+            ctx.probs = torch.softmax(flat, dim=1)
+            ce = _target_ce(flat, ctx.probs, class_labels(labels, valid))
             u = torch.expm1(ce.neg()).neg_() if gamma > 0 else None  # 1 - p_t, exact near p_t = 1
             label_one = None
         loss = ce if gamma == 0 else _modulation(u, gamma, floor).mul_(ce)
@@ -223,16 +224,27 @@ class FusedIndexCE(torch.autograd.Function):
                 w = torch.where(valid.flatten(1), w, 0.0)
         if label_one is not None:
             return _two_class_grad(w, u, label_one, ctx.logits_shape), None, None, None, None, None
-        if ctx.log_p is not None:  # the first backward: the log-probabilities become the gradient
-            grad, ctx.log_p = ctx.log_p.exp_(), None
-        else:  # the same operations as the first time, so the same gradient to the last bit
-            grad = torch.log_softmax(logits.flatten(2), dim=1).exp_()
+        if ctx.probs is not None:  # the first backward: the probabilities become the gradient
+            grad, ctx.probs = ctx.probs, None
+        else:  # the same operation as the first time, so the same gradient to the last bit
+            grad = torch.softmax(logits.flatten(2), dim=1)
         minus_one = grad.new_full((1, 1), -1.0).expand(w.shape)
         row_scatter_add(grad, class_labels(labels, valid), minus_one)  # p - onehot(t)
         grad.mul_(w.unsqueeze(1))
         if ctx.dirty:  # p · 0 is NaN where p is (a NaN logit at an ignored pixel)
             grad.masked_fill_(~valid.flatten(1).unsqueeze(1), 0.0)
         return grad.view(ctx.logits_shape), None, None, None, None, None
+
+
+def _target_ce(flat: Tensor, probs: Tensor, index: Tensor) -> Tensor:
+    """``ce = -log p_t`` ``(N, P)`` from the softmax ``probs`` ``(N, C, P)`` at the target classes
+    ``index``; equal to the log-softmax's ``z_t - max - log Σ exp(z - max)`` to rounding while ``p_t`` is
+    a normal number. When one is not (``ce > 87`` in float32: a saturated wrong prediction, a ``-inf``
+    target logit, or a NaN), every ``ce`` is read from ``log_softmax`` instead."""
+    p_t = row_gather(probs, index)
+    if p_t.numel() == 0 or bool(p_t.amin() >= torch.finfo(p_t.dtype).tiny):  # NaN compares False
+        return p_t.log_().neg_()
+    return row_gather(torch.log_softmax(flat, dim=1), index).neg_()
 
 
 def _two_class_terms(flat: Tensor, labels: Tensor) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
