@@ -214,7 +214,7 @@ class FusedIndexCE(torch.autograd.Function):
     @first_order_backward("cross_entropy_loss / focal_loss / difficulty_ce_loss")
     def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None, None, None, None, None]:
         logits, labels, valid, ce, u, label_one = ctx.saved_tensors
-        w = grad_loss.flatten(1)  # (N, P)
+        w = grad_loss.flatten(1)  # (N, P); a new tensor below except for CE without ignored pixels
         if ctx.gamma > 0:
             w = _ce_factor(ce, u, ctx.gamma, ctx.floor, ctx.detach).mul_(w)
         if valid is not None:
@@ -223,7 +223,8 @@ class FusedIndexCE(torch.autograd.Function):
                 ctx.dirty = True
                 w = torch.where(valid.flatten(1), w, 0.0)
         if label_one is not None:
-            return _two_class_grad(w, u, label_one, ctx.logits_shape), None, None, None, None, None
+            w_u = w * u if w.data_ptr() == grad_loss.data_ptr() else w.mul_(u)
+            return _two_class_grad(w_u, label_one, ctx.logits_shape), None, None, None, None, None
         if ctx.probs is not None:  # the first backward: the probabilities become the gradient
             grad, ctx.probs = ctx.probs, None
         else:  # the same operation as the first time, so the same gradient to the last bit
@@ -257,12 +258,12 @@ def _two_class_terms(flat: Tensor, labels: Tensor) -> Optional[Tuple[Tensor, Ten
     margin = torch.addcmul(margin, label_one, margin, value=-2.0)
     if not bool(margin.sum().isfinite()):
         return None
-    return F.softplus(margin, threshold=40.0), torch.sigmoid(margin), label_one  # exact to float64
+    ce = F.softplus(margin, threshold=40.0)  # exact to float64 precision
+    return ce, margin.sigmoid_(), label_one
 
 
-def _two_class_grad(w: Tensor, u: Tensor, label_one: Tensor, shape: torch.Size) -> Tensor:
+def _two_class_grad(w_u: Tensor, label_one: Tensor, shape: torch.Size) -> Tensor:
     """``∂L/∂z_o = -∂L/∂z_t = w u``, so ``∂L/∂z_1 = w u (1 - 2 [t = 1]) = -∂L/∂z_0``."""
-    w_u = w * u
     grad = w_u.new_empty(w_u.shape[0], 2, w_u.shape[1])
     torch.addcmul(w_u, label_one, w_u, value=-2.0, out=grad[:, 1])
     torch.neg(grad[:, 1], out=grad[:, 0])
