@@ -197,8 +197,7 @@ class FusedIndexCE(torch.autograd.Function):
             ce, u, label_one = two
         else:
             ctx.probs = torch.softmax(flat, dim=1)
-            ce = _target_ce(flat, ctx.probs, class_labels(labels, valid))
-            u = torch.expm1(ce.neg()).neg_() if gamma > 0 else None  # 1 - p_t, exact near p_t = 1
+            ce, u = _target_terms(flat, ctx.probs, class_labels(labels, valid), gamma > 0)
             label_one = None
         loss = ce if gamma == 0 else _modulation(u, gamma, floor).mul_(ce)
         ctx.dirty = False
@@ -237,15 +236,20 @@ class FusedIndexCE(torch.autograd.Function):
         return grad.view(ctx.logits_shape), None, None, None, None, None
 
 
-def _target_ce(flat: Tensor, probs: Tensor, index: Tensor) -> Tensor:
-    """``ce = -log p_t`` ``(N, P)`` from the softmax ``probs`` ``(N, C, P)`` at the target classes
-    ``index``; equal to the log-softmax's ``z_t - max - log Σ exp(z - max)`` to rounding while ``p_t`` is
-    a normal number. When one is not (``ce > 87`` in float32: a saturated wrong prediction, a ``-inf``
-    target logit, or a NaN), every ``ce`` is read from ``log_softmax`` instead."""
+def _target_terms(
+    flat: Tensor, probs: Tensor, index: Tensor, with_u: bool
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """``ce = -log p_t`` and (``with_u``) ``u = 1 - p_t``, each ``(N, P)``, from the softmax ``probs``
+    ``(N, C, P)`` at the target classes ``index``. ``ce`` equals the log-softmax's
+    ``z_t - max - log Σ exp(z - max)`` to rounding while ``p_t`` is a normal number; when one is not
+    (``ce > 87`` in float32: a saturated wrong prediction, a ``-inf`` target logit, or a NaN), every
+    ``ce`` is read from ``log_softmax`` instead. ``1 - p_t`` is as exact as ``-expm1(-ce)``: both carry
+    the rounding of the softmax's sum."""
     p_t = row_gather(probs, index)
+    u = torch.sub(1.0, p_t) if with_u else None
     if p_t.numel() == 0 or bool(p_t.amin() >= torch.finfo(p_t.dtype).tiny):  # NaN compares False
-        return p_t.log_().neg_()
-    return row_gather(torch.log_softmax(flat, dim=1), index).neg_()
+        return p_t.log_().neg_(), u
+    return row_gather(torch.log_softmax(flat, dim=1), index).neg_(), u
 
 
 def _two_class_terms(flat: Tensor, labels: Tensor) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
