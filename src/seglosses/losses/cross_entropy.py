@@ -163,11 +163,11 @@ class FusedIndexCE(torch.autograd.Function):
     ``α + (1 - α) F_i`` with the focal factor ``F`` (:func:`focal_factor`); then
     ``∂L/∂z_ij = w_i (p_ij - [j = t_i])``.
 
-    * ``C = 2``, every logit finite: the margin ``m_i = z_{i,o} - z_{i,t}`` (``o`` the other class) is all
-      it takes: ``ce = softplus(m)``, ``u = σ(m)``, and ``∂L/∂z_o = -∂L/∂z_t = w u``. Every step is
+    * ``C = 2``, every logit finite: the margin ``δ_i = z_{i,o} - z_{i,t}`` (``o`` the other class) is all
+      it takes: ``ce = softplus(δ)``, ``u = σ(δ)``, and ``∂L/∂z_o = -∂L/∂z_t = w u``. Every step is
       pixel-sized; the gradient is the only logits-sized tensor written.
     * Otherwise: ``softmax``, ``p_t`` read at each pixel's target class along its sample's flat ``(C·P)``
-      row (``stats.row_gather``) and ``ce = -log p_t`` (:func:`_target_ce`); the backward writes
+      row (``stats.row_gather``) and ``ce = -log p_t`` (:func:`_target_terms`); the backward writes
       ``w (p - onehot(t))`` into the saved probabilities in place (``-1`` added at the target class, a
       product). A second backward through a retained graph recomputes them from the logits.
 
@@ -253,8 +253,8 @@ def _target_terms(
 
 
 def _two_class_terms(flat: Tensor, labels: Tensor) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
-    """``C = 2``: ``ce = softplus(m)``, ``u = σ(m)`` and ``[t = 1]`` as a number, each ``(N, P)``, from the
-    margin ``m = z_o - z_t = (z_1 - z_0)(1 - 2 [t = 1])`` (any label but 1, ``ignore_index`` included,
+    """``C = 2``: ``ce = softplus(δ)``, ``u = σ(δ)`` and ``[t = 1]`` as a number, each ``(N, P)``, from the
+    margin ``δ = z_o - z_t = (z_1 - z_0)(1 - 2 [t = 1])`` (any label but 1, ``ignore_index`` included,
     counts as class 0: the pixel is masked later). None when a margin is not finite (a NaN or infinite
     logit anywhere, ignored pixels included): the log-softmax path handles those."""
     label_one = valid_weights(labels.eq(1), flat.dtype)
