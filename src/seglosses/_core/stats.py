@@ -16,7 +16,7 @@ from typing import Any, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .numerics import compute_dtype, first_order_backward
+from .numerics import compute_dtype, first_order_backward, sigmoid_f32
 
 
 class Overlap(NamedTuple):
@@ -142,10 +142,15 @@ def row_scatter_add(grad: Tensor, index: Tensor, values: Tensor) -> None:
         rows.scatter_add_(1, _part_addresses(index, start, stop), values[:, start:stop])
 
 
+def even_parts(size: int, count: int) -> List[Tuple[int, int]]:
+    """``(start, stop)`` of ``count`` about equal parts of ``range(size)`` (fewer when ``size`` is small)."""
+    step = max(1, -(-size // count))
+    return [(start, min(start + step, size)) for start in range(0, size, step)]
+
+
 def _pixel_parts(pixels: int) -> List[Tuple[int, int]]:
     """``(start, stop)`` of four about equal parts of ``range(pixels)``."""
-    step = max(1, -(-pixels // 4))
-    return [(start, min(start + step, pixels)) for start in range(0, pixels, step)]
+    return even_parts(pixels, 4)
 
 
 def _part_addresses(index: Tensor, start: int, stop: int) -> Tensor:
@@ -308,6 +313,142 @@ def softmax_overlap_from_index(logits: Tensor, labels: Tensor, valid: Optional[T
     dtype = compute_dtype(logits)
     tp, prob_sum, counts = _SoftmaxIndexSums.apply(logits, labels, valid, dtype)
     return Overlap(tp, prob_sum - tp, counts - tp)
+
+
+_SIGMOID_PARTS = 4  # the dense sigmoid statistics' temporaries are a quarter of the logits' size
+
+
+def _sigmoid_probs(flat: Tensor, valid: Optional[Tensor], dtype: torch.dtype) -> Tuple[Tensor, bool]:
+    """``p = σ(z)`` ``(N, C, P)`` in ``dtype`` from the flattened logits, NaN at ``+inf`` (an invalid logit,
+    as in :func:`~seglosses._core.numerics.sigmoid_f32`) and 0 at ignored elements, and whether the
+    ignored elements are still to be zeroed (by the caller's float mask, part by part).
+
+    Eager CPU reads once whether the logits' sum is finite: if so there is no NaN or ``+inf`` anywhere
+    and a product with the float mask zeroes the ignored elements (``clean``); else, and on CUDA or under
+    ``torch.compile``, ``masked_fill_`` sets NaN at ``+inf`` and then 0 at ignored elements, which clears
+    a NaN there."""
+    probs = torch.sigmoid(flat) if flat.dtype == dtype else flat.to(dtype).sigmoid_()
+    if _fast_cpu(probs) and bool(flat.sum(dtype=dtype).isfinite()):
+        return probs, valid is not None
+    probs.masked_fill_(flat == torch.inf, torch.nan)
+    if valid is not None:
+        probs.masked_fill_(~valid, 0.0)
+    return probs, False
+
+
+def _numbers(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` as numbers in ``dtype`` (itself when it has that dtype); a bool tensor through a ``uint8``
+    view, as in :func:`valid_weights` (converting bool directly is several times slower on CPU)."""
+    return (t.view(torch.uint8) if t.dtype == torch.bool else t).to(dtype)
+
+
+def _part_target(target: Tensor, dtype: torch.dtype, keep: Optional[Tensor]) -> Tensor:
+    """A part of the target as numbers in ``dtype``, times the float mask ``keep`` (0 at ignored elements,
+    whose target may hold ``ignore_index``) when given; never the caller's tensor when it is changed."""
+    if keep is None:
+        return _numbers(target, dtype)
+    return _numbers(target, dtype).mul_(keep) if target.dtype != dtype else target * keep
+
+
+class _SigmoidDenseSums(torch.autograd.Function):
+    """``TP = Σ_i p_i y_i``, ``Σ_i p_i`` and ``Σ_i y_i`` over the valid elements of each ``(n, c)`` row,
+    ``p = σ(z)`` per element and a dense target ``y`` of the logits' shape (bool, integer or float; soft
+    values allowed; any value at ignored elements).
+
+    Backward, with ``H = ∂L/∂TP`` and ``G = ∂L/∂Σp`` (each ``(N, C)``): ``∂L/∂p_i = G_c + H_c y_i`` and
+    ``σ' = p (1 - p)``, so ``∂L/∂z_i = p_i (1 - p_i) (G_c + H_c y_i)`` at valid elements, 0 at ignored
+    ones (``p = 0`` there). It is evaluated as ``(p_i - 1) · (-(G_c + H_c y_i) p_i)``: ``p - 1`` is exact
+    for ``p >= 1/2``, so the gradient keeps its relative precision where ``p`` is close to 1.
+
+    Memory: ``p`` is the only logits-sized tensor made; the target is converted (and masked) a quarter
+    at a time, and the first backward turns ``p`` into the gradient in place, so a step holds about one
+    logits-sized tensor besides the gradient it returns, which is that tensor. A second backward through
+    a retained graph recomputes ``p`` from the logits. Under ``torch.compile`` ``p`` is saved as usual
+    and the gradient is a new tensor.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: Tensor, target: Tensor, valid: Optional[Tensor], dtype: torch.dtype
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        flat, y = logits.flatten(2), target.flatten(2)  # flatten: N = 0 works too
+        keep_mask = None if valid is None else valid.flatten(2)
+        probs, zero_ignored = _sigmoid_probs(flat, keep_mask, dtype)
+        n, c, pixels = probs.shape
+        if keep_mask is None and y.dtype == dtype:
+            tp = probs.new_zeros(n, c)
+            for start, stop in even_parts(pixels, _SIGMOID_PARTS):  # a product a part at a time
+                tp += torch.mul(probs[..., start:stop], y[..., start:stop]).sum(-1)
+            y_sum = y.sum(-1)
+        else:
+            tp, y_sum = probs.new_zeros(n, c), probs.new_zeros(n, c)
+            for start, stop in even_parts(pixels, _SIGMOID_PARTS):
+                p = probs[..., start:stop]
+                keep = None
+                if keep_mask is not None:
+                    keep = _numbers(keep_mask[..., start:stop], dtype)
+                    if zero_ignored:
+                        p.mul_(keep)
+                part = _part_target(y[..., start:stop], dtype, keep)
+                tp += torch.mul(p, part).sum(-1)
+                y_sum += part.sum(-1)
+        prob_sum = probs.sum(-1)
+        ctx.logits_shape, ctx.logits_dtype, ctx.dtype = logits.shape, logits.dtype, dtype
+        if torch.compiler.is_compiling():
+            ctx.probs = None
+            ctx.save_for_backward(probs, target, valid)
+        else:  # the backward reuses ``probs`` as its gradient buffer (see the class docstring)
+            ctx.probs = probs
+            ctx.save_for_backward(logits, target, valid)
+        ctx.mark_non_differentiable(y_sum)
+        return tp, prob_sum, y_sum
+
+    @staticmethod
+    @first_order_backward("the overlap losses")
+    def backward(ctx: Any, grad_tp: Tensor, grad_sum: Tensor, _: Tensor) -> Tuple[Tensor, None, None, None]:
+        saved, target, valid = ctx.saved_tensors
+        y, dtype = target.flatten(2), ctx.dtype
+        keep_mask = None if valid is None else valid.flatten(2)
+        if ctx.probs is not None:  # the first backward writes the gradient into ``probs``
+            probs, ctx.probs = ctx.probs, None
+        elif torch.compiler.is_compiling():
+            probs = saved
+        else:  # a later backward through a retained graph: the same operations as the first time
+            probs, zero_ignored = _sigmoid_probs(saved.flatten(2), keep_mask, dtype)
+            if zero_ignored and keep_mask is not None:
+                for start, stop in even_parts(probs.shape[-1], _SIGMOID_PARTS):
+                    probs[..., start:stop].mul_(_numbers(keep_mask[..., start:stop], dtype))
+        g, h = grad_sum.neg().unsqueeze(-1), grad_tp.neg().unsqueeze(-1)  # -G, -H as (N, C, 1)
+        if probs is saved:  # compiled: a new tensor, no in-place writes
+            grad = (1 - probs) * probs * torch.addcmul(g, h, _numbers(y, dtype)).neg()
+        else:
+            grad = probs
+            for start, stop in even_parts(probs.shape[-1], _SIGMOID_PARTS):
+                p = grad[..., start:stop]
+                # -(G + H y) p, from two products with one (N, C, 1) operand each (vectorised on CPU)
+                factor = torch.mul(_numbers(y[..., start:stop], dtype), h).add_(g).mul_(p)
+                p.sub_(1.0).mul_(factor)  # (p - 1) · (-(G + H y) p)
+        # p = 0 at ignored elements, so their gradient is 0 unless G or H is not finite (0 · inf)
+        if keep_mask is not None and not (_fast_cpu(grad) and _finite(grad_tp, grad_sum)):
+            grad = grad.masked_fill(~keep_mask, 0.0) if probs is saved else grad.masked_fill_(~keep_mask, 0.0)
+        return grad.reshape(ctx.logits_shape).to(ctx.logits_dtype), None, None, None
+
+
+def sigmoid_overlap_from_dense(logits: Tensor, target: Tensor, valid: Optional[Tensor]) -> Overlap:
+    """Statistics ``(N, C)`` of ``p = σ(z)`` per element and a dense target of the logits' shape.
+
+    ``target`` is bool, integer or float (soft values allowed), as given: at ignored elements (``valid``
+    False) it may hold anything finite (``ignore_index``). Half-precision logits are computed in float32;
+    a ``+inf`` logit gives NaN statistics (it is invalid, SPEC section 6). The closed-form backward of
+    :class:`_SigmoidDenseSums` builds no logits-sized temporary. A target that requires a gradient takes
+    :func:`overlap_from_dense` (autograd through both inputs).
+    """
+    dtype = compute_dtype(logits)
+    if target.requires_grad:
+        dense = target.to(dtype) if valid is None else target.to(dtype).masked_fill(~valid, 0)
+        return overlap_from_dense(sigmoid_f32(logits), dense, valid)
+    tp, prob_sum, y_sum = _SigmoidDenseSums.apply(logits, target, valid, dtype)
+    return Overlap(tp, prob_sum - tp, y_sum - tp)
 
 
 def overlap_from_dense(probs: Tensor, target: Tensor, valid: Optional[Tensor] = None) -> Overlap:

@@ -202,6 +202,15 @@ def _dense_target(logits: Tensor, target: Tensor) -> Tensor:
 
 def binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> BinaryTarget:
     """Check logits and a binary target of the same shape; ``ignore_index`` applies to integer targets."""
+    valid = check_binary_target(logits, target, ignore_index)
+    dense = target.to(compute_dtype(logits))
+    if valid is not None:
+        dense = dense.masked_fill(~valid, 0)
+    return BinaryTarget(dense=dense, valid=valid)
+
+
+def check_binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]:
+    """The checks of :func:`binary_target` without converting the target: the valid mask, or None."""
     check_logits(logits)
     if not isinstance(target, Tensor):
         raise expected("target to be a torch.Tensor", type(target).__name__)
@@ -222,10 +231,7 @@ def binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -
         if values and not (0 <= values[0] and values[1] <= 1):  # NaN fails too
             bad = ~((target >= 0) & (target <= 1))  # NaN is out of range too
             _raise_out_of_range(target, bad, valid, "binary target values in [0, 1]", ignore_index)
-    dense = target.to(compute_dtype(logits))
-    if valid is not None:
-        dense = dense.masked_fill(~valid, 0)
-    return BinaryTarget(dense=dense, valid=valid)
+    return valid
 
 
 def num_valid(valid: Optional[Tensor], shape: torch.Size, device: torch.device) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._core.errors import expected
-from .._core.numerics import safe_divide, safe_pow, sigmoid_f32, softmax_f32
+from .._core.numerics import safe_divide, safe_pow, softmax_f32
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -37,8 +37,13 @@ from .._core.options import (
 )
 from .._core.reduction import reduce_region
 from .._core.registry import register
-from .._core.stats import Overlap, overlap_from_dense, softmax_overlap_from_index
-from .._core.targets import IndexTarget, binary_target, softmax_target
+from .._core.stats import (
+    Overlap,
+    overlap_from_dense,
+    sigmoid_overlap_from_dense,
+    softmax_overlap_from_index,
+)
+from .._core.targets import IndexTarget, check_binary_target, softmax_target
 from ..distributed import ProcessGroup, all_reduce_sum, check_process_group
 from .base import module_for
 
@@ -65,9 +70,8 @@ def tversky_score(s: Overlap, smooth: float, alpha: float, beta: float) -> Tenso
 
 def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Overlap:
     """Statistics ``(N, C)`` from logits: softmax over classes, or sigmoid per channel for ``binary``."""
-    if binary:
-        prepared = binary_target(logits, target, ignore_index)
-        return overlap_from_dense(sigmoid_f32(logits), prepared.dense, prepared.valid)
+    if binary:  # the target as given: the statistics convert it a part at a time
+        return sigmoid_overlap_from_dense(logits, target, check_binary_target(logits, target, ignore_index))
     soft = softmax_target(logits, target, ignore_index)
     if isinstance(soft, IndexTarget):
         return softmax_overlap_from_index(logits, soft.labels, soft.valid)
