@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, Optional, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from .._core.options import (
 )
 from .._core.reduction import reduce
 from .._core.registry import register
+from .._core.stats import even_parts
 from .._core.targets import IndexTarget, SoftmaxTarget, binary_target, num_valid, softmax_target
 from ..adaptive.schedules import ScheduledLossModule, ScheduleLike, scheduled_class_weights
 from .base import module_for
@@ -209,6 +210,266 @@ def focal_from_prepared(
     return reduce(loss, opts["reduction"], denominator)
 
 
+def _power(base: Tensor, neg_log: Tensor, gamma: float, out: Tensor) -> Tensor:
+    """``base^γ`` into ``out``: by products for ``γ`` in 0..4, else ``exp(-γ · neg_log)`` with
+    ``neg_log = -log base`` (log space, finite for every ``γ >= 0``)."""
+    if gamma == 0:
+        return out.fill_(1.0)
+    if gamma in (1, 2, 3, 4):
+        torch.mul(base, base if gamma > 1 else 1.0, out=out)
+        for _ in range(int(gamma) - 2):
+            out.mul_(base)
+        return out
+    return torch.mul(neg_log, -gamma, out=out).exp_()
+
+
+_FOCAL_PARTS = 8  # the fused binary focal loss works on an eighth of the elements at a time
+# |z| up to which exp(|z|) and σ(-|z|) are normal numbers: the fused path's range (else log space)
+_FOCAL_RANGE = {torch.float32: 80.0, torch.float64: 700.0}
+
+
+class _FocalBuffers:
+    """The stacked work buffers of :func:`_binary_focal_part` for parts ``(N, C, k)``, and their views,
+    made once per part width (an operation's Python cost is a fair share of its time on a part).
+
+    Term A (weight ``α y``, base ``q``, other ``p``, ``-l_p``) sits in slot 0 and term B (``(1-α)(1-y)``,
+    ``p``, ``q``, ``-l_q``) in slot 1, so that one operation serves both; ``sides = (q, p, q)`` holds
+    both orders of ``(base, other)``, and for a non-integer γ ``neg_logs = (-l_q, -l_p, -l_q)`` holds
+    ``-log`` of both bases too.
+    """
+
+    def __init__(self, like: Tensor, width: int, integer: bool) -> None:
+        shape = (*like.shape[:2], width)
+        self.r = like.new_empty(shape)
+        self.sides = like.new_empty((3, *shape))
+        self.neg_logs = like.new_empty((2 if integer else 3, *shape))
+        self.w = like.new_empty((2, *shape))
+        self.p, self.q_slots = self.sides[1], self.sides[::2]
+        self.base, self.other = self.sides[:2], self.sides[1:]
+        self.logs = self.neg_logs[-2:]  # (-l_p, -l_q)
+        self.neg_lp, self.neg_lq = self.logs[0], self.logs[1]
+        self.base_logs = self.neg_logs[:2]  # (-l_q, -l_p), only for a non-integer γ
+        self.lq_slots = self.neg_logs[::2]
+        self.r2, self.p2, self.neg_lp2 = (t.expand_as(self.q_slots) for t in (self.r, self.p, self.neg_lp))
+        self.w_pos, self.w_neg = self.w[0], self.w[1]
+        self.w_flat, self.logs_flat = self.w.view(-1), self.logs.reshape(-1)  # contiguous: views
+
+
+def _binary_focal_part(
+    b: _FocalBuffers,
+    z: Tensor,
+    y: Tensor,
+    keep: Optional[Tensor],
+    alpha: Optional[Tensor],
+    gamma: float,
+    loss_out: Optional[Tensor],
+    grad_out: Optional[Tensor],
+) -> Tensor:
+    """The terms of :class:`_BinaryFocal` on a part ``(N, C, k)`` of the elements, in the buffers ``b``:
+    the loss written into ``loss_out`` (or None), ``∂L/∂z`` into ``grad_out`` (or None); returns the
+    part's loss sum. ``alpha`` is ``(α, 1 - α)`` stacked ``(2, 1, C, 1)`` (or ``(2, 1, 1, 1)``), or None.
+    """
+    r = torch.neg(z, out=b.r).exp_()  # exp(-z), finite in the fused range
+    torch.add(r, 1.0, out=b.p).reciprocal_()  # p = σ(z) = 1 / (1 + exp(-z))
+    torch.mul(b.r2, b.p2, out=b.q_slots)  # q = σ(-z) = exp(-z) σ(z), in slots 0 and 2
+    torch.log1p(r, out=b.neg_lp)  # -log σ(z) = log(1 + exp(-z))
+    if b.neg_logs.shape[0] == 2:  # an integer γ: powers by products
+        torch.add(b.neg_lp, z, out=b.neg_lq)  # -log σ(-z) = -log σ(z) + z
+        w = _power(b.base, b.base_logs, gamma, out=b.w)
+    else:  # -l_q into slots 0 and 2; base^γ = exp(-γ (-l_q, -l_p))
+        torch.add(b.neg_lp2, z.expand_as(b.lq_slots), out=b.lq_slots)
+        w = _power(b.base, b.base_logs, gamma, out=b.w)
+    b.w_pos.mul_(y)  # W_+ = q^γ α y
+    b.w_neg.addcmul_(b.w_neg, y, value=-1.0)  # W_- = p^γ (1-α)(1-y)
+    if keep is not None:  # y = 0 at ignored elements: (1 - y) keep is all that is left to zero
+        b.w_neg.mul_(keep)
+    if alpha is not None:
+        w.mul_(alpha)
+    if loss_out is None:  # Σ (W_+ (-l_p) + W_- (-l_q)), read only
+        total = torch.vdot(b.w_flat, b.logs_flat)
+    else:
+        x = torch.mul(w, b.logs)
+        total = x.sum()
+        torch.add(x[0], x[1], out=loss_out)
+    if grad_out is not None:  # ∂L/∂z = g_B - g_A, g_s = W_s (base_s + γ other_s (-log_s))
+        g = torch.addcmul(b.base, b.other, b.logs, value=gamma, out=b.logs).mul_(w)
+        torch.sub(g[1], g[0], out=grad_out)
+    return total
+
+
+class _HardBuffers:
+    """The work buffers of :func:`_hard_focal_part` for parts ``(N, C, k)``, made once per part width."""
+
+    def __init__(self, like: Tensor, width: int, integer: bool) -> None:
+        shape = (*like.shape[:2], width)
+        self.margin, self.p_t, self.u, self.w = (like.new_empty(shape) for _ in range(4))
+        self.r = self.margin if integer else like.new_empty(shape)  # a non-integer γ keeps -z_t
+
+
+def _hard_focal_part(
+    b: _HardBuffers,
+    z: Tensor,
+    y: Tensor,
+    keep: Optional[Tensor],
+    alpha: Optional[Tuple[Tensor, Tensor]],
+    gamma: float,
+    loss_out: Optional[Tensor],
+    grad_out: Optional[Tensor],
+) -> Tensor:
+    """:func:`_binary_focal_part` for a target of 0 and 1 only: one term per element, in the target's
+    margin ``z_t = (2y - 1) z``, ``p_t = σ(z_t)``, ``u = 1 - p_t``, ``-log p_t = log1p(exp(-z_t))``:
+    ``L = α_t u^γ (-log p_t)`` and ``∂L/∂z = (1 - 2y) W (u + γ p_t (-log p_t))`` with ``W = α_t u^γ``
+    (from ``du/dz_t = -u p_t``, ``d(-log p_t)/dz_t = -u``). ``alpha`` is ``(2α - 1, 1 - α)`` shaped
+    ``(1, C, 1)`` (``α_t = (1 - α) + (2α - 1) y``), or None."""
+    neg_margin = torch.addcmul(z, z, y, value=-2.0, out=b.margin)  # -z_t = (1 - 2y) z, exactly
+    r = torch.exp(neg_margin, out=b.r)  # exp(-z_t)
+    p_t = torch.add(r, 1.0, out=b.p_t).reciprocal_()
+    u = torch.mul(r, p_t, out=b.u)  # σ(-z_t), exact near p_t = 1
+    if gamma in (0, 1, 2, 3, 4):
+        neg_log = torch.log1p(r, out=r)  # -log p_t
+        w = _power(u, u, gamma, out=b.w)
+    else:  # u^γ = exp(-γ (-log u)), -log u = -log p_t + z_t
+        neg_log = torch.log1p(r, out=r)
+        w = torch.sub(neg_log, neg_margin, out=b.w).mul_(-gamma).exp_()
+    if alpha is not None:
+        w.mul_(torch.mul(y, alpha[0]).add_(alpha[1]))
+    if keep is not None:
+        w.mul_(keep)
+    total = (
+        torch.vdot(w.view(-1), neg_log.view(-1)) if loss_out is None else torch.mul(w, neg_log, out=loss_out)
+    )
+    if grad_out is not None:
+        g = torch.addcmul(u, p_t, neg_log, value=gamma, out=u).mul_(w)  # W (u + γ p_t (-log p_t))
+        torch.addcmul(g, g, y, value=-2.0, out=grad_out)  # times 1 - 2y
+    return total
+
+
+class _BinaryFocal(torch.autograd.Function):
+    """Sigmoid focal loss for logits with ``|z| <= 80`` (700 in float64) on eager CPU, with its gradient
+    in closed form; per element ``(N, C, *S)``, or its sum (``summed``: the elementwise loss is never
+    stored).
+
+    With ``l_p = log σ(z)``, ``l_q = log σ(-z)``, ``p = σ(z)``, ``q = 1 - p = σ(-z)``, the weights
+    ``w_+ = α y`` and ``w_- = (1-α)(1-y)`` (1 and ``1 - y`` without α; both 0 at ignored elements):
+
+        L = -(w_+ q^γ l_p + w_- p^γ l_q)
+
+    and, from ``d l_p/dz = q``, ``d l_q/dz = -p``, ``dp/dz = -dq/dz = p q``:
+
+        ∂L/∂z = w_+ q^γ (γ p l_p - q) + w_- p^γ (p - γ q l_q)
+              = W_- (p + γ q (-l_q)) - W_+ (q + γ p (-l_p)),   W_+ = w_+ q^γ,  W_- = w_- p^γ.
+
+    Everything comes from ``r = exp(-z)``: ``p = 1 / (1 + r)``, ``q = r p``, ``-l_p = log1p(r)`` (each to
+    a few units in the last place) and ``-l_q = -l_p + z`` (absolute error about one unit in the last
+    place of ``z``, as in ``F.binary_cross_entropy_with_logits``). In the range ``r``, ``p`` and ``q`` are
+    normal numbers; beyond it (``|z|`` over 80 in float32) the caller takes the log-space path. Powers
+    are products for ``γ`` in 0..4 and ``exp(γ l)`` otherwise, so every term is finite for every
+    ``γ >= 0``.
+
+    The work goes an eighth of the elements at a time: a part's temporaries stay in cache and are reused
+    by the allocator, where a dozen logits-sized ones would be paged in afresh at every step. The forward
+    also writes ``∂L/∂z`` (when the logits need a gradient), the one logits-sized tensor it keeps; the
+    first backward scales it in place, a second one through a retained graph recomputes it.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        z: Tensor,
+        y: Tensor,
+        keep: Optional[Tensor],
+        alpha: Optional[Tensor],
+        gamma: float,
+        summed: bool,
+        hard: bool,
+    ) -> Tensor:
+        ctx.options = gamma, summed, hard
+        ctx.save_for_backward(z, y, keep, alpha)
+        need_grad = ctx.needs_input_grad[0]
+        loss, ctx.grad = _binary_focal_terms(z, y, keep, alpha, gamma, summed, hard, need_grad)
+        return loss
+
+    @staticmethod
+    @first_order_backward("binary_focal_loss")
+    def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Optional[Tensor], ...]:
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:  # a later backward through a retained graph
+            z, y, keep, alpha = ctx.saved_tensors
+            gamma, summed, hard = ctx.options
+            grad = _binary_focal_terms(z, y, keep, alpha, gamma, summed, hard, True)[1]
+        return grad.mul_(grad_loss), None, None, None, None, None, None
+
+
+def _binary_focal_terms(
+    z: Tensor,
+    y: Tensor,
+    keep: Optional[Tensor],
+    alpha: Optional[Tensor],
+    gamma: float,
+    summed: bool,
+    hard: bool,
+    need_grad: bool,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """The loss (per element, or its sum) and ``∂L/∂z`` (or None) of :class:`_BinaryFocal`, by parts
+    (:func:`_hard_focal_part` for a target of 0 and 1 only, else :func:`_binary_focal_part`)."""
+    loss = None if summed else torch.empty_like(z)
+    grad = torch.empty_like(z) if need_grad else None
+    z_flat, y_flat = z.flatten(2), y.flatten(2)
+    rest = [None if t is None else t.flatten(2) for t in (keep, loss, grad)]
+    integer, totals = gamma in (0, 1, 2, 3, 4), [z.new_zeros(())]
+    part: Callable[..., Tensor]
+    make: Callable[..., Any]
+    if hard:
+        part, make = _hard_focal_part, _HardBuffers
+        a: Any = None if alpha is None else ((2 * alpha - 1).view(1, -1, 1), (1 - alpha).view(1, -1, 1))
+    else:
+        part, make = _binary_focal_part, _FocalBuffers
+        a = None if alpha is None else torch.stack([alpha, 1 - alpha]).view(2, 1, -1, 1)  # (α, 1 - α)
+    buffers: Any = None
+    for start, stop in even_parts(z_flat.shape[-1], _FOCAL_PARTS):
+        if buffers is None or buffers.w.shape[-1] != stop - start:  # the first part, or a shorter last
+            buffers = make(z, stop - start, integer)
+        keep_, loss_, grad_ = (None if t is None else t[..., start:stop] for t in rest)
+        z_, y_ = z_flat[..., start:stop], y_flat[..., start:stop]
+        totals.append(part(buffers, z_, y_, keep_, a, gamma, loss_, grad_))
+    return (torch.stack(totals).sum() if loss is None else loss), grad
+
+
+def _fused_binary_focal(
+    work: Tensor,
+    target: Tensor,
+    y: Tensor,
+    valid: Optional[Tensor],
+    alpha: Optional[Tensor],
+    gamma: float,
+    summed: bool,
+) -> Optional[Tensor]:
+    """:class:`_BinaryFocal` on eager CPU when every logit is in its range (one host read; the loss is
+    summed when ``summed``); else None, and the caller takes the log-space terms of :func:`binary_log_terms`,
+    which handle ``-inf`` (loss and gradient 0 for target 0), ``+inf`` (NaN) and a NaN at an ignored
+    element (0), and which trace under ``torch.compile``. Also None when the target or α needs a gradient
+    (the closed form gives only the logits' one)."""
+    if work.is_cuda or torch.compiler.is_compiling() or y.requires_grad:
+        return None
+    if (alpha is not None and alpha.requires_grad) or work.dtype not in _FOCAL_RANGE:
+        return None
+    hard = not target.is_floating_point()  # bool or integer: 0 and 1 (checked with the data checks)
+    if work.numel():  # one host read: finite (NaN fails the comparison too), in range, target 0 / 1
+        low, high = torch.aminmax(work.detach())
+        bound = _FOCAL_RANGE[work.dtype]
+        tests = [low >= -bound, high <= bound]
+        if not hard:  # y - y² is exactly 0 at 0 and 1 only (its square underflows below |y| ~ 1e-23)
+            square_gap = torch.addcmul(y, y, y, value=-1.0).view(-1)
+            tests.append(torch.vdot(square_gap, square_gap) == 0)
+            del square_gap
+        in_range_low, in_range_high, *zero_one = torch.stack(tests).tolist()
+        if not (in_range_low and in_range_high):
+            return None
+        hard = hard or bool(zero_one[0])
+    keep = None if valid is None else valid.view(torch.uint8).to(work.dtype)
+    return _BinaryFocal.apply(work, y, keep, alpha, gamma, summed, hard)
+
+
 def binary_focal_loss(
     logits: Tensor,
     target: Tensor,
@@ -224,8 +485,14 @@ def binary_focal_loss(
     terms by 1, a scalar α weights positives by α and negatives by ``1 - α`` (Lin et al.; torchvision's
     ``sigmoid_focal_loss`` for hard targets), or one α per channel ``(C,)``. A soft target mixes the two
     terms; with ``α = None`` this equals the softmax :func:`focal_loss` on the two logits ``(0, z)``.
-    Powers are computed in log space, ``(1-p)^γ = exp(γ logσ(-z))``, so gradients are finite for every
-    ``γ >= 0``, and a ``-inf`` logit with target 0 contributes 0.
+    Powers are computed in log space, ``(1-p)^γ = exp(γ logσ(-z))`` (products for integer γ up to 4), so
+    gradients are finite for every ``γ >= 0``, and a ``-inf`` logit with target 0 contributes 0.
+
+    Gradient: ``∂L/∂z = α y (1-p)^γ (γ p log p - (1-p)) + (1-α)(1-y) p^γ (p - γ (1-p) log(1-p))``. On eager
+    CPU, with every logit within ``±80`` (``±700`` in float64), loss and gradient come in closed form from
+    ``exp(-z)``, an eighth of the elements at a time (:class:`_BinaryFocal`); other inputs (``±inf``, a
+    NaN at an ignored element, larger logits), CUDA and ``torch.compile`` take the log-space terms with
+    autograd.
 
     ``mean`` is the plain mean over valid elements.
 
@@ -243,11 +510,16 @@ def binary_focal_loss(
     prepared = binary_target(logits, target, ignore_index)
     work = logits.to(compute_dtype(logits))
     y = prepared.dense.to(work.dtype)
-    positive, negative = binary_log_terms(work, y, opts["gamma"])
     a = channel_tensor(class_tensor(opts["alpha"], work, "alpha"), work)
-    loss = -(positive + negative) if a is None else -(a * positive + (1 - a) * negative)
-    if prepared.valid is not None:
-        loss = loss.masked_fill(~prepared.valid, 0)
+    summed = opts["reduction"] != "none"
+    loss = _fused_binary_focal(work, target, y, prepared.valid, a, opts["gamma"], summed)  # 0 where ignored
+    if loss is None:  # log space; ignored elements' logits replaced first, so a NaN there reaches nothing
+        if prepared.valid is not None:
+            work = work.masked_fill(~prepared.valid, 0.0)
+        positive, negative = binary_log_terms(work, y, opts["gamma"])
+        loss = -(positive + negative) if a is None else -(a * positive + (1 - a) * negative)
+        if prepared.valid is not None:
+            loss = loss.masked_fill(~prepared.valid, 0)
     return reduce(loss, opts["reduction"], num_valid(prepared.valid, logits.shape, logits.device))
 
 
