@@ -412,8 +412,9 @@ def _binary_focal_terms(
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """The loss (per element, or its sum) and ``∂L/∂z`` (or None) of :class:`_BinaryFocal`, by parts
     (:func:`_hard_focal_part` for a target of 0 and 1 only, else :func:`_binary_focal_part`)."""
-    loss = None if summed else torch.empty_like(z)
-    grad = torch.empty_like(z) if need_grad else None
+    # contiguous, whatever the logits' strides: flatten(2) must give views of these
+    loss = None if summed else z.new_empty(z.shape)
+    grad = z.new_empty(z.shape) if need_grad else None
     z_flat, y_flat = z.flatten(2), y.flatten(2)
     rest = [None if t is None else t.flatten(2) for t in (keep, loss, grad)]
     integer, totals = gamma in (0, 1, 2, 3, 4), [z.new_zeros(())]
@@ -459,7 +460,7 @@ def _fused_binary_focal(
         bound = _FOCAL_RANGE[work.dtype]
         tests = [low >= -bound, high <= bound]
         if not hard:  # y - y² is exactly 0 at 0 and 1 only (its square underflows below |y| ~ 1e-23)
-            square_gap = torch.addcmul(y, y, y, value=-1.0).view(-1)
+            square_gap = torch.addcmul(y, y, y, value=-1.0).reshape(-1)
             tests.append(torch.vdot(square_gap, square_gap) == 0)
             del square_gap
         in_range_low, in_range_high, *zero_one = torch.stack(tests).tolist()
