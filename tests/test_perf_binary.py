@@ -49,7 +49,7 @@ def _target(kind, shape, seed=0):
     return hard.masked_fill(~valid, IGNORE), valid
 
 
-def _reference_overlap(logits, target, valid):
+def _reference_overlap(logits, target, valid, finite=False):
     """The formula the fused statistics replace: sigmoid_f32, the target as numbers zeroed where ignored."""
     dense = target.to(compute_dtype(logits))
     if valid is not None:

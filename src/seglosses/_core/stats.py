@@ -318,17 +318,19 @@ def softmax_overlap_from_index(logits: Tensor, labels: Tensor, valid: Optional[T
 _SIGMOID_PARTS = 4  # the dense sigmoid statistics' temporaries are a quarter of the logits' size
 
 
-def _sigmoid_probs(flat: Tensor, valid: Optional[Tensor], dtype: torch.dtype) -> Tuple[Tensor, bool]:
+def _sigmoid_probs(
+    flat: Tensor, valid: Optional[Tensor], dtype: torch.dtype, finite: bool
+) -> Tuple[Tensor, bool]:
     """``p = σ(z)`` ``(N, C, P)`` in ``dtype`` from the flattened logits, NaN at ``+inf`` (an invalid logit,
     as in :func:`~seglosses._core.numerics.sigmoid_f32`) and 0 at ignored elements, and whether the
     ignored elements are still to be zeroed (by the caller's float mask, part by part).
 
-    Eager CPU reads once whether the logits' sum is finite: if so there is no NaN or ``+inf`` anywhere
-    and a product with the float mask zeroes the ignored elements (``clean``); else, and on CUDA or under
-    ``torch.compile``, ``masked_fill_`` sets NaN at ``+inf`` and then 0 at ignored elements, which clears
-    a NaN there."""
+    On eager CPU, when the data checks have just found no NaN or ``+inf`` logit (``finite``) or a read of
+    the logits' sum finds it finite, a product with the float mask zeroes the ignored elements (the
+    caller's, part by part); else, and on CUDA or under ``torch.compile``, ``masked_fill_`` sets NaN at
+    ``+inf`` and then 0 at ignored elements, which clears a NaN there."""
     probs = torch.sigmoid(flat) if flat.dtype == dtype else flat.to(dtype).sigmoid_()
-    if _fast_cpu(probs) and bool(flat.sum(dtype=dtype).isfinite()):
+    if _fast_cpu(probs) and (finite or bool(flat.sum(dtype=dtype).isfinite())):
         return probs, valid is not None
     probs.masked_fill_(flat == torch.inf, torch.nan)
     if valid is not None:
@@ -357,8 +359,8 @@ class _SigmoidDenseSums(torch.autograd.Function):
 
     Backward, with ``H = ∂L/∂TP`` and ``G = ∂L/∂Σp`` (each ``(N, C)``): ``∂L/∂p_i = G_c + H_c y_i`` and
     ``σ' = p (1 - p)``, so ``∂L/∂z_i = p_i (1 - p_i) (G_c + H_c y_i)`` at valid elements, 0 at ignored
-    ones (``p = 0`` there). It is evaluated as ``(p_i - 1) · (-(G_c + H_c y_i) p_i)``: ``p - 1`` is exact
-    for ``p >= 1/2``, so the gradient keeps its relative precision where ``p`` is close to 1.
+    ones (``p = 0`` there), by torch's ``sigmoid_backward`` kernel (``(1 - p)`` formed per element, as in
+    autograd through ``torch.sigmoid``).
 
     Memory: ``p`` is the only logits-sized tensor made; the target is converted (and masked) a quarter
     at a time, and the first backward turns ``p`` into the gradient in place, so a step holds about one
@@ -369,11 +371,11 @@ class _SigmoidDenseSums(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, logits: Tensor, target: Tensor, valid: Optional[Tensor], dtype: torch.dtype
+        ctx: Any, logits: Tensor, target: Tensor, valid: Optional[Tensor], dtype: torch.dtype, finite: bool
     ) -> Tuple[Tensor, Tensor, Tensor]:
         flat, y = logits.flatten(2), target.flatten(2)  # flatten: N = 0 works too
         keep_mask = None if valid is None else valid.flatten(2)
-        probs, zero_ignored = _sigmoid_probs(flat, keep_mask, dtype)
+        probs, zero_ignored = _sigmoid_probs(flat, keep_mask, dtype, finite)
         n, c, pixels = probs.shape
         if keep_mask is None and y.dtype == dtype:
             tp = probs.new_zeros(n, c)
@@ -393,7 +395,7 @@ class _SigmoidDenseSums(torch.autograd.Function):
                 tp += torch.mul(p, part).sum(-1)
                 y_sum += part.sum(-1)
         prob_sum = probs.sum(-1)
-        ctx.logits_shape, ctx.logits_dtype, ctx.dtype = logits.shape, logits.dtype, dtype
+        ctx.logits_shape, ctx.logits_dtype, ctx.dtype, ctx.finite = logits.shape, logits.dtype, dtype, finite
         if torch.compiler.is_compiling():
             ctx.probs = None
             ctx.save_for_backward(probs, target, valid)
@@ -405,7 +407,7 @@ class _SigmoidDenseSums(torch.autograd.Function):
 
     @staticmethod
     @first_order_backward("the overlap losses")
-    def backward(ctx: Any, grad_tp: Tensor, grad_sum: Tensor, _: Tensor) -> Tuple[Tensor, None, None, None]:
+    def backward(ctx: Any, grad_tp: Tensor, grad_sum: Tensor, _: Tensor) -> Tuple[Optional[Tensor], ...]:
         saved, target, valid = ctx.saved_tensors
         y, dtype = target.flatten(2), ctx.dtype
         keep_mask = None if valid is None else valid.flatten(2)
@@ -414,40 +416,43 @@ class _SigmoidDenseSums(torch.autograd.Function):
         elif torch.compiler.is_compiling():
             probs = saved
         else:  # a later backward through a retained graph: the same operations as the first time
-            probs, zero_ignored = _sigmoid_probs(saved.flatten(2), keep_mask, dtype)
+            probs, zero_ignored = _sigmoid_probs(saved.flatten(2), keep_mask, dtype, ctx.finite)
             if zero_ignored and keep_mask is not None:
                 for start, stop in even_parts(probs.shape[-1], _SIGMOID_PARTS):
                     probs[..., start:stop].mul_(_numbers(keep_mask[..., start:stop], dtype))
-        g, h = grad_sum.neg().unsqueeze(-1), grad_tp.neg().unsqueeze(-1)  # -G, -H as (N, C, 1)
+        g, h = grad_sum.unsqueeze(-1), grad_tp.unsqueeze(-1)  # G, H as (N, C, 1)
         if probs is saved:  # compiled: a new tensor, no in-place writes
-            grad = (1 - probs) * probs * torch.addcmul(g, h, _numbers(y, dtype)).neg()
+            grad = torch.ops.aten.sigmoid_backward(torch.addcmul(g, h, _numbers(y, dtype)), probs)
         else:
             grad = probs
             for start, stop in even_parts(probs.shape[-1], _SIGMOID_PARTS):
                 p = grad[..., start:stop]
-                # -(G + H y) p, from two products with one (N, C, 1) operand each (vectorised on CPU)
-                factor = torch.mul(_numbers(y[..., start:stop], dtype), h).add_(g).mul_(p)
-                p.sub_(1.0).mul_(factor)  # (p - 1) · (-(G + H y) p)
+                # G + H y, from two products with one (N, C, 1) operand each (vectorised on CPU)
+                factor = torch.mul(_numbers(y[..., start:stop], dtype), h).add_(g)
+                torch.ops.aten.sigmoid_backward.grad_input(factor, p, grad_input=p)  # (G + H y)(1 - p) p
         # p = 0 at ignored elements, so their gradient is 0 unless G or H is not finite (0 · inf)
         if keep_mask is not None and not (_fast_cpu(grad) and _finite(grad_tp, grad_sum)):
             grad = grad.masked_fill(~keep_mask, 0.0) if probs is saved else grad.masked_fill_(~keep_mask, 0.0)
-        return grad.reshape(ctx.logits_shape).to(ctx.logits_dtype), None, None, None
+        return grad.reshape(ctx.logits_shape).to(ctx.logits_dtype), None, None, None, None
 
 
-def sigmoid_overlap_from_dense(logits: Tensor, target: Tensor, valid: Optional[Tensor]) -> Overlap:
+def sigmoid_overlap_from_dense(
+    logits: Tensor, target: Tensor, valid: Optional[Tensor], *, finite: bool = False
+) -> Overlap:
     """Statistics ``(N, C)`` of ``p = σ(z)`` per element and a dense target of the logits' shape.
 
     ``target`` is bool, integer or float (soft values allowed), as given: at ignored elements (``valid``
     False) it may hold anything finite (``ignore_index``). Half-precision logits are computed in float32;
     a ``+inf`` logit gives NaN statistics (it is invalid, SPEC section 6). The closed-form backward of
     :class:`_SigmoidDenseSums` builds no logits-sized temporary. A target that requires a gradient takes
-    :func:`overlap_from_dense` (autograd through both inputs).
+    :func:`overlap_from_dense` (autograd through both inputs). ``finite``: the caller's data checks have
+    found no NaN or ``+inf`` logit (saves a read of the logits).
     """
     dtype = compute_dtype(logits)
     if target.requires_grad:
         dense = target.to(dtype) if valid is None else target.to(dtype).masked_fill(~valid, 0)
         return overlap_from_dense(sigmoid_f32(logits), dense, valid)
-    tp, prob_sum, y_sum = _SigmoidDenseSums.apply(logits, target, valid, dtype)
+    tp, prob_sum, y_sum = _SigmoidDenseSums.apply(logits, target, valid, dtype, finite)
     return Overlap(tp, prob_sum - tp, y_sum - tp)
 
 

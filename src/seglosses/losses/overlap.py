@@ -43,7 +43,7 @@ from .._core.stats import (
     sigmoid_overlap_from_dense,
     softmax_overlap_from_index,
 )
-from .._core.targets import IndexTarget, check_binary_target, softmax_target
+from .._core.targets import IndexTarget, check_binary_target, input_checks_enabled, softmax_target
 from ..distributed import ProcessGroup, all_reduce_sum, check_process_group
 from .base import module_for
 
@@ -71,7 +71,8 @@ def tversky_score(s: Overlap, smooth: float, alpha: float, beta: float) -> Tenso
 def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Overlap:
     """Statistics ``(N, C)`` from logits: softmax over classes, or sigmoid per channel for ``binary``."""
     if binary:  # the target as given: the statistics convert it a part at a time
-        return sigmoid_overlap_from_dense(logits, target, check_binary_target(logits, target, ignore_index))
+        valid = check_binary_target(logits, target, ignore_index)  # with the data checks: no NaN, no +inf
+        return sigmoid_overlap_from_dense(logits, target, valid, finite=input_checks_enabled())
     soft = softmax_target(logits, target, ignore_index)
     if isinstance(soft, IndexTarget):
         return softmax_overlap_from_index(logits, soft.labels, soft.valid)
