@@ -366,6 +366,9 @@ class _BinaryFocal(torch.autograd.Function):
     are products for ``γ`` in 0..4 and ``exp(γ l)`` otherwise, so every term is finite for every
     ``γ >= 0``.
 
+    A target of 0 and 1 only (bool or integer, or float found so by one test of ``y - y²``) takes the
+    one-term form of :func:`_hard_focal_part` (fewer passes, every quantity without cancellation).
+
     The work goes an eighth of the elements at a time: a part's temporaries stay in cache and are reused
     by the allocator, where a dozen logits-sized ones would be paged in afresh at every step. The forward
     also writes ``∂L/∂z`` (when the logits need a gradient), the one logits-sized tensor it keeps; the
