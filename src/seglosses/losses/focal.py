@@ -380,16 +380,16 @@ class _BinaryFocal(torch.autograd.Function):
         ctx: Any,
         z: Tensor,
         y: Tensor,
-        keep: Optional[Tensor],
+        valid: Optional[Tensor],
         alpha: Optional[Tensor],
         gamma: float,
         summed: bool,
         hard: bool,
     ) -> Tensor:
         ctx.options = gamma, summed, hard
-        ctx.save_for_backward(z, y, keep, alpha)
+        ctx.save_for_backward(z, y, valid, alpha)
         need_grad = ctx.needs_input_grad[0]
-        loss, ctx.grad = _binary_focal_terms(z, y, keep, alpha, gamma, summed, hard, need_grad)
+        loss, ctx.grad = _binary_focal_terms(z, y, valid, alpha, gamma, summed, hard, need_grad)
         return loss
 
     @staticmethod
@@ -397,16 +397,16 @@ class _BinaryFocal(torch.autograd.Function):
     def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Optional[Tensor], ...]:
         grad, ctx.grad = ctx.grad, None
         if grad is None:  # a later backward through a retained graph
-            z, y, keep, alpha = ctx.saved_tensors
+            z, y, valid, alpha = ctx.saved_tensors
             gamma, summed, hard = ctx.options
-            grad = _binary_focal_terms(z, y, keep, alpha, gamma, summed, hard, True)[1]
+            grad = _binary_focal_terms(z, y, valid, alpha, gamma, summed, hard, True)[1]
         return grad.mul_(grad_loss), None, None, None, None, None, None
 
 
 def _binary_focal_terms(
     z: Tensor,
     y: Tensor,
-    keep: Optional[Tensor],
+    valid: Optional[Tensor],
     alpha: Optional[Tensor],
     gamma: float,
     summed: bool,
@@ -419,7 +419,7 @@ def _binary_focal_terms(
     loss = None if summed else z.new_empty(z.shape)
     grad = z.new_empty(z.shape) if need_grad else None
     z_flat, y_flat = z.flatten(2), y.flatten(2)
-    rest = [None if t is None else t.flatten(2) for t in (keep, loss, grad)]
+    rest = [None if t is None else t.flatten(2) for t in (valid, loss, grad)]
     integer, totals = gamma in (0, 1, 2, 3, 4), [z.new_zeros(())]
     part: Callable[..., Tensor]
     make: Callable[..., Any]
@@ -433,8 +433,9 @@ def _binary_focal_terms(
     for start, stop in even_parts(z_flat.shape[-1], _FOCAL_PARTS):
         if buffers is None or buffers.w.shape[-1] != stop - start:  # the first part, or a shorter last
             buffers = make(z, stop - start, integer)
-        keep_, loss_, grad_ = (None if t is None else t[..., start:stop] for t in rest)
+        valid_, loss_, grad_ = (None if t is None else t[..., start:stop] for t in rest)
         z_, y_ = z_flat[..., start:stop], y_flat[..., start:stop]
+        keep_ = None if valid_ is None else valid_.view(torch.uint8).to(z.dtype)  # 1.0 / 0.0, a part
         totals.append(part(buffers, z_, y_, keep_, a, gamma, loss_, grad_))
     return (torch.stack(totals).sum() if loss is None else loss), grad
 
@@ -470,8 +471,7 @@ def _fused_binary_focal(
         if not (in_range_low and in_range_high):
             return None
         hard = hard or bool(zero_one[0])
-    keep = None if valid is None else valid.view(torch.uint8).to(work.dtype)
-    return _BinaryFocal.apply(work, y, keep, alpha, gamma, summed, hard)
+    return _BinaryFocal.apply(work, y, valid, alpha, gamma, summed, hard)
 
 
 def binary_focal_loss(
