@@ -213,3 +213,19 @@ def test_saturated_wrong_prediction_keeps_its_exact_ce(gamma):
     torch.testing.assert_close(ours, reference)
     grads = [torch.autograd.grad(v.sum(), logits)[0] for v in (ours, reference)]
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_bce_nan_at_an_ignored_element_reaches_nothing():
+    """Checks off, a NaN logit at an ignored element: the fallback's value and gradient equal those
+    with a finite logit there, and the gradient there is 0."""
+    logits = torch.tensor([0.3, float("nan"), -1.2]).view(1, 3, 1, 1).requires_grad_()
+    clean = torch.tensor([0.3, 5.0, -1.2]).view(1, 3, 1, 1).requires_grad_()
+    target = torch.tensor([1, 255, 0]).view(1, 3, 1, 1)
+    results = []
+    with sl.input_checks(False):
+        for x in (logits, clean):
+            value = SF.binary_cross_entropy_loss(x, target, ignore_index=255)
+            results.append((value, torch.autograd.grad(value, x)[0]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    assert results[0][1].flatten()[1] == 0

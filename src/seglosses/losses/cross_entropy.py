@@ -392,7 +392,9 @@ def binary_cross_entropy_loss(
     rho = channel_tensor(class_tensor(opts["pos_weight"], logits, "pos_weight"), logits)
     y = prepared.dense if eps == 0 else prepared.dense * (1 - eps) + eps / 2
     loss = _fused_binary_ce(logits, y, rho) if fused_index_path(logits) else None
-    if loss is None:
+    if loss is None:  # log space; ignored elements' logits replaced first, so a NaN there reaches nothing
+        if prepared.valid is not None:
+            logits = logits.masked_fill(~prepared.valid, 0.0)
         positive, negative = binary_log_terms(logits, y)
         loss = -(positive + negative) if rho is None else -(rho * positive + negative)
     if w is not None:
