@@ -178,3 +178,20 @@ def test_flat_bins_branch_retained_graph_and_nan(flat_bins, name):
     test_a_retained_graph_gives_the_same_gradient_twice(name, 4)
     test_nan_at_ignored_pixels_stays_out_with_checks_off(4)
     test_nan_at_a_valid_pixel_gives_nan_and_zero_gradient_at_ignored_ones(4)
+
+
+def test_two_class_softmax_by_sigmoid_and_its_fallback():
+    """C = 2 on CPU: (σ(-δ), σ(δ)) equals the softmax; with a non-finite logit torch's softmax decides
+    (+inf gives NaN, -inf probability 0), as at C > 2."""
+    from seglosses._core.stats import _softmax
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 2, 40, generator=g, dtype=torch.float64) * 30  # saturated ones included
+    torch.testing.assert_close(_softmax(logits, logits.dtype), torch.softmax(logits, 1), rtol=1e-15, atol=0)
+    for bad in (torch.inf, -torch.inf, torch.nan):
+        dirty = logits.clone()
+        dirty[1, 0, 5] = bad
+        torch.testing.assert_close(_softmax(dirty, dirty.dtype), torch.softmax(dirty, 1), equal_nan=True)
+    dirty = logits.clone()
+    dirty[1, 1, 5] = torch.inf
+    assert _softmax(dirty, dirty.dtype)[1, :, 5].isnan().all()
