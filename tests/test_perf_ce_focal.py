@@ -88,9 +88,12 @@ def test_saturated_logits_give_finite_focal_gradients():
 
 
 @pytest.mark.parametrize("options", [{}, {"pos_weight": [2.0, 0.5, 1.0]}, {"label_smoothing": 0.1},
+                                     {"weight": [1.0, 2.0, 3.0], "pos_weight": 1.5, "reduction": "sum"},
+                                     {"weight": [1.0, 2.0, 3.0]}, {"reduction": "none"},
                                      {"weight": [1.0, 2.0, 3.0], "ignore_index": 255}])  # fmt: skip
 def test_bce_fused_kernel_equals_the_log_space_terms(options, monkeypatch):
-    """bce on eager CPU runs torch's fused kernel; it gives the log-space formula's value and gradient."""
+    """bce on eager CPU runs torch's fused kernel (summed in it when nothing is ignored and the reduction
+    is mean / sum); it gives the log-space formula's value and gradient."""
     import seglosses.losses.cross_entropy as ce_module
 
     g = torch.Generator().manual_seed(0)
@@ -109,7 +112,7 @@ def test_bce_fused_kernel_equals_the_log_space_terms(options, monkeypatch):
             if not options
             else sl.BinaryCrossEntropyLoss(**options)(logits, target)
         )
-        results.append((value, torch.autograd.grad(value, logits)[0]))
+        results.append((value, torch.autograd.grad(value.sum(), logits)[0]))
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
 

@@ -391,7 +391,17 @@ def binary_cross_entropy_loss(
     w = channel_tensor(class_tensor(opts["weight"], logits, "weight"), logits)
     rho = channel_tensor(class_tensor(opts["pos_weight"], logits, "pos_weight"), logits)
     y = prepared.dense if eps == 0 else prepared.dense * (1 - eps) + eps / 2
-    loss = _fused_binary_ce(logits, y, rho) if fused_index_path(logits) else None
+    if w is None:
+        denominator = num_valid(prepared.valid, logits.shape, logits.device)
+    else:
+        element_weight = w.expand_as(logits)
+        if prepared.valid is not None:
+            element_weight = element_weight * prepared.valid
+        denominator = element_weight.sum(dtype=torch.float32)
+    summed = prepared.valid is None and reduction != "none"
+    loss = _fused_binary_ce(logits, y, w, rho, summed)
+    if loss is not None and summed:  # the weighted sum, nothing ignored
+        return reduce(loss, reduction, denominator)
     if loss is None:  # log space; ignored elements' logits replaced first, so a NaN there reaches nothing
         if prepared.valid is not None:
             logits = logits.masked_fill(~prepared.valid, 0.0)
@@ -401,22 +411,24 @@ def binary_cross_entropy_loss(
         loss = loss * w
     if prepared.valid is not None:
         loss = loss.masked_fill(~prepared.valid, 0)
-    if w is None:
-        denominator = num_valid(prepared.valid, logits.shape, logits.device)
-    else:
-        element_weight = w.expand_as(logits)
-        if prepared.valid is not None:
-            element_weight = element_weight * prepared.valid
-        denominator = element_weight.sum(dtype=torch.float32)
     return reduce(loss, reduction, denominator)
 
 
-def _fused_binary_ce(logits: Tensor, y: Tensor, rho: Optional[Tensor]) -> Optional[Tensor]:
-    """``-(ρ y log σ(z) + (1 - y) log σ(-z))`` per element by torch's fused kernel (eager CPU, where the
-    host read is free), or None when any element is not finite. The kernel gives NaN for a ``-inf`` logit
-    with target 0, whose loss is 0 (SPEC 6), and its gradient would carry a NaN logit at an ignored
-    element into the result; such inputs take :func:`binary_log_terms`, which handles both."""
-    loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=rho, reduction="none")
+def _fused_binary_ce(
+    logits: Tensor, y: Tensor, w: Optional[Tensor], rho: Optional[Tensor], summed: bool
+) -> Optional[Tensor]:
+    """``-(ρ y log σ(z) + (1 - y) log σ(-z))`` by torch's fused kernel on eager CPU (where the host read
+    is free): per element (unweighted), or, when ``summed``, its ``w``-weighted sum (0-d), which keeps
+    the per-element loss out of memory. None on CUDA and under ``torch.compile``, and when the result is
+    not finite: the kernel gives NaN for a ``-inf`` logit with target 0, whose loss is 0 (SPEC 6), and its
+    gradient would carry a NaN logit at an ignored element into the result; such inputs take
+    :func:`binary_log_terms`, which handles both."""
+    if not fused_index_path(logits):
+        return None
+    if summed:
+        loss = F.binary_cross_entropy_with_logits(logits, y, weight=w, pos_weight=rho, reduction="sum")
+    else:
+        loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=rho, reduction="none")
     return loss if bool(loss.sum().isfinite()) else None
 
 
