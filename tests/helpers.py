@@ -45,3 +45,23 @@ def perfect_logits(domain: str, target: Tensor, num_classes: int, magnitude: flo
         one_hot = torch.nn.functional.one_hot(target, num_classes).movedim(-1, 1)
         return (one_hot.double() * 2 - 1) * magnitude
     return (target.double() * 2 - 1) * magnitude
+
+
+def peak_extra_bytes(step) -> int:
+    """Peak bytes the CPU allocator held during ``step`` above what it held before (profiler events)."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation:
+            events.append((event.start_time_ns, event.extra_fields.alloc_size))
+    peak = total = 0
+    for _, size in sorted(events):
+        total += size
+        peak = max(peak, total)
+    return peak

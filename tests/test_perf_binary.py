@@ -10,11 +10,9 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
-from helpers import IGNORE, make_inputs
+from helpers import IGNORE, make_inputs, peak_extra_bytes
 
 import seglosses as sl
 import seglosses.functional as SF
@@ -324,22 +322,6 @@ def test_non_contiguous_inputs():
 # --------------------------------------------------------------------------- memory
 
 
-def _peak_extra_bytes(step):
-    """Peak bytes the CPU allocator held during ``step`` above what it held before (profiler events)."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        stack.extend(event.children)
-        if event.tag == _EventType.Allocation:
-            events.append((event.start_time_ns, event.extra_fields.alloc_size))
-    return max(itertools.accumulate([size for _, size in sorted(events)], initial=0))
-
-
 @pytest.mark.parametrize(
     "name, kind, bound",
     [
@@ -360,5 +342,5 @@ def test_peak_memory_of_a_binary_step(name, kind, bound):
     function = {**REGION, "binary_focal": SF.binary_focal_loss}[name]
     function(logits, target, **options).backward()  # warm up
     logits_bytes = logits.numel() * logits.element_size()
-    peak = _peak_extra_bytes(lambda: torch.autograd.grad(function(logits, target, **options), logits))
+    peak = peak_extra_bytes(lambda: torch.autograd.grad(function(logits, target, **options), logits))
     assert peak <= bound * logits_bytes, f"peak {peak / logits_bytes:.2f}x the logits"

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 import torch
-from helpers import IGNORE, make_inputs
+from helpers import IGNORE, make_inputs, peak_extra_bytes
 
 import seglosses as sl
 import seglosses.functional as SF
@@ -108,26 +108,6 @@ def test_half_inputs_are_computed_in_float32(c, dtype):
     torch.testing.assert_close(grad, expected)
 
 
-def _peak_extra_bytes(step):
-    """Peak bytes the CPU allocator held during ``step`` above what it held before (profiler events)."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        stack.extend(event.children)
-        if event.tag == _EventType.Allocation:
-            events.append((event.start_time_ns, event.extra_fields.alloc_size))
-    peak = total = 0
-    for _, size in sorted(events):
-        total += size
-        peak = max(peak, total)
-    return peak
-
-
 @pytest.mark.parametrize("c", [2, 4, 5, 21])
 @pytest.mark.parametrize("ignore, bound", [(None, 2.0), (0.2, 2.4)])
 def test_peak_memory_of_a_region_step(c, ignore, bound):
@@ -138,7 +118,7 @@ def test_peak_memory_of_a_region_step(c, ignore, bound):
     options = {} if ignore is None else {"ignore_index": IGNORE}
     logits_bytes = logits.numel() * logits.element_size()
     SF.dice_loss(logits, target, **options).backward()  # warm up
-    peak = _peak_extra_bytes(lambda: torch.autograd.grad(SF.dice_loss(logits, target, **options), logits))
+    peak = peak_extra_bytes(lambda: torch.autograd.grad(SF.dice_loss(logits, target, **options), logits))
     assert peak <= bound * logits_bytes, f"peak {peak / logits_bytes:.2f}x the logits"
 
 
