@@ -36,9 +36,14 @@ class Overlap(NamedTuple):
 
 
 def valid_weights(valid: Tensor, dtype: torch.dtype) -> Tensor:
-    """The valid mask ``(N, *S)`` as 1.0 / 0.0, flattened to ``(N, P)`` (through a ``uint8`` view: on CPU
-    converting a bool tensor directly is several times slower)."""
-    return valid.flatten(1).view(torch.uint8).to(dtype)
+    """The valid mask ``(N, *S)`` as 1.0 / 0.0, flattened to ``(N, P)`` (see :func:`_numbers`)."""
+    return _numbers(valid.flatten(1), dtype)
+
+
+def _numbers(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` as numbers in ``dtype`` (itself when it has that dtype); a bool tensor through a ``uint8``
+    view (converting bool directly is several times slower on CPU)."""
+    return (t.view(torch.uint8) if t.dtype == torch.bool else t).to(dtype)
 
 
 def class_labels(labels: Tensor, valid: Optional[Tensor]) -> Tensor:
@@ -83,17 +88,16 @@ def _binary_sums(probs: Tensor, y: Tensor, valid: Optional[Tensor]) -> Tuple[Ten
     for labels ``y`` ``(N, P)`` as numbers (any value at ignored pixels, where ``p = 0``). An eighth of
     the pixels at a time, so that the products' temporaries stay a fraction of the logits' size."""
     n, pixels = y.shape
-    step = max(1, -(-pixels // 8))
     tp, ones = probs.new_zeros(n, 2), probs.new_zeros(n)
     keep = None if valid is None else valid.flatten(1)
-    for start in range(0, pixels, step):
-        p, t = probs[..., start : start + step], y[:, start : start + step]
+    for start, stop in even_parts(pixels, 8):
+        p, t = probs[..., start:stop], y[:, start:stop]
         tp[:, 0] += torch.linalg.vecdot(p[:, 0], 1 - t)
         tp[:, 1] += torch.linalg.vecdot(p[:, 1], t)
         if keep is None:
             ones += t.sum(-1)
         else:
-            ones += torch.linalg.vecdot(t, valid_weights(keep[:, start : start + step], t.dtype))
+            ones += torch.linalg.vecdot(t, valid_weights(keep[:, start:stop], t.dtype))
     return tp, ones
 
 
@@ -351,12 +355,6 @@ def _sigmoid_probs(
     if valid is not None:
         probs.masked_fill_(~valid, 0.0)
     return probs, False
-
-
-def _numbers(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """``t`` as numbers in ``dtype`` (itself when it has that dtype); a bool tensor through a ``uint8``
-    view, as in :func:`valid_weights` (converting bool directly is several times slower on CPU)."""
-    return (t.view(torch.uint8) if t.dtype == torch.bool else t).to(dtype)
 
 
 def _part_target(target: Tensor, dtype: torch.dtype, keep: Optional[Tensor]) -> Tensor:
