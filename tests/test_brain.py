@@ -143,13 +143,14 @@ def test_splits_are_disjoint_axial_slabs(synthetic):
 
 
 def test_load_data_pairs(synthetic):
-    splits = load_data("brain")
-    assert [len(splits[s]) for s in ("train", "test")] == [18, 10]
-    image, labels = splits["test"][0]
+    slices = load_data("brain")
+    assert (len(slices.train), len(slices.test)) == (18, 10)
+    assert slices.classes == ("background", "grey matter", "white matter")
+    image, labels = slices.read(slices.test[0])
     assert image.shape == (1, 8, 5) and labels.shape == (8, 5)
     volumes = load_data("brain:3d")
-    image, labels = volumes["train"][0]
-    assert len(volumes["train"]) == len(volumes["test"]) == 1
+    image, labels = volumes.read(volumes.train[0])
+    assert len(volumes.train) == len(volumes.test) == 1 and volumes.spatial_dims == 3
     assert image.shape == (1, 72, 8, 5) and labels.shape == (72, 8, 5)
 
 

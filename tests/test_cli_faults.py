@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import seglosses
-import seglosses.compare as compare_module
+import seglosses.compare.output as output_module
 from seglosses.cli import main
 from seglosses.compare import slug
 
@@ -94,7 +94,7 @@ def test_permission_denied_in_the_output_folder(data, tmp_path, capsys, monkeypa
     def denied(*args, dir=None, **kwargs):  # noqa: A002 - tempfile's own keyword
         raise PermissionError(errno.EACCES, "Permission denied", str(dir))
 
-    monkeypatch.setattr(compare_module.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(output_module.tempfile, "mkstemp", denied)
     out = tmp_path / "out"
     code, err = run(["compare", "ce", "--data", f"folder:{data}", *TINY, "--out", str(out)], capsys)
     assert code == 2
@@ -132,7 +132,7 @@ def test_full_disk_then_resume(data, tmp_path, capsys, monkeypatch):
             self.stream.write(payload[: len(payload) // 2])  # half of it reaches the disk
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(compare_module.os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
+    monkeypatch.setattr(output_module.os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
     out = tmp_path / "out"
     argv = ["compare", "ce", "focal(gamma=2)", "--data", f"folder:{data}", *TINY, "--out", str(out)]
     code, err = run(argv, capsys)
@@ -141,7 +141,7 @@ def test_full_disk_then_resume(data, tmp_path, capsys, monkeypatch):
     assert "No space left on device [errno 28]" in line and str(out) in line
     assert files_under(out) == []
 
-    monkeypatch.setattr(compare_module.os, "fdopen", real_fdopen)
+    monkeypatch.setattr(output_module.os, "fdopen", real_fdopen)
     code, err = run(argv, capsys)
     assert code == 0, err
     files = files_under(out)
@@ -155,7 +155,7 @@ def test_full_disk_then_resume(data, tmp_path, capsys, monkeypatch):
 def test_written_files_follow_the_umask(tmp_path):
     previous = os.umask(0o022)
     try:
-        compare_module.write_atomically(tmp_path / "results.json", b"{}")
+        output_module.write_atomically(tmp_path / "results.json", b"{}", tmp_path)
     finally:
         os.umask(previous)
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
@@ -227,6 +227,7 @@ class _Payload:
 
 
 def _plant(out: Path, content) -> Path:
+    output_module.OutputFolder(out).claim([])  # the folder is this tool's; the checkpoint in it is bad
     folder = out / "runs" / slug("ce")
     folder.mkdir(parents=True)
     path = folder / "seed0.ckpt"
@@ -261,6 +262,7 @@ def test_a_bad_checkpoint_gives_one_line_naming_it(data, tmp_path, capsys, conte
 def test_a_corrupt_result_file_is_rerun(data, tmp_path, capsys):
     """A result file that does not parse (a disk error) is not trusted: the run is trained again."""
     out = tmp_path / "out"
+    output_module.OutputFolder(out).claim([])
     folder = out / "runs" / slug("ce")
     folder.mkdir(parents=True)
     (folder / "seed0.json").write_text('{"settings": "')
@@ -326,7 +328,7 @@ def test_sigkill_at_random_moments_loses_nothing(data, tmp_path):
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
         for path in files_under(out):
-            if not path.name.endswith(".tmp"):
+            if not path.name.endswith(output_module.TEMPORARY_SUFFIX):
                 assert _readable(path), (kill, path, seed)
         for path, content in finished.items():
             assert path.read_bytes() == content, (
@@ -335,7 +337,7 @@ def test_sigkill_at_random_moments_loses_nothing(data, tmp_path):
         finished.update({path: path.read_bytes() for path in out.rglob("seed*.json")})
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert not list(out.rglob("*.tmp")), seed
+    assert not list(out.rglob("*" + output_module.TEMPORARY_SUFFIX)), seed
     for path, content in finished.items():
         assert path.read_bytes() == content, seed
     runs = json.loads((out / "results.json").read_text())["runs"]

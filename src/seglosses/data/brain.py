@@ -29,9 +29,7 @@ from torch import Tensor
 
 from .._core.errors import SegLossError, expected
 
-FILES = {
-    name: f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz" for name in ("t1", "gm", "wm")
-}
+FILES = {name: f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz" for name in ("t1", "gm", "wm")}
 TRAIN_Z = (24, 96)
 TEST_Z = (104, 144)
 SLICE_STEP = 4
@@ -39,7 +37,16 @@ INSTALL_HINT = 'pip install "seglosses[brain]"'
 
 # NIfTI-1 datatype codes -> numpy type (without byte order)
 DATATYPES = {
-    2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8"
+    2: "u1",
+    4: "i2",
+    8: "i4",
+    16: "f4",
+    64: "f8",
+    256: "i1",
+    512: "u2",
+    768: "u4",
+    1024: "i8",
+    1280: "u8",
 }
 
 

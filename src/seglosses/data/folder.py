@@ -1,77 +1,48 @@
-"""A user's data: ``images/`` and ``masks/`` folders, paired by file name (PNG or TIFF).
+"""A user's data: ``images/`` and ``masks/`` folders, paired by file name (``folder:PATH``).
 
-``ROOT/images/a.png`` pairs with ``ROOT/masks/a.png`` (any supported suffix on either side). Masks hold
-class indices (a single-channel integer image). Reading needs Pillow (the ``[cli]`` extra).
+``PATH/images/a.jpg`` pairs with ``PATH/masks/a.png``: any format Pillow reads on either side (JPEG
+images included; a mask must be lossless), or NIfTI volumes (``.nii.gz``, through nibabel). Masks hold
+class values, one channel. The split is explicit when ``PATH/train/{images,masks}`` and
+``PATH/test/{images,masks}`` exist; otherwise every fifth pair in name order (the 5th, 10th, ...) is a
+test case (the last pair when there are fewer than five). A ``PATH/dataset.json`` with nnU-Net's
+``"labels"`` names the classes (and may declare an ``"ignore"`` value).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Dict, Iterable, List, Tuple
-
-import numpy as np
-import torch
-from torch import Tensor
+from typing import Dict, List, Optional, Tuple
 
 from .._core.errors import SegLossError, expected
+from .cases import Case, Declared, Source, every_fifth
+from .classes import labels_from_json
+from .io import readable, suffix_of
 
-SUFFIXES = (".png", ".tif", ".tiff")
-Pair = Tuple[Tensor, Tensor]
+SPLIT_RULE = (
+    "PATH/train/{images,masks} and PATH/test/{images,masks} when they exist, else every fifth pair in "
+    "name order (the 5th, 10th, ...) is a test case"
+)
 
 
 def _files(folder: Path) -> Dict[str, Path]:
+    """Readable files of a folder by name without the format suffix; two files of one name raise."""
     if not folder.is_dir():
         raise expected(f"a folder {folder}", "nothing there")
     files: Dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in SUFFIXES and not path.name.startswith("."):
-            if path.stem in files:
+        if path.is_file() and readable(path):
+            stem = path.name[: len(path.name) - len(suffix_of(path))]
+            if stem in files:
                 raise SegLossError(
-                    f"expected one file per name in {folder}, got {files[path.stem].name} and {path.name}"
+                    f"expected one file per name in {folder}, got {files[stem].name} and {path.name}"
                 )
-            files[path.stem] = path
+            files[stem] = path
     return files
 
 
-def _read(path: Path) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError as error:
-        raise SegLossError(f"expected Pillow to read {path.name}: pip install 'seglosses[cli]'") from error
-    try:
-        with Image.open(path) as image:
-            return np.array(image)
-    except Exception as error:  # Pillow raises many kinds for a corrupt file
-        raise SegLossError(
-            f"expected a readable image, got {path} ({type(error).__name__}: {error})"
-        ) from None
-
-
-def _image_tensor(array: np.ndarray, path: Path) -> Tensor:
-    """``(C, H, W)`` float32: integer images divided by their dtype's maximum, float ones as they are."""
-    if array.ndim == 2:
-        array = array[None]
-    elif array.ndim == 3:
-        array = np.moveaxis(array, -1, 0)
-    else:
-        raise expected(f"a 2-D grey or colour image in {path}", f"shape {array.shape}")
-    if np.issubdtype(array.dtype, np.integer):
-        return torch.from_numpy(array.astype(np.float32) / float(np.iinfo(array.dtype).max))
-    return torch.from_numpy(array.astype(np.float32))
-
-
-def _mask_tensor(array: np.ndarray, path: Path) -> Tensor:
-    if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
-        raise expected(
-            f"a single-channel integer mask of class indices in {path}",
-            f"{array.dtype} of shape {array.shape}",
-        )
-    return torch.from_numpy(array.astype(np.int64))
-
-
-def read_folder(root: Path, *, progress: bool = False) -> List[Pair]:
-    """Every ``(image (C, H, W) float32, mask (H, W) int64)`` pair under ``root``, sorted by name."""
-    root = Path(root)
+def folder_cases(root: Path) -> List[Case]:
+    """Every image / mask pair of ``root/images`` and ``root/masks``, in name order."""
     images, masks = _files(root / "images"), _files(root / "masks")
     unpaired = sorted(set(images) ^ set(masks))
     if unpaired:
@@ -79,26 +50,45 @@ def read_folder(root: Path, *, progress: bool = False) -> List[Pair]:
             "every image to have a mask of the same name and vice versa", f"unpaired {unpaired[:5]}"
         )
     if not images:
-        raise expected(f"image files ({', '.join(SUFFIXES)}) in {root / 'images'}", "none")
-    pairs: List[Pair] = []
-    for name in _progress(sorted(images), progress, f"reading {root}"):
-        image = _image_tensor(_read(images[name]), images[name])
-        mask = _mask_tensor(_read(masks[name]), masks[name])
-        if image.shape[1:] != mask.shape:
-            raise expected(
-                f"mask {masks[name].name} of its image's size {tuple(image.shape[1:])}",
-                f"{tuple(mask.shape)}",
-            )
-        pairs.append((image, mask))
-    channels = {image.shape[0] for image, _ in pairs}
-    if len(channels) > 1:
-        raise expected("images with one number of channels", sorted(channels))
-    return pairs
+        raise expected(f"image files in {root / 'images'}", "none")
+    return [Case(name, (images[name],), masks[name]) for name in sorted(images)]
 
 
-def _progress(names: List[str], enabled: bool, description: str) -> Iterable[str]:
-    if not enabled:
-        return names
-    from tqdm import tqdm
+def read_dataset_json(path: Path) -> Optional[dict]:
+    """The parsed ``dataset.json``, or None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise expected(f"a readable JSON file {path}", f"{type(error).__name__}: {error}") from None
+    if not isinstance(content, dict):
+        raise expected(f"a JSON object in {path}", type(content).__name__)
+    return content
 
-    return tqdm(names, desc=description, unit="file")
+
+def folder_source(root: Path, spec: str) -> Source:
+    """The cases, split and declared classes of a ``folder:PATH`` data set (see the module docstring)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise expected(f"a data folder {root}", "nothing there")
+    description = read_dataset_json(root / "dataset.json")
+    declared: Optional[Declared] = None
+    if description is not None and "labels" in description:
+        declared = labels_from_json(description["labels"], root / "dataset.json")
+    extra = (root / "dataset.json",) if description is not None else ()
+    train, test, split = _split(root)
+    return Source(spec, train, test, split, declared, extra_files=extra)
+
+
+def _split(root: Path) -> Tuple[Tuple[Case, ...], Tuple[Case, ...], str]:
+    explicit = [(root / name).is_dir() for name in ("train", "test")]
+    if not any(explicit):
+        return every_fifth(folder_cases(root), "pairs")
+    if not all(explicit) or (root / "images").is_dir():
+        raise expected(
+            f"either {root}/images and masks, or both {root}/train and {root}/test",
+            ", ".join(name for name in ("images", "train", "test") if (root / name).is_dir()),
+        )
+    train, test = folder_cases(root / "train"), folder_cases(root / "test")
+    return tuple(train), tuple(test), f"the folders train/ and test/: {len(train)} train, {len(test)} test"

@@ -122,17 +122,27 @@ def _unique(labels: List[str]) -> List[str]:
     return out
 
 
-def create_loss(spec: str) -> nn.Module:
+def create_loss(spec: str, *, ignore_index: Optional[int] = None) -> nn.Module:
     """Build a loss from a spec string: ``create_loss("ce + 0.5*dice")``.
 
     A single unweighted term returns that loss's own module (``create_loss("focal(gamma=1)")`` is a
     :class:`~seglosses.FocalLoss`); anything else returns a :class:`CompoundLoss`. A weight may be a
     schedule of the step (``"linear(start=1, end=0.01, steps=99)*dice + (1 - linear(start=1, end=0.01,
-    steps=99))*boundary"``; call ``set_step(epoch)``). Unknown names, bad syntax and bad options raise
-    :class:`SegLossError`, naming the position and the known loss names.
+    steps=99))*boundary"``; call ``set_step(epoch)``). ``ignore_index`` given here is every term's
+    (``create_loss("ce + dice", ignore_index=255)``); a term that sets another value raises. Unknown
+    names, bad syntax and bad options raise :class:`SegLossError`, naming the position and the known
+    loss names.
     """
     terms = parse_spec(spec)
     loss_domain(spec)  # a softmax and a binary loss cannot share one (logits, target) pair
+    if ignore_index is not None:
+        for _, _, options, label in terms:
+            if options.get("ignore_index", ignore_index) != ignore_index:
+                raise SegLossError(
+                    f"expected term {label!r} to ignore {ignore_index} like the whole spec, got "
+                    f"ignore_index={options['ignore_index']!r}"
+                )
+            options["ignore_index"] = ignore_index
     modules = [(weight, label, build(name, **options)) for weight, name, options, label in terms]
     if len(modules) == 1 and not isinstance(modules[0][0], Schedule) and modules[0][0] == 1.0:
         return modules[0][2]

@@ -1,5 +1,6 @@
-"""The small networks the comparison trains."""
+"""The small networks the comparison trains, and sliding-window inference for images larger than a patch."""
 
+from .sliding_window import sliding_window_inference
 from .unet import UNet
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "sliding_window_inference"]
