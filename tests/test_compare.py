@@ -351,6 +351,21 @@ def test_sliding_window_equals_a_pointwise_model_applied_whole():
         torch.testing.assert_close(sliding_window_inference(conv3, volume, 8), conv3(volume))
 
 
+def test_window_starts_by_hand():
+    """Windows of 16 with half overlap: at most 8 apart, the last flush with the end."""
+    from seglosses.models.sliding_window import window_starts
+
+    assert window_starts(40, 16, 0.5) == [0, 8, 16, 24]
+    assert window_starts(37, 16, 0.5) == [0, 7, 14, 21]
+    assert window_starts(16, 16, 0.5) == [0] and window_starts(10, 16, 0.5) == [0]
+    model = torch.nn.Conv2d(1, 2, 1)
+    image = torch.randn(2, 1, 30, 19)
+    with torch.no_grad():
+        torch.testing.assert_close(sliding_window_inference(model, image, (8, 12)), model(image))
+    with pytest.raises(SegLossError, match="patch size"):
+        sliding_window_inference(model, image, (8, 12, 4))
+
+
 def test_image_stats_by_hand():
     """A 1 × 6 strip: class 1 predicted on pixels 1-3, true on 2-4; pixel 5 ignored."""
     prediction = torch.tensor([[0, 1, 1, 1, 0, 2]])
@@ -421,3 +436,28 @@ def test_nproc_must_divide_the_batch(tmp_path, nuclei):
     settings = Settings(epochs=1, steps_per_epoch=1, batch_size=3, patch=32, width=4, nproc=2)
     with pytest.raises(SegLossError, match="divisible"):
         compare(["ce"], [0], settings, nuclei, tmp_path)
+
+
+def test_ctrl_c_prints_the_resume_hint(tmp_path, capsys, monkeypatch):
+    import seglosses.compare as compare_package
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_package, "compare", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "ce", *TINY, "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 130 and "run the same command again to resume" in capsys.readouterr().err
+
+
+def test_workers_and_amp_on_the_cpu(tmp_path, capsys):
+    """--workers 2 reads patches in two processes and gives the run of --workers 0; --amp on the CPU
+    says it does nothing there."""
+    runs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / workers
+        main(["compare", "ce", *TINY, "--seeds", "1", "--workers", workers, "--amp", "--device", "cpu",
+              "--out", str(out)])  # fmt: skip
+        runs[workers] = json.loads((out / "results.json").read_text())["runs"][0]
+    assert runs["0"]["stats"] == runs["2"]["stats"] and runs["0"]["history"] == runs["2"]["history"]
+    assert "--amp applies to CUDA only" in capsys.readouterr().err

@@ -33,6 +33,11 @@ def _file_system_message(error: OSError, argv: List[str]) -> str:
     return f"{reason}{code}" + (f": {where}" if where is not None else "")
 
 
+def _interrupted() -> NoReturn:
+    print("interrupted: finished runs are saved; run the same command again to resume", file=sys.stderr)
+    raise SystemExit(130) from None
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of the ``seglosses`` command."""
     try:
@@ -46,13 +51,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     except OSError as error:  # a full disk, an unwritable folder, a file that went away: no traceback
         _fail(_file_system_message(error, sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:
-        print("interrupted: finished runs are saved; run the same command again to resume", file=sys.stderr)
-        raise SystemExit(130) from None
+        _interrupted()
     except Exception as error:  # click's own usage errors
         import click
 
-        if isinstance(error, click.exceptions.Abort):
-            raise SystemExit(130) from None
+        if isinstance(error, click.exceptions.Abort):  # click's form of Ctrl-C
+            _interrupted()
         if isinstance(error, click.ClickException):
             _fail(error.format_message())
         raise

@@ -130,7 +130,7 @@ def per_class_dice(c: Comparison) -> bytes:
         where = x - 0.4 + bar * (m + 0.5)
         axis.bar(where, values[m], bar * 0.92, color=_loss_colour(m), label=_wrap(loss, 40), zorder=2)
         bounds = np.array([c.intervals[f"dice_{k}"][m] for k in shown], dtype=np.float64).reshape(-1, 2)
-        finite = np.isfinite(bounds).all(1)
+        finite = np.asarray(np.isfinite(bounds).all(axis=1), dtype=bool)
         if finite.any():
             point = values[m][finite]
             errors = np.clip([point - bounds[finite, 0], bounds[finite, 1] - point], 0, None)
@@ -208,7 +208,7 @@ def overlays(results: Sequence[RunResult], data: DataSet, runs: Path) -> bytes:
                 label="ignored (not scored)",
             )
         )
-    columns = _legend_columns([h.get_label() for h in handles], side * columns)
+    columns = _legend_columns([str(h.get_label()) for h in handles], side * columns)
     figure.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=8, frameon=False)
     view = f"test case {data.test[index].name!r}" + ("" if plane is None else f", slice {plane} along axis 0")
     text = (f"{view}: rows {rows.start}–{rows.stop - 1}, columns {cols.start}–{cols.stop - 1}, centred on "

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .._core.errors import expected
 from ..data import DataSet
 from .output import OutputFolder
 from .training import STATS, RunResult, Settings, patch_size, scored_classes
@@ -33,7 +34,7 @@ def scores_of(results: Sequence[RunResult]) -> Scores:
     by_run = {(r.loss, r.seed): r for r in results}
     missing = [(loss, seed) for loss in losses for seed in seeds if (loss, seed) not in by_run]
     if missing:
-        raise ValueError(f"every loss needs every seed; missing {missing}")
+        raise expected("a result for every loss and seed", f"none for {missing[:3]}")
     arrays = {
         name: np.array(
             [[by_run[(loss, seed)].stats[name] for seed in seeds] for loss in losses], dtype=np.float64
@@ -148,9 +149,11 @@ def per_seed_table(c: Comparison, seeds: Sequence[int], results: Sequence[RunRes
     return "\n".join(lines)
 
 
-def hd95_table(c: Comparison, images: int, seeds: int) -> str:
+def hd95_table(c: Comparison) -> str:
+    """Per loss and scored class: the mean HD95, the (seed, image) pairs it is defined on, and the
+    pairs where the class is in the target but was not predicted."""
     scored = np.flatnonzero(c.scored)
-    heads = ["loss", *[f"{c.classes[k]}: HD95 (images scored / missed)" for k in scored]]
+    heads = ["loss", *[f"{c.classes[k]}: HD95 (pairs scored / missed)" for k in scored]]
     lines = ["| " + " | ".join(heads) + " |", "|---|" + "---:|" * len(scored)]
     for k, loss in enumerate(c.losses):
         cells = [f"{c.hd95_per_class[k, j]:.1f}" if math.isfinite(c.hd95_per_class[k, j]) else "n/a"
@@ -231,7 +234,9 @@ def write_report(
         "a loss missed a class it should have found; bold on HD95 compares two losses only where both "
         "have it.",
         "", "## Per seed", "", per_seed_table(c, seeds, results), "",
-        "## HD95 per class", "", hd95_table(c, images, len(seeds)), "",
+        "## HD95 per class", "", hd95_table(c), "",
+        "HD95 in pixels over the (seed, image) pairs where the class is in both the prediction and the "
+        "target; missed: pairs where the class is in the target and was not predicted at all.", "",
         "## Settings", "", settings_table(settings, data, results, seeds), "",
         "## Data", "", *data_lines(data, c), "",
         "## Figures", "", *[f"![{name[:-4]}]({name})" for name in plots], "",

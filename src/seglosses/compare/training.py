@@ -124,8 +124,8 @@ def check_specs(specs: Sequence[str], num_classes: Optional[int] = None) -> None
         if num_classes is not None and num_classes > 2 and is_binary(spec):
             raise SegLossError(
                 f"expected softmax losses on this {num_classes}-class task, got {spec!r}: a binary loss "
-                "trains "
-                "one sigmoid channel, which tells only two classes apart; use its softmax form (e.g. dice)"
+                "trains one sigmoid channel, which tells only two classes apart; use its softmax form "
+                "(e.g. dice)"
             )
 
 
@@ -136,8 +136,9 @@ def patch_size(settings: Settings, data: DataSet) -> Tuple[int, ...]:
 
 
 class Patches(torch.utils.data.Dataset):
-    """Training patch ``j`` of a run (see the module docstring); cases are read on demand and the most
-    recent ones kept decoded, up to ``cache_bytes`` per process."""
+    """Training patch ``j`` of a run, indexed by the run's global patch number (see the module
+    docstring); cases are read on demand and the most recent ones kept decoded, up to ``cache_bytes``
+    per process."""
 
     def __init__(self, data: DataSet, size: Tuple[int, ...], settings: Settings, seed: int,
                  cache_bytes: int = 1 << 30) -> None:  # fmt: skip
@@ -146,9 +147,6 @@ class Patches(torch.utils.data.Dataset):
         self.forced = round(settings.oversample * settings.batch_size)
         self.cache: "OrderedDict[int, Tuple[Tensor, Tensor]]" = OrderedDict()
         self.cache_bytes = cache_bytes
-
-    def __len__(self) -> int:
-        return 2**62  # indexed by the run's global patch number
 
     def case(self, index: int) -> Tuple[Tensor, Tensor]:
         if index in self.cache:
@@ -183,7 +181,7 @@ class Patches(torch.utils.data.Dataset):
                 else int(np.clip(centre[axis] - size // 2, 0, room))
             )
             window.append(slice(start, start + size))
-        image, labels = image[(slice(None), *window)], labels[tuple(window)]
+        image, labels = image[(slice(None),) + tuple(window)], labels[tuple(window)]
         pad: List[int] = []
         for extent, size in zip(reversed(labels.shape), reversed(self.size)):
             pad += [0, size - extent]
@@ -208,10 +206,13 @@ def _loader(patches: Patches, settings: Settings, epoch: int) -> torch.utils.dat
     )
 
 
-def predict(model: torch.nn.Module, image: Tensor, settings: Settings, binary: bool, device: str) -> Tensor:
-    """Predicted class indices ``(*S)`` (CPU) of one image ``(C, *S)``, by sliding windows."""
+def predict(model: torch.nn.Module, image: Tensor, data: DataSet, settings: Settings, binary: bool,
+            device: str) -> Tensor:  # fmt: skip
+    """Predicted class indices ``(*S)`` (CPU) of one image ``(C, *S)``, by sliding windows of the
+    training patch."""
+    window = patch_size(settings, data)
     with torch.no_grad(), _autocast(settings, device):
-        logits = sliding_window_inference(model, image[None].to(device), settings.patch)[0]
+        logits = sliding_window_inference(model, image[None].to(device), window)[0]
     return (logits[0] > 0).long().cpu() if binary else logits.argmax(0).cpu()
 
 
@@ -272,13 +273,13 @@ def evaluate(model: torch.nn.Module, data: DataSet, indices: Sequence[int], sett
     model.eval()
     for row in range(rank, len(indices), world):
         image, labels = data.read(data.test[indices[row]])
-        prediction = predict(model, image, settings, binary, device)
+        prediction = predict(model, image, data, settings, binary, device)
         for name, values in image_stats(prediction, labels, k).items():
             stats[name][row] = torch.from_numpy(values)
         if indices[row] == keep:
             kept = prediction
     if keep is not None and kept is None and rank == 0:  # another process scored it; rank 0 writes it
-        kept = predict(model, data.read(data.test[keep])[0], settings, binary, device)
+        kept = predict(model, data.read(data.test[keep])[0], data, settings, binary, device)
     model.train()
     for name in STATS:
         defined = ~stats[name].isnan()
@@ -502,9 +503,12 @@ def _run_all(specs: Sequence[str], seeds: Sequence[int], settings: Settings, dat
     return results
 
 
-def _worker(rank: int, init_file: str, events: Any, args: Tuple[Any, ...]) -> None:
+RunArgs = Tuple[Sequence[str], Sequence[int], Settings, DataSet, OutputFolder]
+
+
+def _worker(rank: int, init_file: str, events: Any, args: RunArgs) -> None:
     """One process of a distributed comparison; rank 0 reports each finished epoch through ``events``."""
-    settings: Settings = args[2]
+    settings = args[2]
     backend = "nccl" if settings.device.startswith("cuda") else "gloo"
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.nproc))
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=settings.nproc)
@@ -532,7 +536,8 @@ def _spawn(specs: Sequence[str], seeds: Sequence[int], settings: Settings, data:
 
     with tempfile.TemporaryDirectory() as rendezvous:
         init_file = str(Path(rendezvous) / "init")
-        args = (init_file, events, (specs, seeds, settings, data, out))
+        run_args: RunArgs = (specs, seeds, settings, data, out)
+        args = (init_file, events, run_args)
         processes = mp.start_processes(_worker, args=args, nprocs=settings.nproc, join=False)
         while not processes.join(timeout=0.2):
             relay()

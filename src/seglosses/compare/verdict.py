@@ -205,7 +205,9 @@ def compare_scores(
     values = {name: v[0] for name, v in draws_values.items()}
     per_seed = {name: v[0] for name, v in draws_per_seed.items()}
     units = n_seeds if n_seeds > 1 else n_images
-    intervals, differences, best = {}, {}, {}
+    intervals: Dict[str, np.ndarray] = {}
+    differences: Dict[str, np.ndarray] = {}
+    best: Dict[str, Optional[int]] = {}
     for name, draws_of in draws_values.items():
         intervals[name] = _student(draws_of, units).clip(0.0, None if name in LOWER_IS_BETTER else 1.0)
         lower = name in LOWER_IS_BETTER

@@ -71,7 +71,7 @@ def _read_nifti(path: Path) -> np.ndarray:
             f"expected nibabel to read the NIfTI file {path.name}: pip install 'seglosses[nifti]'"
         ) from None
     try:
-        volume = np.asanyarray(nibabel.load(str(path)).dataobj)
+        volume = np.asanyarray(nibabel.load(str(path)).dataobj)  # type: ignore[attr-defined]
     except Exception as error:  # nibabel raises many kinds for a corrupt file
         raise SegLossError(
             f"expected a readable image, got {path} ({type(error).__name__}: {error})"

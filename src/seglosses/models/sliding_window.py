@@ -10,7 +10,7 @@ of the whole extent.
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Sequence
+from typing import Callable, List, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -41,13 +41,14 @@ def gaussian_weights(size: Sequence[int], device: torch.device) -> Tensor:
 def sliding_window_inference(
     model: Callable[[Tensor], Tensor],
     image: Tensor,
-    patch: int,
+    patch: Union[int, Sequence[int]],
     *,
     overlap: float = 0.5,
     batch: int = 4,
 ) -> Tensor:
     """Logits ``(N, out, *S)`` of ``image (N, C, *S)``, ``model`` applied to windows of ``patch`` pixels
-    per axis (``batch`` windows at a time) and blended (see the module docstring).
+    (one number, or one per spatial axis; ``batch`` windows at a time) and blended (see the module
+    docstring).
 
     Example:
         >>> model = torch.nn.Conv2d(1, 2, 3, padding=1)
@@ -58,8 +59,12 @@ def sliding_window_inference(
     if not 0 <= overlap < 1:
         raise expected("overlap in [0, 1)", overlap)
     spatial = tuple(image.shape[2:])
-    size = tuple(min(patch, extent) for extent in spatial)
-    grids = torch.meshgrid(*[torch.tensor(window_starts(e, patch, overlap)) for e in spatial], indexing="ij")
+    patches = [patch] * len(spatial) if isinstance(patch, int) else list(patch)
+    if len(patches) != len(spatial) or min(patches) < 1:
+        raise expected(f"a positive patch size or one per spatial axis of {spatial}", patch)
+    size = tuple(min(p, extent) for p, extent in zip(patches, spatial))
+    starts = [torch.tensor(window_starts(e, p, overlap)) for e, p in zip(spatial, patches)]
+    grids = torch.meshgrid(*starts, indexing="ij")
     corners = torch.stack([g.flatten() for g in grids], 1).tolist()
     weights = gaussian_weights(size, image.device)
     total = None
@@ -67,12 +72,12 @@ def sliding_window_inference(
     for first in range(0, len(corners), batch):
         chunk = corners[first : first + batch]
         windows = [tuple(slice(c, c + s) for c, s in zip(corner, size)) for corner in chunk]
-        logits = model(torch.cat([image[(Ellipsis, *w)] for w in windows]))
+        logits = model(torch.cat([image[(Ellipsis,) + w] for w in windows]))
         if total is None:
             total = torch.zeros((*image.shape[:1], logits.shape[1], *spatial), device=image.device)
         for k, window in enumerate(windows):
             part = logits[k * image.shape[0] : (k + 1) * image.shape[0]].float()
-            total[(Ellipsis, *window)] += part * weights
+            total[(Ellipsis,) + window] += part * weights
             norm[window] += weights
     assert total is not None
     return total / norm
