@@ -32,7 +32,9 @@ def constant(tp, fp, fn, seeds=3, images=2):
 def compare(counts, scored=(False, True), curves=None, hd95=None):
     losses = [f"loss{k}" for k in range(len(counts))]
     classes = ["background", *[f"class {k}" for k in range(1, len(scored))]]
-    return compare_scores(scores(counts, hd95), losses, classes, np.array(scored), curves or FLAT * len(counts))
+    return compare_scores(
+        scores(counts, hd95), losses, classes, np.array(scored), curves or FLAT * len(counts)
+    )
 
 
 def test_values_are_pooled_metrics_of_the_scored_classes():

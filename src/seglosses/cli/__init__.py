@@ -29,7 +29,7 @@ def _file_system_message(error: OSError, argv: List[str]) -> str:
             if arg == "--out" and k + 1 < len(argv):
                 where = f"writing into --out {argv[k + 1]}"
             elif arg.startswith("--out="):
-                where = f"writing into --out {arg[len('--out='):]}"
+                where = f"writing into --out {arg[len('--out=') :]}"
     return f"{reason}{code}" + (f": {where}" if where is not None else "")
 
 

@@ -291,6 +291,22 @@ def evaluate(model: torch.nn.Module, data: DataSet, indices: Sequence[int], sett
     return {name: value.numpy() for name, value in stats.items()}, kept
 
 
+def _backend(settings: Settings) -> str:
+    """gloo on the CPU; on CUDA nccl for CUDA tensors and gloo for the CPU ones (metrics, losses)."""
+    return "cpu:gloo,cuda:nccl" if settings.device.startswith("cuda") else "gloo"
+
+
+def _process_device(settings: Settings) -> str:
+    """This process's device: the chosen one, or under several CUDA processes the GPU of its local rank
+    (torchrun's ``LOCAL_RANK``, else the rank), made current for nccl."""
+    rank, world = rank_and_size()
+    if world == 1 or not settings.device.startswith("cuda"):
+        return settings.device
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    torch.cuda.set_device(local)
+    return f"cuda:{local}"
+
+
 def _autocast(settings: Settings, device: str) -> Any:
     enabled = settings.amp and torch.device(device).type == "cuda"
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
@@ -368,8 +384,8 @@ def run_one(spec: str, seed: int, settings: Settings, data: DataSet, out: Output
     torch.manual_seed(seed)
     model = UNet(data.channels, 1 if binary else data.num_classes, width=settings.width, depth=settings.depth,
                  spatial_dims=data.spatial_dims)  # fmt: skip
-    rank, world = rank_and_size()
-    device = settings.device if world == 1 or settings.device == "cpu" else f"cuda:{rank}"
+    device = _process_device(settings)
+    world = rank_and_size()[1]
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     start, history, seconds = _resume(folder / f"seed{seed}.ckpt", key, model, optimizer, criterion)
@@ -448,7 +464,8 @@ def compare(
     ``report_files`` are the files the caller will write into ``out``: checked first, so that nothing
     is trained when one of them is not this tool's (see :mod:`seglosses.compare.output`). With
     ``settings.nproc > 1`` the runs train in that many processes under ``torch.distributed`` (gloo on
-    CPU, nccl on CUDA); this process waits for them and reads their results back.
+    CPU; on CUDA nccl for the model and gloo for the statistics, which stay on the CPU); this process
+    waits for them and reads their results back.
     """
     check_specs(specs, data.num_classes)
     if settings.batch_size % settings.nproc:
@@ -480,7 +497,7 @@ def launched_by_torchrun() -> bool:
 def _join_torchrun_group(settings: Settings) -> None:
     """Initialise the default process group from torchrun's environment (once)."""
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if settings.device.startswith("cuda") else "gloo")
+        dist.init_process_group(_backend(settings))
     if dist.get_world_size() != settings.nproc:
         world = dist.get_world_size()
         raise expected(f"{settings.nproc} processes (--nproc)", f"a torchrun world of {world}")
@@ -509,7 +526,7 @@ RunArgs = Tuple[Sequence[str], Sequence[int], Settings, DataSet, OutputFolder]
 def _worker(rank: int, init_file: str, events: Any, args: RunArgs) -> None:
     """One process of a distributed comparison; rank 0 reports each finished epoch through ``events``."""
     settings = args[2]
-    backend = "nccl" if settings.device.startswith("cuda") else "gloo"
+    backend = _backend(settings)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.nproc))
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=settings.nproc)
     try:
