@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
 import numpy as np
 
 from ..data import IGNORE, DataSet
-from .training import RunResult, overlay_view, scored_classes, slug
+from .training import RunResult, overlay_view, rarest_scored_class, scored_classes, slug
 
 if TYPE_CHECKING:
     from .verdict import Comparison
@@ -168,8 +168,7 @@ def overlays(results: Sequence[RunResult], data: DataSet, runs: Path) -> bytes:
     image, labels = (array.numpy() for array in data.read(data.test[index]))
     if plane is not None:
         image, labels = image[:, plane], labels[plane]
-    scored = scored_classes(data)
-    rarest = int(np.flatnonzero(scored)[np.argmin(data.test_counts.sum(0)[scored])])
+    rarest = rarest_scored_class(data)
     rows, cols = crop_window(labels, rarest)
     base = grey_or_rgb(image)[rows, cols]
     target = labels[rows, cols]
@@ -212,7 +211,8 @@ def overlays(results: Sequence[RunResult], data: DataSet, runs: Path) -> bytes:
     figure.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=8, frameon=False)
     view = f"test case {data.test[index].name!r}" + ("" if plane is None else f", slice {plane} along axis 0")
     text = (f"{view}: rows {rows.start}–{rows.stop - 1}, columns {cols.start}–{cols.stop - 1}, centred on "
-            f"{data.classes[rarest]}{' (the rarest class)' if scored.sum() > 1 else ''}; predictions of seed "
+            f"{data.classes[rarest]}{' (the rarest class)' if scored_classes(data).sum() > 1 else ''}; "
+            f"predictions of seed "
             f"{seeds[0]}")  # fmt: skip
     figure.suptitle(_wrap(text, int(side * columns * 14)), fontsize=9)
     return _png(figure)

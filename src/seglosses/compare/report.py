@@ -107,8 +107,8 @@ def what_it_means(c: Comparison, seeds: int, images: int) -> str:
     return (
         "Mean Dice is the primary metric: the Dice of the test pixels pooled over the test images, averaged "
         f"over the foreground classes present in the test split ({', '.join(scored)}), then over the "
-        f"{units}. Intervals are 95 %: a paired bootstrap over the {images} test "
-        f"image{'s' if images != 1 else ''} and "
+        f"{units}. Intervals are 95 %: a paired bootstrap over the "
+        f"{f'{images} test images' if images != 1 else 'test image'} and "
         f'the {units} gives the standard error, Student\'s t over the seeds the width; "within noise" means '
         "the interval of the difference includes 0."
     )

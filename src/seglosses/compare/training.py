@@ -249,11 +249,16 @@ def scored_classes(data: DataSet) -> np.ndarray:
     return scored
 
 
+def rarest_scored_class(data: DataSet) -> int:
+    """The scored class with the fewest test pixels (what the overlay figure centres on)."""
+    scored = scored_classes(data)
+    return int(np.flatnonzero(scored)[np.argmin(data.test_counts.sum(0)[scored])])
+
+
 def overlay_view(data: DataSet) -> Tuple[int, Optional[int]]:
     """The test case (and for volumes the slice along axis 0) that the overlay figure shows: the one
     with the most pixels of the rarest scored class."""
-    scored = scored_classes(data)
-    rarest = int(np.flatnonzero(scored)[np.argmin(data.test_counts.sum(0)[scored])])
+    rarest = rarest_scored_class(data)
     index = int(np.argmax(data.test_counts[:, rarest]))
     if data.spatial_dims == 2:
         return index, None
