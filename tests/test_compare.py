@@ -329,6 +329,19 @@ def test_patches_are_the_same_with_any_number_of_workers(nuclei):
         assert labels.shape == (32, 32) and labels[16, 16] >= 1
 
 
+def test_foreground_positions_are_a_fixed_subset(nuclei, monkeypatch):
+    """Beyond LOCATIONS positions of a class, a subset fixed by the case (the same in every process)."""
+    import seglosses.compare.training as training
+
+    monkeypatch.setattr(training, "LOCATIONS", 500)
+    settings = Settings(batch_size=4, patch=32)
+    first, second = (Patches(nuclei, patch_size(settings, nuclei), settings, seed=s) for s in (0, 1))
+    where = first.positions(0, 2)
+    _, labels = nuclei.read(nuclei.train[0])
+    assert len(where) == 500 and len(set(where.tolist())) == 500
+    assert (labels.flatten()[where] == 2).all() and torch.equal(where, second.positions(0, 2))
+
+
 def test_small_images_are_padded_with_ignored_labels(tmp_path):
     root = write_folder(tmp_path, [np.ones((6, 20), dtype=np.uint8)] * 2 + blobs(4, 24))
     data = load_data(f"folder:{root}")

@@ -46,6 +46,7 @@ from .output import OutputFolder
 
 Progress = Callable[[str, int, int, float], None]
 STATS = ("tp", "fp", "fn", "band_intersection", "band_union", "hd95")
+LOCATIONS = 10_000  # foreground positions kept per (case, class) for oversampling
 CURVE_IMAGES = 16  # the per-epoch test Dice of the learning curves is taken on at most this many test images
 
 
@@ -138,40 +139,50 @@ def patch_size(settings: Settings, data: DataSet) -> Tuple[int, ...]:
 class Patches(torch.utils.data.Dataset):
     """Training patch ``j`` of a run, indexed by the run's global patch number (see the module
     docstring); cases are read on demand and the most recent ones kept decoded, up to ``cache_bytes``
-    per process."""
+    per process, with the pixel positions of their foreground classes (at most :data:`LOCATIONS` per
+    class, a fixed subset, as nnU-Net keeps)."""
 
     def __init__(self, data: DataSet, size: Tuple[int, ...], settings: Settings, seed: int,
                  cache_bytes: int = 1 << 30) -> None:  # fmt: skip
         self.data, self.size, self.seed = data, size, seed
         self.batch = settings.batch_size
         self.forced = round(settings.oversample * settings.batch_size)
-        self.cache: "OrderedDict[int, Tuple[Tensor, Tensor]]" = OrderedDict()
+        self.cache: "OrderedDict[int, Tuple[Tensor, Tensor, Dict[int, Tensor]]]" = OrderedDict()
         self.cache_bytes = cache_bytes
 
-    def case(self, index: int) -> Tuple[Tensor, Tensor]:
+    def case(self, index: int) -> Tuple[Tensor, Tensor, Dict[int, Tensor]]:
+        """Image, labels and the class positions found so far of training case ``index``."""
         if index in self.cache:
             self.cache.move_to_end(index)
             return self.cache[index]
         image, labels = self.data.read(self.data.train[index])
-        self.cache[index] = (image, labels)
-        while (
-            len(self.cache) > 1
-            and sum(i.nbytes + t.nbytes for i, t in self.cache.values()) > self.cache_bytes
-        ):
+        self.cache[index] = (image, labels, {})
+        while len(self.cache) > 1 and sum(i.nbytes + t.nbytes for i, t, _ in self.cache.values()) > (
+            self.cache_bytes
+        ):  # fmt: skip
             self.cache.popitem(last=False)
-        return image, labels
+        return self.cache[index]
+
+    def positions(self, index: int, chosen: int) -> Tensor:
+        """Flat positions of class ``chosen`` in training case ``index`` (a fixed subset when many)."""
+        _, labels, found = self.case(index)
+        if chosen not in found:
+            where = torch.nonzero(labels.flatten() == chosen)[:, 0]
+            if len(where) > LOCATIONS:
+                keep = torch.randperm(len(where), generator=torch.Generator().manual_seed(index))
+                where = where[keep[:LOCATIONS]]
+            found[chosen] = where
+        return found[chosen]
 
     def __getitem__(self, j: int) -> Tuple[Tensor, Tensor]:
         rng = np.random.default_rng([self.seed, j])
         index = int(rng.integers(len(self.data.train)))
-        image, labels = self.case(index)
+        image, labels, _ = self.case(index)
         centre = None
         foreground = np.flatnonzero(self.data.train_counts[index, 1:]) + 1
         if j % self.batch >= self.batch - self.forced and foreground.size:
-            chosen = int(rng.choice(foreground))
-            where = torch.nonzero(labels.flatten() == chosen)[:, 0]
-            flat = int(where[int(rng.integers(len(where)))])
-            centre = np.unravel_index(flat, tuple(labels.shape))
+            where = self.positions(index, int(rng.choice(foreground)))
+            centre = np.unravel_index(int(where[int(rng.integers(len(where)))]), tuple(labels.shape))
         window = []
         for axis, (extent, size) in enumerate(zip(labels.shape, self.size)):
             room = max(extent - size, 0)
