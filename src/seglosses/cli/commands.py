@@ -110,8 +110,8 @@ def compare_command(
 ) -> None:  # fmt: skip
     """Train a small U-Net with each LOSS (same budget and seeds) and say which wins, and how sure that is.
 
-    Writes report.md (the verdict first, with 95 % paired-bootstrap intervals over test images and
-    seeds), results.json, results.csv and PNG plots into --out. Killed at any point and started again
+    Writes report.md (the verdict first, with 95 % intervals: a paired bootstrap over test images and
+    seeds, Student's t over the seeds), results.json, results.csv and PNG plots into --out. Killed at any point and started again
     with the same --out, it skips finished runs and resumes unfinished ones; changed data or settings
     retrain. It never deletes or overwrites a file it did not write.
 
