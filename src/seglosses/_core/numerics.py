@@ -12,6 +12,25 @@ from torch import Tensor
 Backward = Callable[..., Any]
 
 
+def tracing() -> bool:
+    """Whether ``torch.compile`` traces or a ``torch.func`` transform (``grad``, ``vmap``, ...) runs: then
+    nothing reads data on the host, and the plain differentiable torch paths serve every loss."""
+    return torch.compiler.is_compiling() or transformed()
+
+
+def transformed() -> bool:
+    """Whether a ``torch.func`` transform runs: then every primitive takes its plain differentiable torch
+    reference (custom autograd Functions with closed-form backwards stay out of ``grad`` and ``vmap``)."""
+    return torch._C._are_functorch_transforms_active()
+
+
+def fused_cpu(tensor: Tensor) -> bool:
+    """The one decision for the fused eager-CPU implementations (and their data-dependent shortcuts,
+    whose host reads cost nothing there): a CPU tensor, and nothing :func:`tracing`. CUDA and other
+    devices keep torch's kernels."""
+    return tensor.device.type == "cpu" and not tracing()
+
+
 def safe_divide(num: Tensor, den: Tensor, empty: float) -> Tensor:
     """``num / den``, and ``empty`` where ``den == 0`` exactly (a stated policy, never 0/0 = NaN).
 
@@ -32,7 +51,7 @@ def _divide(num: Tensor, den: Tensor, empty: float) -> Tensor:
     return torch.where(zero, empty, num / torch.where(zero, 1.0, den))
 
 
-def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
+def sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
     """Sum a broadcast gradient back to an input's ``shape``."""
     if grad.shape == shape:
         return grad
@@ -44,12 +63,18 @@ def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
 
 class _SafeDivide(torch.autograd.Function):
     """:func:`safe_divide` with gradients bounded at subnormal denominators (see there). The backward is
-    made of differentiable operations on the inputs, so a double backward differentiates it."""
+    made of differentiable operations on the inputs, so a double backward differentiates it
+    (``forward`` / ``setup_context``: the form ``torch.func`` transforms need)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, num: Tensor, den: Tensor, empty: float) -> Tensor:
-        ctx.save_for_backward(num, den)
+    def forward(num: Tensor, den: Tensor, empty: float) -> Tensor:
         return _divide(num, den, empty)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Tensor, Tensor, float], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[0], inputs[1])
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], None]:
@@ -60,8 +85,8 @@ class _SafeDivide(torch.autograd.Function):
         bounded = torch.where(zero, 1.0, den)
         bounded = torch.where(bounded.abs() < tiny, torch.where(bounded < 0, -tiny, tiny), bounded)
         inverse = torch.where(zero, 0.0, grad / bounded)
-        grad_num = _sum_to(inverse, num.shape) if ctx.needs_input_grad[0] else None
-        grad_den = _sum_to(-inverse * (num / bounded), den.shape) if ctx.needs_input_grad[1] else None
+        grad_num = sum_to(inverse, num.shape) if ctx.needs_input_grad[0] else None
+        grad_den = sum_to(-inverse * (num / bounded), den.shape) if ctx.needs_input_grad[1] else None
         return grad_num, grad_den, None
 
 
@@ -87,7 +112,7 @@ def first_order_backward(name: str) -> Callable[[Backward], Backward]:
     def decorate(backward: Backward) -> Backward:
         @functools.wraps(backward)
         def run(ctx: Any, *grads: Tensor) -> Any:
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() and not transformed():  # torch.func runs backwards with grad on
                 from .errors import SegLossError
 
                 raise SegLossError(

@@ -16,7 +16,7 @@ from typing import Any, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .numerics import compute_dtype, first_order_backward, sigmoid_f32
+from .numerics import compute_dtype, first_order_backward, fused_cpu, sigmoid_f32, tracing, transformed
 
 
 class Overlap(NamedTuple):
@@ -61,7 +61,7 @@ def _flat_bins(t: Tensor) -> bool:
 
 def _fast_cpu(t: Tensor) -> bool:
     """Eager CPU: a host read costs nothing there, so data-dependent shortcuts are allowed."""
-    return not t.is_cuda and not torch.compiler.is_compiling()
+    return fused_cpu(t)
 
 
 def _zero_ignored(probs: Tensor, valid: Optional[Tensor], keep: Optional[Tensor]) -> Tensor:
@@ -128,10 +128,10 @@ def row_gather(probs: Tensor, index: Tensor) -> Tensor:
     class dim itself has an inner loop of length 1 and is several times slower on CPU). The int64
     addresses are made for a quarter of the pixels at a time, to keep them a fraction of the logits."""
     rows = probs.flatten(1)
-    out, tracing = probs.new_empty(index.shape), torch.compiler.is_compiling()
+    out, traced = probs.new_empty(index.shape), tracing()
     for start, stop in _pixel_parts(index.shape[1]):
         addresses = _part_addresses(index, start, stop)
-        if tracing:  # no out= into a strided view under torch.compile (a graph break)
+        if traced:  # no out= into a strided view under torch.compile (a graph break)
             out[:, start:stop] = rows.gather(1, addresses)
         else:
             torch.gather(rows, 1, addresses, out=out[:, start:stop])
@@ -175,7 +175,7 @@ def _cuda_bin_sums(bins: Tensor, values: Tensor, keep: Optional[Tensor], size: i
     implementation (it raises there), ``index_add_`` has.
     """
     flat, values = bins.reshape(-1), values.reshape(-1)
-    if torch.compiler.is_compiling() or torch.are_deterministic_algorithms_enabled():
+    if tracing() or torch.are_deterministic_algorithms_enabled():
         sums = values.new_zeros(size).index_add_(0, flat, values)
         weights = values.new_ones(1).expand_as(values) if keep is None else keep.reshape(-1)
         return sums, values.new_zeros(size).index_add_(0, flat, weights)
@@ -253,7 +253,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
                 p_true = row_gather(probs, index)  # 0 at ignored pixels
                 tp = _label_sums(index, p_true, c)
         ctx.logits_shape, ctx.logits_dtype, ctx.dtype = logits.shape, logits.dtype, dtype
-        if torch.compiler.is_compiling():
+        if tracing():
             ctx.probs = ctx.p_true = None
             ctx.save_for_backward(probs, p_true, labels, valid)
         else:  # the backward reuses ``probs`` as its gradient buffer (see the class docstring)
@@ -269,7 +269,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         n, c = grad_tp.shape
         if ctx.probs is not None:  # the first backward writes the gradient into ``probs``
             probs, p_true, ctx.probs, ctx.p_true = ctx.probs, ctx.p_true, None, None
-        elif torch.compiler.is_compiling():
+        elif tracing():
             probs = saved
         else:  # a later backward through a retained graph
             probs = _softmax(saved.flatten(2), ctx.dtype)
@@ -330,8 +330,26 @@ def softmax_overlap_from_index(logits: Tensor, labels: Tensor, valid: Optional[T
     logits' size is built.
     """
     dtype = compute_dtype(logits)
-    tp, prob_sum, counts = _SoftmaxIndexSums.apply(logits, labels, valid, dtype)
+    sums = _index_sums_reference if transformed() else _SoftmaxIndexSums.apply
+    tp, prob_sum, counts = sums(logits, labels, valid, dtype)
     return Overlap(tp, prob_sum - tp, counts - tp)
+
+
+def _index_sums_reference(
+    logits: Tensor, labels: Tensor, valid: Optional[Tensor], dtype: torch.dtype
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(TP, Σp, Σy)`` per (sample, class) as :class:`_SoftmaxIndexSums` gives them, in plain
+    differentiable torch (``gather`` of ``p_t`` and ``scatter_add`` into the class table; the reference
+    that ``torch.func`` transforms use)."""
+    n, c = logits.shape[:2]
+    probs = torch.softmax(logits.flatten(2).to(dtype), dim=1)
+    index = class_labels(labels, valid)
+    if valid is not None:  # where, not a product: a NaN at an ignored pixel must not reach the sums
+        probs = torch.where(valid.flatten(1).unsqueeze(1), probs, 0.0)
+    keep = probs.new_ones(index.shape) if valid is None else valid_weights(valid, dtype)
+    table = probs.new_zeros(n, c)
+    tp = table.scatter_add(1, index, probs.gather(1, index.unsqueeze(1)).squeeze(1))
+    return tp, probs.sum(-1), table.scatter_add(1, index, keep)
 
 
 _SIGMOID_PARTS = 4  # the dense sigmoid statistics' temporaries are a quarter of the logits' size
@@ -409,7 +427,7 @@ class _SigmoidDenseSums(torch.autograd.Function):
                 y_sum += part.sum(-1)
         prob_sum = probs.sum(-1)
         ctx.logits_shape, ctx.logits_dtype, ctx.dtype, ctx.finite = logits.shape, logits.dtype, dtype, finite
-        if torch.compiler.is_compiling():
+        if tracing():
             ctx.probs = None
             ctx.save_for_backward(probs, target, valid)
         else:  # the backward reuses ``probs`` as its gradient buffer (see the class docstring)
@@ -426,7 +444,7 @@ class _SigmoidDenseSums(torch.autograd.Function):
         keep_mask = None if valid is None else valid.flatten(2)
         if ctx.probs is not None:  # the first backward writes the gradient into ``probs``
             probs, ctx.probs = ctx.probs, None
-        elif torch.compiler.is_compiling():
+        elif tracing():
             probs = saved
         else:  # a later backward through a retained graph: the same operations as the first time
             probs, zero_ignored = _sigmoid_probs(saved.flatten(2), keep_mask, dtype, ctx.finite)
@@ -462,7 +480,7 @@ def sigmoid_overlap_from_dense(
     found no NaN or ``+inf`` logit (saves a read of the logits).
     """
     dtype = compute_dtype(logits)
-    if target.requires_grad:
+    if target.requires_grad or transformed():  # the reference: autograd through both inputs
         dense = target.to(dtype) if valid is None else target.to(dtype).masked_fill(~valid, 0)
         return overlap_from_dense(sigmoid_f32(logits), dense, valid)
     tp, prob_sum, y_sum = _SigmoidDenseSums.apply(logits, target, valid, dtype, finite)

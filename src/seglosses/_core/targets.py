@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import SegLossError, expected
-from .numerics import compute_dtype
+from .numerics import compute_dtype, tracing
 
 _INPUT_CHECKS = True
 
@@ -32,6 +32,10 @@ def set_input_checks(enabled: bool) -> None:
 
     Off, a NaN or ``+inf`` logit at a valid pixel gives a non-finite loss (never a finite one); an
     out-of-range target is undefined behaviour of the underlying torch operation.
+
+    The switch is process-wide, shared by every thread (like the ``torch.backends`` flags, unlike grad
+    mode): each loss call reads it once, when it starts, and keeps that answer for the whole call, so
+    switching it from another thread takes effect at the next call, never halfway through one.
     """
     global _INPUT_CHECKS
     if not isinstance(enabled, bool):
@@ -40,8 +44,10 @@ def set_input_checks(enabled: bool) -> None:
 
 
 def input_checks_enabled() -> bool:
-    """Whether the data-reading checks run now (never while ``torch.compile`` traces)."""
-    return _INPUT_CHECKS and not torch.compiler.is_compiling()
+    """Whether the data-reading checks run now: never while ``torch.compile`` traces or a ``torch.func``
+    transform runs (:func:`~seglosses._core.numerics.tracing`; no host reads there). Read it once per
+    call and pass the answer on (see :func:`set_input_checks`)."""
+    return _INPUT_CHECKS and not tracing()
 
 
 @contextlib.contextmanager
@@ -209,8 +215,11 @@ def binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -
     return BinaryTarget(dense=dense, valid=valid)
 
 
-def check_binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]:
-    """The checks of :func:`binary_target` without converting the target: the valid mask, or None."""
+def check_binary_target(
+    logits: Tensor, target: Tensor, ignore_index: Optional[int], *, checks: Optional[bool] = None
+) -> Optional[Tensor]:
+    """The checks of :func:`binary_target` without converting the target: the valid mask, or None.
+    ``checks``: the caller's one reading of :func:`input_checks_enabled` (read here when None)."""
     check_logits(logits)
     if not isinstance(target, Tensor):
         raise expected("target to be a torch.Tensor", type(target).__name__)
@@ -225,7 +234,7 @@ def check_binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[i
         raise expected("a real-valued target", f"dtype {target.dtype}")
     integer = not (target.is_floating_point() or target.dtype == torch.bool)
     valid = _valid_mask(target, ignore_index) if integer else None
-    if input_checks_enabled() and target.numel():
+    if (input_checks_enabled() if checks is None else checks) and target.numel():
         bounds = [] if target.dtype == torch.bool else list(torch.aminmax(target))  # bool is always in range
         values = _run_data_checks(logits, bounds, "logits")
         if values and not (0 <= values[0] and values[1] <= 1):  # NaN fails too
@@ -234,8 +243,11 @@ def check_binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[i
     return valid
 
 
-def num_valid(valid: Optional[Tensor], shape: torch.Size, device: torch.device) -> Tensor:
-    """Number of valid elements as a float32 tensor (no host sync)."""
+def num_valid(
+    valid: Optional[Tensor], shape: torch.Size, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Number of valid elements as a ``dtype`` tensor (no host sync); pass the compute dtype, so that a
+    float64 loss divides by an exact float64 count."""
     if valid is None:
-        return torch.tensor(float(shape.numel()), device=device)
-    return valid.sum(dtype=torch.float32)
+        return torch.tensor(float(shape.numel()), device=device, dtype=dtype)
+    return valid.sum(dtype=dtype)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._core.errors import expected
-from .._core.numerics import binary_log_terms, compute_dtype, first_order_backward
+from .._core.numerics import binary_log_terms, compute_dtype, first_order_backward, fused_cpu
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -103,13 +103,14 @@ def ce_from_prepared(
     w = class_tensor(w, work, "weight")
     eps, reduction = opts["label_smoothing"], opts["reduction"]
     if isinstance(prepared, IndexTarget):
+        denominator = _index_denominator(prepared, w, work.dtype) if reduction == "mean" else None
         if isinstance(eps, Tensor):
             loss = _index_smoothed(work, prepared, w, eps.to(work.dtype), opts["ignore_index"], log_p)
-            return reduce(loss, reduction, _index_denominator(prepared, w) if reduction == "mean" else None)
+            return reduce(loss, reduction, denominator)
         if w is None and not eps and fused_index_path(work):
             loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, 0.0)
             loss = loss if reduction == "none" else loss.sum()
-            return reduce(loss, reduction, _index_denominator(prepared, w) if reduction == "mean" else None)
+            return reduce(loss, reduction, denominator)
         # torch's own kernel, summed; the mean's denominator is ours so that all-ignored gives 0, not NaN
         loss = F.cross_entropy(
             work,
@@ -119,7 +120,7 @@ def ce_from_prepared(
             reduction="none" if reduction == "none" else "sum",
             label_smoothing=eps,
         )
-        return reduce(loss, reduction, _index_denominator(prepared, w) if reduction == "mean" else None)
+        return reduce(loss, reduction, denominator)
     dense = prepared.dense.to(work.dtype)
     smoothed = dense
     if isinstance(eps, Tensor):
@@ -133,13 +134,13 @@ def ce_from_prepared(
     terms = torch.where(weighted != 0, weighted * log_p, 0.0)
     loss = -torch.where(log_p.isnan(), log_p, terms).sum(1)  # a NaN / +inf logit stays visible
     target_mass = dense.sum(1) if w is None else torch.einsum("nc...,c->n...", dense, w)
-    return reduce(loss, reduction, target_mass.sum(dtype=torch.float32))
+    return reduce(loss, reduction, target_mass.sum(dtype=work.dtype))
 
 
 def fused_index_path(work: Tensor) -> bool:
-    """Whether :class:`FusedIndexCE` serves an index target: eager CPU (CUDA keeps torch's kernels, and
-    ``torch.compile`` traces them)."""
-    return not work.is_cuda and not torch.compiler.is_compiling()
+    """Whether :class:`FusedIndexCE` serves an index target: eager CPU (:func:`fused_cpu`; CUDA keeps
+    torch's kernels, and ``torch.compile`` and ``torch.func`` trace them)."""
+    return fused_cpu(work)
 
 
 def focal_factor(ce: Tensor, u: Tensor, gamma: float) -> Tensor:
@@ -320,16 +321,21 @@ def _index_smoothed(
 class _SmoothedIndexCE(torch.autograd.Function):
     """Label-smoothed CE per pixel for an index target ``t`` and a 0-d tensor ``ε``, from ``log p``:
     ``L_i = -(1-ε) log p_it - (ε/C) Σ_c log p_ic`` (0 at ignored pixels), with the closed-form gradient
-    ``∂L_i/∂z_j = p_ij - (1-ε) [j = t] - ε/C`` (one logits-sized pass each way)."""
+    ``∂L_i/∂z_j = p_ij - (1-ε) [j = t] - ε/C`` (one logits-sized pass each way). ``ε`` is a constant
+    here (the adaptive smoothing's, detached). ``forward`` / ``setup_context``: the ``torch.func`` form."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(
-        ctx: Any, logits: Tensor, log_p: Tensor, index: Tensor, valid: Optional[Tensor], eps: Tensor
-    ) -> Tensor:
+    def forward(logits: Tensor, log_p: Tensor, index: Tensor, valid: Optional[Tensor], eps: Tensor) -> Tensor:
         log_p_t = log_p.gather(1, index.unsqueeze(1)).squeeze(1)
         loss = torch.lerp(-log_p_t, -log_p.mean(1), eps)  # (1-ε)(-log p_t) + ε (-mean_c log p_c)
+        return loss if valid is None else loss.masked_fill(~valid, 0.0)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
+        _, log_p, index, valid, eps = inputs
         ctx.save_for_backward(log_p, index, valid, eps)
-        return loss if valid is None else loss.masked_fill_(~valid, 0.0)
 
     @staticmethod
     @first_order_backward("cross_entropy_loss")
@@ -337,19 +343,20 @@ class _SmoothedIndexCE(torch.autograd.Function):
         log_p, index, valid, eps = ctx.saved_tensors
         g = grad_loss if valid is None else grad_loss.masked_fill(~valid, 0.0)
         g = g.unsqueeze(1)
-        grad = log_p.exp().sub_(eps / log_p.shape[1]).mul_(g)
-        grad.scatter_add_(1, index.unsqueeze(1), g * (eps - 1))
+        grad = (log_p.exp() - eps / log_p.shape[1]) * g
+        grad = grad.scatter_add(1, index.unsqueeze(1), g * (eps - 1))
         return grad, None, None, None, None
 
 
-def _index_denominator(prepared: IndexTarget, weight: Optional[Tensor]) -> Tensor:
-    """``Σ_{i∈V} w_{y_i}``: the valid pixel count, or their summed class weights."""
+def _index_denominator(prepared: IndexTarget, weight: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    """``Σ_{i∈V} w_{y_i}``: the valid pixel count, or their summed class weights, in ``dtype`` (the
+    compute dtype: float64 for a float64 loss)."""
     if weight is None:
-        return num_valid(prepared.valid, prepared.labels.shape, prepared.labels.device)
+        return num_valid(prepared.valid, prepared.labels.shape, prepared.labels.device, dtype)
     pixel_weight = weight[prepared.index()]
     if prepared.valid is not None:
         pixel_weight = pixel_weight * prepared.valid
-    return pixel_weight.sum(dtype=torch.float32)
+    return pixel_weight.sum(dtype=dtype)
 
 
 def binary_cross_entropy_loss(
@@ -392,12 +399,12 @@ def binary_cross_entropy_loss(
     rho = channel_tensor(class_tensor(opts["pos_weight"], logits, "pos_weight"), logits)
     y = prepared.dense if eps == 0 else prepared.dense * (1 - eps) + eps / 2
     if w is None:
-        denominator = num_valid(prepared.valid, logits.shape, logits.device)
+        denominator = num_valid(prepared.valid, logits.shape, logits.device, logits.dtype)
     else:
         element_weight = w.expand_as(logits)
         if prepared.valid is not None:
             element_weight = element_weight * prepared.valid
-        denominator = element_weight.sum(dtype=torch.float32)
+        denominator = element_weight.sum(dtype=logits.dtype)
     summed = prepared.valid is None and reduction != "none"
     loss = _fused_binary_ce(logits, y, w, rho, summed)
     if loss is not None and summed:  # the weighted sum, nothing ignored

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._core.numerics import binary_log_terms, compute_dtype, first_order_backward
+from .._core.errors import expected
+from .._core.numerics import binary_log_terms, compute_dtype, first_order_backward, fused_cpu, sum_to
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -51,58 +52,93 @@ class _FocalModulation(torch.autograd.Function):
     and as ``u^γ (1 + γ p_t ce / u)`` for ``γ < 1`` or a per-pixel tensor ``γ`` (``ce / u -> 1`` as
     ``u -> 0``): finite for every γ, even at saturated logits. Chained into the cross-entropy's own
     backward ``p - onehot`` it gives SPEC's ``∂L/∂z_j = (p_j - [j = t]) F``, and torch's fused
-    cross-entropy kernels do the logits-sized work.
+    cross-entropy kernels do the logits-sized work. A tensor ``γ`` is a constant (not differentiated:
+    :func:`check_gamma` refuses one that requires a gradient). ``forward`` / ``setup_context`` in the form
+    ``torch.func`` transforms need; the backward recomputes ``u`` (pixel-sized) from the saved ``ce``.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, ce: Tensor, gamma: Union[float, Tensor]) -> Tensor:
-        u = torch.expm1(-ce).neg_()
+    def forward(ce: Tensor, gamma: Union[float, Tensor]) -> Tensor:
+        return _modulator(torch.expm1(-ce).neg(), gamma) * ce
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Tensor, Union[float, Tensor]], output: Tensor) -> None:
+        ce, gamma = inputs
         ctx.gamma = gamma
-        if isinstance(gamma, Tensor):  # per pixel: u^γ = exp(γ log u) (0^0 = 1), kept for the backward
-            modulator = torch.log(u).clamp_min_(torch.finfo(u.dtype).min).mul_(gamma).exp_()
-            ctx.save_for_backward(ce, u, modulator)
-            return modulator * ce
-        ctx.save_for_backward(ce, u)
-        return u.pow(gamma).mul_(ce)
+        ctx.save_for_backward(ce, gamma if isinstance(gamma, Tensor) else None)
 
     @staticmethod
     @first_order_backward("focal_loss")
     def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None]:
-        ce, u, *saved = ctx.saved_tensors
-        gamma = ctx.gamma
+        ce, gamma_tensor = ctx.saved_tensors
+        gamma = ctx.gamma if gamma_tensor is None else gamma_tensor
+        u = torch.expm1(-ce).neg()
         p_ce = torch.addcmul(ce, u, ce, value=-1.0)  # p_t · ce = (1 - u) · ce
         if not isinstance(gamma, Tensor) and gamma >= 1:
-            factor = torch.add(u, p_ce, alpha=gamma).mul_(u.pow(gamma - 1))
+            factor = torch.add(u, p_ce, alpha=gamma) * u.pow(gamma - 1)
         else:
-            ratio = p_ce.div_(u).nan_to_num_(nan=1.0, posinf=torch.inf)  # p_t ce / u -> 1 at u = 0 (0/0)
-            factor = ratio.mul_(gamma).add_(1.0).mul_(saved[0] if saved else u.pow(gamma))
-        return factor.mul_(grad_loss), None
+            ratio = torch.nan_to_num(p_ce / u, nan=1.0, posinf=torch.inf)  # p_t ce / u -> 1 at u = 0 (0/0)
+            factor = (ratio * gamma + 1.0) * _modulator(u, gamma)
+        return factor * grad_loss, None
+
+
+def _modulator(u: Tensor, gamma: Union[float, Tensor]) -> Tensor:
+    """``u^γ`` for ``u >= 0``; a tensor ``γ`` by ``exp(γ log u)`` with ``0^0 = 1``."""
+    if not isinstance(gamma, Tensor):
+        return u.pow(gamma)
+    return torch.exp(torch.log(u).clamp_min(torch.finfo(u.dtype).min) * gamma)
 
 
 class _FocalDense(torch.autograd.Function):
     """Softmax focal loss per pixel for a one-hot / soft target ``y``: ``L = -Σ_c y_c α_c (1-p_c)^γ log p_c``.
 
-    Gradient: ``∂L/∂z_j = p_j Σ_c h_c - h_j`` with ``h_c = y_c α_c F_c`` (``F`` as in :class:`_FocalIndex`).
+    Gradients: ``∂L/∂z_j = p_j Σ_c h_c - h_j`` with ``h_c = y_c α_c F_c`` (``F`` as in
+    :class:`_FocalModulation`); ``∂L/∂y_c = -α_c (1-p_c)^γ log p_c`` (``+inf`` at ``p_c = 0``: more target
+    mass on an impossible class costs without bound); ``∂L/∂α_c = -Σ y_c (1-p_c)^γ log p_c`` over the
+    pixels. ``γ`` is a constant. The backward recomputes ``log p`` from the saved logits (``torch.func``
+    form: ``forward`` / ``setup_context``).
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(
-        ctx: Any, logits: Tensor, target: Tensor, alpha: Optional[Tensor], gamma: Union[float, Tensor]
+        logits: Tensor, target: Tensor, alpha: Optional[Tensor], gamma: Union[float, Tensor]
     ) -> Tensor:
         log_p = torch.log_softmax(logits, dim=1)
-        modulator, grad_factor = _focal_factor_terms(log_p, gamma)
+        modulator, _ = _focal_factor_terms(log_p, gamma)
         weight = target if alpha is None else target * alpha
-        ctx.save_for_backward(log_p, weight * grad_factor)
         terms = torch.where(weight > 0, weight * modulator * log_p, 0.0)  # y = 0 at p = 0 counts 0
         return -terms.sum(1)
 
     @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
+        logits, target, alpha, gamma = inputs
+        ctx.gamma = gamma
+        ctx.save_for_backward(logits, target, alpha, gamma if isinstance(gamma, Tensor) else None)
+
+    @staticmethod
     @first_order_backward("focal_loss")
-    def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Optional[Tensor], None, None, None]:
-        log_p, h = ctx.saved_tensors
+    def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Optional[Tensor], ...]:
+        logits, target, alpha, gamma_tensor = ctx.saved_tensors
+        gamma = ctx.gamma if gamma_tensor is None else gamma_tensor
+        log_p = torch.log_softmax(logits, dim=1)
+        modulator, grad_factor = _focal_factor_terms(log_p, gamma)
         g = grad_loss.unsqueeze(1)
-        grad = log_p.exp() * h.sum(1, keepdim=True) - h
-        return grad * g, None, None, None
+        weight = target if alpha is None else target * alpha
+        grad_logits = grad_target = grad_alpha = None
+        if ctx.needs_input_grad[0]:
+            h = weight * grad_factor
+            grad_logits = (log_p.exp() * h.sum(1, keepdim=True) - h) * g
+        if ctx.needs_input_grad[1] or (alpha is not None and ctx.needs_input_grad[2]):
+            term = torch.where(g == 0, 0.0, -modulator * log_p * g)  # ∂L/∂w_c per pixel, w = y α
+            if ctx.needs_input_grad[1]:
+                grad_target = term if alpha is None else torch.where(alpha > 0, term * alpha, 0.0)
+            if alpha is not None and ctx.needs_input_grad[2]:
+                grad_alpha = sum_to(torch.where(target > 0, term * target, 0.0), alpha.shape)
+        return grad_logits, grad_target, grad_alpha, None
 
 
 def focal_loss(
@@ -190,7 +226,7 @@ def focal_from_prepared(
         loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, float(gamma))  # 0 at ignored pixels
         if a is not None:
             loss = loss * (torch.take(a, prepared.index()) if a.ndim else a)
-        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
+        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device, work.dtype)
     elif isinstance(prepared, IndexTarget):
         ce = index_cross_entropy(work, prepared, opts["ignore_index"]) if ce is None else ce
         index = prepared.index()
@@ -201,12 +237,12 @@ def focal_from_prepared(
             loss = _FocalModulation.apply(ce, gamma) if gamma > 0 else ce
         if a is not None:
             loss = loss * (torch.take(a, index) if a.ndim else a)
-        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
+        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device, work.dtype)
     else:
         alpha_dense = None if a is None else channel_tensor(a, work)
         gamma_dense = channel_tensor(gamma, work) if isinstance(gamma, Tensor) else gamma
         loss = _FocalDense.apply(work, prepared.dense.to(work.dtype), alpha_dense, gamma_dense)
-        denominator = prepared.dense.sum(dtype=torch.float32)  # Σ y, as cross-entropy: γ = 0 is CE
+        denominator = prepared.dense.sum(dtype=work.dtype)  # Σ y, as cross-entropy: γ = 0 is CE
     return reduce(loss, opts["reduction"], denominator)
 
 
@@ -454,7 +490,7 @@ def _fused_binary_focal(
     which handle ``-inf`` (loss and gradient 0 for target 0), ``+inf`` (NaN) and a NaN at an ignored
     element (0), and which trace under ``torch.compile``. Also None when the target or α needs a gradient
     (the closed form gives only the logits' one)."""
-    if work.is_cuda or torch.compiler.is_compiling() or y.requires_grad:
+    if not fused_cpu(work) or y.requires_grad:
         return None
     if (alpha is not None and alpha.requires_grad) or work.dtype not in _FOCAL_RANGE:
         return None
@@ -524,7 +560,7 @@ def binary_focal_loss(
         loss = -(positive + negative) if a is None else -(a * positive + (1 - a) * negative)
         if prepared.valid is not None:
             loss = loss.masked_fill(~prepared.valid, 0)
-    return reduce(loss, opts["reduction"], num_valid(prepared.valid, logits.shape, logits.device))
+    return reduce(loss, opts["reduction"], num_valid(prepared.valid, logits.shape, logits.device, loss.dtype))
 
 
 def check_focal_options(
@@ -547,9 +583,13 @@ def check_focal_options(
 
 
 def check_gamma(gamma: Union[float, ClassValues]) -> Union[float, Tensor]:
-    """``γ >= 0`` as a float, or one value per class (or a 0-d tensor) as a tensor."""
+    """``γ >= 0`` as a float, or one value per class (or a 0-d tensor) as a tensor; a tensor that requires
+    a gradient is refused (γ is a constant of the formula here)."""
     if not isinstance(gamma, (Tensor, list, tuple)):
         return check_number("gamma", gamma, low=0.0)
+    if isinstance(gamma, Tensor) and gamma.requires_grad:
+        raise expected("gamma as a constant (focal_loss does not differentiate it)",
+                       "a tensor that requires grad: pass gamma.detach()")  # fmt: skip
     return cast(Tensor, class_values("gamma", gamma))  # not None: gamma is a tensor or a sequence
 
 

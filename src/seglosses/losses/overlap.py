@@ -71,8 +71,9 @@ def tversky_score(s: Overlap, smooth: float, alpha: float, beta: float) -> Tenso
 def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Overlap:
     """Statistics ``(N, C)`` from logits: softmax over classes, or sigmoid per channel for ``binary``."""
     if binary:  # the target as given: the statistics convert it a part at a time
-        valid = check_binary_target(logits, target, ignore_index)  # with the data checks: no NaN, no +inf
-        return sigmoid_overlap_from_dense(logits, target, valid, finite=input_checks_enabled())
+        checks = input_checks_enabled()  # read once: the checks below and the shortcut rely on one answer
+        valid = check_binary_target(logits, target, ignore_index, checks=checks)  # checked: no NaN, no +inf
+        return sigmoid_overlap_from_dense(logits, target, valid, finite=checks)
     soft = softmax_target(logits, target, ignore_index)
     if isinstance(soft, IndexTarget):
         return softmax_overlap_from_index(logits, soft.labels, soft.valid)
