@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import SegLossError, expected
@@ -124,8 +125,10 @@ def _finite_problem(logits: Tensor, name: str) -> Optional[str]:
     return f"expected finite {name}, got {' and '.join(parts)}"
 
 
-def _run_data_checks(logits: Tensor, stats: List[Tensor], name: str) -> List[float]:
-    """One host sync: the logits' sum (finite in the common case) and the target statistics."""
+def _run_data_checks(logits: Tensor, stats: List[Tensor], name: str) -> Tuple[bool, List[float]]:
+    """One host sync: the logits' sum (finite in the common case) and the target statistics. Returns
+    whether a ``-inf`` logit may be present (the sum is ``-inf``: the caller's slow path looks closer)
+    and the statistics."""
     total = logits.sum(dtype=torch.float32)
     values = torch.stack([total, *[s.to(torch.float32) for s in stats]]).tolist()
     if not math.isfinite(values[0]):
@@ -133,11 +136,48 @@ def _run_data_checks(logits: Tensor, stats: List[Tensor], name: str) -> List[flo
         problem = _finite_problem(logits, name)
         if problem is not None:
             raise SegLossError(problem)
-    return values[1:]
+    return values[0] == -math.inf, values[1:]
 
 
-def softmax_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> SoftmaxTarget:
-    """Check logits and target of a softmax loss and prepare the target (see module docstring)."""
+def _no_distribution(logits: Tensor, valid: Optional[Tensor], name: str) -> None:
+    """Raise for a valid pixel whose logits are all ``-inf`` (no softmax distribution; SPEC section 6)."""
+    empty = torch.isneginf(logits).all(1)
+    count = int((empty if valid is None else empty & valid).sum())
+    if count:
+        raise expected(
+            f"at least one finite {name} value per valid pixel (all -inf: no distribution)",
+            f"{count} pixel{'s' if count > 1 else ''} whose {name} are all -inf",
+        )
+
+
+def _log_of_zero(logits: Tensor, mass: Optional[Tensor], smoothing: bool, name: str) -> None:
+    """Raise for a ``-inf`` logit where a loss takes ``log p`` with positive weight (``mass``: bool, the
+    logits' shape, ignored elements False; None: everywhere): ``log 0`` makes the loss ``+inf`` (SPEC
+    section 6). ``smoothing``: the mass is label smoothing's, on every class."""
+    hit = torch.isneginf(logits)
+    count = int((hit if mass is None else hit & mass).sum())
+    if count:
+        why = "label smoothing puts mass on every class" if smoothing else "the target puts mass there"
+        raise expected(
+            f"finite {name} where the loss takes log p ({why}; log 0 makes the loss +inf)",
+            f"{count} -inf {name} value{'s' if count > 1 else ''} there",
+        )
+
+
+def softmax_target(
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: Optional[int],
+    *,
+    log_terms: bool = False,
+    smoothing: bool = False,
+) -> SoftmaxTarget:
+    """Check logits and target of a softmax loss and prepare the target (see module docstring).
+
+    With the data checks on, ``-inf`` logits follow SPEC section 6: a valid pixel with every logit
+    ``-inf`` raises; a loss with ``log_terms`` (it takes ``log p`` of the classes carrying target mass:
+    cross-entropy, focal) raises for a ``-inf`` logit where the target has mass, at every class with
+    ``smoothing``."""
     check_logits(logits, min_classes=2)
     if not isinstance(target, Tensor):
         raise expected("target to be a torch.Tensor", type(target).__name__)
@@ -145,7 +185,7 @@ def softmax_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) 
         raise expected(f"target on the logits' device {logits.device}", f"device {target.device}")
     n, c, spatial = logits.shape[0], logits.shape[1], tuple(logits.shape[2:])
     if target.shape == logits.shape and target.dtype != torch.bool:
-        return DenseTarget(_dense_target(logits, target))
+        return DenseTarget(_dense_target(logits, target, log_terms, smoothing))
     index_shape = (n, *spatial)
     if target.shape != index_shape:
         raise expected(
@@ -157,10 +197,17 @@ def softmax_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) 
         raise expected("an integer index target (class indices, e.g. torch.long)", f"dtype {target.dtype}")
     valid = _valid_mask(target, ignore_index)
     if input_checks_enabled() and target.numel():
-        lo, hi = _run_data_checks(logits, list(torch.aminmax(target)), "logits")
+        minus_inf, (lo, hi) = _run_data_checks(logits, list(torch.aminmax(target)), "logits")
         if lo < 0 or hi >= c:
             bad = (target < 0) | (target >= c)
             _raise_out_of_range(target, bad, valid, f"target class indices in [0, {c})", ignore_index)
+        if minus_inf:
+            _no_distribution(logits, valid, "logits")
+            if log_terms:
+                every = (torch.ones_like(target, dtype=torch.bool) if valid is None else valid).unsqueeze(1)
+                at_target = F.one_hot(IndexTarget(target, valid).index(), c).movedim(-1, 1).bool()
+                mass = every.expand_as(logits) if smoothing else at_target & every
+                _log_of_zero(logits, mass, smoothing, "logits")
     return IndexTarget(target, valid)
 
 
@@ -194,21 +241,34 @@ def _raise_out_of_range(
         raise expected(f"{allowed}{extra}", f"values {values}")
 
 
-def _dense_target(logits: Tensor, target: Tensor) -> Tensor:
+def _dense_target(logits: Tensor, target: Tensor, log_terms: bool, smoothing: bool) -> Tensor:
     """Check a dense (one-hot / soft) target of the logits' shape and return it as float."""
     if target.is_complex():
         raise expected("a real-valued target", f"dtype {target.dtype}")
     dense = target if target.is_floating_point() else target.to(logits.dtype)
     if input_checks_enabled() and dense.numel():
-        lo, hi = _run_data_checks(logits, list(torch.aminmax(dense)), "logits")
+        minus_inf, (lo, hi) = _run_data_checks(logits, list(torch.aminmax(dense.detach())), "logits")
         if not (0.0 <= lo and hi <= 1.0):
             raise expected("one-hot or soft target values in [0, 1]", f"values in [{lo:g}, {hi:g}]")
+        if minus_inf:
+            _no_distribution(logits, None, "logits")
+            if log_terms:
+                _log_of_zero(logits, None if smoothing else dense.detach() > 0, smoothing, "logits")
     return dense
 
 
-def binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> BinaryTarget:
-    """Check logits and a binary target of the same shape; ``ignore_index`` applies to integer targets."""
-    valid = check_binary_target(logits, target, ignore_index)
+def binary_target(
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: Optional[int],
+    *,
+    log_terms: bool = False,
+    smoothing: bool = False,
+) -> BinaryTarget:
+    """Check logits and a binary target of the same shape; ``ignore_index`` applies to integer targets.
+    ``log_terms`` / ``smoothing`` as in :func:`softmax_target` (``log σ(z)`` where the target is
+    positive; smoothing makes every element positive)."""
+    valid = check_binary_target(logits, target, ignore_index, log_terms=log_terms, smoothing=smoothing)
     dense = target.to(compute_dtype(logits))
     if valid is not None:
         dense = dense.masked_fill(~valid, 0)
@@ -216,7 +276,13 @@ def binary_target(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -
 
 
 def check_binary_target(
-    logits: Tensor, target: Tensor, ignore_index: Optional[int], *, checks: Optional[bool] = None
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: Optional[int],
+    *,
+    checks: Optional[bool] = None,
+    log_terms: bool = False,
+    smoothing: bool = False,
 ) -> Optional[Tensor]:
     """The checks of :func:`binary_target` without converting the target: the valid mask, or None.
     ``checks``: the caller's one reading of :func:`input_checks_enabled` (read here when None)."""
@@ -235,11 +301,14 @@ def check_binary_target(
     integer = not (target.is_floating_point() or target.dtype == torch.bool)
     valid = _valid_mask(target, ignore_index) if integer else None
     if (input_checks_enabled() if checks is None else checks) and target.numel():
-        bounds = [] if target.dtype == torch.bool else list(torch.aminmax(target))  # bool is always in range
-        values = _run_data_checks(logits, bounds, "logits")
+        bounds = [] if target.dtype == torch.bool else list(torch.aminmax(target.detach()))  # bool: in range
+        minus_inf, values = _run_data_checks(logits, bounds, "logits")
         if values and not (0 <= values[0] and values[1] <= 1):  # NaN fails too
             bad = ~((target >= 0) & (target <= 1))  # NaN is out of range too
             _raise_out_of_range(target, bad, valid, "binary target values in [0, 1]", ignore_index)
+        if minus_inf and log_terms:  # each element its own sigmoid: only log σ(z) at positive mass
+            mass = valid if smoothing else target.detach() > 0
+            _log_of_zero(logits, mass if valid is None or smoothing else mass & valid, smoothing, "logits")
     return valid
 
 

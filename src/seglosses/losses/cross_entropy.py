@@ -86,7 +86,8 @@ def cross_entropy_loss(
         ignore_index=ignore_index,
         reduction=reduction,
     )
-    prepared = softmax_target(logits, target, ignore_index)
+    smoothing = isinstance(opts["label_smoothing"], Tensor) or opts["label_smoothing"] > 0
+    prepared = softmax_target(logits, target, ignore_index, log_terms=True, smoothing=smoothing)
     return ce_from_prepared(logits.to(compute_dtype(logits)), prepared, opts)
 
 
@@ -147,7 +148,7 @@ def focal_factor(ce: Tensor, u: Tensor, gamma: float) -> Tensor:
     """``d/d ce`` of ``u^γ ce`` with ``u = 1 - p_t = -expm1(-ce)``: ``u^γ - γ u^(γ-1) p_t log p_t``, finite
     for every ``γ >= 0`` (see ``focal._FocalModulation``): ``u^(γ-1) (u + γ p_t ce)`` for ``γ >= 1``,
     ``u^γ (1 + γ p_t ce / u)`` below, with ``p_t ce / u -> 1`` at ``u = 0``."""
-    p_ce = torch.addcmul(ce, u, ce, value=-1.0)  # p_t · ce = (1 - u) · ce
+    p_ce = torch.addcmul(ce, u, ce, value=-1.0).masked_fill_(u == 1, 0.0)  # p_t ce = (1 - u) ce; 0 at p_t = 0
     if gamma >= 1:
         return p_ce.mul_(gamma).add_(u).mul_(u if gamma == 2 else u.pow(gamma - 1))
     ratio = p_ce.div_(u).nan_to_num_(nan=1.0, posinf=torch.inf)
@@ -393,7 +394,7 @@ def binary_cross_entropy_loss(
         reduction=reduction,
     )
     eps = opts["label_smoothing"]
-    prepared = binary_target(logits, target, ignore_index)
+    prepared = binary_target(logits, target, ignore_index, log_terms=True, smoothing=eps > 0)
     logits = logits.to(compute_dtype(logits))
     w = channel_tensor(class_tensor(opts["weight"], logits, "weight"), logits)
     rho = channel_tensor(class_tensor(opts["pos_weight"], logits, "pos_weight"), logits)

@@ -75,7 +75,7 @@ class _FocalModulation(torch.autograd.Function):
         ce, gamma_tensor = ctx.saved_tensors
         gamma = ctx.gamma if gamma_tensor is None else gamma_tensor
         u = torch.expm1(-ce).neg()
-        p_ce = torch.addcmul(ce, u, ce, value=-1.0)  # p_t · ce = (1 - u) · ce
+        p_ce = torch.addcmul(ce, u, ce, value=-1.0).masked_fill(u == 1, 0.0)  # (1 - u) ce, 0 at p_t = 0
         if not isinstance(gamma, Tensor) and gamma >= 1:
             factor = torch.add(u, p_ce, alpha=gamma) * u.pow(gamma - 1)
         else:
@@ -190,7 +190,7 @@ def focal_loss(
         ignore_index=ignore_index,
         reduction=reduction,
     )
-    prepared = softmax_target(logits, target, ignore_index)
+    prepared = softmax_target(logits, target, ignore_index, log_terms=True)
     return focal_from_prepared(logits.to(compute_dtype(logits)), prepared, opts)
 
 
@@ -547,7 +547,7 @@ def binary_focal_loss(
     opts = check_binary_focal_options(
         gamma=gamma, alpha=alpha, ignore_index=ignore_index, reduction=reduction
     )
-    prepared = binary_target(logits, target, ignore_index)
+    prepared = binary_target(logits, target, ignore_index, log_terms=True)
     work = logits.to(compute_dtype(logits))
     y = prepared.dense.to(work.dtype)
     a = channel_tensor(class_tensor(opts["alpha"], work, "alpha"), work)
