@@ -207,12 +207,13 @@ class TestRegisteredLosses(LossConformance):
 
 
 @pytest.mark.parametrize("name", ["focal", "dice"])
-def test_double_backward_raises_instead_of_a_wrong_answer(name):
-    """The closed-form backwards are first-order only: create_graph=True raises, never a wrong Hessian."""
+def test_double_backward_is_the_formulas(name):
+    """A closed-form backward asked for a graph (create_graph=True) differentiates the formula in plain
+    torch: the exact second derivative, never a wrong Hessian (tests/test_reliability_core.py: every loss)."""
     logits, target = make_inputs("softmax")
-    loss = sl.create_loss(name)(logits, target)
-    with pytest.raises(sl.SegLossError, match="create_graph=True"):
-        torch.autograd.grad(loss, logits, create_graph=True)
+    loss = sl.create_loss(name)
+    small = logits[:1, :, :2, :2].detach().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda z: loss(z, target[:1, :2, :2]), (small,))
 
 
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if e.domain == "softmax"], ids=lambda e: e.name)

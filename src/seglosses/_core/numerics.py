@@ -102,29 +102,56 @@ def safe_pow(base: Tensor, exponent: Union[float, Tensor]) -> Tensor:
     return torch.where(zero, zero_power.to(powered.dtype), powered)
 
 
-def first_order_backward(name: str) -> Callable[[Backward], Backward]:
+Reference = Callable[..., Tuple[Tuple[Any, ...], Any]]
+
+
+def first_order_backward(name: str, reference: Optional[Reference] = None) -> Callable[[Backward], Backward]:
     """Decorate a closed-form ``autograd.Function.backward`` that is not itself differentiable.
 
-    Asked for a graph (``create_graph=True``, e.g. a double backward) it raises instead of returning a
-    silently wrong second derivative; otherwise it runs without recording.
+    Asked for a graph (``create_graph=True``, e.g. a double backward) it differentiates ``reference``
+    instead: the Function's formula in plain differentiable torch, ``reference(ctx, *saved_tensors)``
+    returning ``(inputs, outputs)`` — the forward's inputs as the saved tensors (None where not
+    differentiated) and the outputs recomputed from them — so second derivatives are those of the
+    formula. Without a reference (or with ``ctx.no_reference`` set) it raises rather than return a
+    silently wrong second derivative. Otherwise the closed form runs without recording.
     """
 
     def decorate(backward: Backward) -> Backward:
         @functools.wraps(backward)
         def run(ctx: Any, *grads: Tensor) -> Any:
             if torch.is_grad_enabled() and not transformed():  # torch.func runs backwards with grad on
-                from .errors import SegLossError
+                if reference is None or getattr(ctx, "no_reference", False):
+                    from .errors import SegLossError
 
-                raise SegLossError(
-                    f"expected first-order gradients of {name}; got a backward with create_graph=True, "
-                    "which its closed-form backward does not support"
-                )
+                    raise SegLossError(
+                        f"expected first-order gradients of {name}; got a backward with create_graph=True, "
+                        "which its closed-form backward does not support"
+                    )
+                return differentiate(reference, ctx, grads)
             with torch.no_grad():
                 return backward(ctx, *grads)
 
         return run
 
     return decorate
+
+
+def differentiate(reference: Reference, ctx: Any, grads: Tuple[Tensor, ...]) -> Tuple[Optional[Tensor], ...]:
+    """The gradients of :func:`first_order_backward`'s ``reference`` with respect to the inputs that need
+    one, with a graph (``create_graph=True``)."""
+    with torch.enable_grad():
+        inputs, outputs = reference(ctx, *ctx.saved_tensors)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    pairs = [(out, grad) for out, grad in zip(outputs, grads) if out.requires_grad and grad is not None]
+    wanted = [k for k, x in enumerate(inputs) if isinstance(x, Tensor) and ctx.needs_input_grad[k]]
+    found = torch.autograd.grad(
+        [out for out, _ in pairs], [inputs[k] for k in wanted], [grad for _, grad in pairs],
+        create_graph=True, allow_unused=True,
+    )  # fmt: skip
+    result: list = [None] * len(inputs)
+    for k, grad in zip(wanted, found):
+        result[k] = torch.zeros_like(inputs[k]) if grad is None else grad
+    return tuple(result)
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:

@@ -253,6 +253,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
                 p_true = row_gather(probs, index)  # 0 at ignored pixels
                 tp = _label_sums(index, p_true, c)
         ctx.logits_shape, ctx.logits_dtype, ctx.dtype = logits.shape, logits.dtype, dtype
+        ctx.no_reference = tracing()  # compiled: the probabilities are saved, not the logits
         if tracing():
             ctx.probs = ctx.p_true = None
             ctx.save_for_backward(probs, p_true, labels, valid)
@@ -263,7 +264,13 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         return tp, prob_sum, counts
 
     @staticmethod
-    @first_order_backward("the overlap losses")
+    def reference(ctx: Any, logits: Tensor, _: Optional[Tensor], labels: Tensor,
+                  valid: Optional[Tensor]) -> Tuple[Tuple[Any, ...], Tuple[Tensor, ...]]:  # fmt: skip
+        """The sums by autograd (what a double backward differentiates)."""
+        return (logits, None, None, None), _index_sums_reference(logits, labels, valid, ctx.dtype)
+
+    @staticmethod
+    @first_order_backward("the overlap losses", lambda *a: _SoftmaxIndexSums.reference(*a))
     def backward(ctx: Any, grad_tp: Tensor, grad_sum: Tensor, _: Tensor) -> Tuple[Tensor, None, None, None]:
         saved, p_true, labels, valid = ctx.saved_tensors
         n, c = grad_tp.shape
@@ -427,6 +434,7 @@ class _SigmoidDenseSums(torch.autograd.Function):
                 y_sum += part.sum(-1)
         prob_sum = probs.sum(-1)
         ctx.logits_shape, ctx.logits_dtype, ctx.dtype, ctx.finite = logits.shape, logits.dtype, dtype, finite
+        ctx.no_reference = tracing()  # compiled: the probabilities are saved, not the logits
         if tracing():
             ctx.probs = None
             ctx.save_for_backward(probs, target, valid)
@@ -437,7 +445,15 @@ class _SigmoidDenseSums(torch.autograd.Function):
         return tp, prob_sum, y_sum
 
     @staticmethod
-    @first_order_backward("the overlap losses")
+    def reference(ctx: Any, logits: Tensor, target: Tensor,
+                  valid: Optional[Tensor]) -> Tuple[Tuple[Any, ...], Tuple[Tensor, ...]]:  # fmt: skip
+        """The sums by autograd (what a double backward differentiates)."""
+        dense = target.to(ctx.dtype) if valid is None else target.to(ctx.dtype).masked_fill(~valid, 0)
+        s = overlap_from_dense(sigmoid_f32(logits), dense, valid)
+        return (logits, None, None, None, None), (s.tp, s.fp + s.tp, s.fn + s.tp)
+
+    @staticmethod
+    @first_order_backward("the overlap losses", lambda *a: _SigmoidDenseSums.reference(*a))
     def backward(ctx: Any, grad_tp: Tensor, grad_sum: Tensor, _: Tensor) -> Tuple[Optional[Tensor], ...]:
         saved, target, valid = ctx.saved_tensors
         y, dtype = target.flatten(2), ctx.dtype

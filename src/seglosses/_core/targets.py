@@ -184,14 +184,17 @@ def softmax_target(
     if target.device != logits.device:
         raise expected(f"target on the logits' device {logits.device}", f"device {target.device}")
     n, c, spatial = logits.shape[0], logits.shape[1], tuple(logits.shape[2:])
-    if target.shape == logits.shape and target.dtype != torch.bool:
+    if target.shape == logits.shape:  # one-hot or soft, any real dtype (a bool one-hot too)
         return DenseTarget(_dense_target(logits, target, log_terms, smoothing))
     index_shape = (n, *spatial)
     if target.shape != index_shape:
+        hint = ""
+        if target.shape == (n, 1, *spatial):
+            hint = " (a channel dim of 1, as MONAI's index targets have: pass target.squeeze(1))"
         raise expected(
             f"target of shape (N, *S) = {index_shape} (class indices) or (N, C, *S) = "
             f"{tuple(logits.shape)} (one-hot or soft)",
-            f"shape {_shape(target)}",
+            f"shape {_shape(target)}{hint}",
         )
     if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
         raise expected("an integer index target (class indices, e.g. torch.long)", f"dtype {target.dtype}")
@@ -238,7 +241,17 @@ def _raise_out_of_range(
     if bool(bad.any()):
         values = torch.unique(target[bad])[:5].tolist()
         extra = "" if ignore_index is None else f" or ignore_index = {ignore_index}"
-        raise expected(f"{allowed}{extra}", f"values {values}")
+        raise expected(f"{allowed}{extra}", f"values {values}{_value_hint(values, ignore_index)}")
+
+
+def _value_hint(values: List[float], ignore_index: Optional[int]) -> str:
+    """What an out-of-range value usually means, for users of other libraries (empty when nothing fits)."""
+    if -100 in values and ignore_index is None:
+        return " (torch's ignore value? pass ignore_index=-100)"
+    if 255 in values:
+        return (" (255 marks void pixels in VOC-style masks: pass ignore_index=255; a 0/255 binary mask: "
+                "pass target // 255)")  # fmt: skip
+    return ""
 
 
 def _dense_target(logits: Tensor, target: Tensor, log_terms: bool, smoothing: bool) -> Tensor:

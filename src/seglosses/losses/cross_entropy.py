@@ -155,6 +155,22 @@ def focal_factor(ce: Tensor, u: Tensor, gamma: float) -> Tensor:
     return ratio.mul_(gamma).add_(1.0).mul_(u.pow(gamma))
 
 
+def _fused_index_reference(
+    ctx: Any, logits: Tensor, labels: Tensor, valid: Optional[Tensor], *_: Optional[Tensor]
+) -> Tuple[Tuple[Any, ...], Tensor]:
+    """:class:`FusedIndexCE`'s formula in plain torch (what a double backward differentiates):
+    ``m · ce`` with ``ce = -log_softmax(z)_t`` and ``m = α + (1 - α) (1 - p_t)^γ``."""
+    log_p_t = torch.log_softmax(logits.flatten(2), 1).gather(1, class_labels(labels, valid).unsqueeze(1))
+    ce = -log_p_t.squeeze(1)
+    loss = ce
+    if ctx.gamma > 0:
+        modulation = ctx.floor + (1 - ctx.floor) * (-torch.expm1(-ce)) ** ctx.gamma
+        loss = (modulation.detach() if ctx.detach else modulation) * ce
+    if valid is not None:
+        loss = torch.where(valid.flatten(1), loss, 0.0)
+    return (logits, None, None, None, None, None), loss.view(labels.shape)
+
+
 class FusedIndexCE(torch.autograd.Function):
     """Per-pixel ``m_i · ce_i`` for an index target, ``(N, *S)``, 0 at ignored pixels; eager CPU
     (:func:`fused_index_path`). ``ce_i = -log p_{i,t}`` and ``m_i = α + (1 - α) u_i^γ`` with
@@ -212,7 +228,7 @@ class FusedIndexCE(torch.autograd.Function):
         return loss.view(labels.shape)
 
     @staticmethod
-    @first_order_backward("cross_entropy_loss / focal_loss / difficulty_ce_loss")
+    @first_order_backward("cross_entropy_loss / focal_loss / difficulty_ce_loss", _fused_index_reference)
     def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None, None, None, None, None]:
         logits, labels, valid, ce, u, label_one = ctx.saved_tensors
         w = grad_loss.flatten(1)  # (N, P); a new tensor below except for CE without ignored pixels
@@ -335,13 +351,20 @@ class _SmoothedIndexCE(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
-        _, log_p, index, valid, eps = inputs
-        ctx.save_for_backward(log_p, index, valid, eps)
+        ctx.save_for_backward(*inputs)  # the logits only for a double backward (no copy)
 
     @staticmethod
-    @first_order_backward("cross_entropy_loss")
+    def reference(ctx: Any, logits: Tensor, log_p: Tensor, index: Tensor, valid: Optional[Tensor],
+                  eps: Tensor) -> Tuple[Tuple[Any, ...], Tensor]:  # fmt: skip
+        """The formula in plain torch, from the logits (what a double backward differentiates)."""
+        return (logits, None, None, None, None), _SmoothedIndexCE.forward(
+            logits, torch.log_softmax(logits, 1), index, valid, eps
+        )
+
+    @staticmethod
+    @first_order_backward("cross_entropy_loss", lambda *a: _SmoothedIndexCE.reference(*a))
     def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None, None, None, None]:
-        log_p, index, valid, eps = ctx.saved_tensors
+        _, log_p, index, valid, eps = ctx.saved_tensors
         g = grad_loss if valid is None else grad_loss.masked_fill(~valid, 0.0)
         g = g.unsqueeze(1)
         grad = (log_p.exp() - eps / log_p.shape[1]) * g

@@ -70,7 +70,13 @@ class _FocalModulation(torch.autograd.Function):
         ctx.save_for_backward(ce, gamma if isinstance(gamma, Tensor) else None)
 
     @staticmethod
-    @first_order_backward("focal_loss")
+    def reference(ctx: Any, ce: Tensor, gamma_tensor: Optional[Tensor]) -> Tuple[Tuple[Any, ...], Tensor]:
+        """``(1 - p_t)^γ · ce`` by autograd (what a double backward differentiates)."""
+        gamma = ctx.gamma if gamma_tensor is None else gamma_tensor
+        return (ce, None), (-torch.expm1(-ce)) ** gamma * ce
+
+    @staticmethod
+    @first_order_backward("focal_loss", lambda *a: _FocalModulation.reference(*a))
     def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None]:
         ce, gamma_tensor = ctx.saved_tensors
         gamma = ctx.gamma if gamma_tensor is None else gamma_tensor
@@ -120,7 +126,17 @@ class _FocalDense(torch.autograd.Function):
         ctx.save_for_backward(logits, target, alpha, gamma if isinstance(gamma, Tensor) else None)
 
     @staticmethod
-    @first_order_backward("focal_loss")
+    def reference(ctx: Any, logits: Tensor, target: Tensor, alpha: Optional[Tensor],
+                  gamma_tensor: Optional[Tensor]) -> Tuple[Tuple[Any, ...], Tensor]:  # fmt: skip
+        """The formula by autograd (what a double backward differentiates)."""
+        gamma = ctx.gamma if gamma_tensor is None else gamma_tensor
+        log_p = torch.log_softmax(logits, dim=1)
+        weight = target if alpha is None else target * alpha
+        terms = torch.where(weight > 0, weight * (-torch.expm1(log_p)) ** gamma * log_p, 0.0)
+        return (logits, target, alpha, None), -terms.sum(1)
+
+    @staticmethod
+    @first_order_backward("focal_loss", lambda *a: _FocalDense.reference(*a))
     def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Optional[Tensor], ...]:
         logits, target, alpha, gamma_tensor = ctx.saved_tensors
         gamma = ctx.gamma if gamma_tensor is None else gamma_tensor
@@ -429,7 +445,19 @@ class _BinaryFocal(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @first_order_backward("binary_focal_loss")
+    def reference(ctx: Any, z: Tensor, y: Tensor, valid: Optional[Tensor],
+                  alpha: Optional[Tensor]) -> Tuple[Tuple[Any, ...], Tensor]:  # fmt: skip
+        """The log-space formula by autograd (what a double backward differentiates)."""
+        gamma, summed, _ = ctx.options
+        ctx.grad = None
+        work = z if valid is None else z.masked_fill(~valid, 0.0)
+        positive, negative = binary_log_terms(work, y, gamma)
+        loss = -(positive + negative) if alpha is None else -(alpha * positive + (1 - alpha) * negative)
+        loss = loss if valid is None else loss.masked_fill(~valid, 0.0)
+        return (z, None, None, None, None, None, None), loss.sum() if summed else loss
+
+    @staticmethod
+    @first_order_backward("binary_focal_loss", lambda *a: _BinaryFocal.reference(*a))
     def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Optional[Tensor], ...]:
         grad, ctx.grad = ctx.grad, None
         if grad is None:  # a later backward through a retained graph
