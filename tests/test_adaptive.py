@@ -125,7 +125,7 @@ def test_adaptive_focal_hand_values():
         + alpha[0] * (3 / 4) ** gamma[0] * hard
         + alpha[1] * (1 / 4) ** gamma[1] * easy
     ) / 3
-    torch.testing.assert_close(value.item(), expected, rtol=1e-6, atol=0)  # α, γ are float32 state
+    torch.testing.assert_close(value.item(), expected, rtol=1e-14, atol=0)  # float64 state, float64 loss
 
 
 def test_running_average_rule():
@@ -137,15 +137,16 @@ def test_running_average_rule():
     second = torch.tensor([[[LN3], [0.0]]], dtype=torch.float64)  # one pixel of class 1, p_t = 1/4: a miss
     loss(second, torch.tensor([[1]]))
     easy, hard = math.log(4 / 3), math.log(4)
-    state = torch.tensor([(easy + hard) / 2, 0.5 * easy + 0.5 * hard])
+    state = torch.tensor([(easy + hard) / 2, 0.5 * easy + 0.5 * hard], dtype=torch.float64)
     torch.testing.assert_close(loss.class_ce, state)
-    torch.testing.assert_close(loss.class_recall, torch.tensor([0.5, 0.5 * 1 + 0.5 * 0]))
-    torch.testing.assert_close(loss.mean_ce, torch.tensor(0.5 * (2 * easy + hard) / 3 + 0.5 * hard))
+    torch.testing.assert_close(loss.class_recall, torch.tensor([0.5, 0.5 * 1 + 0.5 * 0], dtype=torch.float64))
+    mean = 0.5 * (2 * easy + hard) / 3 + 0.5 * hard
+    torch.testing.assert_close(loss.mean_ce, torch.tensor(mean, dtype=torch.float64))
     # momentum 1 keeps only the last batch
     last = AdaptiveFocalLoss(momentum=1.0, ignore_index=IGNORE)
     last(logits, target)
     last(second, torch.tensor([[1]]))
-    torch.testing.assert_close(last.class_ce[1], torch.tensor(hard, dtype=torch.float32))
+    torch.testing.assert_close(last.class_ce[1], torch.tensor(hard, dtype=torch.float64))
 
 
 def test_adaptive_focal_limits():
@@ -154,17 +155,17 @@ def test_adaptive_focal_limits():
     logits, target = tiny()
     flat = AdaptiveFocalLoss(lam=0.0, ignore_index=IGNORE)
     flat(logits, target)
-    torch.testing.assert_close(flat.current_gamma(), torch.full((2,), 2.0))
+    torch.testing.assert_close(flat.current_gamma(), torch.full((2,), 2.0, dtype=torch.float64))
     same = AdaptiveFocalLoss(ignore_index=IGNORE)
     same(logits[..., :1], target[..., :1])  # only pixel A: class 0 seen, recall 1; class 1 never seen
-    torch.testing.assert_close(same.current_gamma(), torch.full((2,), 2.0))
+    torch.testing.assert_close(same.current_gamma(), torch.full((2,), 2.0, dtype=torch.float64))
     unseen = AdaptiveFocalLoss(num_classes=4, alpha=[0.5, 1.0, 2.0, 3.0], ignore_index=IGNORE)
     wide = torch.cat([logits.detach(), torch.zeros(1, 2, 4, dtype=torch.float64)], 1)
     unseen(wide, target)
     assert unseen.class_seen.tolist() == [True, True, False, False]
     assert torch.isfinite(unseen.class_ce).all() and torch.isfinite(unseen.class_recall).all()
-    torch.testing.assert_close(unseen.current_alpha()[2:], torch.tensor([2.0, 3.0]))
-    torch.testing.assert_close(unseen.current_gamma()[2:], torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(unseen.current_alpha()[2:], torch.tensor([2.0, 3.0], dtype=torch.float64))
+    torch.testing.assert_close(unseen.current_gamma()[2:], torch.tensor([2.0, 2.0], dtype=torch.float64))
 
 
 def test_perfect_prediction_keeps_alpha_finite():
@@ -173,7 +174,7 @@ def test_perfect_prediction_keeps_alpha_finite():
     logits = (F.one_hot(target, 2).movedim(-1, 1).double() * 200 - 100).requires_grad_()
     loss = AdaptiveFocalLoss(alpha=[0.25, 0.75])
     assert loss(logits, target).item() == 0.0
-    torch.testing.assert_close(loss.current_alpha(), torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(loss.current_alpha(), torch.tensor([0.25, 0.75], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("adapt", ["alpha", "gamma"])
@@ -245,7 +246,7 @@ def test_frequency_alpha_by_hand():
     logits = torch.zeros(1, 2, 4, dtype=torch.float64)
     loss = FrequencyFocalLoss(scale=2.0)
     loss(logits, torch.tensor([[0, 0, 0, 1]]))
-    torch.testing.assert_close(loss.options["alpha"], torch.tensor([2 / 5, 2 / 3]))
+    torch.testing.assert_close(loss.options["alpha"], torch.tensor([2 / 5, 2 / 3], dtype=torch.float64))
     torch.testing.assert_close(
         frequency_alpha(torch.tensor([0.0, 0.5]), scale=4.0), torch.tensor([1.0, 1 / 3])
     )
@@ -260,8 +261,8 @@ def test_adaptive_smoothing_hand_value():
     target = torch.tensor([[0, 1, IGNORE]])
     loss = AdaptiveSmoothingCELoss(epsilon=0.1, target_confidence=0.5, ignore_index=IGNORE)
     value = loss(logits, target)
-    torch.testing.assert_close(loss.confidence, torch.tensor(5 / 8))
-    torch.testing.assert_close(loss.current_epsilon(), torch.tensor(0.125))
+    torch.testing.assert_close(loss.confidence, torch.tensor(5 / 8, dtype=torch.float64))
+    torch.testing.assert_close(loss.current_epsilon(), torch.tensor(0.125, dtype=torch.float64))
     expected = SF.cross_entropy_loss(logits, target, label_smoothing=0.125, ignore_index=IGNORE)
     torch.testing.assert_close(value, expected)
 
@@ -270,10 +271,10 @@ def test_adaptive_smoothing_is_clipped():
     logits, target = make_inputs("softmax", scale=20.0)  # over-confident: m close to 1
     high = AdaptiveSmoothingCELoss(epsilon=0.2, eps_max=0.25, target_confidence=0.5)
     high(logits, target)
-    torch.testing.assert_close(high.current_epsilon(), torch.tensor(0.25))
+    torch.testing.assert_close(high.current_epsilon(), torch.tensor(0.25, dtype=torch.float64))
     low = AdaptiveSmoothingCELoss(epsilon=0.1, eps_min=0.08, target_confidence=1.0)
     low(torch.zeros(1, 4, 3, dtype=torch.float64), torch.tensor([[0, 1, 2]]))  # m = 1/4: ε_0 / 4 < ε_min
-    torch.testing.assert_close(low.current_epsilon(), torch.tensor(0.08))
+    torch.testing.assert_close(low.current_epsilon(), torch.tensor(0.08, dtype=torch.float64))
 
 
 # --------------------------------------------------------------------------- state

@@ -15,7 +15,7 @@ weights so that they sum to ``C``.
 from __future__ import annotations
 
 import warnings
-from typing import Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -85,11 +85,45 @@ def class_weights(
     return w.to(torch.float32)
 
 
+def check_statistic(owner: str, name: str, value: Tensor, *, integral: bool = False) -> None:
+    """Check a statistic loaded from a state dict: finite and non-negative (and whole numbers within the
+    int64 range when ``integral``: counts), else a :class:`~seglosses.SegLossError` naming the buffer and
+    what is wrong (``expected finite, non-negative values in AdaptiveFocalLoss's state 'running', got 1
+    NaN, 2 negative``).
+
+    One host read when the values are valid (load time, not a training step).
+    """
+    if value.is_complex():
+        raise expected(f"real values in {owner}'s state {name!r}", f"dtype {value.dtype}")
+    if value.dtype == torch.bool or value.numel() == 0:
+        return
+    value = value.detach()
+    finite = torch.isfinite(value) if value.is_floating_point() else torch.ones_like(value, dtype=torch.bool)
+    whole = finite
+    if integral and value.is_floating_point():
+        whole = (value == value.round()) & (value < 2.0**63)
+    if bool((finite & (value >= 0) & whole).all()):
+        return
+    problems = {
+        "NaN": int(value.isnan().sum()),
+        "inf": int((value.abs() == torch.inf).sum()) if value.is_floating_point() else 0,
+        "negative": int((finite & (value < 0)).sum()),
+        "not an integer": int((finite & ~whole).sum()),
+    }
+    what = "integers" if integral else "values"
+    got = ", ".join(f"{count} {problem}" for problem, count in problems.items() if count)
+    raise expected(f"finite, non-negative {what} in {owner}'s state {name!r}", got)
+
+
 class ClassFrequency(torch.nn.Module):
     """Streaming class pixel counter: ``update(target)`` per batch, ``compute()`` -> int64 counts ``(C,)``.
 
     Targets are integer class maps of any shape; ``ignore_index`` pixels are skipped, any other value
-    outside ``[0, C)`` raises. The counts live in a buffer, so ``state_dict`` round-trips them.
+    outside ``[0, C)`` raises. The counts live in a buffer, so ``state_dict`` round-trips them. The buffer
+    is int64 whatever the module is converted to (``.half()``, ``.double()``, ``.to(dtype)`` convert
+    floating buffers only), and ``load_state_dict`` checks what it loads: counts of another class count,
+    NaN, ``±inf``, negative or fractional counts raise :class:`~seglosses.SegLossError` (naming
+    ``'counts'``) and leave the counter as it was.
 
     Example:
         >>> counter = ClassFrequency(3, ignore_index=255)
@@ -116,6 +150,20 @@ class ClassFrequency(torch.nn.Module):
         self.sync = check_bool("sync", sync)
         self.process_group = check_process_group(process_group)
         self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        """Check the counts (see the class docstring), then load them."""
+        counts = state_dict.get(prefix + "counts")
+        if isinstance(counts, Tensor):
+            if counts.shape != self.counts.shape:
+                hint = f": load it into ClassFrequency({counts.numel()})" if counts.ndim == 1 else ""
+                raise expected(
+                    f"counts of C = {self.num_classes} classes, shape ({self.num_classes},), in "
+                    "ClassFrequency's state 'counts'",
+                    f"shape {tuple(counts.shape)}{hint}",
+                )
+            check_statistic("ClassFrequency", "counts", counts, integral=True)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def update(self, target: Tensor) -> None:
         """Add the class pixel counts of one batch of integer targets."""

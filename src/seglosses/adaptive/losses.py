@@ -11,7 +11,13 @@ are modules whose statistics live in buffers and follow one rule (SPEC §2, "Run
 * before any update the module equals its static form (α = α_init, γ = γ_0, ε = ε_0); ``eval()`` freezes
   the state and uses it; the state round-trips through ``state_dict``, so a resumed run continues exactly.
 * :meth:`AdaptiveLoss.update` is the only place the state changes, and it receives the batch's sums and
-  counts (``batch_sums``), so that a distributed run can all-reduce them before folding them in.
+  counts (``batch_sums``), so that a distributed run can all-reduce them before folding them in. The
+  statistics are detached: the loss is differentiated (logits, a soft target), its state is not.
+* the batch's sums run in the compute dtype (float32 for half inputs, float64 for float64 ones) and the
+  floating state is float64 whatever the module is converted to (``.half()``, ``.double()``, ``.to(dtype)``
+  ...), so a float64 loss is float64-accurate and a half-precision module keeps exact statistics.
+* ``load_state_dict`` checks what it loads: a state for another class count, a statistic of the wrong
+  shape, NaN, ``±inf`` or a negative value raise :class:`~seglosses.SegLossError` naming the buffer.
 
 Each stateful module computes the loss of a pure function (its ``function``, e.g. :func:`focal_loss`) with
 options derived from the state (its ``options``), from the tensors that function computes anyway.
@@ -52,6 +58,7 @@ from ..losses.cross_entropy import (
     fused_index_path,
 )
 from ..losses.focal import _FocalDense, _FocalModulation, focal_from_prepared, focal_loss, index_cross_entropy
+from ..weights import check_statistic
 
 Adapt = Literal["both", "alpha", "gamma"]
 ADAPT = ("both", "alpha", "gamma")
@@ -79,7 +86,9 @@ def difficulty_ce_loss(
     ``-Σ_c y_ic (α + (1-α)(1-p_ic)^γ) log p_ic``.
 
     ``mean`` is the plain mean over valid pixels (the weight is part of the formula, as focal's factor);
-    for a dense target the pixel count is ``Σ y``.
+    for a dense target the pixel count is ``Σ y``, summed in the compute dtype (float64 for float64
+    logits). A soft target that requires a gradient gets ``∂L/∂y_ic = -w_ic log p_ic`` (through the mean's
+    ``Σ y`` too).
 
     Args:
         logits: ``(N, C, *S)``, ``C >= 2``.
@@ -101,14 +110,14 @@ def difficulty_ce_loss(
     a, g = opts["alpha"], opts["gamma"]
     if isinstance(prepared, IndexTarget) and fused_index_path(work):
         loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, g, a, opts["detach"])
-        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
+        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device, work.dtype)
     elif isinstance(prepared, IndexTarget):
         ce = index_cross_entropy(work, prepared, ignore_index)
         if opts["detach"]:
             loss = (a + (1 - a) * torch.expm1(-ce.detach()).neg_().pow_(g)) * ce
         else:
             loss = a * ce + (1 - a) * _FocalModulation.apply(ce, g)
-        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
+        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device, work.dtype)
     else:
         dense = prepared.dense.to(work.dtype)
         log_p = torch.log_softmax(work, dim=1)
@@ -118,7 +127,7 @@ def difficulty_ce_loss(
         else:
             ce = -torch.where(dense > 0, dense * log_p, 0.0).sum(1)
             loss = a * ce + (1 - a) * _FocalDense.apply(work, dense, None, g)
-        denominator = dense.sum(dtype=torch.float32)
+        denominator = dense.sum()  # Σ y in the compute dtype: float64 for a float64 loss
     return reduce(loss, opts["reduction"], denominator)
 
 
@@ -145,10 +154,15 @@ def fold_in(state: Tensor, seen: Tensor, sums: Tensor, counts: Tensor, momentum:
     """SPEC's running-statistics rule, in place, for means ``x = sums / counts``: ``s ← (1-m) s + m x``
     where ``counts > 0``; the first batch with data sets ``s = x`` (``seen`` False there, then set); where
     ``counts = 0`` ``s`` keeps its value. ``counts`` broadcasts over ``sums`` (a table of statistics is
-    folded in one go)."""
+    folded in one go). Detached, and computed in the state's dtype (``x``, ``m`` and the blend), whatever
+    the dtype of the sums."""
+    sums, counts = sums.detach().to(state.dtype), counts.detach().to(state.dtype)
     has_data = counts > 0
-    value = (sums / counts.clamp_min(torch.finfo(sums.dtype).tiny)).to(state.dtype)  # 0 where no data
-    state.lerp_(value, torch.where(seen, momentum, 1.0) * has_data)  # weight 1 gives x, 0 keeps s
+    value = sums / counts.clamp_min(torch.finfo(state.dtype).tiny)  # 0 where no data
+    rate = torch.where(seen, state.new_full((), momentum), 1.0) * has_data  # 1 gives x, 0 keeps s
+    # through a view with a leading 1: torch.compile (AOTAutograd, torch 2.13) drops an in-place update
+    # of a 0-d float64 CPU buffer (``confidence``) written directly, not one written through a view
+    state.unsqueeze(0).lerp_(value, rate)
     seen |= has_data
 
 
@@ -221,7 +235,8 @@ def _bin_sum(bins: Tensor, values: Tensor, size: int) -> Tensor:
 
 def dense_class_sums(dense: Tensor, rows: Sequence[Tensor]) -> Tensor:
     """Per-class sums ``(len(rows) + 1, C)`` of ``y · r`` for a dense target ``y`` ``(N, C, *S)``, then
-    ``Σ y`` (the soft class counts)."""
+    ``Σ y`` (the soft class counts); detached (statistics, not part of the loss's graph)."""
+    dense = dense.detach()
     dims = [0, *range(2, dense.ndim)]
     weighted = [torch.where(dense > 0, dense * r, 0.0).sum(dims) for r in rows]  # y = 0 at -log p = inf: 0
     return torch.stack([*weighted, dense.sum(dims)])
@@ -245,6 +260,20 @@ class AdaptiveLoss(nn.Module):
     function's options under the current state). Its statistics are buffers registered by
     ``_register_state``; the per-class ones are sized at the first forward when ``num_classes`` is not
     given, or by ``load_state_dict`` from the state dict.
+
+    **State dtype.** Every floating buffer (running means, recall, frequencies, confidence, counts, α^init)
+    is float64 and stays float64: ``.half()``, ``.bfloat16()``, ``.float()``, ``.double()`` and
+    ``.to(dtype)`` move it with the module's device but leave its dtype (and so its values) as they are,
+    and flags stay bool. The batch's sums run in the compute dtype of the logits (float32 for half inputs,
+    float64 for float64 ones) and are folded in float64, so any input dtype works with any conversion of
+    the module, a float64 loss is float64-accurate, and a converted module follows an unconverted one bit
+    for bit. A state dict of an earlier float32 state loads (converted exactly).
+
+    **Loading state.** ``load_state_dict`` checks every statistic before loading any: a state for
+    another class count than the module's (given as ``num_classes`` or sized by a forward), a wrong
+    shape, NaN, ``±inf``, a negative value, or a flag that is not 0 or 1 raise
+    :class:`~seglosses.SegLossError` naming the buffer, and the module keeps its state. A valid state
+    loads exactly (a resumed run continues bit for bit).
     """
 
     stateful: ClassVar[bool] = True
@@ -263,7 +292,8 @@ class AdaptiveLoss(nn.Module):
         self, per_class: Dict[str, Tuple[torch.dtype, int, int]], scalars: Dict[str, torch.dtype]
     ) -> None:
         """Zero statistics: per-class buffers ``(rows, C + extra)`` (``rows = 0``: 1-D), with 0 columns
-        until C is known, and scalar buffers."""
+        until C is known, and scalar buffers. Floating ones should be float64 (see the class docstring:
+        :meth:`_apply` keeps a float64 buffer float64)."""
         for name, (dtype, rows, extra) in per_class.items():
             self.register_buffer(name, torch.zeros(self._shape(rows, extra), dtype=dtype))
             self._per_class[name] = (rows, extra)
@@ -301,12 +331,70 @@ class AdaptiveLoss(nn.Module):
                 torch.zeros(self._shape(rows, extra), dtype=own.dtype, device=device or own.device),
             )
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> AdaptiveLoss:
+        """``nn.Module``'s conversions (``.to``, ``.half()``, ``.double()``, ``.cuda()`` ...), except that a
+        float64 buffer stays float64 with its values: a conversion that changed its dtype is replaced by
+        the original moved to the new device (see the class docstring)."""
+        kept = {name: b for name, b in self._buffers.items() if b is not None and b.dtype == torch.float64}
+        super()._apply(fn, recurse)
+        for name, original in kept.items():
+            converted = self._buffers[name]
+            if converted is not None and converted.dtype != torch.float64:
+                self._buffers[name] = original.to(device=converted.device)
+        return self
+
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
-        """A module whose state is not sized yet takes C from the state dict's buffers."""
-        name = next(iter(self._per_class), None)
-        if self.num_classes is None and name is not None and prefix + name in state_dict:
-            self._resize(int(state_dict[prefix + name].shape[-1]) - self._per_class[name][1])
+        """Check the statistics in ``state_dict`` (see the class docstring), then load them; a module whose
+        state is not sized yet takes C from the state dict's buffers."""
+        incoming = {
+            name: state_dict[prefix + name]
+            for name, own in self._buffers.items()
+            if own is not None and isinstance(state_dict.get(prefix + name), Tensor)
+        }
+        classes = self._check_state(incoming)
+        if self.num_classes is None and classes is not None:
+            self._resize(classes)
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def _check_state(self, incoming: Dict[str, Tensor]) -> Optional[int]:
+        """Raise :class:`SegLossError` for a statistic that does not fit this module or is not a valid
+        value (naming the buffer); the class count of the per-class ones, or None when there are none."""
+        owner = type(self).__name__
+        counts: Dict[str, int] = {}
+        for name, value in incoming.items():
+            if name in self._per_class:
+                counts[name] = self._check_per_class_shape(name, value)
+            elif value.shape != getattr(self, name).shape:
+                shape = tuple(getattr(self, name).shape)
+                raise expected(f"{owner}'s state {name!r} of shape {shape}", f"shape {tuple(value.shape)}")
+            if getattr(self, name).dtype == torch.bool:
+                _check_flags(owner, name, value)
+            else:
+                check_statistic(owner, name, value)
+        if len(set(counts.values())) > 1:
+            found = ", ".join(f"C = {c} in {name!r}" for name, c in counts.items())
+            raise expected(f"{owner}'s per-class state for one class count", found)
+        return next(iter(counts.values()), None)
+
+    def _check_per_class_shape(self, name: str, value: Tensor) -> int:
+        """The class count of a per-class statistic ``(rows, C + extra)``, checked against the module's."""
+        owner, (rows, extra) = type(self).__name__, self._per_class[name]
+        if self.num_classes is None:
+            shape = f"({rows}, C + {extra})" if rows else f"(C + {extra},)"
+        else:
+            shape = str(self._shape(rows, extra))
+        if value.ndim != (2 if rows else 1) or (rows and value.shape[0] != rows):
+            raise expected(f"{owner}'s state {name!r} of shape {shape}", f"shape {tuple(value.shape)}")
+        classes = int(value.shape[-1]) - extra
+        if classes < 2:
+            raise expected(f"{owner}'s state {name!r} for C >= 2 classes", f"C = {classes}")
+        if self.num_classes is not None and classes != self.num_classes:
+            raise expected(
+                f"a state for C = {self.num_classes} classes ({owner}'s num_classes)",
+                f"C = {classes} in {name!r}: load it into a {owner}(num_classes={classes}), or one made "
+                "with num_classes=None, which takes C from the state dict",
+            )
+        return classes
 
     @property
     def options(self) -> Dict[str, Any]:  # pragma: no cover - every subclass overrides it
@@ -323,6 +411,7 @@ class AdaptiveLoss(nn.Module):
         a ``torch.distributed`` group is initialised (every rank must run the training forward), so every
         process holds the same state; set the attributes ``sync = False`` or ``process_group`` to change it.
         """
+        sums = sums.detach()  # statistics: never part of the loss's graph
         if self.sync:
             sync_sum_(sums, self.process_group)
         self.update(sums)
@@ -350,6 +439,13 @@ def _reject_unknown(module: nn.Module, unknown: Dict[str, Any]) -> None:
         raise unknown_choice(f"an option of {type(module).__name__}", name, known)
 
 
+def _check_flags(owner: str, name: str, value: Tensor) -> None:
+    """A bool statistic loaded from a state dict: bool, or numbers that are 0 or 1."""
+    if value.dtype != torch.bool and not bool(((value == 0) | (value == 1)).all()):
+        bad = value[(value != 0) & (value != 1)].unique()[:5].tolist()
+        raise expected(f"{owner}'s state {name!r} to hold flags (0 or 1)", f"values {bad}")
+
+
 def _momentum(momentum: float) -> float:
     return check_number("momentum", momentum, low=0.0, high=1.0, low_open=True)
 
@@ -359,7 +455,7 @@ def _class_counts(work: Tensor, prepared: SoftmaxTarget) -> Tensor:
     a dense one."""
     if isinstance(prepared, IndexTarget):
         return class_sums(prepared.index(), prepared.valid, [], work.shape[1], torch.float64)[0]
-    return dense_class_sums(prepared.dense.to(work.dtype), [])[0]
+    return dense_class_sums(prepared.dense.to(work.dtype), [])[0]  # detached
 
 
 # --------------------------------------------------------------------------- adaptive focal
@@ -380,7 +476,8 @@ class AdaptiveFocalLoss(AdaptiveLoss):
     the recall. A soft target ``y`` counts pixel i towards class c with weight ``y_ic``. State (buffers):
     ``class_ce``, ``class_recall`` (tracked when γ adapts), ``class_seen`` ``(C,)``; ``mean_ce``,
     ``mean_seen``. ``update(sums)`` takes the batch's per-class sums ``(3, C)``: ``Σ CE``, ``Σ hits``,
-    pixel count.
+    pixel count. The statistics and ``alpha`` (α^init) are float64 buffers whatever the module is converted
+    to (see :class:`AdaptiveLoss`, "State dtype"; checked when loaded).
 
     Args:
         num_classes: C, or None to size the state at the first forward.
@@ -424,8 +521,11 @@ class AdaptiveFocalLoss(AdaptiveLoss):
         initial = class_values("alpha", alpha, num_classes=self.num_classes)
         if initial is not None and initial.ndim == 1 and self.num_classes is None:
             self.num_classes = check_int("num_classes (the length of alpha)", initial.numel(), low=2)
-        self.register_buffer("alpha", None if initial is None else initial.detach().clone())
-        self._register_state({"running": (torch.float32, 2, 1), "seen": (torch.bool, 0, 1)}, {})
+        if initial is not None:  # float64 state; Python numbers as written, not rounded through float32
+            exact = alpha if isinstance(alpha, Tensor) else torch.as_tensor(alpha, dtype=torch.float64)
+            initial = exact.detach().to(torch.float64).reshape(initial.shape).clone()
+        self.register_buffer("alpha", initial)
+        self._register_state({"running": (torch.float64, 2, 1), "seen": (torch.bool, 0, 1)}, {})
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
@@ -455,7 +555,7 @@ class AdaptiveFocalLoss(AdaptiveLoss):
         log_p = torch.log_softmax(work.detach(), 1) if log_p is None else log_p
         if not isinstance(prepared, IndexTarget):
             hits = log_p == log_p.amax(1, keepdim=True)
-            return with_total(dense_class_sums(prepared.dense.to(work.dtype), [-log_p, hits]))
+            return with_total(dense_class_sums(prepared.dense.to(work.dtype), [-log_p, hits]))  # detached
         if ce is None:
             ignore = _torch_ignore(self.ignore_index)
             ce = F.nll_loss(log_p, prepared.labels.long(), ignore_index=ignore, reduction="none")
@@ -502,7 +602,7 @@ class AdaptiveFocalLoss(AdaptiveLoss):
         """α(t): ``(C,)`` when α adapts (once C is known), else ``alpha`` as given."""
         if self.adapt == "gamma" or self.num_classes is None:
             return self.alpha
-        initial = self.alpha if self.alpha is not None else torch.ones((), device=self.class_ce.device)
+        initial = self.alpha if self.alpha is not None else self.class_ce.new_ones(())
         return adaptive_alpha(initial, self.class_ce, self.mean_ce, self.class_seen & self.mean_seen)
 
     def current_gamma(self) -> Union[float, Tensor]:
@@ -532,7 +632,9 @@ class ClassBalancedFocalLoss(AdaptiveLoss):
     every training batch, summed in the ``counts`` buffer (the batch is folded in before α is computed; a
     class not counted yet gets ``w = 0``; before any count the loss is the static focal loss). A soft
     target counts ``Σ y``. ``update(counts)`` takes the batch's class counts ``(C,)``. The loss is
-    :func:`focal_loss` with ``alpha = α`` (see :attr:`options`).
+    :func:`focal_loss` with ``alpha = α`` (see :attr:`options`). ``counts`` is a float64 buffer (a soft
+    target's counts are fractional; integers are exact up to 2^53) whatever the module is converted to
+    (see :class:`AdaptiveLoss`, "State dtype"; checked when loaded: finite, non-negative).
 
     Args:
         counts: class pixel counts ``(C,)``, all positive, or None to count the training batches.
@@ -586,7 +688,7 @@ class ClassBalancedFocalLoss(AdaptiveLoss):
 
     def update(self, sums: Tensor) -> None:
         """Add the batch's class counts ``(C,)``."""
-        self.counts += sums.to(self.counts.dtype)
+        self.counts += sums.detach().to(self.counts.dtype)
 
     def reset(self) -> None:
         if not self.fixed:
@@ -615,7 +717,8 @@ class FrequencyFocalLoss(AdaptiveLoss):
     ``f̄_c`` is the running average of the class frequencies of the training batches' valid pixels (a
     class absent from a batch has frequency 0 in it); ``k = scale >= 0`` (the document's β). Before any
     update ``f̄ = 0``, ``α = 1``: the static focal loss. ``update(counts)`` takes the batch's class counts
-    ``(C,)``. The loss is :func:`focal_loss` with ``alpha = α`` (see :attr:`options`).
+    ``(C,)``. The loss is :func:`focal_loss` with ``alpha = α`` (see :attr:`options`). ``frequency`` is a
+    float64 buffer whatever the module is converted to (see :class:`AdaptiveLoss`, "State dtype").
 
     Args:
         num_classes: C, or None to size the state at the first forward.
@@ -646,7 +749,7 @@ class FrequencyFocalLoss(AdaptiveLoss):
         self.scale = check_number("scale", scale, low=0.0)
         self.gamma = check_number("gamma", gamma, low=0.0)
         self.momentum = _momentum(momentum)
-        self._register_state({"frequency": (torch.float32, 0, 0)}, {"frequency_seen": torch.bool})
+        self._register_state({"frequency": (torch.float64, 0, 0)}, {"frequency_seen": torch.bool})
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
@@ -685,7 +788,8 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
     ``m_t`` is the running average of the batches' mean max-probability ``max_c p_ic`` over valid pixels
     (detached) and ``m*`` the ``target_confidence``: an over-confident model gets more smoothing. Before
     any update ``ε = ε_0``. The loss is :func:`cross_entropy_loss` with ``label_smoothing = ε_t`` as a 0-d
-    tensor (no host synchronisation; see :attr:`options`). State: ``confidence``, ``confidence_seen``;
+    tensor (no host synchronisation; see :attr:`options`). State: ``confidence`` (a float64 buffer
+    whatever the module is converted to: see :class:`AdaptiveLoss`, "State dtype"), ``confidence_seen``;
     ``update(sums)`` takes ``(Σ max-probability, valid pixel count)``.
 
     Args:
@@ -723,7 +827,7 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
             "target_confidence", target_confidence, low=0.0, high=1.0, low_open=True
         )
         self.momentum = _momentum(momentum)
-        self._register_state({}, {"confidence": torch.float32, "confidence_seen": torch.bool})
+        self._register_state({}, {"confidence": torch.float64, "confidence_seen": torch.bool})
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
