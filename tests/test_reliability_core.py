@@ -155,7 +155,8 @@ def test_torch_func_vmap_over_a_batch_of_batches(entry):
 
 # --- 5. -inf logits: one rule for the family ---------------------------------------------------------
 
-LOG_LOSSES = ["ce", "focal", "focal(gamma=0.5)", "ce(label_smoothing=0.1)", "ce(weight=[1.0, 2.0, 3.0])"]
+LOG_LOSSES = ["ce", "focal", "focal(gamma=0.5)", "ce(label_smoothing=0.1)", "ce(weight=[1.0, 2.0, 3.0])",
+              "difficulty_ce", "adaptive_focal", "adaptive_smoothing_ce", "cb_focal", "frequency_focal"]
 
 
 def neg_inf_case(where):

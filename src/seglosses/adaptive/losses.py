@@ -105,7 +105,7 @@ def difficulty_ce_loss(
     opts = check_difficulty_options(
         alpha=alpha, gamma=gamma, detach=detach, ignore_index=ignore_index, reduction=reduction
     )
-    prepared = softmax_target(logits, target, ignore_index)
+    prepared = softmax_target(logits, target, ignore_index, log_terms=True)
     work = logits.to(compute_dtype(logits))
     a, g = opts["alpha"], opts["gamma"]
     if isinstance(prepared, IndexTarget) and fused_index_path(work):
@@ -305,9 +305,15 @@ class AdaptiveLoss(nn.Module):
         columns = 0 if self.num_classes is None else self.num_classes + extra
         return (rows, columns) if rows else (columns,)
 
+    @property
+    def smoothing(self) -> bool:
+        """Whether the loss may put label-smoothing mass on every class (then a ``-inf`` logit anywhere
+        makes it ``+inf``: SPEC section 6)."""
+        return False
+
     def _prepare(self, logits: Tensor, target: Tensor) -> Tuple[Tensor, SoftmaxTarget]:
         """Check the inputs once, size the state to C; the logits in their compute dtype and the target."""
-        prepared = softmax_target(logits, target, self.ignore_index)
+        prepared = softmax_target(logits, target, self.ignore_index, log_terms=True, smoothing=self.smoothing)
         self._size_state(logits.shape[1], logits.device)
         return logits.to(compute_dtype(logits)), prepared
 
@@ -828,6 +834,10 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
         )
         self.momentum = _momentum(momentum)
         self._register_state({}, {"confidence": torch.float64, "confidence_seen": torch.bool})
+
+    @property
+    def smoothing(self) -> bool:
+        return self.eps_max > 0
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)

@@ -346,7 +346,10 @@ class _SmoothedIndexCE(torch.autograd.Function):
     @staticmethod
     def forward(logits: Tensor, log_p: Tensor, index: Tensor, valid: Optional[Tensor], eps: Tensor) -> Tensor:
         log_p_t = log_p.gather(1, index.unsqueeze(1)).squeeze(1)
-        loss = torch.lerp(-log_p_t, -log_p.mean(1), eps)  # (1-ε)(-log p_t) + ε (-mean_c log p_c)
+        # (1-ε)(-log p_t) + ε (-mean_c log p_c), each term 0 when its weight is: +inf where a log is -inf
+        # (lerp would give inf - inf = NaN there)
+        smooth = torch.where(eps == 0, 0.0, -eps * log_p.mean(1))
+        loss = torch.where(eps == 1, 0.0, (eps - 1) * log_p_t) + smooth
         return loss if valid is None else loss.masked_fill(~valid, 0.0)
 
     @staticmethod
