@@ -762,7 +762,7 @@ def _legal_minus_inf(case: Case, x: torch.Tensor, target: torch.Tensor) -> torch
 def test_minus_inf_logits_are_legal(name, data, checks):
     """SPEC section 6: a -inf logit (probability 0) where the target puts no mass gives a finite loss and
     finite gradients, with the checks on or off. (Label smoothing puts mass on every class: there a -inf
-    logit costs +inf, never NaN.)"""
+    logit is refused with the checks on and costs +inf with them off, never NaN.)"""
     _fuzzable(name)
     if ENTRIES[name].domain == "embedding":
         pytest.skip("embeddings have no probabilities: -inf is an invalid embedding")
@@ -781,12 +781,18 @@ def test_minus_inf_logits_are_legal(name, data, checks):
     g = torch.Generator().manual_seed(tensor_seed(case))
     chosen = legal & (torch.rand(legal.shape, generator=g) < 0.5)
     corrupted = _with(x, chosen, -inf)
+    smoothed = smoothing(ENTRIES[name], case.options)
     with sl.input_checks(checks):
+        if smoothed and checks:
+            with pytest.raises(sl.SegLossError, match="label smoothing puts mass on every class"):
+                _forward(ENTRIES[name].module(**case.options), corrupted, target, extra)
+            _event("smoothed, checks on: refused")
+            return
         loss = _forward(ENTRIES[name].module(**case.options), corrupted, target, extra)
     grad = _gradient(loss, corrupted)
     assert not torch.isnan(loss).any(), f"NaN loss {loss}"
     assert grad is None or not torch.isnan(grad).any(), "NaN gradient"
-    if smoothing(ENTRIES[name], case.options):
+    if smoothed:
         _event("smoothed")
         return
     assert torch.isfinite(loss).all(), f"non-finite loss {loss}"
@@ -794,9 +800,10 @@ def test_minus_inf_logits_are_legal(name, data, checks):
 
 
 def smoothing(entry, options: Dict[str, Any]) -> bool:
-    """Whether the loss smooths its target (mass on every class): explicit, or by its defaults."""
+    """Whether the loss smooths its target (mass on every class): explicit, or by its defaults (the
+    adaptive smoothing may move ε up to ``eps_max``)."""
     parameters = option_parameters(entry.name)
-    for option in ("label_smoothing", "epsilon"):
+    for option in ("label_smoothing", "eps_max"):
         if option in parameters:
             value = options.get(option, parameters[option].default)
             if value:
