@@ -242,3 +242,36 @@ def test_double_backward_with_and_without_weights_agree():
         (grad,) = torch.autograd.grad(SF.cross_entropy_loss(z, t, weight=weight), z, create_graph=True)
         hessian_vector.append(torch.autograd.grad(grad.square().sum(), z)[0])
     torch.testing.assert_close(hessian_vector[0], hessian_vector[1])
+
+
+# --- 10, 11. targets a user of another library passes --------------------------------------------------
+
+
+def test_a_bool_one_hot_target_is_a_one_hot_target():
+    """It was refused with 'expected (N, C, *S) = (2, 3, 4, 5), got shape (2, 3, 4, 5)'."""
+    z = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    t = torch.randint(0, 3, (2, 4, 5))
+    one_hot = F.one_hot(t, 3).movedim(-1, 1)
+    for spec in ("ce", "focal", "dice"):
+        loss = sl.create_loss(spec)
+        torch.testing.assert_close(loss(z, one_hot.bool()), loss(z, t))
+
+
+@pytest.mark.parametrize(
+    "target, hint",
+    [
+        (torch.zeros(2, 1, 4, 5, dtype=torch.long), r"target.squeeze\(1\)"),
+        (torch.full((2, 4, 5), -100), "ignore_index=-100"),
+        (torch.full((2, 4, 5), 255), "ignore_index=255"),
+    ],
+    ids=["monai-channel-dim", "torch-ignore-value", "void-255"],
+)
+def test_targets_from_other_libraries_get_a_hint(target, hint):
+    for loss in (SF.cross_entropy_loss, SF.dice_loss):
+        with pytest.raises(sl.SegLossError, match=hint):
+            loss(torch.randn(2, 3, 4, 5), target)
+
+
+def test_a_zero_255_binary_mask_gets_a_hint():
+    with pytest.raises(sl.SegLossError, match=r"target // 255"):
+        SF.binary_dice_loss(torch.randn(2, 1, 4, 5), torch.full((2, 1, 4, 5), 255))
