@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Literal, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import expected, unknown_choice
+from .errors import expected, show, unknown_choice
 from .numerics import compute_dtype
 
 Reduction = Literal["none", "mean", "sum"]
@@ -43,9 +45,17 @@ def check_number(
     low_open: bool = False,
     high_open: bool = False,
 ) -> float:
-    """Return ``value`` as a float if it is a finite real number in the given interval."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise expected(f"{option} to be a finite real number", repr(value))
+    """Return ``value`` as a float if it is a finite real number in the given interval.
+
+    An integer beyond the float range (``10**400``) is not one (it has no float). A symbolic float
+    (``torch.compile(dynamic=True)`` makes a module's float options ``SymFloat`` while it traces) is
+    checked by comparisons, which torch can trace, not by :func:`math.isfinite`, which it cannot.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise expected(f"{option} to be a finite real number", show(value))
+    if not _finite(value):
+        within = " within the float range" if isinstance(value, numbers.Integral) else ""
+        raise expected(f"{option} to be a finite real number{within}", show(value))
     number = float(value)
     ok_low = number > low if low_open else number >= low
     ok_high = number < high if high_open else number <= high
@@ -56,27 +66,41 @@ def check_number(
     return number
 
 
+def _finite(value: numbers.Real) -> bool:
+    """``-max <= value <= max`` for the largest float (False for NaN, ±inf and ints beyond it); written
+    with comparisons only, so that it also works on a symbolic float while torch.compile traces. A numpy
+    scalar compares as the Python number it holds (numpy would cast the bound to its own float32)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return -_FLOAT_MAX <= value <= _FLOAT_MAX  # type: ignore[operator]
+
+
+_FLOAT_MAX = sys.float_info.max
+
+
 def check_ignore_index(ignore_index: Optional[int]) -> Optional[int]:
     """An int (any integer type, numpy's included) within int64, or None."""
     if ignore_index is None:
         return None
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise expected("ignore_index to be an int or None", repr(ignore_index))
+        raise expected("ignore_index to be an int or None", show(ignore_index))
     if not -(2**63) <= int(ignore_index) < 2**63:
-        raise expected("ignore_index within the int64 range", ignore_index)
+        raise expected("ignore_index within the int64 range", show(ignore_index))
     return int(ignore_index)
 
 
 def check_int(option: str, value: object, *, low: int = 1) -> int:
-    """``value`` if it is an int (not a bool) ``>= low``."""
+    """``value`` if it is an int (not a bool) ``>= low`` and within the int64 range (torch's sizes)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < low:
-        raise expected(f"{option} to be an int >= {low}", repr(value))
+        raise expected(f"{option} to be an int >= {low}", show(value))
+    if int(value) >= 2**63:
+        raise expected(f"{option} to be an int within the int64 range (< 2**63)", show(value))
     return int(value)
 
 
 def check_bool(option: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise expected(f"{option} to be True or False", repr(value))
+        raise expected(f"{option} to be True or False", show(value))
     return value
 
 
@@ -101,7 +125,9 @@ def class_values(
         raise expected(f"{option} to be a number or one value per class", repr(values))
     if isinstance(values, numbers.Real):
         if not allow_scalar:
-            raise expected(f"{option} to have one value per class", repr(values))
+            raise expected(f"{option} to have one value per class", show(values))
+        if not _finite(values) and isinstance(values, numbers.Integral):  # no float holds it
+            raise expected(f"{option} to be a finite real number within the float range", show(values))
         tensor = torch.tensor(float(values))
     else:
         try:

@@ -23,6 +23,7 @@ Scheduled class weights move from their initial values to uniform: ``w_c(t) = 1 
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import math
 import numbers
@@ -31,11 +32,29 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._core.errors import expected, unknown_choice
+from .._core.errors import expected, show, unknown_choice
 from .._core.options import check_number
 from ..losses.base import LossModule, keyword_options
 
 ScheduleLike = Union["Schedule", str, float]
+
+
+def _finite_result(function: Callable[..., float]) -> Callable[..., float]:
+    """Make a schedule raise :class:`SegLossError` where its value leaves the float range (a ``step``
+    schedule with ``factor > 1`` after many steps, extreme ``start`` / ``end``), never return inf or NaN
+    or raise :class:`OverflowError`."""
+
+    @functools.wraps(function)
+    def schedule(step: float, **options: Any) -> float:
+        try:
+            value = function(step, **options)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise expected(f"a finite value of the {function.__name__} at step {step:g}", value)
+        return value
+
+    return schedule
 
 
 def check_step(step: object) -> float:
@@ -48,12 +67,14 @@ def _progress(step: float, steps: object) -> float:
     return min(check_step(step) / check_number("steps", steps, low=0.0, low_open=True), 1.0)
 
 
+@_finite_result
 def constant_schedule(step: float, *, value: float = 1.0) -> float:
     """``value`` at every step."""
     check_step(step)
     return check_number("value", value)
 
 
+@_finite_result
 def linear_schedule(step: float, *, start: float = 1.0, end: float = 0.0, steps: float) -> float:
     """``start + (end - start) · min(t / steps, 1)``: from ``start`` to ``end`` in ``steps``, then ``end``.
 
@@ -65,12 +86,14 @@ def linear_schedule(step: float, *, start: float = 1.0, end: float = 0.0, steps:
     return start + (end - start) * _progress(step, steps)
 
 
+@_finite_result
 def cosine_schedule(step: float, *, start: float = 1.0, end: float = 0.0, steps: float) -> float:
     """``end + (start - end) · (1 + cos(π · min(t / steps, 1))) / 2`` (cosine annealing, then ``end``)."""
     start, end = check_number("start", start), check_number("end", end)
     return end + (start - end) * (1.0 + math.cos(math.pi * _progress(step, steps))) / 2.0
 
 
+@_finite_result
 def exponential_schedule(step: float, *, start: float = 1.0, end: float = 0.0, lam: float = 1.0) -> float:
     """``end + (start - end) · exp(-λ t)`` with the rate ``λ = lam >= 0`` (``λ = 0`` stays at ``start``)."""
     start, end = check_number("start", start), check_number("end", end)
@@ -78,13 +101,18 @@ def exponential_schedule(step: float, *, start: float = 1.0, end: float = 0.0, l
     return end + (start - end) * math.exp(-lam * check_step(step))
 
 
+@_finite_result
 def step_schedule(step: float, *, start: float = 1.0, factor: float = 0.1, every: float) -> float:
     """``start · factor^⌊t / every⌋``: multiplied by ``factor >= 0`` every ``every > 0`` steps."""
     start, factor = check_number("start", start), check_number("factor", factor, low=0.0)
     every = check_number("every", every, low=0.0, low_open=True)
-    return start * factor ** math.floor(check_step(step) / every)
+    times = check_step(step) / every  # inf for a tiny ``every``: 0 or ``start`` where factor <= 1
+    if start == 0.0 or factor == 1.0:
+        return start
+    return start * factor ** (math.floor(times) if math.isfinite(times) else times)
 
 
+@_finite_result
 def warmup_schedule(
     step: float, *, steps: float, start: float = 0.0, then: Optional[ScheduleLike] = None
 ) -> float:
@@ -135,8 +163,11 @@ class Schedule:
         return dict(self._options)
 
     def __call__(self, step: float) -> float:
-        """The value at ``step`` (a number ``>= 0``)."""
-        return self._offset + self._scale * SCHEDULES[self.kind](step, **self._options)
+        """The value at ``step`` (a number ``>= 0``); a value beyond the float range raises."""
+        value = self._offset + self._scale * SCHEDULES[self.kind](step, **self._options)
+        if not math.isfinite(value):
+            raise expected(f"a finite value of the schedule {self} at step {step:g}", value)
+        return value
 
     def _affine(self, offset: float, scale: float) -> Schedule:
         """``offset + scale · self``."""
@@ -191,7 +222,7 @@ def _bound_options(kind: str, options: Dict[str, Any]) -> Dict[str, Any]:
     known = keyword_options(SCHEDULES[kind])
     for name in options:
         if name not in known:
-            raise unknown_choice(f"an option of the {kind} schedule", name, known)
+            raise unknown_choice(f"an option of the {kind} schedule", name, known, foreign=False)
     for name, parameter in known.items():
         if parameter.default is inspect.Parameter.empty and name not in options:
             raise expected(f"option {name!r} of the {kind} schedule", "none")
@@ -221,15 +252,35 @@ def as_schedule(value: ScheduleLike) -> Schedule:
     if isinstance(value, Schedule):
         return value
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return Schedule("constant", value=float(value))
+        return Schedule("constant", value=check_number("a constant schedule's value", value))
     if not isinstance(value, str):
-        raise expected("a Schedule, a number or a schedule spec string", repr(value))
+        raise expected("a Schedule, a number or a schedule spec string", show(value))
+    deeper = f"a schedule spec nested at most {MAX_NESTING} levels deep"
     try:
         tree = ast.parse(value.strip(), mode="eval")
     except SyntaxError as error:
         raise expected("a schedule spec such as 'linear(start=1, end=0, steps=10)'", repr(value)) from error
+    except (RecursionError, MemoryError):
+        raise expected(deeper, "one too deep for Python's parser") from None
+    depth = nesting_depth(tree.body)
+    if depth > MAX_NESTING:
+        raise expected(deeper, f"{depth} levels")
     result = schedule_from_ast(tree.body)
     return result if isinstance(result, Schedule) else as_schedule(result)
+
+
+MAX_NESTING = 32  # depth of a parsed schedule (or loss-spec term) expression; deeper ones are refused
+
+
+def nesting_depth(node: ast.AST) -> int:
+    """The depth of an expression tree, counted without recursion (the recursive helpers here and in the
+    registry run only on trees of at most :data:`MAX_NESTING` levels, far from Python's limit)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(current))
+    return deepest
 
 
 def is_schedule_expression(node: ast.expr) -> bool:
@@ -260,7 +311,7 @@ def schedule_from_ast(node: ast.expr) -> Union[Schedule, float]:
     """Evaluate a parsed schedule expression (numbers, schedule calls, ``+ - *``, unary minus); never
     ``eval``. Raises :class:`SegLossError` for anything else."""
     if _is_number_node(node):
-        return float(ast.literal_eval(node))
+        return check_number("a number in a schedule", ast.literal_eval(node))
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         value = schedule_from_ast(node.operand)
         return -value if isinstance(node.op, ast.USub) else value
@@ -281,6 +332,8 @@ def schedule_from_ast(node: ast.expr) -> Union[Schedule, float]:
         for keyword in node.keywords:
             if keyword.arg is None:
                 raise expected("keyword options (name=value) in a schedule", "**options")
+            if keyword.arg in options:  # Python rejects a repeated keyword; ast does not
+                raise expected(f"each option of the {node.func.id} schedule once", f"{keyword.arg!r} again")
             options[keyword.arg] = _option_value(keyword.value)
         return Schedule(node.func.id, **options)
     raise expected("a schedule: a number, kind(name=value, ...), or these joined by + - *", ast.unparse(node))

@@ -10,11 +10,20 @@ from __future__ import annotations
 import sys
 from typing import List, NoReturn, Optional
 
-from .._core.errors import SegLossError
+from .._core.errors import SegLossError, summary
+
+# What str.splitlines breaks at: written as escapes, so that a message stays one line whatever it names.
+_LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode("ascii")
+                for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}  # fmt: skip
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks inside it (a path with a newline) written as escapes (``\\n``)."""
+    return message.strip().translate(_LINE_BREAKS)
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"error: {message.splitlines()[0]}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -47,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         cli.main(args=argv, prog_name="seglosses", standalone_mode=False)
     except SegLossError as error:
-        _fail(str(error))
+        _fail(summary(error))  # without its illustration (a spec's caret line)
     except OSError as error:  # a full disk, an unwritable folder, a file that went away: no traceback
         _fail(_file_system_message(error, sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:

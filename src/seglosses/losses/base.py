@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, ClassVar, Dict, List, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type
 
 from torch import Tensor, nn
 
-from .._core.errors import SegLossError, unknown_choice
+from .._core.errors import SegLossError, unknown_option
 
 
 def keyword_options(function: Callable[..., Any]) -> Dict[str, inspect.Parameter]:
     """The keyword-only options of a loss function (everything after ``logits, target``)."""
     params = inspect.signature(function).parameters.values()
     return {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _domain_names(module: type) -> Optional[Tuple[str, str]]:
+    """The registered softmax and binary names of a loss module's loss, for the hints of unknown options."""
+    from .._core.registry import domain_names, loss_name  # the registry imports this module's users
+
+    name = loss_name(module)
+    return None if name is None else domain_names(name)
 
 
 class LossModule(nn.Module):
@@ -34,7 +42,7 @@ class LossModule(nn.Module):
         known = keyword_options(type(self).function)
         for name in options:
             if name not in known:
-                raise unknown_choice(f"an option of {type(self).__name__}", name, known)
+                raise unknown_option(type(self).__name__, name, known, names=_domain_names(type(self)))
         options = {name: options.get(name, p.default) for name, p in known.items()}
         checked = type(self).check_options(**options)
         self._plain_options: Dict[str, Any] = {}

@@ -28,6 +28,7 @@ from .._core.options import (
     Reduction,
     check_bool,
     check_ignore_index,
+    check_int,
     check_number,
     check_reduction,
 )
@@ -40,6 +41,7 @@ from .._core.targets import (
     IndexTarget,
     SoftmaxTarget,
     binary_target,
+    input_checks_enabled,
     num_valid,
     softmax_target,
 )
@@ -125,8 +127,7 @@ def target_distance_maps(
     """
     if not isinstance(target, Tensor) or target.is_floating_point() or target.dtype == torch.bool:
         raise expected("an integer index target (N, *S)", getattr(target, "dtype", type(target).__name__))
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise expected("num_classes to be an int >= 1", repr(num_classes))
+    num_classes = check_int("num_classes", num_classes)  # also within int64: 10**400 overflows torch
     valid = None if ignore_index is None else target != ignore_index
     masks = _target_masks(IndexTarget(target, valid), num_classes, 0)
     return signed_distance_map(masks, check_spacing(spacing), spatial_dims=target.ndim - 1)
@@ -172,6 +173,9 @@ def check_boundary_options(
 
 
 def _check_maps(dist_maps: Tensor, logits: Tensor) -> Tensor:
+    """Shape, dtype and device of precomputed maps; with the input checks on, also finite values (a NaN
+    or ±inf distance is no distance; with the checks off it makes the loss non-finite, never finite).
+    The maps keep their graph: a map that requires grad gets ``∂L/∂φ = p`` (SPEC section 6)."""
     if not isinstance(dist_maps, Tensor) or not dist_maps.is_floating_point():
         raise expected("dist_maps as a floating-point tensor", getattr(dist_maps, "dtype", type(dist_maps)))
     if dist_maps.shape != logits.shape:
@@ -179,7 +183,11 @@ def _check_maps(dist_maps: Tensor, logits: Tensor) -> Tensor:
         raise expected(f"dist_maps of the logits' shape {tuple(logits.shape)}", f"shape {shape}")
     if dist_maps.device != logits.device:
         raise expected(f"dist_maps on the logits' device {logits.device}", f"device {dist_maps.device}")
-    return dist_maps.detach()
+    if input_checks_enabled() and dist_maps.numel() and not bool(torch.isfinite(dist_maps).all()):
+        nan, inf = int(torch.isnan(dist_maps).sum()), int(torch.isinf(dist_maps).sum())
+        parts = [f"{nan} NaN"] * bool(nan) + [f"{inf} ±inf"] * bool(inf)
+        raise expected("finite dist_maps", " and ".join(parts))
+    return dist_maps
 
 
 def _target_masks(prepared: Union[SoftmaxTarget, BinaryTarget], num_classes: int, start: int) -> Tensor:
@@ -236,7 +244,9 @@ def boundary_loss(
         logits: ``(N, C, *S)``.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)`` (class mask ``y > 0.5``).
         dist_maps: precomputed ``φ`` of shape ``(N, C, *S)`` (e.g. by :func:`target_distance_maps`), or
-            None to compute them from the target without gradient.
+            None to compute them from the target without gradient. With the input checks on
+            (:func:`seglosses.set_input_checks`) a NaN or ±inf in them raises; with them off it makes the
+            loss non-finite where it enters the formula.
         include_background: supervise class 0 too (default: foreground classes only).
         spacing: pixel size per spatial axis for the maps.
         ignore_index: target value whose pixels count nowhere.

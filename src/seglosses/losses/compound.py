@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from .._core.errors import SegLossError
+from .._core.errors import SegLossError, expected, show
+from .._core.options import check_number
 from .._core.registry import Weight, build, get_entry, parse_spec
 from ..adaptive.schedules import (
     Schedule,
@@ -103,10 +105,23 @@ class CompoundLoss(nn.Module):
 
 
 def _weight(weight: Union[Weight, ScheduleLike]) -> Weight:
-    """A number as a float; a schedule (or its spec string) as a Schedule."""
+    """A finite real number as a float; a schedule (or its spec string) as a Schedule; else an error.
+
+    A one-element tensor counts as its number unless it requires a gradient (the sum would not
+    differentiate it)."""
     if isinstance(weight, (Schedule, str)):
         return as_schedule(weight)
-    return float(weight)
+    if isinstance(weight, Tensor) and weight.numel() == 1 and not weight.requires_grad:
+        if not (weight.is_floating_point() or weight.is_complex() or weight.dtype == torch.bool):
+            weight = int(weight.item())
+        elif weight.is_floating_point():
+            weight = float(weight.item())
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+        got = f"a tensor of shape {tuple(weight.shape)}" if isinstance(weight, Tensor) else show(weight)
+        if isinstance(weight, Tensor) and weight.requires_grad:
+            got += " that requires grad (pass a number: the weights are not differentiated)"
+        raise expected("each term's weight to be a finite real number or a schedule", got)
+    return check_number("each term's weight", weight)
 
 
 def _text(weight: Weight) -> str:

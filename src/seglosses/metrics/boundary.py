@@ -41,6 +41,8 @@ def _prepare(
         raise expected("prediction and target label maps of one shape (N, H, W) or (N, D, H, W)",
                        f"{tuple(prediction.shape)} and {tuple(target.shape)}")  # fmt: skip
     ignore_index = check_ignore_index(ignore_index)
+    if num_classes is not None:  # an int, not 2.5, True or 10**400 (an OverflowError in torch)
+        num_classes = check_int("num_classes", num_classes)
     valid = None if ignore_index is None else target != ignore_index
     kept = target if valid is None else target[valid]
     if num_classes is None and target.shape[0] == 0:  # an empty batch (an empty distributed shard)

@@ -35,6 +35,8 @@ class ConfusionMatrix(nn.Module):
 
     ``update(prediction, target)`` takes logits ``(N, C, *S)`` (argmax over C) or predicted labels
     ``(N, *S)``, and integer targets ``(N, *S)``; ``ignore_index`` pixels of the target are skipped.
+    Logits with a NaN or ``+inf``, or a pixel whose logits are all ``-inf``, raise :class:`SegLossError`
+    (always, like out-of-range labels: the matrix has no place for them).
     ``compute()`` returns per-class tensors ``(C,)`` for ``dice``, ``iou``, ``precision``, ``recall`` and
     ``support`` (target pixels per class), and their macro means under ``mean_<metric>``.
 
@@ -95,6 +97,7 @@ class ConfusionMatrix(nn.Module):
                     f"logits (N, C = {self.num_classes}, *S) for a target of shape {tuple(target.shape)}",
                     f"shape {tuple(prediction.shape)}",
                 )
+            _check_finite(prediction)
             prediction = prediction.argmax(1)
         prediction = _integer(prediction, "prediction")
         if prediction.shape != target.shape:
@@ -135,6 +138,21 @@ class ConfusionMatrix(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, ignore_index={self.ignore_index}"
+
+
+def _check_finite(logits: Tensor) -> None:
+    """Raise for logits that name no class: NaN or +inf (argmax would pick class 0 for a NaN, silently),
+    or a pixel whose logits are all -inf (no distribution). Run always, like the class-index checks of
+    :meth:`ConfusionMatrix.update`: a metric has no non-finite value to return instead."""
+    if logits.numel() == 0:
+        return
+    nan, posinf, dead = torch.stack(
+        [torch.isnan(logits).sum(), torch.isposinf(logits).sum(), torch.isneginf(logits).all(1).sum()]
+    ).tolist()  # one host sync
+    if nan or posinf or dead:
+        parts = [f"{nan} NaN"] * bool(nan) + [f"{posinf} +inf"] * bool(posinf)
+        parts += [f"{dead} pixels with every logit -inf"] * bool(dead)
+        raise expected("finite logits", " and ".join(parts))
 
 
 def _integer(tensor: Tensor, name: str) -> Tensor:

@@ -76,7 +76,7 @@ def hausdorff_terms(
     ]
     distance = torch.maximum(*directed)
     in_prediction, in_target = (f.any(-1) for f in flat)
-    diagonal = math.sqrt(sum((size * step) ** 2 for size, step in zip(spatial, steps)))
+    diagonal = math.hypot(*(size * step for size, step in zip(spatial, steps)))
     distance = torch.where(in_prediction & in_target, distance, diagonal)
     present = in_prediction | in_target
     return torch.where(present, distance, 0.0).reshape(n, c), present.reshape(n, c)

@@ -12,9 +12,18 @@ _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 
 def band_width(dilation_ratio: float, spatial_shape: Sequence[int]) -> int:
-    """``d = max(1, round(r · diagonal))``, diagonal over all spatial axes, Python's half-to-even round."""
+    """``d = max(1, round(r · diagonal))``, diagonal over all spatial axes, Python's half-to-even round.
+
+    Capped at the largest extent: from there on every window covers its whole axis and reaches past the
+    border, so a wider band is the same band (and a huge ratio such as 1e308 makes no giant padding, nor
+    an inf that ``round`` refuses).
+    """
     diagonal = math.sqrt(sum(extent**2 for extent in spatial_shape))
-    return max(1, round(dilation_ratio * diagonal))
+    widest = 1
+    for extent in spatial_shape:  # a loop, not max(..., default=): torch.compile traces symbolic sizes
+        widest = max(widest, extent)
+    width = dilation_ratio * diagonal  # inf for a huge ratio: the widest band
+    return widest if width >= widest else max(1, round(width))
 
 
 def erode(values: Tensor, width: int) -> Tensor:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._core.errors import expected
+from .._core.errors import expected, show
 from .._core.options import check_choice, check_number
 
 Spacing = Union[float, Sequence[float], None]
@@ -34,7 +34,7 @@ _CHUNK_ELEMENTS = 1 << 24  # elements of the (lines, n, n) parabola tensor built
 def _spatial_rank(mask: Tensor, spacing: Spacing, spatial_dims: Optional[int]) -> int:
     if spatial_dims is not None:
         if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, numbers.Integral):
-            raise expected("spatial_dims to be an int", repr(spatial_dims))
+            raise expected("spatial_dims to be an int", show(spatial_dims))
         rank = int(spatial_dims)
     elif isinstance(spacing, Sequence) and not isinstance(spacing, str):
         rank = len(spacing)
@@ -43,7 +43,7 @@ def _spatial_rank(mask: Tensor, spacing: Spacing, spatial_dims: Optional[int]) -
     if not 1 <= rank <= 3 or rank > mask.ndim:
         raise expected(
             "1 to 3 spatial dims, at most the mask's (give spacing or spatial_dims for (N, C, *S) masks)",
-            f"{rank} spatial dims for a mask of shape {tuple(mask.shape)}",
+            f"{show(rank)} spatial dims for a mask of shape {tuple(mask.shape)}",
         )
     return rank
 
@@ -165,6 +165,10 @@ def sample_extremes(mask: Tensor, rank: int) -> Tuple[Tensor, Tensor]:
     Reduced as uint8 min / max, several times faster on CPU than ``all`` / ``any`` of bool.
     """
     flat = mask.view(torch.uint8).flatten(mask.ndim - rank)
+    if flat.shape[-1] == 0:  # a zero-size spatial axis: no pixel, so every pixel is set and none is
+        return torch.ones(flat.shape[:-1], dtype=torch.bool, device=mask.device), torch.zeros(
+            flat.shape[:-1], dtype=torch.bool, device=mask.device
+        )
     return flat.amin(dim=-1).bool(), flat.amax(dim=-1).bool()
 
 
@@ -194,24 +198,39 @@ def _transform(
     check_choice("backend", backend, BACKENDS)
     shape = tuple(mask.shape)
     spatial = shape[mask.ndim - rank :]
-    foreground = (mask if mask.dtype == torch.bool else mask != 0).reshape(-1, *spatial)
-    if foreground.numel() == 0:
+    if mask.numel() == 0:  # an empty batch or a zero-size axis: nothing to measure, an empty result
         return torch.zeros(shape, dtype=torch.float32, device=mask.device), min(steps)
+    # Measured in units of a power of two near the largest step (exact to divide and multiply back), so
+    # that the squared distances of a tiny or huge spacing (1e-30, 1e20) neither underflow to 0 nor
+    # overflow float32; the distances themselves (at most twice the diagonal) must fit in float32.
+    scale = math.ldexp(1.0, math.frexp(max(steps))[1])
+    if 2 * max(steps) * math.hypot(*spatial) > _FLOAT32_MAX:
+        raise expected(
+            f"spacing that keeps float32 distances finite (the image diagonal below {_FLOAT32_MAX:.3g})",
+            f"spacing {steps} for spatial shape {spatial}",
+        )
+    units = tuple(step / scale for step in steps)
+    foreground = (mask if mask.dtype == torch.bool else mask != 0).reshape(-1, *spatial)
     chosen = _pick_backend(backend, mask.device)
     if chosen == "torch":
         if two_sided:
-            distance = _torch_edt(torch.cat([foreground, ~foreground]), steps)
+            distance = _torch_edt(torch.cat([foreground, ~foreground]), units)
             inside, outside = distance.chunk(2)
             distance = inside + outside
         else:
-            distance = _torch_edt(foreground, steps)
-        distance = torch.where(distance.isinf(), _to_outside(spatial, steps, mask.device), distance)
+            distance = _torch_edt(foreground, units)
+        distance = torch.where(distance.isinf(), _to_outside(spatial, units, mask.device), distance)
     else:
-        distance = _numpy_edt(foreground, steps, chosen, two_sided)
+        distance = _numpy_edt(foreground, units, chosen, two_sided)
         lonely = distance.flatten(1)[:, 0].isinf()  # such a sample is inf everywhere
         if bool(lonely.any()):
-            distance[lonely] = _to_outside(spatial, steps, mask.device)
+            distance[lonely] = _to_outside(spatial, units, mask.device)
+    if scale != 1.0:
+        distance = distance * scale
     return distance.reshape(shape), min(steps)
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def distance_transform(
@@ -236,10 +255,12 @@ def distance_transform(
             ``torch``, ``edt``, ``scipy`` (the last two on CPU only).
 
     Returns:
-        float32 distances of the mask's shape, on its device.
+        float32 distances of the mask's shape, on its device (empty for an empty mask: N = 0 or a
+        zero-size axis).
 
     Raises:
-        SegLossError: not a tensor, complex, a bad spacing / rank, or an unavailable backend.
+        SegLossError: not a tensor, complex, a bad spacing / rank, a spacing so large that the distances
+            overflow float32, or an unavailable backend.
 
     Example:
         >>> mask = torch.tensor([[0, 1, 1, 1, 1]])
