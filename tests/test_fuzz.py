@@ -799,6 +799,88 @@ def test_minus_inf_logits_are_legal(name, data, checks):
     assert grad is None or torch.isfinite(grad).all(), "non-finite gradient"
 
 
+# --- memory layouts and torch.func (issue 16) ---------------------------------------------------------
+
+LAYOUTS = ("channels_last", "expanded", "offset", "transposed")
+TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The values of ``t`` in another memory layout: channels-last (4-D / 5-D), a view at a storage
+    offset, spatial dims stored transposed, or ``expanded`` (a stride-0 last dim: its first slice
+    repeated, so the values change; compare with the same values contiguous)."""
+    if layout == "channels_last" and t.ndim in (4, 5):
+        return t.contiguous(memory_format=torch.channels_last if t.ndim == 4 else torch.channels_last_3d)
+    if layout == "offset":
+        return torch.cat([t.new_zeros(3), t.reshape(-1)])[3:].view(t.shape)
+    if layout == "transposed" and t.ndim >= 3:
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if layout == "expanded" and t.ndim >= 2:
+        return t[..., :1].expand(t.shape)
+    return t
+
+
+def _answer(case: Case, x: torch.Tensor, target: torch.Tensor, extra: Dict[str, Any]):
+    """``(loss, gradient)`` of a fresh module on ``x`` (a SegLossError's message instead, if it raises)."""
+    x = x.detach().requires_grad_()
+    try:
+        module = ENTRIES[case.loss].module(**case.options)
+        module.eval()
+        loss = _forward(module, x, target, extra)
+    except sl.SegLossError as error:
+        return str(error), None
+    return loss.detach(), _gradient(loss, x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@SECONDARY
+@given(data=st.data(), layout=st.sampled_from(LAYOUTS))
+def test_memory_layouts_give_the_contiguous_answer(name, data, layout):
+    """Channels-last, stride-0 (expanded), offset and transposed logits and targets give the loss and
+    gradient of the same values stored contiguously (or the same SegLossError)."""
+    _fuzzable(name)
+    case = data.draw(cases(name, nonfinite=True), label="case")
+    note(_replay_line(case))
+    x, target, extra = build(case)
+    strided_x = relayout(x.detach(), layout)
+    strided_target = relayout(target, layout) if layout != "expanded" else target
+    if layout == "expanded":  # the target keeps its values: only the logits repeat
+        strided_target = target
+    plain = _answer(case, strided_x.contiguous(), strided_target.contiguous(), extra)
+    strided = _answer(case, strided_x, strided_target, extra)
+    if isinstance(plain[0], str) or isinstance(strided[0], str):
+        assert plain[0] == strided[0], (plain[0], strided[0])
+        return
+    tolerance = TOLERANCE[plain[0].dtype]
+    torch.testing.assert_close(strided[0], plain[0], rtol=tolerance, atol=tolerance, equal_nan=True)
+    if plain[1] is not None:
+        torch.testing.assert_close(strided[1], plain[1], rtol=tolerance, atol=tolerance, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if ENTRIES[n].domain != "embedding"])
+@SECONDARY
+@given(data=st.data())
+def test_torch_func_grad_equals_autograd(name, data):
+    """``torch.func.grad`` on a generated valid case gives autograd's gradient (float32 / float64 logits;
+    stateful losses in eval mode)."""
+    _fuzzable(name)
+    case = data.draw(cases(name, nonfinite=True), label="case")
+    if case.dtype in ("float16", "bfloat16"):
+        _event("half precision: torch.func compared in float32 / float64 only")
+        return
+    note(_replay_line(case))
+    x, target, extra = build(case)
+    plain = _answer(case, x, target, extra)
+    if isinstance(plain[0], str) or plain[1] is None:
+        _event("no gradient to compare")
+        return
+    module = ENTRIES[case.loss].module(**case.options)
+    module.eval()
+    grad = torch.func.grad(lambda z: _forward(module, z, target, extra).sum())(x.detach())
+    tolerance = TOLERANCE[x.dtype]
+    torch.testing.assert_close(grad, plain[1], rtol=tolerance, atol=tolerance)
+
+
 def smoothing(entry, options: Dict[str, Any]) -> bool:
     """Whether the loss smooths its target (mass on every class): explicit, or by its defaults (the
     adaptive smoothing may move ε up to ``eps_max``)."""

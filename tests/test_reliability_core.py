@@ -121,17 +121,7 @@ def test_binary_region_losses_read_the_check_switch_once(monkeypatch):
 # --- 7. torch.func ---------------------------------------------------------------------------------
 
 
-DISTANCE_PENDING = {"boundary", "binary_boundary", "hausdorff_dt", "binary_hausdorff_dt"}
-
-
-def with_distance_pending(entries):
-    """The losses that compute distance maps wait for ops/distance.py's torch.func path (xfail, strict)."""
-    reason = "distance maps under torch.func: ops/distance.py"
-    return [pytest.param(e, marks=pytest.mark.xfail(strict=True, reason=reason)) if e.name in DISTANCE_PENDING
-            else e for e in entries]  # fmt: skip
-
-
-@pytest.mark.parametrize("entry", with_distance_pending(logit_losses()), ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", logit_losses(), ids=lambda e: e.name)
 def test_torch_func_grad_equals_autograd(entry):
     """``torch.func.grad`` works on every loss and gives autograd's gradient (the plain-torch paths
     serve it; custom Functions are in the form torch.func needs)."""
@@ -144,7 +134,7 @@ def test_torch_func_grad_equals_autograd(entry):
     torch.testing.assert_close(grad, reference.grad)
 
 
-@pytest.mark.parametrize("entry", with_distance_pending(logit_losses()), ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", logit_losses(), ids=lambda e: e.name)
 def test_torch_func_vmap_over_a_batch_of_batches(entry):
     loss = sl.create_loss(entry.spec)
     loss.eval()

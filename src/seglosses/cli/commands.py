@@ -111,9 +111,9 @@ def compare_command(
     """Train a small U-Net with each LOSS (same budget and seeds) and say which wins, and how sure that is.
 
     Writes report.md (the verdict first, with 95 % intervals: a paired bootstrap over test images and
-    seeds, Student's t over the seeds), results.json, results.csv and PNG plots into --out. Killed at any point and started again
-    with the same --out, it skips finished runs and resumes unfinished ones; changed data or settings
-    retrain. It never deletes or overwrites a file it did not write.
+    seeds, Student's t over the seeds), results.json, results.csv and PNG plots into --out. Killed at
+    any point and started again with the same --out, it skips finished runs and resumes unfinished
+    ones; changed data or settings retrain. It never deletes or overwrites a file it did not write.
 
     Binary losses (bce, binary_dice, ...) train a one-channel sigmoid head on two-class data and may be
     mixed with softmax losses.

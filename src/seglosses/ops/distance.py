@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .._core.errors import expected, show
+from .._core.numerics import tracing
 from .._core.options import check_choice, check_number
 
 Spacing = Union[float, Sequence[float], None]
@@ -183,7 +184,7 @@ def _pick_backend(backend: str, device: torch.device) -> str:
         if not _installed(backend):
             raise expected(f"the {backend!r} package installed for backend={backend!r}", "not installed")
         return backend
-    if backend == "torch" or device.type != "cpu" or torch.compiler.is_compiling():
+    if backend == "torch" or device.type != "cpu" or tracing():  # compile and torch.func: the torch path
         return "torch"
     return next((name for name in ("edt", "scipy") if _installed(name)), "torch")
 
