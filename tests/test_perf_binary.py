@@ -291,8 +291,12 @@ def test_focal_double_backward_is_the_formulas():
 
 
 def test_focal_large_input_spans_several_parts():
-    """An input long enough for every part of the fused loop (and a shorter last part)."""
-    logits, target = make_inputs("binary", (2, 2, 37, 41), dtype=torch.float32, scale=3.0)
+    from seglosses._core.stats import MIN_PART, even_parts
+
+    assert len(even_parts(299 * 301, 8)) == 5 == 89_999 // MIN_PART
+    """An input long enough for several parts of the fused loop (and a shorter last part): 299 x 301 =
+    89,999 pixels, five parts of at least stats.MIN_PART pixels, the last one shorter."""
+    logits, target = make_inputs("binary", (1, 2, 299, 301), dtype=torch.float32, scale=3.0)
     value = SF.binary_focal_loss(logits, target, alpha=[0.3, 0.6])
     expected = _reference_focal(logits, target, 2.0, [0.3, 0.6], None).mean()
     torch.testing.assert_close(value, expected)
@@ -335,7 +339,7 @@ def test_peak_memory_of_a_binary_step(name, kind, bound):
     """Forward + backward, the returned gradient included: region losses hold at most 2x the logits'
     bytes (the issue's target; before: 3.25x), 2.5x with an int64 target and ignore_index (its valid mask
     and a part of the target as numbers); focal (no target in the issue) at most 2.5x (before: 13.75x)."""
-    logits, _ = make_inputs("binary", (4, 3, 64, 64), dtype=torch.float32)
+    logits, _ = make_inputs("binary", (1, 3, 384, 384), dtype=torch.float32)  # large enough for 8 parts
     target, valid = _target(kind, logits.shape)
     options = {} if valid is None else {"ignore_index": IGNORE}
     function = {**REGION, "binary_focal": SF.binary_focal_loss}[name]

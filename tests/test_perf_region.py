@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import IGNORE, make_inputs, peak_extra_bytes
 
 import seglosses as sl
@@ -113,8 +114,10 @@ def test_half_inputs_are_computed_in_float32(c, dtype):
 def test_peak_memory_of_a_region_step(c, ignore, bound):
     """Forward + backward of dice holds at most 2x the logits' bytes, the returned gradient included
     (the issue's target; F.cross_entropy takes 3x). With ignore_index a masked int64 copy of the labels
-    is added (8 bytes a pixel: 0.5x the logits at C = 4). Memory, not time: stable on a busy machine."""
-    logits, target = make_inputs("softmax", (8, c, 32, 32), dtype=torch.float32, ignore_fraction=ignore or 0)
+    is added (8 bytes a pixel: 0.5x the logits at C = 4). Memory, not time: stable on a busy machine.
+    An image of 256 x 256 is worked in parts (a smaller one, below 4 parts of stats.MIN_PART pixels,
+    is worked whole: its temporaries are small)."""
+    logits, target = make_inputs("softmax", (1, c, 256, 256), dtype=torch.float32, ignore_fraction=ignore or 0)
     options = {} if ignore is None else {"ignore_index": IGNORE}
     logits_bytes = logits.numel() * logits.element_size()
     SF.dice_loss(logits, target, **options).backward()  # warm up
@@ -175,3 +178,26 @@ def test_two_class_softmax_by_sigmoid_and_its_fallback():
     dirty = logits.clone()
     dirty[1, 1, 5] = torch.inf
     assert _softmax(dirty, dirty.dtype)[1, :, 5].isnan().all()
+
+
+def test_small_inputs_are_one_part_and_large_ones_several():
+    """Parts keep the temporaries of a large input small; a small one pays no per-part operations."""
+    from seglosses._core.stats import MIN_PART, even_parts
+
+    assert even_parts(64 * 64, 4) == [(0, 64 * 64)]
+    assert even_parts(256 * 256, 4) == [(k * MIN_PART, (k + 1) * MIN_PART) for k in range(4)]
+    assert len(even_parts(512 * 512, 8)) == 8
+
+
+@pytest.mark.parametrize("c", [2, 5])
+def test_several_parts_give_the_formula(c):
+    """A 256 x 256 input is worked in four parts: statistics, loss and gradient equal the dense formula."""
+    logits, target = make_inputs("softmax", (1, c, 256, 256), ignore_fraction=0.2)
+    valid = target != IGNORE
+    probs = torch.softmax(logits, 1) * valid.unsqueeze(1)
+    one_hot = F.one_hot(torch.where(valid, target, 0), c).movedim(-1, 1) * valid.unsqueeze(1)
+    tp, p_sum, y_sum = (probs * one_hot).sum((2, 3)), probs.sum((2, 3)), one_hot.sum((2, 3))
+    expected = (1 - (2 * tp + 1e-5) / (p_sum + y_sum + 1e-5)).mean()
+    value = SF.dice_loss(logits, target, ignore_index=IGNORE)
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(torch.autograd.grad(value, logits)[0], torch.autograd.grad(expected, logits)[0])

@@ -146,8 +146,13 @@ def row_scatter_add(grad: Tensor, index: Tensor, values: Tensor) -> None:
         rows.scatter_add_(1, _part_addresses(index, start, stop), values[:, start:stop])
 
 
+MIN_PART = 16384  # pixels: a smaller input is worked whole (its temporaries are small anyway)
+
+
 def even_parts(size: int, count: int) -> List[Tuple[int, int]]:
-    """``(start, stop)`` of ``count`` about equal parts of ``range(size)`` (fewer when ``size`` is small)."""
+    """``(start, stop)`` of ``count`` about equal parts of ``range(size)``, each of at least
+    :data:`MIN_PART` pixels: a small input is one part, so it pays no per-part operations."""
+    count = max(1, min(count, size // MIN_PART))
     step = max(1, -(-size // count))
     return [(start, min(start + step, size)) for start in range(0, size, step)]
 
