@@ -117,7 +117,8 @@ def test_peak_memory_of_a_region_step(c, ignore, bound):
     is added (8 bytes a pixel: 0.5x the logits at C = 4). Memory, not time: stable on a busy machine.
     An image of 256 x 256 is worked in parts (a smaller one, below 4 parts of stats.MIN_PART pixels,
     is worked whole: its temporaries are small)."""
-    logits, target = make_inputs("softmax", (1, c, 256, 256), dtype=torch.float32, ignore_fraction=ignore or 0)
+    shape = (1, c, 256, 256)
+    logits, target = make_inputs("softmax", shape, dtype=torch.float32, ignore_fraction=ignore or 0)
     options = {} if ignore is None else {"ignore_index": IGNORE}
     logits_bytes = logits.numel() * logits.element_size()
     SF.dice_loss(logits, target, **options).backward()  # warm up
@@ -200,4 +201,5 @@ def test_several_parts_give_the_formula(c):
     expected = (1 - (2 * tp + 1e-5) / (p_sum + y_sum + 1e-5)).mean()
     value = SF.dice_loss(logits, target, ignore_index=IGNORE)
     torch.testing.assert_close(value, expected)
-    torch.testing.assert_close(torch.autograd.grad(value, logits)[0], torch.autograd.grad(expected, logits)[0])
+    (grad,), (expected_grad,) = torch.autograd.grad(value, logits), torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
