@@ -881,6 +881,37 @@ def test_torch_func_grad_equals_autograd(name, data):
     torch.testing.assert_close(grad, plain[1], rtol=tolerance, atol=tolerance)
 
 
+COMPILED = settings(FUZZ, max_examples=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in NAMES if ENTRIES[n].domain != "embedding"])
+@COMPILED
+@given(data=st.data())
+def test_dynamic_compile_equals_eager(name, data):
+    """``torch.compile(fullgraph=True, dynamic=True)`` of the module on a generated valid case gives the
+    eager loss and gradient (or the same SegLossError); eager backend, a few cases per loss."""
+    _fuzzable(name)
+    case = data.draw(cases(name, nonfinite=True), label="case")
+    note(_replay_line(case))
+    x, target, extra = build(case)
+    plain = _answer(case, x, target, extra)
+    torch._dynamo.reset()
+    module = ENTRIES[case.loss].module(**case.options)
+    module.eval()
+    compiled = torch.compile(module, fullgraph=True, dynamic=True, backend="eager")
+    z = x.detach().requires_grad_()
+    if isinstance(plain[0], str):
+        with pytest.raises(sl.SegLossError):
+            compiled(z, target, **extra)
+        return
+    loss = compiled(z, target, **extra)
+    tolerance = TOLERANCE[plain[0].dtype]
+    torch.testing.assert_close(loss.detach(), plain[0], rtol=tolerance, atol=tolerance, equal_nan=True)
+    if plain[1] is not None:
+        torch.testing.assert_close(_gradient(loss, z), plain[1], rtol=tolerance, atol=tolerance)
+
+
 def smoothing(entry, options: Dict[str, Any]) -> bool:
     """Whether the loss smooths its target (mass on every class): explicit, or by its defaults (the
     adaptive smoothing may move ε up to ``eps_max``)."""
