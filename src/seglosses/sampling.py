@@ -4,7 +4,10 @@
 ``max_per_class`` per group and ``max_total`` in all, at random or hard ones (misclassified by the
 segmentation logits) first. Ignored pixels are never sampled. The work is vectorised (a sort and a few
 ``bincount`` over the valid pixels); the few host synchronisations it needs make it unfit for
-``torch.compile`` graphs, like any data-dependent shape.
+``torch.compile`` graphs, like any data-dependent shape: gathering the valid pixels (with an
+``ignore_index``) and the caps give a number of rows that depends on the data. :func:`sample_rows` can
+instead keep every pixel as a row and flag the valid ones (``masked=True``, without caps): shapes that do
+not depend on the data, for ``torch.compile`` (``fullgraph=True``, dynamic shapes) and ``torch.func.vmap``.
 """
 
 from __future__ import annotations
@@ -27,13 +30,19 @@ STRATEGIES = ("random", "hard", "mix")
 @dataclass
 class Pixels:
     """Valid pixels as flat rows: embeddings ``x`` ``(P, D)``, labels ``y`` ``(P,)`` (int64), the image
-    each came from ``(P,)`` out of ``images`` and, given logits, whether it is misclassified ``(P,)``."""
+    each came from ``(P,)`` out of ``images`` and, given logits, whether it is misclassified ``(P,)``.
+
+    ``keep`` is None when every row is a valid pixel. Otherwise (``masked`` rows, see :func:`sample_rows`)
+    the rows are every pixel, ``keep`` ``(P,)`` says which are valid, and the other rows are 0 (so that
+    whatever the embeddings hold at ignored pixels, NaN included, reaches nothing).
+    """
 
     x: Tensor
     y: Tensor
     image: Tensor
     images: int
     hard: Optional[Tensor] = None
+    keep: Optional[Tensor] = None
 
 
 def check_sampler_options(
@@ -112,6 +121,41 @@ def sample_pixels(
         >>> x.shape, y.shape
         (torch.Size([60, 8]), torch.Size([60]))
     """
+    pixels = sample_rows(
+        embeddings,
+        labels,
+        ignore_index=ignore_index,
+        logits=logits,
+        strategy=strategy,
+        max_per_class=max_per_class,
+        max_total=max_total,
+        hard_fraction=hard_fraction,
+        generator=generator,
+    )
+    return pixels.x, pixels.y
+
+
+def sample_rows(
+    embeddings: Tensor,
+    labels: Tensor,
+    *,
+    ignore_index: Optional[int] = None,
+    logits: Optional[Tensor] = None,
+    strategy: Strategy = "random",
+    max_per_class: Optional[int] = None,
+    max_total: Optional[int] = None,
+    hard_fraction: float = 0.5,
+    generator: Optional[torch.Generator] = None,
+    checks: Optional[bool] = None,
+    masked: bool = False,
+) -> Pixels:
+    """:func:`sample_pixels` as :class:`Pixels`: what the embedding losses call.
+
+    ``checks`` is the caller's one reading of :func:`~seglosses._core.targets.input_checks_enabled`
+    (read here when None). With ``masked`` and no cap, every pixel is a row and ``keep`` flags the valid
+    ones (the others are zeroed) instead of the valid ones being gathered: the same pixels, in shapes that
+    do not depend on the data. With a cap the sample is gathered whatever ``masked`` says.
+    """
     opts = check_sampler_options(
         strategy=strategy,
         max_per_class=max_per_class,
@@ -121,26 +165,43 @@ def sample_pixels(
     )
     if opts["strategy"] != "random" and logits is None:
         raise expected(f"logits= for strategy {strategy!r} (hard pixels are the misclassified ones)", "None")
-    pixels = valid_pixels(embeddings, labels, check_ignore_index(ignore_index), logits)
-    if max_per_class is None and max_total is None:
-        return pixels.x, pixels.y
+    capped = max_per_class is not None or max_total is not None
+    ignore_index = check_ignore_index(ignore_index)
+    pixels = valid_pixels(
+        embeddings, labels, ignore_index, logits, checks=checks, gather=capped or not masked
+    )
+    if not capped:
+        return pixels
     keep = _select(pixels, opts)
-    return pixels.x[keep], pixels.y[keep]
+    hard = None if pixels.hard is None else pixels.hard[keep]
+    return Pixels(pixels.x[keep], pixels.y[keep], pixels.image[keep], pixels.images, hard)
 
 
 def valid_pixels(
-    embeddings: Tensor, labels: Tensor, ignore_index: Optional[int], logits: Optional[Tensor] = None
+    embeddings: Tensor,
+    labels: Tensor,
+    ignore_index: Optional[int],
+    logits: Optional[Tensor] = None,
+    *,
+    checks: Optional[bool] = None,
+    gather: bool = True,
 ) -> Pixels:
-    """Check the inputs (see :func:`sample_pixels`) and gather every valid pixel as a flat row."""
+    """Check the inputs (see :func:`sample_pixels`) and gather every valid pixel as a flat row, or, with
+    ``gather=False``, keep every pixel and flag the valid ones (:attr:`Pixels.keep`). ``checks``: the
+    caller's reading of the input-check switch (read here when None)."""
     _check_embeddings(embeddings)
     flat = embeddings.ndim == 2
     size = (embeddings.shape[0],) if flat else tuple(embeddings.shape[2:])
     labels = _labels_at(labels, embeddings, size)
     valid = _valid_mask(labels, ignore_index)
     rows = embeddings if flat else embeddings.movedim(1, -1)
+    keep = None if gather or valid is None else valid.reshape(-1)
+    if keep is not None:  # every pixel a row; the ignored ones zeroed, so that nothing they hold gets in
+        valid = None
+        rows = torch.where(keep[:, None], rows.reshape(-1, embeddings.shape[1]), 0.0)
     x = rows.reshape(-1, embeddings.shape[1]) if valid is None else rows[valid]
     y = (labels.reshape(-1) if valid is None else labels[valid]).long()
-    if input_checks_enabled():
+    if input_checks_enabled() if checks is None else checks:
         _check_finite(x)
     images = 1 if flat else labels.shape[0]
     image = torch.arange(images, device=labels.device).view(-1, *([1] * len(size)))
@@ -150,7 +211,7 @@ def valid_pixels(
     if logits is not None:
         predicted = _predictions_at(logits, embeddings, size)
         hard = (predicted.reshape(-1) if valid is None else predicted[valid]) != y
-    return Pixels(x, y, image, images, hard)
+    return Pixels(x, y, image, images, hard, keep)
 
 
 def _check_embeddings(embeddings: Tensor) -> None:
@@ -280,4 +341,12 @@ def _fill_budget(quota: Tensor, budget: int, generator: Optional[torch.Generator
     return lowered + extra.long()
 
 
-__all__ = ["Pixels", "STRATEGIES", "Strategy", "check_sampler_options", "sample_pixels", "valid_pixels"]
+__all__ = [
+    "Pixels",
+    "STRATEGIES",
+    "Strategy",
+    "check_sampler_options",
+    "sample_pixels",
+    "sample_rows",
+    "valid_pixels",
+]

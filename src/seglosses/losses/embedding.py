@@ -13,7 +13,27 @@ Pairwise work runs in row blocks of about ``ops.pairwise.BLOCK_ELEMENTS`` entrie
 backward (closed-form for contrastive and InfoNCE, mining under ``no_grad`` for hard triplets, per-block
 autograd for batch-all / semi-hard triplets), so forward+backward memory is ``O(M·(D + B))``, never
 ``O(M²)``: 16,384 pixels with ``D = 128`` stay far below 1 GB. Half-precision embeddings are computed in
-float32. The sampler's host synchronisations keep these losses out of ``torch.compile`` graphs.
+float32.
+
+**Scale.** A float32 square overflows from ``|x| ~ 1.8e19``, so no square of an embedding is formed where
+only it would overflow: rows are L2-normalised after dividing by a power of two, and the pair losses
+are computed on rows divided by one power of two ``s`` and scaled back (``L(x; m) = s^p L(x/s; m/s^p)``),
+bit for bit the unscaled result in the normal range. So the normalised losses (InfoNCE, triplet by
+default, ``contrastive(normalize=True)``) give the same value at any finite norm, and the others a
+finite value wherever the formula's own value is finite. Where it is not (a mean of squared distances
+beyond float32), the input checks raise ``SegLossError`` saying so; without them the loss is ``+inf``
+(never NaN) and its gradient stays finite (under ``torch.func``, whose plain autograd multiplies by
+``s²`` on the way, it may overflow there too).
+
+**torch.compile and torch.func.** Without caps (the default), traced code (``torch.compile``,
+``fullgraph=True`` and dynamic shapes included; ``torch.func``) keeps every pixel as a row and flags the
+ignored ones instead of gathering the valid ones, so no shape depends on the data. ``torch.compile``
+keeps the blockwise Functions (batch-all / semi-hard triplets: checkpointed blocks), so its memory is
+``O(M·(D + B))`` too. Under ``torch.func`` transforms (``grad``, ``jacrev``, ``vmap``, ...) every loss
+takes plain autograd through the same blocks: any order of derivative, memory ``O(M²)``. ``vmap`` works
+without caps and ``sync``; with them (a random subset of data-dependent size), and for
+:class:`CenterLoss`'s update in training mode, it raises ``SegLossError``. Caps keep data-dependent
+shapes (host reads) out of ``fullgraph`` compilation.
 
 **Across processes** (``sync=True`` in a ``torch.distributed`` group; contrastive, InfoNCE and triplet):
 each process samples its own pixels, keeps them as anchors and pairs them with the sampled pixels of
@@ -36,14 +56,15 @@ only the negatives and the positive itself there.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Literal, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Literal, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from .._core.errors import expected, unknown_choice
-from .._core.numerics import compute_dtype, first_order_backward
+from .._core.errors import SegLossError, expected, unknown_choice
+from .._core.numerics import compute_dtype, first_order_backward, tracing, transformed
 from .._core.options import check_bool, check_choice, check_ignore_index, check_int, check_number
 from .._core.reduction import reduce
 from .._core.registry import register
@@ -57,8 +78,8 @@ from ..distributed import (
     row_start,
     sync_sum_,
 )
-from ..ops.pairwise import Distance, row_blocks
-from ..sampling import Strategy, check_sampler_options, sample_pixels
+from ..ops.pairwise import Distance, joint_scale, row_blocks, safe_sqrt
+from ..sampling import Strategy, check_sampler_options, sample_rows
 from .base import LossModule, keyword_options, module_for
 
 EmbeddingReduction = Literal["mean", "sum"]
@@ -96,11 +117,48 @@ def check_embedding_options(
     }
 
 
+class _Sample(NamedTuple):
+    """The sampled rows ``x`` ``(M, D)`` in the compute dtype, their labels ``y`` ``(M,)``, which rows are
+    valid pixels (``keep`` ``(M,)``, None for all; see :func:`~seglosses.sampling.sample_rows`) and the
+    call's one reading of the input-check switch."""
+
+    x: Tensor
+    y: Tensor
+    keep: Optional[Tensor]
+    checks: bool
+
+
+def _vmapped() -> bool:
+    """Whether a ``torch.func.vmap`` runs (at any level of the transforms)."""
+    if not transformed():
+        return False
+    stack = torch._C._functorch.get_interpreter_stack() or []
+    return any(level.key() == torch._C._functorch.TransformType.Vmap for level in stack)
+
+
+def _check_vmap(name: str, opts: Dict[str, Any], reason: Optional[str] = None) -> None:
+    """Raise under ``vmap`` where the loss cannot be batched: a sampling cap (a random, data-dependent
+    subset), ``sync`` in a process group, or ``reason``."""
+    if not _vmapped():
+        return
+    if reason is None and (opts["max_per_class"] is not None or opts["max_total"] is not None):
+        reason = "max_per_class / max_total (a random subset of data-dependent size)"
+    if reason is None and opts.get("sync") and is_distributed(opts.get("process_group")):
+        reason = "sync=True (rows gathered across processes)"
+    if reason is not None:
+        raise SegLossError(
+            f"expected no torch.func.vmap around {name} with {reason}: vmap is not supported there"
+        )
+
+
 def _sampled(
-    embeddings: Tensor, labels: Tensor, logits: Optional[Tensor], opts: Dict[str, Any]
-) -> Tuple[Tensor, Tensor]:
-    """The sampled rows ``x`` ``(M, D)`` in the compute dtype and their labels ``y`` ``(M,)``."""
-    x, y = sample_pixels(
+    embeddings: Tensor, labels: Tensor, logits: Optional[Tensor], opts: Dict[str, Any], name: str
+) -> _Sample:
+    """Sample the rows (see :class:`_Sample`). Under ``torch.compile`` or a ``torch.func`` transform,
+    without caps, every pixel is a row and the ignored ones are flagged, not gathered (static shapes)."""
+    _check_vmap(name, opts)
+    checks = input_checks_enabled()
+    pixels = sample_rows(
         embeddings,
         labels,
         ignore_index=opts["ignore_index"],
@@ -110,8 +168,23 @@ def _sampled(
         max_total=opts["max_total"],
         hard_fraction=opts["hard_fraction"],
         generator=opts["generator"],
+        checks=checks,
+        masked=tracing(),
     )
-    return x.to(compute_dtype(x)), y
+    x = pixels.x
+    return _Sample(x.to(compute_dtype(x)), pixels.y, pixels.keep, checks)
+
+
+def _check_overflow(loss: Tensor, name: str, x: Tensor) -> Tensor:
+    """With the input checks on (finite embeddings), a non-finite loss can only be an overflow of the
+    formula itself (squared distances of embeddings this large): raise saying so (one host read)."""
+    if not bool(torch.isfinite(loss)):
+        peak = float(x.detach().abs().amax()) if x.numel() else 0.0
+        raise SegLossError(
+            f"expected {name} to fit in {loss.dtype}, got {float(loss.detach())}: the formula overflows for "
+            f"embeddings this large (|x| up to {peak:.3g}); normalize them or compute in float64"
+        )
+    return loss
 
 
 def check_pool_options(*, sync: bool, process_group: Optional[ProcessGroup]) -> Dict[str, Any]:
@@ -124,28 +197,59 @@ class _Pool(NamedTuple):
 
     ``x`` is None when the pool is the anchors themselves (one process, or ``sync=False``), otherwise
     the sampled rows of every process in rank order (gathered with gradient), whose row ``start + i`` is
-    anchor ``i``; ``y`` are the pool's labels.
+    anchor ``i``; ``y`` are the pool's labels; ``keep`` which pool rows are valid pixels (None: all).
     """
 
     x: Optional[Tensor]
     y: Tensor
     start: int
+    keep: Optional[Tensor] = None
 
     def rows(self, anchors: Tensor) -> Tensor:
         return anchors if self.x is None else self.x
 
+    def arguments(self) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], int]:
+        """``pool_x, pool_y, keep, start`` for a custom Function, ``pool_y`` None when the pool is the
+        anchors (``torch.compile`` refuses a tensor passed to a Function twice); see :meth:`unpack`."""
+        return self.x, None if self.x is None else self.y, self.keep, self.start
 
-def _pool(x: Tensor, y: Tensor, opts: Dict[str, Any]) -> _Pool:
+    @staticmethod
+    def unpack(
+        y: Tensor, x: Optional[Tensor], pool_y: Optional[Tensor], keep: Optional[Tensor], start: int
+    ) -> _Pool:
+        """The pool from the anchors' labels ``y`` and :meth:`arguments`."""
+        return _Pool(x, y if pool_y is None else pool_y, start, keep)
+
+    def scaled(self, scale: Tensor) -> _Pool:
+        """The pool with its rows divided by ``scale``."""
+        return self if self.x is None else self._replace(x=self.x / scale)
+
+    def counts(self, anchors: int) -> Tuple[Union[int, Tensor], Union[int, Tensor]]:
+        """Valid pixels among the ``anchors`` anchors and the pool rows (ints, or tensors with ``keep``)."""
+        if self.keep is None:
+            return anchors, self.y.shape[0]
+        return self.keep[self.start : self.start + anchors].sum(), self.keep.sum()
+
+
+def _pool(sample: _Sample, opts: Dict[str, Any]) -> _Pool:
     """Every process's sampled rows with ``sync`` in a process group (SPEC section 5, "Across
     processes"); else the anchors themselves. Every process must call the loss, an empty one too."""
     group = opts["process_group"]
     if not (opts["sync"] and is_distributed(group)):
-        return _Pool(None, y, 0)
-    return _Pool(all_gather(x, group), all_gather(y, group), row_start(x, group))
+        return _Pool(None, sample.y, 0, sample.keep)
+    keep = None if sample.keep is None else all_gather(sample.keep.to(torch.uint8), group).bool()
+    return _Pool(all_gather(sample.x, group), all_gather(sample.y, group), row_start(sample.x, group), keep)
 
 
-def _pooled_reduce(total: Tensor, count: Union[Tensor, float], pool: _Pool, opts: Dict[str, Any]) -> Tensor:
-    """``reduce`` of this process's anchors' sum ``total`` and ``count`` (what ``mean`` divides by).
+def _pooled_reduce(
+    total: Tensor,
+    count: Union[Tensor, float],
+    pool: _Pool,
+    opts: Dict[str, Any],
+    scale: Optional[Tensor] = None,
+) -> Tensor:
+    """``reduce`` of this process's anchors' sum ``total`` and ``count`` (what ``mean`` divides by), times
+    ``scale`` when ``total`` is the sum divided by it (see :func:`_homogeneous_scale`).
 
     With a gathered pool both are summed over the processes first: every process returns the loss of
     the whole distributed batch, and the sum's backward (summed over ranks) gives each local anchor
@@ -154,12 +258,25 @@ def _pooled_reduce(total: Tensor, count: Union[Tensor, float], pool: _Pool, opts
     count = torch.as_tensor(count, device=total.device, dtype=total.dtype)
     if pool.x is not None:
         total, count = all_reduce_sum(torch.stack([total, count.detach()]), opts["process_group"]).unbind(0)
-    return reduce(total, opts["reduction"], count)
+    loss = reduce(total, opts["reduction"], count)
+    return loss if scale is None else loss * scale
 
 
 def _same_label(y: Tensor, pool_y: Tensor, rows: slice) -> Tensor:
     """``(B, P)`` bool: anchor ``rows.start + i`` and pool row ``j`` share a label (self included)."""
     return y[rows, None] == pool_y[None, :]
+
+
+def _pairs(y: Tensor, pool: _Pool, rows: slice) -> Tuple[Tensor, Tensor]:
+    """``(B, P)`` masks of a block of anchors: positives (same label, not self) and negatives (another
+    label), both among valid pixels only."""
+    positive = _same_label(y, pool.y, rows)
+    negative = ~positive
+    positive[_diagonal(rows, pool.start, y.device)] = False  # a pixel is never its own positive
+    if pool.keep is not None:
+        kept = pool.keep[None, :] & pool.keep[pool.start + rows.start : pool.start + rows.stop, None]
+        positive, negative = positive & kept, negative & kept
+    return positive, negative
 
 
 def _diagonal(rows: slice, start: int, device: torch.device) -> Tuple[Tensor, Tensor]:
@@ -168,60 +285,141 @@ def _diagonal(rows: slice, start: int, device: torch.device) -> Tuple[Tensor, Te
     return anchors - rows.start, anchors + start
 
 
+def _homogeneous_scale(x: Tensor, pool: _Pool) -> Tensor:
+    """A power of two ``s >= 1`` (0-d, detached) with every ``|x / s| < 2``.
+
+    The pair losses are homogeneous, ``L(x; m) = s^p L(x / s; m / s^p)`` (``p`` the power of the distance),
+    so they are computed on ``x / s`` and scaled back: exact in the normal range (powers of two), and no
+    square of an embedding overflows (from ``|x| ~ 1.8e19`` in float32) unless the loss itself does.
+    ``s >= 1`` keeps ``m / s^p`` finite. Their sums are kept as ``Σ / s`` and multiplied by ``s`` after the
+    mean (:func:`_pooled_reduce`): a sum over many pairs may exceed the dtype where their mean does not,
+    and the custom backwards never form ``s²``.
+    """
+    rows = [x] if pool.x is None else [x, pool.x]
+    return joint_scale(*rows).clamp_min(1.0)
+
+
+def _in_place() -> bool:
+    """Whether block buffers may be overwritten: without a graph (the custom Functions' forward and
+    backward), not under autograd or ``torch.func`` (the plain path)."""
+    return not (torch.is_grad_enabled() or transformed())
+
+
+def _sum_blocks(parts: Iterable[Tuple[Tensor, ...]], like: Tensor, count: int) -> List[Tensor]:
+    """The sums of ``count`` per-block parts, in block order (0-d tensors of ``like``'s dtype).
+
+    Without a graph (the custom Functions' forward) into tensors allocated before the first block, in
+    place: a small tensor allocated between blocks and kept would pin the freed blocks in the C
+    allocator's heap, and resident memory would grow by a block per step. With autograd or under
+    ``torch.func`` (``vmap``) out of place.
+    """
+    totals, inplace = [like.new_zeros(()) for _ in range(count)], _in_place()
+    for part in parts:
+        if inplace:
+            for total, value in zip(totals, part):
+                total += value
+        else:
+            totals = [total + value for total, value in zip(totals, part)]
+        del part  # before the next block is computed
+    return totals
+
+
 # --- contrastive -------------------------------------------------------------------------------------
 
 
 class _ContrastiveSum(torch.autograd.Function):
     """``½ Σ_a Σ_{j≠a} [y_aj d_aj² + (1 - y_aj) max(0, m - d_aj)²]`` over anchors ``x`` against the pool
-    (``x`` itself when ``pool_x`` is None: the sum over unordered pairs), blockwise.
+    (``x`` itself when ``pool_x`` is None: the sum over unordered pairs), blockwise: see
+    :func:`_contrastive_sum`, which also serves ``torch.func`` transforms.
 
     Backward recomputes each block: with ``G_aj = ∂f/∂(d_aj²)`` (1 for positives, ``-max(0, m-d)/d`` for
     negatives, 0 at ``d = 0``) and ``∂d²_aj/∂x_a = 2(x_a - x_j)``, an anchor receives
     ``Σ_j G_aj x_a - Σ_j G_aj x_j`` and a pool row ``Σ_a G_aj x_j - Σ_a G_aj x_a``; when the pool is the
-    anchors the two are equal, so one matrix product per block gives both.
+    anchors the two are equal, so one matrix product per block gives both. ``G`` is scale-free, so it is
+    taken from the rows divided by :func:`_homogeneous_scale` (no square overflows).
     """
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, y: Tensor, pool_x: Optional[Tensor], pool_y: Tensor, start: int, margin: float
+        x: Tensor,
+        y: Tensor,
+        pool_x: Optional[Tensor],
+        pool_y: Tensor,
+        keep: Optional[Tensor],
+        start: int,
+        margin: float,
+        scale: Tensor,
     ) -> Tensor:
-        ctx.save_for_backward(x, y, pool_x, pool_y)
+        return _contrastive_sum(x, y, _Pool.unpack(y, pool_x, pool_y, keep, start), margin, scale)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
+        x, y, pool_x, pool_y, keep, start, margin, scale = inputs
+        ctx.save_for_backward(x, y, pool_x, pool_y, keep, scale)
         ctx.start, ctx.margin = start, margin
-        pool = _Pool(pool_x, pool_y, start)
-        total = x.new_zeros(())
-        for rows in row_blocks(x.shape[0], pool.y.shape[0]):
-            squared, same = _contrastive_block(x, y, pool, rows)
-            hinge = squared.sqrt().neg_().add_(margin).clamp_min_(0).square_()
-            total += torch.where(same, squared, hinge).sum()
-        return total / 2  # every unordered pair was counted twice, once from each end
 
     @staticmethod
     @first_order_backward("contrastive_loss")
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
-        x, y, pool_x, pool_y = ctx.saved_tensors
-        pool = _Pool(pool_x, pool_y, ctx.start)
+        x, y, pool_x, pool_y, keep, scale = ctx.saved_tensors
+        pool = _Pool.unpack(y, pool_x, pool_y, keep, ctx.start)
+        scaled_x, scaled_pool, margin = x / scale, pool.scaled(scale), ctx.margin / scale
+        grad = grad / scale  # the output is the sum divided by s
         rows_of_pool = pool.rows(x)
         grad_x = torch.empty_like(x)
         grad_pool = None if pool_x is None else torch.zeros_like(pool_x)
         for rows in row_blocks(x.shape[0], pool.y.shape[0]):
-            distance, same = _contrastive_block(x, y, pool, rows)
+            distance, same, counted = _contrastive_block(scaled_x, y, scaled_pool, rows)
             distance.sqrt_()
-            coeff = (ctx.margin - distance).clamp_min_(0).div_(distance).neg_()  # -max(0, m - d) / d
+            coeff = (margin - distance).clamp_min_(0).div_(distance).neg_()  # -max(0, m - d) / d
             coeff.masked_fill_(distance == 0, 0.0).masked_fill_(same, 1.0)
             coeff[_diagonal(rows, ctx.start, x.device)] = 0.0
+            if counted is not None:
+                coeff.masked_fill_(~counted, 0.0)
             grad_x[rows] = coeff.sum(1, keepdim=True) * x[rows] - coeff @ rows_of_pool
             if grad_pool is not None:
                 grad_pool += coeff.sum(0)[:, None] * rows_of_pool - coeff.T @ x[rows]
         if grad_pool is None:  # the anchors are the pool: both ends of every pair
-            return grad_x.mul_(2 * grad), None, None, None, None, None
-        return grad_x.mul_(grad), None, grad_pool.mul_(grad), None, None, None
+            return grad_x.mul_(2 * grad), None, None, None, None, None, None, None
+        return grad_x.mul_(grad), None, grad_pool.mul_(grad), None, None, None, None, None
 
 
-def _contrastive_block(x: Tensor, y: Tensor, pool: _Pool, rows: slice) -> Tuple[Tensor, Tensor]:
-    """Squared distances (0 at the anchors themselves) and the same-label mask of a block of anchors."""
-    squared = _SQUARED.block(x[rows], pool.rows(x))
-    squared[_diagonal(rows, pool.start, x.device)] = 0.0
-    return squared, _same_label(y, pool.y, rows)
+def _contrastive_sum(x: Tensor, y: Tensor, pool: _Pool, margin: float, scale: Tensor) -> Tensor:
+    """The forward of :class:`_ContrastiveSum`; with autograd on (under ``torch.func``, whose path it also
+    is) out of place. On rows divided by ``s`` (:func:`_homogeneous_scale`)
+    with margin ``m / s``, then times ``s²`` and divided by ``s``: the sum over pairs divided by ``s``."""
+    inplace = _in_place()
+    scaled_x, scaled_pool, scaled_margin = x / scale, pool.scaled(scale), margin / scale
+
+    def blocks() -> Iterator[Tuple[Tensor]]:
+        for rows in row_blocks(x.shape[0], pool.y.shape[0]):
+            squared, same, counted = _contrastive_block(scaled_x, y, scaled_pool, rows, inplace)
+            if inplace:  # one (B, P) buffer besides the squares
+                hinge = squared.sqrt().neg_().add_(scaled_margin).clamp_min_(0).square_()
+            else:
+                hinge = (scaled_margin - safe_sqrt(squared)).clamp_min(0).square()
+            terms = torch.where(same, squared, hinge)
+            yield ((terms if counted is None else torch.where(counted, terms, 0.0)).sum(),)
+
+    (total,) = _sum_blocks(blocks(), x, 1)
+    return total / 2 * scale  # every unordered pair was counted twice, once from each end
+
+
+def _contrastive_block(
+    x: Tensor, y: Tensor, pool: _Pool, rows: slice, inplace: bool = True
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Squared distances (0 at the anchors themselves) of rows already divided by a power of two, the
+    same-label mask and which pairs are among valid pixels (None: all) of a block of anchors."""
+    squared = _SQUARED.block(x[rows], pool.rows(x), rescale=False)
+    diagonal = _diagonal(rows, pool.start, x.device)
+    if inplace:
+        squared[diagonal] = 0.0
+    else:
+        squared = squared.index_put(diagonal, squared.new_zeros(()))
+    counted = None
+    if pool.keep is not None:
+        counted = pool.keep[None, :] & pool.keep[pool.start + rows.start : pool.start + rows.stop, None]
+    return squared, _same_label(y, pool.y, rows), counted
 
 
 def contrastive_loss(
@@ -265,7 +463,9 @@ def contrastive_loss(
         process_group: the group for ``sync`` (default: the default group).
 
     Raises:
-        SegLossError: bad shapes, dtypes or options; non-finite embeddings (with the input checks on).
+        SegLossError: bad shapes, dtypes or options; non-finite embeddings, or a loss beyond the dtype's
+            range (embeddings too large for the formula; see the module docstring), with the input
+            checks on; ``vmap`` with caps or ``sync``.
 
     Example:
         >>> x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.5]])
@@ -285,12 +485,18 @@ def contrastive_loss(
         sync=sync,
         process_group=process_group,
     )
-    x, y = _sampled(embeddings, labels, logits, opts)
-    x = Distance("euclidean", opts["normalize"]).prepare(x)
-    pool = _pool(x, y, opts)
-    total = _ContrastiveSum.apply(x, y, pool.x, pool.y, pool.start, opts["margin"])
-    pairs = x.shape[0] * (pool.y.shape[0] - 1) / 2  # summed over the processes: M(M - 1) / 2
-    return _pooled_reduce(total, pairs, pool, opts)
+    sample = _sampled(embeddings, labels, logits, opts, "contrastive_loss")
+    x = Distance("euclidean", opts["normalize"]).prepare(sample.x)
+    pool = _pool(sample._replace(x=x), opts)
+    scale = _homogeneous_scale(x, pool)
+    if transformed():  # torch.func: plain autograd through the same blocks, any order of derivative
+        total = _contrastive_sum(x, sample.y, pool, opts["margin"], scale)
+    else:
+        total = _ContrastiveSum.apply(x, sample.y, *pool.arguments(), opts["margin"], scale)
+    anchors, rows = pool.counts(x.shape[0])
+    pairs = anchors * (rows - 1) / 2  # summed over the processes: M(M - 1) / 2
+    loss = _pooled_reduce(total, pairs, pool, opts, scale)
+    return _check_overflow(loss, "contrastive_loss", x) if sample.checks and not opts["normalize"] else loss
 
 
 def check_contrastive_options(
@@ -309,7 +515,8 @@ def check_contrastive_options(
 
 
 class _InfoNCESum(torch.autograd.Function):
-    """``Σ_a ℓ_a`` over anchors with a positive, ``ℓ_a = 1/|P_a| Σ_p softplus(L_a - s_ap)``, blockwise.
+    """``Σ_a ℓ_a`` over anchors with a positive, ``ℓ_a = 1/|P_a| Σ_p softplus(L_a - s_ap)``, blockwise, and
+    the number of those anchors (see :func:`_info_nce_sum`, which also serves ``torch.func`` transforms).
 
     ``s = x poolᵀ / τ`` (the pool is ``x`` itself when ``pool_x`` is None) and ``L_a = log Σ_n e^{s_an}``
     over the anchor's negatives (``-inf`` without any), so
@@ -320,29 +527,28 @@ class _InfoNCESum(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any,
         x: Tensor,
         y: Tensor,
         pool_x: Optional[Tensor],
         pool_y: Tensor,
+        keep: Optional[Tensor],
         start: int,
         temperature: float,
-    ) -> Tensor:
-        ctx.save_for_backward(x, y, pool_x, pool_y)
+    ) -> Tuple[Tensor, Tensor]:
+        return _info_nce_sum(x, y, _Pool.unpack(y, pool_x, pool_y, keep, start), temperature)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Tensor]) -> None:
+        x, y, pool_x, pool_y, keep, start, temperature = inputs
+        ctx.save_for_backward(x, y, pool_x, pool_y, keep)
         ctx.start, ctx.temperature = start, temperature
-        pool = _Pool(pool_x, pool_y, start)
-        total = x.new_zeros(())
-        for rows in row_blocks(x.shape[0], pool.y.shape[0]):
-            logits, positive, negative, lse, count = _info_nce_block(x, y, pool, rows, temperature)
-            terms = F.softplus(logits.neg_().add_(lse[:, None])).masked_fill_(~positive, 0.0)
-            total += (terms.sum(1) / count).sum()
-        return total
+        ctx.mark_non_differentiable(output[1])
 
     @staticmethod
     @first_order_backward("pixel_info_nce_loss")
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
-        x, y, pool_x, pool_y = ctx.saved_tensors
-        pool = _Pool(pool_x, pool_y, ctx.start)
+    def backward(ctx: Any, grad: Tensor, _: Any) -> Tuple[Optional[Tensor], ...]:
+        x, y, pool_x, pool_y, keep = ctx.saved_tensors
+        pool = _Pool.unpack(y, pool_x, pool_y, keep, ctx.start)
         rows_of_pool = pool.rows(x)
         grad_x = torch.zeros_like(x)
         grad_pool = grad_x if pool_x is None else torch.zeros_like(pool_x)  # the anchors are the pool
@@ -356,20 +562,45 @@ class _InfoNCESum(torch.autograd.Function):
             grad_pool += coeff.T @ x[rows]
         scale = grad / ctx.temperature
         pool_out = None if pool_x is None else grad_pool.mul_(scale)  # else it is grad_x itself
-        return grad_x.mul_(scale), None, pool_out, None, None, None
+        return grad_x.mul_(scale), None, pool_out, None, None, None, None
+
+
+def _info_nce_sum(x: Tensor, y: Tensor, pool: _Pool, temperature: float) -> Tuple[Tensor, Tensor]:
+    """The forward of :class:`_InfoNCESum`; with autograd on (under ``torch.func``, whose path it also is)
+    out of place. Returns ``Σ_a ℓ_a`` and the number of anchors with a positive."""
+    inplace = _in_place()
+
+    def blocks() -> Iterator[Tuple[Tensor, Tensor]]:
+        for rows in row_blocks(x.shape[0], pool.y.shape[0]):
+            logits, positive, _, lse, count = _info_nce_block(x, y, pool, rows, temperature)
+            if inplace:  # in the logits' buffer
+                terms = F.softplus(logits.neg_().add_(lse[:, None])).masked_fill_(~positive, 0.0)
+            else:
+                terms = torch.where(positive, F.softplus(lse[:, None] - logits), 0.0)
+            yield (terms.sum(1) / count).sum(), positive.any(1).sum()
+
+    total, anchors = _sum_blocks(blocks(), x, 2)
+    return total, anchors.detach()
 
 
 def _info_nce_block(
     x: Tensor, y: Tensor, pool: _Pool, rows: slice, temperature: float
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``s / τ``, positive and negative masks, ``L_a`` and ``max(|P_a|, 1)`` of a block of anchors."""
+    """``s / τ``, positive and negative masks, ``L_a`` and ``max(|P_a|, 1)`` of a block of anchors.
+
+    ``L_a`` of an anchor without negatives is ``-inf``; with autograd on, through a ``logsumexp`` of zeros,
+    so that its gradient is 0 rather than ``exp(-inf + inf) = NaN``.
+    """
     logits = _COSINE.similarity(x[rows], pool.rows(x)).div_(temperature)
-    same = _same_label(y, pool.y, rows)
-    lse = torch.logsumexp(logits.masked_fill(same, -torch.inf), dim=1)  # over the negatives
-    negative = ~same
-    same[_diagonal(rows, pool.start, x.device)] = False  # a pixel is never its own positive
-    count = same.sum(1).clamp_min(1).to(x.dtype)
-    return logits, same, negative, lse, count
+    positive, negative = _pairs(y, pool, rows)
+    masked = logits.masked_fill(~negative, -torch.inf)
+    if _in_place():  # no gradient to keep finite (the Function's forward and backward)
+        lse = torch.logsumexp(masked, dim=1)  # over the negatives
+    else:
+        some = negative.any(1, keepdim=True)
+        lse = torch.logsumexp(masked.masked_fill_(~some, 0.0), dim=1).masked_fill(~some[:, 0], -torch.inf)
+    count = positive.sum(1).clamp_min(1).to(x.dtype)
+    return logits, positive, negative, lse, count
 
 
 def pixel_info_nce_loss(
@@ -414,7 +645,8 @@ def pixel_info_nce_loss(
         process_group: the group for ``sync`` (default: the default group).
 
     Raises:
-        SegLossError: bad shapes, dtypes or options; non-finite embeddings (with the input checks on).
+        SegLossError: bad shapes, dtypes or options; non-finite embeddings (with the input checks on);
+            ``vmap`` with caps or ``sync``.
 
     Example:
         >>> x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
@@ -434,13 +666,14 @@ def pixel_info_nce_loss(
         sync=sync,
         process_group=process_group,
     )
-    x, y = _sampled(embeddings, labels, logits, opts)
-    x = _COSINE.prepare(x)
-    pool = _pool(x, y, opts)
-    total = _InfoNCESum.apply(x, y, pool.x, pool.y, pool.start, opts["temperature"])
-    _, inverse, sizes = torch.unique(pool.y, return_inverse=True, return_counts=True)
-    own = inverse[pool.start : pool.start + x.shape[0]]
-    return _pooled_reduce(total, (sizes[own] > 1).sum(), pool, opts)  # anchors with a positive
+    sample = _sampled(embeddings, labels, logits, opts, "pixel_info_nce_loss")
+    x = _COSINE.prepare(sample.x)
+    pool = _pool(sample._replace(x=x), opts)
+    if transformed():  # torch.func: plain autograd through the same blocks, any order of derivative
+        total, anchors = _info_nce_sum(x, sample.y, pool, opts["temperature"])
+    else:
+        total, anchors = _InfoNCESum.apply(x, sample.y, *pool.arguments(), opts["temperature"])
+    return _pooled_reduce(total, anchors, pool, opts)  # over the anchors with a positive
 
 
 def check_info_nce_options(
@@ -457,43 +690,62 @@ def check_info_nce_options(
 # --- triplet -----------------------------------------------------------------------------------------
 
 
-def _hardest_triplets(x: Tensor, y: Tensor, pool: _Pool) -> Tuple[Tensor, Tensor, Tensor]:
-    """Per anchor with a positive and a negative: its farthest positive and nearest negative in the pool.
+def _hardest_triplets(x: Tensor, y: Tensor, pool: _Pool, scale: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per anchor: its farthest positive and nearest negative in the pool, and whether it has both.
 
-    Returns anchor indices into ``x`` and positive / negative indices into the pool. Mined without
-    gradient on squared distances (same order as plain ones), a block of anchors at a time, into
-    preallocated outputs: small tensors kept alive between blocks would pin the freed blocks in the C
-    allocator's heap, and resident memory would grow by a block per step.
+    Returns positive / negative indices into the pool ``(M,)`` (arbitrary where the anchor has no
+    triplet) and the bool ``(M,)`` of anchors with a positive and a negative (NaN distances count as
+    both, so that NaN stays in). Mined without gradient on squared distances (same order as plain ones)
+    of the rows divided by :func:`_homogeneous_scale` (no square overflows), a block of anchors at a
+    time, into preallocated outputs: small tensors kept alive between blocks would pin the freed blocks
+    in the C allocator's heap, and resident memory would grow by a block per step. Under ``torch.compile``
+    or ``torch.func`` the block results are concatenated instead (no ``out=`` there).
     """
     m = x.shape[0]
+    preallocated = not tracing()
     far, near = x.new_empty(m), x.new_empty(m)
     positives, negatives = x.new_empty(m, dtype=torch.long), x.new_empty(m, dtype=torch.long)
+    found: List[Tuple[Tensor, Tensor, Tensor, Tensor]] = []
     with torch.no_grad():
+        scaled_x, scaled_pool = x.detach() / scale, pool.scaled(scale)
+        pool_rows = scaled_pool.rows(scaled_x).detach()
         for rows in row_blocks(m, pool.y.shape[0]):
-            squared = _SQUARED.block(x[rows], pool.rows(x))
-            same = _same_label(y, pool.y, rows)
-            torch.min(squared.masked_fill(same, torch.inf), 1, out=(near[rows], negatives[rows]))
-            same[_diagonal(rows, pool.start, x.device)] = False
-            torch.max(squared.masked_fill_(~same, -torch.inf), 1, out=(far[rows], positives[rows]))
-    anchors = torch.nonzero((far != -torch.inf) & (near != torch.inf)).squeeze(1)  # NaN stays in
-    return anchors, positives[anchors], negatives[anchors]
+            squared = _SQUARED.block(scaled_x[rows], pool_rows, rescale=False)
+            positive, negative = _pairs(y, pool, rows)
+            if preallocated:
+                torch.min(squared.masked_fill(~negative, torch.inf), 1, out=(near[rows], negatives[rows]))
+                torch.max(squared.masked_fill_(~positive, -torch.inf), 1, out=(far[rows], positives[rows]))
+            else:
+                nearest = torch.min(squared.masked_fill(~negative, torch.inf), 1)
+                farthest = torch.max(squared.masked_fill(~positive, -torch.inf), 1)
+                found.append((nearest.values, nearest.indices, farthest.values, farthest.indices))
+    if found:
+        near, negatives, far, positives = (torch.cat(parts) for parts in zip(*found))
+    return positives, negatives, (far != -torch.inf) & (near != torch.inf)
 
 
 def _window_block(
-    x: Tensor, y: Tensor, pool: _Pool, rows: slice, distance: Distance, margin: float, semi_hard: bool
+    x: Tensor,
+    y: Tensor,
+    pool: _Pool,
+    rows: slice,
+    distance: Distance,
+    margin: Union[float, Tensor],
+    semi_hard: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Loss sum, mined count and non-zero count of every triplet of a block of anchors, by sorting.
 
     For an anchor, sort its negatives' distances ascending, ``e_1 <= e_2 <= ...``, with prefix sums
     ``E_k``. A positive at ``d`` meets the negatives with ``e < d + m`` (batch-all) or ``d < e <= d + m``
     (semi-hard), a run ``lo <= k < hi`` found by ``searchsorted``, whose losses sum to
-    ``(hi - lo)(d + m) - (E_hi - E_lo)``. So the ``O(M³)`` triplets cost ``O(M² log M)`` time.
+    ``(hi - lo)(d + m) - (E_hi - E_lo)``. So the ``O(M³)`` triplets cost ``O(M² log M)`` time. The rows
+    are already divided by a power of two (:func:`_homogeneous_scale`, ``margin`` with them).
     """
-    d = distance.block(x[rows], pool.rows(x))
+    d = distance.block(x[rows], pool.rows(x), rescale=False)
     plain = d.detach()
-    same = _same_label(y, pool.y, rows)
-    negatives, order = torch.sort(plain.masked_fill(same, torch.inf), dim=1)  # negatives first
-    count = (~same).sum(1, keepdim=True)
+    positive, negative = _pairs(y, pool, rows)
+    negatives, order = torch.sort(plain.masked_fill(~negative, torch.inf), dim=1)  # negatives first
+    count = negative.sum(1, keepdim=True)
     ranked = d.gather(1, order).masked_fill(torch.arange(d.shape[1], device=d.device) >= count, 0.0)
     prefix = F.pad(torch.cumsum(ranked, 1), (1, 0))
     shifted = plain + margin
@@ -501,61 +753,104 @@ def _window_block(
     if semi_hard:
         lo = torch.searchsorted(negatives, plain, right=True)  # e <= d
         hi = torch.searchsorted(negatives, shifted, right=True)  # e <= d + m
-        mined = (hi - lo).clamp_min_(0)
+        mined = (hi - lo).clamp_min(0)
     else:
         lo, hi, mined = torch.zeros_like(strict), strict, count.expand_as(strict)
-    same[_diagonal(rows, pool.start, x.device)] = False
     runs = hi - lo  # lo <= hi since m >= 0
     values = runs * (d + margin) - (prefix.gather(1, hi) - prefix.gather(1, lo))
-    total = torch.where(same, values, 0.0).sum()
-    nonzero = torch.where(same, (strict - lo).clamp_min(0), 0).sum().to(total.dtype)
-    return total, torch.where(same, mined, 0).sum().to(total.dtype), nonzero
+    total = torch.where(positive, values, 0.0).sum()
+    nonzero = torch.where(positive, (strict - lo).clamp_min(0), 0).sum().to(total.dtype)
+    return total, torch.where(positive, mined, 0).sum().to(total.dtype), nonzero
 
 
 class _TripletWindowSum(torch.autograd.Function):
     """Batch-all or semi-hard triplets over blocks of anchors: loss sum, mined and non-zero counts.
 
     Anchors are the rows of ``x``; positives and negatives come from the pool (``x`` itself when
-    ``pool_x`` is None). Forward runs :func:`_window_block` without a graph; backward recomputes each
+    ``pool_x`` is None). Forward runs :func:`_window_sum` without a graph; backward recomputes each
     block with autograd and adds its gradient, so no block (nor any per-block graph node) outlives its
-    step.
+    step. Both work on the rows divided by ``s`` (:func:`_homogeneous_scale`), margin ``m / s^p``
+    (``p = 2`` for squared distances, else 1); the output is the sum divided by ``s``, ``s^(p-1)`` times
+    theirs, and the gradient ``s^(p-2)`` times theirs.
     """
 
     @staticmethod
     def forward(
-        ctx: Any,
         x: Tensor,
         y: Tensor,
         pool_x: Optional[Tensor],
         pool_y: Tensor,
+        keep: Optional[Tensor],
         start: int,
         options: Tuple[Distance, float, bool],
+        scale: Tensor,
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        ctx.save_for_backward(x, y, pool_x, pool_y)
+        pool = _Pool.unpack(y, pool_x, pool_y, keep, start)
+        total, mined, nonzero = _window_sum(x, y, pool, options, scale)
+        return total, mined.clone(), nonzero.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Tensor, Tensor]) -> None:
+        x, y, pool_x, pool_y, keep, start, options, scale = inputs
+        ctx.save_for_backward(x, y, pool_x, pool_y, keep, scale)
         ctx.start, ctx.options = start, options
-        pool = _Pool(pool_x, pool_y, start)
-        sums = x.new_zeros(3)  # loss, mined, non-zero
-        for rows in row_blocks(x.shape[0], 4 * pool.y.shape[0]):  # a block holds ~10 (B, P) tensors
-            sums += torch.stack(_window_block(x, y, pool, rows, *options))
-        total, mined, nonzero = (value.clone() for value in sums)
-        ctx.mark_non_differentiable(mined, nonzero)
-        return total, mined, nonzero
+        ctx.mark_non_differentiable(output[1], output[2])
 
     @staticmethod
     @first_order_backward("triplet_loss")
     def backward(ctx: Any, grad: Tensor, *_: Any) -> Tuple[Optional[Tensor], ...]:
-        x, y, pool_x, pool_y = ctx.saved_tensors
-        leaf = x.detach().requires_grad_()
-        leaves = [leaf] if pool_x is None else [leaf, pool_x.detach().requires_grad_()]
-        pool = _Pool(None if pool_x is None else leaves[1], pool_y, ctx.start)
+        x, y, pool_x, pool_y, keep, scale = ctx.saved_tensors
+        distance, margin, semi_hard = ctx.options
+        pool = _Pool.unpack(y, pool_x, pool_y, keep, ctx.start)
+        margin = _scaled_margin(margin, scale, distance)
+        leaf = (x / scale).requires_grad_()
+        leaves = [leaf] if pool_x is None else [leaf, (pool_x / scale).requires_grad_()]
+        pool = pool._replace(x=None if pool_x is None else leaves[1])
         grads = [torch.zeros_like(t) for t in leaves]
         for rows in row_blocks(x.shape[0], 4 * pool.y.shape[0]):
             with torch.enable_grad():
-                total = _window_block(leaf, y, pool, rows, *ctx.options)[0]
+                total = _window_block(leaf, y, pool, rows, distance, margin, semi_hard)[0]
                 for into, part in zip(grads, torch.autograd.grad(total, leaves)):  # both rows and pool used
                     into += part
-        grad_pool = None if pool_x is None else grads[1].mul_(grad)
-        return grads[0].mul_(grad), None, grad_pool, None, None, None
+        factor = grad if distance.squared else grad / scale  # s^(p-2) times the gradient on rows x / s
+        grad_pool = None if pool_x is None else grads[1].mul_(factor)
+        return grads[0].mul_(factor), None, grad_pool, None, None, None, None, None
+
+
+def _scaled_margin(margin: float, scale: Tensor, distance: Distance) -> Tensor:
+    """``m / s^p``: the margin for rows divided by ``s``."""
+    scaled = margin / scale
+    return scaled / scale if distance.squared else scaled
+
+
+def _window_sum(
+    x: Tensor,
+    y: Tensor,
+    pool: _Pool,
+    options: Tuple[Distance, float, bool],
+    scale: Tensor,
+    *,
+    checkpointed: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The forward of :class:`_TripletWindowSum`, differentiable by autograd too: the path of
+    ``torch.func`` transforms and, with each block checkpointed (recomputed in backward, so that memory
+    stays ``O(M·(D + B))``), of ``torch.compile``, which cannot trace the Function's backward. Returns the
+    loss sum divided by ``s`` and the mined and non-zero counts."""
+    distance, margin, semi_hard = options
+    scaled_x, scaled_pool = x / scale, pool.scaled(scale)
+    scaled_margin = _scaled_margin(margin, scale, distance)
+
+    def blocks() -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
+        for rows in row_blocks(x.shape[0], 4 * pool.y.shape[0]):  # a block holds ~10 (B, P) tensors
+            arguments = (scaled_x, y, scaled_pool, rows, distance, scaled_margin, semi_hard)
+            if checkpointed:
+                yield checkpoint(_window_block, *arguments, use_reentrant=False)
+            else:
+                yield _window_block(*arguments)
+
+    total, mined, nonzero = _sum_blocks(blocks(), x, 3)  # loss, mined, non-zero
+    total = total * scale if distance.squared else total  # s^(p-1)
+    return total, mined.detach(), nonzero.detach()
 
 
 def triplet_loss(
@@ -615,7 +910,9 @@ def triplet_loss(
         process_group: the group for ``sync`` (default: the default group).
 
     Raises:
-        SegLossError: bad shapes, dtypes or options; non-finite embeddings (with the input checks on).
+        SegLossError: bad shapes, dtypes or options; non-finite embeddings, or a loss beyond the dtype's
+            range (embeddings too large for the formula; see the module docstring), with the input
+            checks on; ``vmap`` with caps or ``sync``.
 
     Example:
         >>> x = torch.tensor([[0.0], [2.0], [3.0]])  # two mined triplets, (0, 1, 2) and (1, 0, 2)
@@ -641,22 +938,37 @@ def triplet_loss(
         sync=sync,
         process_group=process_group,
     )
-    x, y = _sampled(embeddings, labels, logits, opts)
+    sample = _sampled(embeddings, labels, logits, opts, "triplet_loss")
     distance = Distance("squared_euclidean" if opts["squared"] else "euclidean", opts["normalize"])
-    x = distance.prepare(x)
-    pool = _pool(x, y, opts)
+    x = distance.prepare(sample.x)
+    pool = _pool(sample._replace(x=x), opts)
+    options, scale = (distance, opts["margin"], opts["mining"] == "semi_hard"), _homogeneous_scale(x, pool)
     if opts["mining"] == "hard":
-        anchors, positives, negatives = _hardest_triplets(x, y, pool)
-        pool_rows, anchor_rows = pool.rows(x), x[anchors]
-        terms = distance.paired(anchor_rows, pool_rows[positives]) - distance.paired(
-            anchor_rows, pool_rows[negatives]
-        )
-        terms = (terms + opts["margin"]).clamp_min(0)
-        total, mined, nonzero = terms.sum(), anchors.numel(), (terms > 0).sum()
+        total, mined, nonzero = _hard_sum(x, sample.y, pool, distance, opts["margin"], scale)
+    elif tracing():  # torch.func (any order of derivative) or torch.compile: autograd through the blocks
+        total, mined, nonzero = _window_sum(x, sample.y, pool, options, scale, checkpointed=not transformed())
     else:
-        options = (distance, opts["margin"], opts["mining"] == "semi_hard")
-        total, mined, nonzero = _TripletWindowSum.apply(x, y, pool.x, pool.y, pool.start, options)
-    return _pooled_reduce(total, nonzero if opts["average"] == "nonzero" else mined, pool, opts)
+        total, mined, nonzero = _TripletWindowSum.apply(x, sample.y, *pool.arguments(), options, scale)
+    loss = _pooled_reduce(total, nonzero if opts["average"] == "nonzero" else mined, pool, opts, scale)
+    return _check_overflow(loss, "triplet_loss", x) if sample.checks and not opts["normalize"] else loss
+
+
+def _hard_sum(
+    x: Tensor, y: Tensor, pool: _Pool, distance: Distance, margin: float, scale: Tensor
+) -> Tuple[Tensor, Union[int, Tensor], Tensor]:
+    """Loss sum divided by ``scale``, mined count and non-zero count of the batch-hard triplets (plain
+    autograd)."""
+    positives, negatives, mined = _hardest_triplets(x, y, pool, scale)
+    pool_rows = pool.rows(x)
+    if tracing():  # shapes that do not depend on the data: every anchor, those without a triplet masked
+        gap = distance.gap(x, pool_rows[positives], pool_rows[negatives])
+        terms = torch.where(mined, (gap + margin).clamp_min(0), 0.0)
+        count: Union[int, Tensor] = mined.sum()
+    else:
+        anchors = torch.nonzero(mined).squeeze(1)
+        gap = distance.gap(x[anchors], pool_rows[positives[anchors]], pool_rows[negatives[anchors]])
+        terms, count = (gap + margin).clamp_min(0), anchors.numel()
+    return (terms / scale).sum(), count, (terms > 0).sum()
 
 
 def check_triplet_options(
@@ -715,8 +1027,8 @@ def center_loss(
         reduction: ``mean`` / ``sum`` -> scalar (``none`` raises).
 
     Raises:
-        SegLossError: bad shapes, dtypes or options; labels outside ``[0, K)`` or non-finite embeddings
-            (with the input checks on).
+        SegLossError: bad shapes, dtypes or options; labels outside ``[0, K)``, non-finite embeddings or
+            a loss beyond the dtype's range (with the input checks on); ``vmap`` with caps.
 
     Example:
         >>> x = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
@@ -732,18 +1044,29 @@ def center_loss(
         hard_fraction=hard_fraction,
         generator=generator,
     )
-    x, y = _sampled(embeddings, labels, logits, opts)
-    return _center_value(x, y, centers, opts["reduction"])
+    return _center_value(
+        _sampled(embeddings, labels, logits, opts, "center_loss"), centers, opts["reduction"]
+    )
 
 
-def _center_value(x: Tensor, y: Tensor, centers: Tensor, reduction: str) -> Tensor:
+def _center_value(sample: _Sample, centers: Tensor, reduction: str) -> Tensor:
+    x, y, keep = sample.x, sample.y, sample.keep
     if not isinstance(centers, Tensor) or centers.ndim != 2 or centers.shape[1] != x.shape[1]:
         got = f"shape {tuple(centers.shape)}" if isinstance(centers, Tensor) else type(centers).__name__
         raise expected(f"centers of shape (K, D) with D = {x.shape[1]}", got)
-    if input_checks_enabled():
-        check_class_indices(y, centers.shape[0], "labels")
-    total = (x - centers.to(x)[y]).square().sum() / 2
-    return reduce(total, reduction, torch.tensor(float(x.shape[0]), device=x.device))
+    if sample.checks:
+        check_class_indices(y if keep is None else y[keep], centers.shape[0], "labels")
+    centers = centers.to(x)
+    scale = joint_scale(x, centers).clamp_min(1.0)  # the sum divided by s, times s after the mean
+    if keep is None:
+        total = ((x - centers[y]) / scale).square().sum() / 2 * scale
+        count = torch.tensor(float(x.shape[0]), device=x.device)
+    else:  # every pixel a row: the ignored ones (label ignore_index) counted out
+        differences = x - centers[y.masked_fill(~keep, 0)]
+        total = (torch.where(keep[:, None], differences, 0.0) / scale).square().sum() / 2 * scale
+        count = keep.sum()
+    loss = reduce(total, reduction, count) * scale
+    return _check_overflow(loss, "center_loss", x) if sample.checks else loss
 
 
 class CenterLoss(LossModule):
@@ -798,31 +1121,58 @@ class CenterLoss(LossModule):
     ) -> Tensor:
         """``½ mean ‖x_i - c_{y_i}‖²`` with the current centers, then the update (training, buffers)."""
         options = self.options
-        x, y = _sampled(embeddings, labels, logits, options)
-        loss = _center_value(x, y, self.centers, options["reduction"])
+        sample = _sampled(embeddings, labels, logits, options, "CenterLoss")
+        loss = _center_value(sample, self.centers, options["reduction"])
         if self.training and self.learn == "buffer":
-            sums, counts = self.batch_statistics(x.detach(), y)
-            if self.sync:  # every process applies the update of the whole distributed batch
-                sync_sum_(sums, self.process_group)
-                sync_sum_(counts, self.process_group)
-            self.update_centers(sums, counts)
+            x, y, keep = sample.x.detach(), sample.y, sample.keep
+            if not transformed():
+                self._learn(x, y, keep)
+            else:  # torch.func: a side effect on the primal values, outside the transforms
+                reason = (
+                    "its center update in training mode (learn='buffer'; eval() or learn='parameter' work)"
+                )
+                _check_vmap("CenterLoss", options, reason)
+                x, y, keep = _primal(x), _primal(y), None if keep is None else _primal(keep)
+                with torch._functorch.pyfunctorch.temporarily_clear_interpreter_stack():
+                    self._learn(x, y, keep)
         return loss
 
-    def batch_statistics(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+    def _learn(self, x: Tensor, y: Tensor, keep: Optional[Tensor]) -> None:
+        sums, counts = self.batch_statistics(x, y, keep)
+        if self.sync:  # every process applies the update of the whole distributed batch
+            sync_sum_(sums, self.process_group)
+            sync_sum_(counts, self.process_group)
+        self.update_centers(sums, counts)
+
+    def batch_statistics(self, x: Tensor, y: Tensor, keep: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Per-class sums ``(K, D)`` of the rows ``x`` ``(M, D)`` and pixel counts ``(K,)``, in the centers'
-        dtype: what a distributed run all-reduces before :meth:`update_centers`."""
-        sums = torch.zeros_like(self.centers).index_add_(0, y, x.to(self.centers.dtype))
-        return sums, torch.bincount(y, minlength=self.num_classes).to(self.centers.dtype)
+        dtype: what a distributed run all-reduces before :meth:`update_centers`. With ``keep`` ``(M,)``
+        only those rows count. Counts by ``index_add_`` (a static shape, unlike ``bincount``'s)."""
+        dtype = self.centers.dtype
+        weight = x.new_ones(x.shape[0], dtype=dtype) if keep is None else keep.to(dtype)
+        y = y if keep is None else y.masked_fill(~keep, 0)
+        rows = x.to(dtype) if keep is None else x.to(dtype) * weight[:, None]
+        sums = torch.zeros_like(self.centers).index_add_(0, y, rows)
+        return sums, self.centers.new_zeros(self.num_classes).index_add_(0, y, weight)
 
     @torch.no_grad()
     def update_centers(self, sums: Tensor, counts: Tensor) -> None:
         """The paper's rule from batch sums ``s_j`` and counts ``n_j``:
         ``c_j ← c_j - α (n_j c_j - s_j) / (1 + n_j)``; classes absent from the batch keep their center."""
-        self.centers.sub_(self.alpha * (counts[:, None] * self.centers - sums) / (1 + counts[:, None]))
+        centers = _primal(self.centers) if transformed() else self.centers  # the tensor itself
+        centers.sub_(self.alpha * (counts[:, None] * centers - sums) / (1 + counts[:, None]))
 
     def extra_repr(self) -> str:
         own = f"num_classes={self.num_classes}, dim={self.dim}, alpha={self.alpha}, learn={self.learn!r}"
         return f"{own}, {super().extra_repr()}"
+
+
+def _primal(tensor: Tensor) -> Tensor:
+    """The plain tensor under ``torch.func`` wrappers (``grad`` / ``jvp`` levels): the values that a side
+    effect without gradient (the center update) reads and writes."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(tensor):
+        tensor = torch._C._functorch.get_unwrapped(tensor)
+    return tensor
 
 
 # --- modules and registry ----------------------------------------------------------------------------
