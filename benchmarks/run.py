@@ -125,8 +125,13 @@ def target_of(name: str) -> Optional[float]:
     return None if family is None else FAMILY_TARGETS[family]
 
 
-def memory_target_of(name: str) -> Optional[float]:
-    return REGION_MEMORY_TARGET if family_of(name) == "region" else None
+def memory_target_of(name: str, shape: Tuple[int, ...] = ()) -> Optional[float]:
+    """The region losses' peak-memory target, for inputs of at least numerics.FUSED_MIN elements (a
+    smaller one takes the plain paths, whose temporaries, a few times a small input, are no concern)."""
+    from seglosses._core.numerics import FUSED_MIN
+
+    small = bool(shape) and math.prod(shape) < FUSED_MIN
+    return REGION_MEMORY_TARGET if family_of(name) == "region" and not small else None
 
 
 def _monai() -> Iterator[RefEntry]:
@@ -351,7 +356,8 @@ class Bench:
             memory = self.memory(fn)
         with sl.input_checks(False):
             _, off = self.ratio(fn)
-        return Row(name, seconds * 1e3, on, off, fwd_ratio, target_of(name), memory, memory_target_of(name))
+        memory_target = memory_target_of(name, tuple(self.x.shape))
+        return Row(name, seconds * 1e3, on, off, fwd_ratio, target_of(name), memory, memory_target)
 
     def reference(self, fn: LossFn) -> Tuple[Optional[float], str]:
         """Ratio of a reference to F.cross_entropy, or None and why (it rejects this shape, say)."""

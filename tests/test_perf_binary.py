@@ -16,8 +16,16 @@ from helpers import IGNORE, make_inputs, peak_extra_bytes
 
 import seglosses as sl
 import seglosses.functional as SF
+from seglosses._core import numerics
 from seglosses._core.numerics import binary_log_terms, compute_dtype, sigmoid_f32
 from seglosses._core.stats import overlap_from_dense, sigmoid_overlap_from_dense
+
+
+@pytest.fixture(autouse=True)
+def fused_at_every_size(monkeypatch):
+    """These tests exercise the fused paths: taken at every input size here (in use, inputs below
+    numerics.FUSED_MIN elements take torch's kernels and the plain references)."""
+    monkeypatch.setattr(numerics, "FUSED_MIN", 0)
 
 REGION = {
     "binary_dice": SF.binary_dice_loss,

@@ -10,7 +10,15 @@ from helpers import IGNORE, make_inputs
 
 import seglosses as sl
 import seglosses.functional as SF
+from seglosses._core import numerics
 from seglosses.losses.focal import _FocalModulation
+
+
+@pytest.fixture(autouse=True)
+def fused_at_every_size(monkeypatch):
+    """These tests exercise the fused paths: taken at every input size here (in use, inputs below
+    numerics.FUSED_MIN elements take torch's kernels and the plain references)."""
+    monkeypatch.setattr(numerics, "FUSED_MIN", 0)
 
 
 def _reference_focal(logits, target, gamma):

@@ -13,7 +13,15 @@ from helpers import IGNORE, make_inputs, peak_extra_bytes
 
 import seglosses as sl
 import seglosses.functional as SF
+from seglosses._core import numerics
 from seglosses._core.stats import overlap_from_dense, softmax_overlap_from_index
+
+
+@pytest.fixture(autouse=True)
+def fused_at_every_size(monkeypatch):
+    """These tests exercise the fused paths: taken at every input size here (in use, inputs below
+    numerics.FUSED_MIN elements take torch's kernels and the plain references)."""
+    monkeypatch.setattr(numerics, "FUSED_MIN", 0)
 
 REGION = ["dice", "jaccard", "tversky", "focal_tversky", "gdl"]
 

@@ -24,11 +24,20 @@ def transformed() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
+FUSED_MIN = 1 << 17  # elements (logits): below, torch's kernels and the plain references cost less
+
+
+def small(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is too small for the fused implementations to pay their fixed cost (a custom
+    autograd Function, parts, shortcuts): below :data:`FUSED_MIN` elements, e.g. (2, 5, 64, 64)."""
+    return tensor.numel() < FUSED_MIN
+
+
 def fused_cpu(tensor: Tensor) -> bool:
     """The one decision for the fused eager-CPU implementations (and their data-dependent shortcuts,
-    whose host reads cost nothing there): a CPU tensor, and nothing :func:`tracing`. CUDA and other
-    devices keep torch's kernels."""
-    return tensor.device.type == "cpu" and not tracing()
+    whose host reads cost nothing there): a CPU tensor, not :func:`small`, and nothing :func:`tracing`.
+    CUDA and other devices keep torch's kernels."""
+    return tensor.device.type == "cpu" and not small(tensor) and not tracing()
 
 
 def safe_divide(num: Tensor, den: Tensor, empty: float) -> Tensor:

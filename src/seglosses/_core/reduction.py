@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from .numerics import compute_dtype, safe_divide
@@ -37,6 +38,9 @@ def reduce(loss: Tensor, reduction: str, denominator: Optional[Tensor] = None) -
         return total
     if denominator is None:
         return total / max(loss.numel(), 1)
+    if not denominator.is_floating_point():  # a count: 0 or at least 1, so 1 / count needs no bound
+        count = denominator.to(total.dtype)
+        return torch.where(count == 0, 0.0, total / count.clamp_min(1))
     return safe_divide(total, denominator.to(total.dtype), 0.0)
 
 

@@ -16,7 +16,7 @@ from typing import Any, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .numerics import compute_dtype, first_order_backward, fused_cpu, sigmoid_f32, tracing, transformed
+from .numerics import compute_dtype, first_order_backward, fused_cpu, sigmoid_f32, small, tracing, transformed
 
 
 class Overlap(NamedTuple):
@@ -342,7 +342,7 @@ def softmax_overlap_from_index(logits: Tensor, labels: Tensor, valid: Optional[T
     logits' size is built.
     """
     dtype = compute_dtype(logits)
-    sums = _index_sums_reference if transformed() else _SoftmaxIndexSums.apply
+    sums = _index_sums_reference if transformed() or small(logits) else _SoftmaxIndexSums.apply
     tp, prob_sum, counts = sums(logits, labels, valid, dtype)
     return Overlap(tp, prob_sum - tp, counts - tp)
 
@@ -354,9 +354,12 @@ def _index_sums_reference(
     differentiable torch (``gather`` of ``p_t`` and ``scatter_add`` into the class table; the reference
     that ``torch.func`` transforms use)."""
     n, c = logits.shape[:2]
-    probs = torch.softmax(logits.flatten(2).to(dtype), dim=1)
+    flat = logits.flatten(2).to(dtype)
     index = class_labels(labels, valid)
-    if valid is not None:  # where, not a product: a NaN at an ignored pixel must not reach the sums
+    if valid is not None:  # a NaN or inf at an ignored pixel must reach neither the sums nor a gradient
+        flat = flat.masked_fill(~valid.flatten(1).unsqueeze(1), 0.0)
+    probs = torch.softmax(flat, dim=1)
+    if valid is not None:
         probs = torch.where(valid.flatten(1).unsqueeze(1), probs, 0.0)
     keep = probs.new_ones(index.shape) if valid is None else valid_weights(valid, dtype)
     table = probs.new_zeros(n, c)
@@ -501,9 +504,10 @@ def sigmoid_overlap_from_dense(
     found no NaN or ``+inf`` logit (saves a read of the logits).
     """
     dtype = compute_dtype(logits)
-    if target.requires_grad or transformed():  # the reference: autograd through both inputs
+    if target.requires_grad or transformed() or small(logits):  # the reference: autograd through both
         dense = target.to(dtype) if valid is None else target.to(dtype).masked_fill(~valid, 0)
-        return overlap_from_dense(sigmoid_f32(logits), dense, valid)
+        clean = logits if valid is None else logits.masked_fill(~valid, 0.0)  # NaN there: no NaN gradient
+        return overlap_from_dense(sigmoid_f32(clean), dense, valid)
     tp, prob_sum, y_sum = _SigmoidDenseSums.apply(logits, target, valid, dtype, finite)
     return Overlap(tp, prob_sum - tp, y_sum - tp)
 

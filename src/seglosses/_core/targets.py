@@ -96,12 +96,22 @@ class IndexTarget:
         index = self.labels.long()
         return index if self.valid is None else index.masked_fill(~self.valid, 0)
 
+    def clean(self, logits: Tensor) -> Tensor:
+        """``logits`` with the ignored pixels' set to 0, for the plain torch paths: a NaN or inf there
+        must reach no gradient (``log_softmax``'s backward multiplies the masked zero by it). The fused
+        paths mask ignored pixels themselves."""
+        return logits if self.valid is None else logits.masked_fill(~self.valid.unsqueeze(1), 0.0)
+
 
 @dataclass
 class DenseTarget:
     """A checked one-hot / soft target ``(N, C, *S)``; every pixel is valid."""
 
     dense: Tensor
+
+    def clean(self, logits: Tensor) -> Tensor:
+        """A dense target ignores nothing: ``logits`` as they are."""
+        return logits
 
 
 SoftmaxTarget = Union[IndexTarget, DenseTarget]
@@ -325,11 +335,9 @@ def check_binary_target(
     return valid
 
 
-def num_valid(
-    valid: Optional[Tensor], shape: torch.Size, device: torch.device, dtype: torch.dtype = torch.float32
-) -> Tensor:
-    """Number of valid elements as a ``dtype`` tensor (no host sync); pass the compute dtype, so that a
-    float64 loss divides by an exact float64 count."""
+def num_valid(valid: Optional[Tensor], shape: torch.Size, device: torch.device) -> Tensor:
+    """Number of valid elements as an exact int64 tensor (no host sync); :func:`reduce` divides by a
+    count without the bounds a float denominator needs."""
     if valid is None:
-        return torch.tensor(float(shape.numel()), device=device, dtype=dtype)
-    return valid.sum(dtype=dtype)
+        return torch.tensor(shape.numel(), device=device, dtype=torch.int64)
+    return valid.sum(dtype=torch.int64)

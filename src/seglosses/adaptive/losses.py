@@ -110,14 +110,14 @@ def difficulty_ce_loss(
     a, g = opts["alpha"], opts["gamma"]
     if isinstance(prepared, IndexTarget) and fused_index_path(work):
         loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, g, a, opts["detach"])
-        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device, work.dtype)
+        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
     elif isinstance(prepared, IndexTarget):
         ce = index_cross_entropy(work, prepared, ignore_index)
         if opts["detach"]:
             loss = (a + (1 - a) * torch.expm1(-ce.detach()).neg_().pow_(g)) * ce
         else:
             loss = a * ce + (1 - a) * _FocalModulation.apply(ce, g)
-        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device, work.dtype)
+        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
     else:
         dense = prepared.dense.to(work.dtype)
         log_p = torch.log_softmax(work, dim=1)
@@ -315,7 +315,7 @@ class AdaptiveLoss(nn.Module):
         """Check the inputs once, size the state to C; the logits in their compute dtype and the target."""
         prepared = softmax_target(logits, target, self.ignore_index, log_terms=True, smoothing=self.smoothing)
         self._size_state(logits.shape[1], logits.device)
-        return logits.to(compute_dtype(logits)), prepared
+        return prepared.clean(logits.to(compute_dtype(logits))), prepared
 
     def _size_state(self, num_classes: int, device: torch.device) -> None:
         if not self._per_class:

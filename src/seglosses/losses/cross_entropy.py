@@ -105,13 +105,14 @@ def ce_from_prepared(
     eps, reduction = opts["label_smoothing"], opts["reduction"]
     if isinstance(prepared, IndexTarget):
         denominator = _index_denominator(prepared, w, work.dtype) if reduction == "mean" else None
-        if isinstance(eps, Tensor):
+        if isinstance(eps, Tensor):  # the adaptive smoothing: its caller cleaned the logits
             loss = _index_smoothed(work, prepared, w, eps.to(work.dtype), opts["ignore_index"], log_p)
             return reduce(loss, reduction, denominator)
         if w is None and not eps and fused_index_path(work):
             loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, 0.0)
             loss = loss if reduction == "none" else loss.sum()
             return reduce(loss, reduction, denominator)
+        work = prepared.clean(work)
         # torch's own kernel, summed; the mean's denominator is ours so that all-ignored gives 0, not NaN
         loss = F.cross_entropy(
             work,
@@ -379,7 +380,7 @@ def _index_denominator(prepared: IndexTarget, weight: Optional[Tensor], dtype: t
     """``Σ_{i∈V} w_{y_i}``: the valid pixel count, or their summed class weights, in ``dtype`` (the
     compute dtype: float64 for a float64 loss)."""
     if weight is None:
-        return num_valid(prepared.valid, prepared.labels.shape, prepared.labels.device, dtype)
+        return num_valid(prepared.valid, prepared.labels.shape, prepared.labels.device)
     pixel_weight = weight[prepared.index()]
     if prepared.valid is not None:
         pixel_weight = pixel_weight * prepared.valid
@@ -426,7 +427,7 @@ def binary_cross_entropy_loss(
     rho = channel_tensor(class_tensor(opts["pos_weight"], logits, "pos_weight"), logits)
     y = prepared.dense if eps == 0 else prepared.dense * (1 - eps) + eps / 2
     if w is None:
-        denominator = num_valid(prepared.valid, logits.shape, logits.device, logits.dtype)
+        denominator = num_valid(prepared.valid, logits.shape, logits.device)
     else:
         element_weight = w.expand_as(logits)
         if prepared.valid is not None:

@@ -216,7 +216,8 @@ def index_cross_entropy(work: Tensor, prepared: IndexTarget, ignore_index: Optio
     if fused_index_path(work):
         return FusedIndexCE.apply(work, prepared.labels, prepared.valid, 0.0)
     torch_ignore = -100 if ignore_index is None else ignore_index
-    return F.cross_entropy(work, prepared.labels.long(), ignore_index=torch_ignore, reduction="none")
+    labels = prepared.labels.long()
+    return F.cross_entropy(prepared.clean(work), labels, ignore_index=torch_ignore, reduction="none")
 
 
 def focal_from_prepared(
@@ -242,7 +243,7 @@ def focal_from_prepared(
         loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, float(gamma))  # 0 at ignored pixels
         if a is not None:
             loss = loss * (torch.take(a, prepared.index()) if a.ndim else a)
-        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device, work.dtype)
+        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
     elif isinstance(prepared, IndexTarget):
         ce = index_cross_entropy(work, prepared, opts["ignore_index"]) if ce is None else ce
         index = prepared.index()
@@ -253,7 +254,7 @@ def focal_from_prepared(
             loss = _FocalModulation.apply(ce, gamma) if gamma > 0 else ce
         if a is not None:
             loss = loss * (torch.take(a, index) if a.ndim else a)
-        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device, work.dtype)
+        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
     else:
         alpha_dense = None if a is None else channel_tensor(a, work)
         gamma_dense = channel_tensor(gamma, work) if isinstance(gamma, Tensor) else gamma
@@ -588,7 +589,7 @@ def binary_focal_loss(
         loss = -(positive + negative) if a is None else -(a * positive + (1 - a) * negative)
         if prepared.valid is not None:
             loss = loss.masked_fill(~prepared.valid, 0)
-    return reduce(loss, opts["reduction"], num_valid(prepared.valid, logits.shape, logits.device, loss.dtype))
+    return reduce(loss, opts["reduction"], num_valid(prepared.valid, logits.shape, logits.device))
 
 
 def check_focal_options(
