@@ -265,3 +265,16 @@ def test_targets_from_other_libraries_get_a_hint(target, hint):
 def test_a_zero_255_binary_mask_gets_a_hint():
     with pytest.raises(sl.SegLossError, match=r"target // 255"):
         SF.binary_dice_loss(torch.randn(2, 1, 4, 5), torch.full((2, 1, 4, 5), 255))
+
+
+def test_the_functions_answer_unknown_and_missing_arguments_with_a_seglosses_error():
+    """They raised Python's TypeError (the modules and create_loss already answered with hints)."""
+    z, t = torch.randn(2, 3, 4, 5), torch.randint(0, 3, (2, 4, 5))
+    with pytest.raises(sl.SegLossError, match="'binary_dice' a sigmoid per channel"):
+        SF.dice_loss(z, t, softmax=True)
+    with pytest.raises(sl.SegLossError, match="did you mean 'smooth'"):
+        sl.dice_loss(z, t, smoth=1.0)
+    with pytest.raises(sl.SegLossError, match=r"focal_loss\(logits, target, \*, gamma.*missing .*'target'"):
+        SF.focal_loss(z)
+    compiled = torch.compile(SF.dice_loss, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(z, t), SF.dice_loss(z, t))

@@ -1,9 +1,16 @@
 """Every pure loss function of seglosses: ``import seglosses.functional as SF``.
 
 The functions take ``(logits, target)`` and keyword-only options; see :mod:`seglosses._core.reduction`
-for what ``reduction`` returns and what ``mean`` divides by.
+for what ``reduction`` returns and what ``mean`` divides by. An unknown or missing argument is a
+:class:`~seglosses.SegLossError` (with the seglosses way for a MONAI or segmentation_models_pytorch
+option name), as the modules and :func:`~seglosses.create_loss` answer it, not Python's ``TypeError``.
 """
 
+import functools
+import inspect
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from ._core.errors import SegLossError, unknown_option
 from .adaptive.losses import difficulty_ce_loss
 from .losses.boundary import (
     active_contour_loss,
@@ -60,3 +67,43 @@ __all__ = [
     "triplet_loss",
     "tversky_loss",
 ]
+
+
+def _registered_names(function: Callable[..., Any]) -> Optional[Tuple[str, str]]:
+    """The registered softmax and binary names of the loss whose module runs ``function``, if any."""
+    from ._core.registry import domain_names, list_losses
+
+    entries = list_losses(details=True)
+    entry = next((e for e in entries if getattr(e.module, "function", None) is function), None)
+    return None if entry is None else domain_names(entry.name)
+
+
+def _argument_errors(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` whose unknown or missing arguments raise a SegLossError instead of a TypeError (the
+    call is checked against the signature only when it fails, so a valid call pays nothing)."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except TypeError:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as error:
+                options: Dict[str, inspect.Parameter] = dict(signature.parameters)
+                known = [n for n, p in options.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+                unknown = [name for name in kwargs if name not in options]
+                if unknown:
+                    names = _registered_names(function)
+                    raise unknown_option(function.__name__, unknown[0], known, names=names) from None
+                given = [n for n, p in options.items() if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+                usage = f"{function.__name__}({', '.join(given)}, *, {', '.join(known)})"
+                raise SegLossError(f"expected the arguments of {usage}, got {error}") from None
+            raise
+
+    return call
+
+
+for _name in __all__:
+    globals()[_name] = _argument_errors(globals()[_name])

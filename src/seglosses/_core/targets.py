@@ -330,8 +330,9 @@ def check_binary_target(
             bad = ~((target >= 0) & (target <= 1))  # NaN is out of range too
             _raise_out_of_range(target, bad, valid, "binary target values in [0, 1]", ignore_index)
         if minus_inf and log_terms:  # each element its own sigmoid: only log σ(z) at positive mass
-            mass = valid if smoothing else target.detach() > 0
-            _log_of_zero(logits, mass if valid is None or smoothing else mass & valid, smoothing, "logits")
+            positive = None if smoothing else target.detach() > 0  # smoothing: mass everywhere
+            mass = valid if positive is None else positive if valid is None else positive & valid
+            _log_of_zero(logits, mass, smoothing, "logits")
     return valid
 
 
