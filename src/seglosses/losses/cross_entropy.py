@@ -212,13 +212,14 @@ class FusedIndexCE(torch.autograd.Function):
         flat = logits.flatten(2)
         ctx.gamma, ctx.floor, ctx.detach, ctx.logits_shape = gamma, floor, detach, logits.shape
         ctx.probs, two = None, _two_class_terms(flat, labels) if logits.shape[1] == 2 else None
+        u: Optional[Tensor]
         if two is not None:
             ce, u, label_one = two
         else:
             ctx.probs = torch.softmax(flat, dim=1)
             ce, u = _target_terms(flat, ctx.probs, class_labels(labels, valid), gamma > 0)
             label_one = None
-        loss = ce if gamma == 0 else _modulation(u, gamma, floor).mul_(ce)
+        loss = ce if gamma == 0 or u is None else _modulation(u, gamma, floor).mul_(ce)
         ctx.dirty = False
         if valid is not None:
             loss = loss * valid_weights(valid, loss.dtype)
