@@ -845,9 +845,7 @@ def test_memory_layouts_give_the_contiguous_answer(name, data, layout):
     note(_replay_line(case))
     x, target, extra = build(case)
     strided_x = relayout(x.detach(), layout)
-    strided_target = relayout(target, layout) if layout != "expanded" else target
-    if layout == "expanded":  # the target keeps its values: only the logits repeat
-        strided_target = target
+    strided_target = target if layout == "expanded" else relayout(target, layout)  # expanded: logits only
     plain = _answer(case, strided_x.contiguous(), strided_target.contiguous(), extra)
     strided = _answer(case, strided_x, strided_target, extra)
     if isinstance(plain[0], str) or isinstance(strided[0], str):

@@ -328,6 +328,16 @@ def test_eager_double_backward_still_raises_a_clear_error(name):
 # --- 3. torch.compile ---------------------------------------------------------------------------------
 
 
+def assert_compiled_equals_eager(function, compiled):
+    """Values and gradients of ``compiled`` equal ``function``'s on two shapes (dynamic shapes)."""
+    for shape in [(2, 5, 3, 4), (3, 5, 4, 5)]:
+        x, labels = make(shape, dtype=torch.float32)
+        value, grad = value_and_grad(lambda e, y=labels: function(e, y), x)
+        compiled_value, compiled_grad = value_and_grad(lambda e, y=labels: compiled(e, y), x)
+        torch.testing.assert_close(compiled_value, value)
+        torch.testing.assert_close(compiled_grad, grad)
+
+
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_compile_fullgraph_dynamic_equals_eager(name):
     """torch.compile(fullgraph=True, dynamic=True) of every loss, ignored pixels included, on two shapes:
@@ -335,12 +345,7 @@ def test_compile_fullgraph_dynamic_equals_eager(name):
     torch._dynamo.reset()
     function = bound(name)
     compiled = torch.compile(function, fullgraph=True, dynamic=True, backend="eager")
-    for shape in [(2, 5, 3, 4), (3, 5, 4, 5)]:
-        x, labels = make(shape, dtype=torch.float32)
-        value, grad = value_and_grad(lambda e, y=labels: function(e, y), x)
-        compiled_value, compiled_grad = value_and_grad(lambda e, y=labels: compiled(e, y), x)
-        torch.testing.assert_close(compiled_value, value)
-        torch.testing.assert_close(compiled_grad, grad)
+    assert_compiled_equals_eager(function, compiled)
 
 
 @pytest.mark.parametrize("name", ["triplet_all", "center_module"])
@@ -356,12 +361,7 @@ def test_compile_aot_eager_equals_eager(name):
     else:
         function = bound(name)
         compiled = torch.compile(function, fullgraph=True, dynamic=True, backend="aot_eager")
-    for shape in [(2, 5, 3, 4), (3, 5, 4, 5)]:
-        x, labels = make(shape, dtype=torch.float32)
-        value, grad = value_and_grad(lambda e, y=labels: function(e, y), x)
-        compiled_value, compiled_grad = value_and_grad(lambda e, y=labels: compiled(e, y), x)
-        torch.testing.assert_close(compiled_value, value)
-        torch.testing.assert_close(compiled_grad, grad)
+    assert_compiled_equals_eager(function, compiled)
     if name == "center_module":
         torch.testing.assert_close(twin.centers, module.centers)
 

@@ -14,7 +14,7 @@ import torch
 from .._core.errors import SegLossError
 from .._core.registry import get_entry, list_losses, parse_spec
 from ..compare import Settings
-from ..data import load_data
+from ..data import SPLIT_RULE, load_data
 from ..data.classes import parse_classes_option
 from ..losses.compound import create_loss
 from ..weights import METHODS, class_weights
@@ -44,8 +44,8 @@ DEFAULT_LOSSES = ("ce", "dice", "focal(gamma=2)", "ce + dice")
 DATA_HELP = (
     "nuclei, nuclei:2, brain, brain:3d, folder:PATH or nnunet:PATH. folder:PATH reads PATH/images and "
     "PATH/masks (paired by name; any Pillow format, masks lossless; NIfTI volumes) and PATH/dataset.json "
-    "if present; the test split is PATH/train + PATH/test when both exist, else every fifth pair in name "
-    "order. nnunet:PATH reads an nnU-Net v2 raw data set (imagesTs + labelsTs as the test split if present)."
+    f"if present; the test split is {SPLIT_RULE}. nnunet:PATH reads an nnU-Net v2 raw data set (imagesTs + "
+    "labelsTs as the test split if present)."
 )
 
 

@@ -303,7 +303,8 @@ def _csv(c: Comparison, results: Sequence[RunResult]) -> bytes:
     """One row per (loss, seed): the mean Dice and every scored class's metrics."""
     scored = np.flatnonzero(c.scored)
     names = [c.classes[k] for k in scored]
-    metrics = ["dice", "iou", "boundary_iou", "hd95", "precision", "recall"]
+    metrics = list(LABELS)
+    seeds = ordered(results)[1]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["loss", "seed", "mean_dice", *[f"{m}[{n}]" for m in metrics for n in names], "seconds",
@@ -311,8 +312,7 @@ def _csv(c: Comparison, results: Sequence[RunResult]) -> bytes:
     for r in results:
         per_class = _per_class(r)
         cells = [per_class[m][k] for m in metrics for k in scored]
-        k = c.losses.index(r.loss)
-        s = sorted({x.seed for x in results}).index(r.seed)
+        k, s = c.losses.index(r.loss), seeds.index(r.seed)
         writer.writerow([r.loss, r.seed, f"{c.per_seed['dice'][k, s]:.6f}",
                          *["" if v is None else f"{v:.6f}" for v in cells], f"{r.seconds:.1f}",
                          int(r.reused)])  # fmt: skip

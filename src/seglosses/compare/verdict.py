@@ -86,13 +86,6 @@ def _pooled(scores: Scores, image_weights: np.ndarray) -> Dict[str, np.ndarray]:
     }
 
 
-def _over_seeds(values: np.ndarray, seed_weights: np.ndarray) -> np.ndarray:
-    """``(B, L, S, ...)`` -> ``(B, L, ...)``: the weighted mean over seeds."""
-    return np.einsum("bs,bls...->bl...", seed_weights, values) / seed_weights.sum(1).reshape(
-        -1, *[1] * (values.ndim - 2)
-    )
-
-
 def _hd95_mean(hd: np.ndarray, keep: np.ndarray, image_weights: np.ndarray, scored: np.ndarray) -> np.ndarray:
     """Mean HD95 ``(B, L, S)`` over the kept (image, scored class) pairs, weighted; NaN where none."""
     weights = np.einsum("bi,lsik->blsk", image_weights, keep.astype(np.float64))[..., scored]
