@@ -148,7 +148,9 @@ def per_class_dice(c: Comparison) -> bytes:
     axis.grid(axis="y", alpha=0.3, zorder=0)
     axis.set_axisbelow(True)
     intervals = "error bars: 95 % interval" if c.resampled else "no interval (one seed, one image)"
-    stars = "★ better than every other loss beyond noise" if c.claims else TOO_FEW
+    stars = "★ better than every other loss beyond noise" if any(b is not None for b in best) else (
+        "no loss better than every other beyond noise (no ★)")  # fmt: skip
+    stars = stars if c.claims else TOO_FEW
     axis.set_title(_wrap(f"{title}\n{intervals}; {stars}", int(width * 13)), fontsize=10)
     columns = _legend_columns([_wrap(loss, 40) for loss in c.losses], width)
     figure.legend(loc="outside lower center", ncols=columns, fontsize=8, frameon=False)
