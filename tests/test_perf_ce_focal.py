@@ -11,7 +11,7 @@ from helpers import IGNORE, make_inputs
 import seglosses as sl
 import seglosses.functional as SF
 from seglosses._core import numerics
-from seglosses.losses.focal import _FocalModulation
+from seglosses.losses.focal import focal_modulation
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +24,7 @@ def fused_at_every_size(monkeypatch):
 def _reference_focal(logits, target, gamma):
     """Focal loss per pixel from torch's cross-entropy kernel and the closed-form modulation."""
     ce = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
-    return _FocalModulation.apply(ce, gamma) if gamma else ce
+    return focal_modulation(ce, gamma) if gamma else ce
 
 
 @pytest.mark.parametrize("shape", [(3, 2, 7, 9), (2, 5, 4, 5, 6)])

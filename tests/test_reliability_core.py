@@ -178,6 +178,38 @@ def test_minus_inf_where_the_target_has_mass(spec):
     assert value == torch.inf and torch.isfinite(z.grad).all()
 
 
+@pytest.mark.parametrize("spec", LOG_LOSSES)
+def test_minus_inf_is_found_when_huge_logits_make_the_checked_sum_nan(spec):
+    """Finite logits near float32's maximum overflow the checked sum to +inf, and a -inf logit then
+    makes it NaN rather than -inf: the checks must still find the -inf where the target has mass."""
+    z, t = neg_inf_case("target")
+    z = z.detach().float()
+    z[0, :, 1, :] = 3e38  # finite, but their sum overflows
+    with pytest.raises(sl.SegLossError, match="1 -inf logits value"):
+        sl.create_loss(spec)(z, t)
+
+
+@pytest.mark.parametrize("ignore_index", [None, 255])
+def test_small_cross_entropy_is_torch_mean_to_the_bit(ignore_index):
+    """With the valid count known on the host (checks on, or no ignore_index), the mean is torch's own;
+    checks off with an ignore mask it is the summed loss over a counted denominator (same value)."""
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(2, 5, 16, 16, generator=gen)
+    t = torch.randint(0, 5, (2, 16, 16), generator=gen)
+    if ignore_index is not None:
+        t[0, :4] = ignore_index
+    torch_ignore = -100 if ignore_index is None else ignore_index
+    expected = F.cross_entropy(z, t, ignore_index=torch_ignore)
+    assert torch.equal(SF.cross_entropy_loss(z, t, ignore_index=ignore_index), expected)
+    with sl.input_checks(False):
+        torch.testing.assert_close(SF.cross_entropy_loss(z, t, ignore_index=ignore_index), expected)
+    everything_ignored = torch.full_like(t, 255)
+    for checks in (True, False):
+        with sl.input_checks(checks):
+            zero = SF.cross_entropy_loss(z.requires_grad_(), everything_ignored, ignore_index=255)
+        assert zero.item() == 0 and zero.requires_grad
+
+
 def test_minus_inf_elsewhere_is_legal_except_under_label_smoothing():
     z, t = neg_inf_case("other")
     for spec in ("ce", "focal", "dice"):

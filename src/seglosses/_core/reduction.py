@@ -18,7 +18,7 @@ batch), gives 0, attached to the graph, never NaN.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -26,18 +26,22 @@ from torch import Tensor
 from .numerics import compute_dtype, safe_divide
 
 
-def reduce(loss: Tensor, reduction: str, denominator: Optional[Tensor] = None) -> Tensor:
+def reduce(loss: Tensor, reduction: str, denominator: Union[None, int, Tensor] = None) -> Tensor:
     """Reduce an element-wise loss whose ignored entries are already 0.
 
-    ``mean`` is ``loss.sum() / denominator`` (default: ``loss.numel()``); a zero denominator gives 0.
+    ``mean`` is ``loss.sum() / denominator`` (default: ``loss.numel()``; a count known on the host as an
+    int, or a tensor); a zero denominator gives 0.
     """
     if reduction == "none":
         return loss
-    total = loss.sum(dtype=compute_dtype(loss))
+    dtype = compute_dtype(loss)
+    total = loss if loss.ndim == 0 and loss.dtype == dtype else loss.sum(dtype=dtype)
     if reduction == "sum":
         return total
     if denominator is None:
-        return total / max(loss.numel(), 1)
+        denominator = loss.numel()
+    if isinstance(denominator, int):  # a zero count means a zero total: 0 / 1
+        return total / max(denominator, 1)
     if not denominator.is_floating_point():  # a count: 0 or at least 1, so 1 / count needs no bound
         count = denominator.to(total.dtype)
         return torch.where(count == 0, 0.0, total / count.clamp_min(1))

@@ -86,10 +86,18 @@ def check_logits(logits: Tensor, *, min_classes: int = 1, name: str = "logits") 
 
 @dataclass
 class IndexTarget:
-    """A checked index target: ``labels`` ``(N, *S)`` as given; ``valid`` bool, or None (all valid)."""
+    """A checked index target: ``labels`` ``(N, *S)`` as given; ``valid`` bool, or None (all valid);
+    ``count`` the number of valid pixels when it is known on the host (no mask, or the data checks read
+    it), else None; ``finite`` whether the data checks found every logit finite."""
 
     labels: Tensor
     valid: Optional[Tensor] = None
+    count: Optional[int] = None
+    finite: bool = False
+
+    def num_valid(self) -> Union[int, Tensor]:
+        """The number of valid pixels: :attr:`count`, or an int64 tensor counted on the device."""
+        return self.count if self.count is not None else num_valid(self.valid, self.labels.shape)
 
     def index(self) -> Tensor:
         """The labels as int64 with ignored pixels set to 0, safe for ``gather`` and ``scatter``."""
@@ -99,8 +107,10 @@ class IndexTarget:
     def clean(self, logits: Tensor) -> Tensor:
         """``logits`` with the ignored pixels' set to 0, for the plain torch paths: a NaN or inf there
         must reach no gradient (``log_softmax``'s backward multiplies the masked zero by it). The fused
-        paths mask ignored pixels themselves."""
-        return logits if self.valid is None else logits.masked_fill(~self.valid.unsqueeze(1), 0.0)
+        paths mask ignored pixels themselves; logits the checks found finite need nothing."""
+        if self.valid is None or self.finite:
+            return logits
+        return logits.masked_fill(~self.valid.unsqueeze(1), 0.0)
 
 
 @dataclass
@@ -135,18 +145,27 @@ def _finite_problem(logits: Tensor, name: str) -> Optional[str]:
     return f"expected finite {name}, got {' and '.join(parts)}"
 
 
+def _host_values(tensors: List[Tensor]) -> List[float]:
+    """The values of 0-d tensors on the host: read one by one on the CPU (a read costs nothing there),
+    in one synchronisation (one stacked copy, float64: exact for counts) on other devices."""
+    if tensors[0].device.type == "cpu":
+        return [t.item() for t in tensors]
+    dtype = torch.float32 if tensors[0].device.type == "mps" else torch.float64
+    return torch.stack([t.to(dtype) for t in tensors]).tolist()
+
+
 def _run_data_checks(logits: Tensor, stats: List[Tensor], name: str) -> Tuple[bool, List[float]]:
     """One host sync: the logits' sum (finite in the common case) and the target statistics. Returns
-    whether a ``-inf`` logit may be present (the sum is ``-inf``: the caller's slow path looks closer)
-    and the statistics."""
-    total = logits.sum(dtype=torch.float32)
-    values = torch.stack([total, *[s.to(torch.float32) for s in stats]]).tolist()
-    if not math.isfinite(values[0]):
-        # Slow path, only when something is off (or the sum overflowed): count what is wrong.
-        problem = _finite_problem(logits, name)
-        if problem is not None:
-            raise SegLossError(problem)
-    return values[0] == -math.inf, values[1:]
+    whether a ``-inf`` logit is present (the caller's slow path looks closer) and the statistics; when
+    the sum is finite, every logit is."""
+    values = _host_values([logits.sum(dtype=torch.float32), *stats])
+    if math.isfinite(values[0]):
+        return False, values[1:]
+    # Slow path, only when something is off (or the sum overflowed): count what is wrong.
+    problem = _finite_problem(logits, name)
+    if problem is not None:
+        raise SegLossError(problem)
+    return bool(torch.isneginf(logits).any()), values[1:]
 
 
 def _no_distribution(logits: Tensor, valid: Optional[Tensor], name: str) -> None:
@@ -209,8 +228,11 @@ def softmax_target(
     if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
         raise expected("an integer index target (class indices, e.g. torch.long)", f"dtype {target.dtype}")
     valid = _valid_mask(target, ignore_index)
+    count, finite = target.numel() if valid is None else None, False
     if input_checks_enabled() and target.numel():
-        minus_inf, (lo, hi) = _run_data_checks(logits, list(torch.aminmax(target)), "logits")
+        stats = [*torch.aminmax(target)] + ([] if valid is None else [valid.sum()])
+        minus_inf, (lo, hi, *counted) = _run_data_checks(logits, stats, "logits")
+        count, finite = int(counted[0]) if counted else count, not minus_inf
         if lo < 0 or hi >= c:
             bad = (target < 0) | (target >= c)
             _raise_out_of_range(target, bad, valid, f"target class indices in [0, {c})", ignore_index)
@@ -221,7 +243,7 @@ def softmax_target(
                 at_target = F.one_hot(IndexTarget(target, valid).index(), c).movedim(-1, 1).bool()
                 mass = every.expand_as(logits) if smoothing else at_target & every
                 _log_of_zero(logits, mass, smoothing, "logits")
-    return IndexTarget(target, valid)
+    return IndexTarget(target, valid, count, finite)
 
 
 def _valid_mask(target: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]:
@@ -336,9 +358,10 @@ def check_binary_target(
     return valid
 
 
-def num_valid(valid: Optional[Tensor], shape: torch.Size, device: torch.device) -> Tensor:
-    """Number of valid elements as an exact int64 tensor (no host sync); :func:`reduce` divides by a
-    count without the bounds a float denominator needs."""
+def num_valid(valid: Optional[Tensor], shape: torch.Size) -> Union[int, Tensor]:
+    """Number of valid elements: the element count of ``shape`` (an int) without a mask, else an exact
+    int64 tensor (no host sync); :func:`reduce` divides by a count without the bounds a float
+    denominator needs."""
     if valid is None:
-        return torch.tensor(shape.numel(), device=device, dtype=torch.int64)
+        return shape.numel()
     return valid.sum(dtype=torch.int64)

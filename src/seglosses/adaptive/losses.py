@@ -57,7 +57,7 @@ from ..losses.cross_entropy import (
     cross_entropy_loss,
     fused_index_path,
 )
-from ..losses.focal import _FocalDense, _FocalModulation, focal_from_prepared, focal_loss, index_cross_entropy
+from ..losses.focal import _FocalDense, focal_from_prepared, focal_loss, focal_modulation, index_cross_entropy
 from ..weights import check_statistic
 
 Adapt = Literal["both", "alpha", "gamma"]
@@ -110,14 +110,14 @@ def difficulty_ce_loss(
     a, g = opts["alpha"], opts["gamma"]
     if isinstance(prepared, IndexTarget) and fused_index_path(work):
         loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, g, a, opts["detach"])
-        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
+        denominator = prepared.num_valid()
     elif isinstance(prepared, IndexTarget):
         ce = index_cross_entropy(work, prepared, ignore_index)
         if opts["detach"]:
             loss = (a + (1 - a) * torch.expm1(-ce.detach()).neg_().pow_(g)) * ce
         else:
-            loss = a * ce + (1 - a) * _FocalModulation.apply(ce, g)
-        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
+            loss = a * ce + (1 - a) * focal_modulation(ce, g)
+        denominator = prepared.num_valid()
     else:
         dense = prepared.dense.to(work.dtype)
         log_p = torch.log_softmax(work, dim=1)
@@ -853,7 +853,8 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
         top = log_p.amax(1).exp()
         valid = getattr(prepared, "valid", None)
         total = top.sum() if valid is None else torch.where(valid, top, 0.0).sum()
-        return torch.stack([total, num_valid(valid, top.shape, top.device).to(total.dtype)])
+        count = torch.as_tensor(num_valid(valid, top.shape), device=total.device)
+        return torch.stack([total, count.to(total.dtype)])
 
     def update(self, sums: Tensor) -> None:
         """Fold the batch's mean max-probability (from ``(Σ, count)``) into ``confidence``."""

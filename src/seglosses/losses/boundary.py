@@ -93,7 +93,7 @@ def _reduce_pixels(loss: Tensor, valid: Optional[Tensor], reduction: str, binary
         valid = None if valid is None else valid[:, 0]
     if valid is not None:
         loss = torch.where(valid, loss, 0.0)
-    return reduce(loss, reduction, num_valid(valid, loss.shape, loss.device))
+    return reduce(loss, reduction, num_valid(valid, loss.shape))
 
 
 def _spatial_sum(values: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._core.errors import expected
-from .._core.numerics import binary_log_terms, compute_dtype, first_order_backward, fused_cpu
+from .._core.numerics import LeanFunction, binary_log_terms, compute_dtype, first_order_backward, fused_cpu
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -112,17 +112,18 @@ def ce_from_prepared(
             loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, 0.0)
             loss = loss if reduction == "none" else loss.sum()
             return reduce(loss, reduction, denominator)
-        work = prepared.clean(work)
-        # torch's own kernel, summed; the mean's denominator is ours so that all-ignored gives 0, not NaN
+        # torch's own kernel. Its mean divides by the valid count as ours does but gives NaN for none, so
+        # it serves a mean only when the count is known on the host and positive; else its sum is reduced
+        own_mean = reduction == "mean" and w is None and isinstance(denominator, int) and denominator > 0
         loss = F.cross_entropy(
-            work,
+            prepared.clean(work),
             prepared.labels.long(),
             weight=w,
             ignore_index=_torch_ignore(opts["ignore_index"]),
-            reduction="none" if reduction == "none" else "sum",
+            reduction="mean" if own_mean else "none" if reduction == "none" else "sum",
             label_smoothing=eps,
         )
-        return reduce(loss, reduction, denominator)
+        return loss if own_mean else reduce(loss, reduction, denominator)
     dense = prepared.dense.to(work.dtype)
     smoothed = dense
     if isinstance(eps, Tensor):
@@ -149,7 +150,8 @@ def focal_factor(ce: Tensor, u: Tensor, gamma: float) -> Tensor:
     """``d/d ce`` of ``u^γ ce`` with ``u = 1 - p_t = -expm1(-ce)``: ``u^γ - γ u^(γ-1) p_t log p_t``, finite
     for every ``γ >= 0`` (see ``focal._FocalModulation``): ``u^(γ-1) (u + γ p_t ce)`` for ``γ >= 1``,
     ``u^γ (1 + γ p_t ce / u)`` below, with ``p_t ce / u -> 1`` at ``u = 0``."""
-    p_ce = torch.addcmul(ce, u, ce, value=-1.0).masked_fill_(u == 1, 0.0)  # p_t ce = (1 - u) ce; 0 at p_t = 0
+    # p_t ce = (1 - u) ce; 0 at p_t = 0 (0 · inf; where ce is NaN, u is too and keeps the factor NaN)
+    p_ce = torch.addcmul(ce, u, ce, value=-1.0).nan_to_num_(nan=0.0, posinf=torch.inf, neginf=-torch.inf)
     if gamma >= 1:
         return p_ce.mul_(gamma).add_(u).mul_(u if gamma == 2 else u.pow(gamma - 1))
     ratio = p_ce.div_(u).nan_to_num_(nan=1.0, posinf=torch.inf)
@@ -337,7 +339,7 @@ def _index_smoothed(
     return loss if prepared.valid is None else torch.where(prepared.valid, loss, 0.0)
 
 
-class _SmoothedIndexCE(torch.autograd.Function):
+class _SmoothedIndexCE(LeanFunction):
     """Label-smoothed CE per pixel for an index target ``t`` and a 0-d tensor ``ε``, from ``log p``:
     ``L_i = -(1-ε) log p_it - (ε/C) Σ_c log p_ic`` (0 at ignored pixels), with the closed-form gradient
     ``∂L_i/∂z_j = p_ij - (1-ε) [j = t] - ε/C`` (one logits-sized pass each way). ``ε`` is a constant
@@ -377,11 +379,13 @@ class _SmoothedIndexCE(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def _index_denominator(prepared: IndexTarget, weight: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+def _index_denominator(
+    prepared: IndexTarget, weight: Optional[Tensor], dtype: torch.dtype
+) -> Union[int, Tensor]:
     """``Σ_{i∈V} w_{y_i}``: the valid pixel count, or their summed class weights, in ``dtype`` (the
     compute dtype: float64 for a float64 loss)."""
     if weight is None:
-        return num_valid(prepared.valid, prepared.labels.shape, prepared.labels.device)
+        return prepared.num_valid()
     pixel_weight = weight[prepared.index()]
     if prepared.valid is not None:
         pixel_weight = pixel_weight * prepared.valid
@@ -428,7 +432,7 @@ def binary_cross_entropy_loss(
     rho = channel_tensor(class_tensor(opts["pos_weight"], logits, "pos_weight"), logits)
     y = prepared.dense if eps == 0 else prepared.dense * (1 - eps) + eps / 2
     if w is None:
-        denominator = num_valid(prepared.valid, logits.shape, logits.device)
+        denominator = num_valid(prepared.valid, logits.shape)
     else:
         element_weight = w.expand_as(logits)
         if prepared.valid is not None:

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .._core.errors import SegLossError, expected, unknown_choice
-from .._core.numerics import compute_dtype, first_order_backward, tracing, transformed
+from .._core.numerics import LeanFunction, compute_dtype, first_order_backward, tracing, transformed
 from .._core.options import check_bool, check_choice, check_ignore_index, check_int, check_number
 from .._core.reduction import reduce
 from .._core.registry import register
@@ -327,7 +327,7 @@ def _sum_blocks(parts: Iterable[Tuple[Tensor, ...]], like: Tensor, count: int) -
 # --- contrastive -------------------------------------------------------------------------------------
 
 
-class _ContrastiveSum(torch.autograd.Function):
+class _ContrastiveSum(LeanFunction):
     """``½ Σ_a Σ_{j≠a} [y_aj d_aj² + (1 - y_aj) max(0, m - d_aj)²]`` over anchors ``x`` against the pool
     (``x`` itself when ``pool_x`` is None: the sum over unordered pairs), blockwise: see
     :func:`_contrastive_sum`, which also serves ``torch.func`` transforms.
@@ -514,7 +514,7 @@ def check_contrastive_options(
 # --- InfoNCE -----------------------------------------------------------------------------------------
 
 
-class _InfoNCESum(torch.autograd.Function):
+class _InfoNCESum(LeanFunction):
     """``Σ_a ℓ_a`` over anchors with a positive, ``ℓ_a = 1/|P_a| Σ_p softplus(L_a - s_ap)``, blockwise, and
     the number of those anchors (see :func:`_info_nce_sum`, which also serves ``torch.func`` transforms).
 
@@ -763,7 +763,7 @@ def _window_block(
     return total, torch.where(positive, mined, 0).sum().to(total.dtype), nonzero
 
 
-class _TripletWindowSum(torch.autograd.Function):
+class _TripletWindowSum(LeanFunction):
     """Batch-all or semi-hard triplets over blocks of anchors: loss sum, mined and non-zero counts.
 
     Anchors are the rows of ``x``; positives and negatives come from the pool (``x`` itself when

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._core.errors import expected
-from .._core.numerics import binary_log_terms, compute_dtype, first_order_backward, fused_cpu, sum_to
+from .._core.numerics import (
+    LeanFunction,
+    binary_log_terms,
+    compute_dtype,
+    first_order_backward,
+    fused_cpu,
+    sum_to,
+)
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -26,7 +33,7 @@ from .._core.stats import even_parts
 from .._core.targets import IndexTarget, SoftmaxTarget, binary_target, num_valid, softmax_target
 from ..adaptive.schedules import ScheduledLossModule, ScheduleLike, scheduled_class_weights
 from .base import module_for
-from .cross_entropy import FusedIndexCE, check_weight_schedule, fused_index_path
+from .cross_entropy import FusedIndexCE, check_weight_schedule, focal_factor, fused_index_path
 
 
 def _focal_factor_terms(log_p: Tensor, gamma: Union[float, Tensor]) -> Tuple[Tensor, Tensor]:
@@ -44,7 +51,7 @@ def _focal_factor_terms(log_p: Tensor, gamma: Union[float, Tensor]) -> Tuple[Ten
     return modulator, modulator * (1 + gamma * p_ratio)
 
 
-class _FocalModulation(torch.autograd.Function):
+class _FocalModulation(LeanFunction):
     """``(1 - p_t)^γ · ce`` from the per-pixel cross-entropy ``ce = -log p_t``, with a finite gradient.
 
     ``d/d ce`` of the focal term is ``F = (1-p_t)^γ - γ (1-p_t)^(γ-1) p_t log p_t``. With ``u = 1 - p_t``
@@ -54,40 +61,52 @@ class _FocalModulation(torch.autograd.Function):
     backward ``p - onehot`` it gives SPEC's ``∂L/∂z_j = (p_j - [j = t]) F``, and torch's fused
     cross-entropy kernels do the logits-sized work. A tensor ``γ`` is a constant (not differentiated:
     :func:`check_gamma` refuses one that requires a gradient). ``forward`` / ``setup_context`` in the form
-    ``torch.func`` transforms need; the backward recomputes ``u`` (pixel-sized) from the saved ``ce``.
+    ``torch.func`` transforms need; ``u`` is a second, non-differentiable output that the backward reuses
+    (:func:`focal_modulation` returns the loss alone).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(ce: Tensor, gamma: Union[float, Tensor]) -> Tensor:
-        return _modulator(torch.expm1(-ce).neg(), gamma) * ce
+    def forward(ce: Tensor, gamma: Union[float, Tensor]) -> Tuple[Tensor, Tensor]:
+        u = torch.expm1(-ce).neg_()
+        return _modulator(u, gamma) * ce, u
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: Tuple[Tensor, Union[float, Tensor]], output: Tensor) -> None:
+    def setup_context(
+        ctx: Any, inputs: Tuple[Tensor, Union[float, Tensor]], output: Tuple[Tensor, Tensor]
+    ) -> None:
         ce, gamma = inputs
         ctx.gamma = gamma
-        ctx.save_for_backward(ce, gamma if isinstance(gamma, Tensor) else None)
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zeros for the gradient of u
+        ctx.save_for_backward(ce, output[1], gamma if isinstance(gamma, Tensor) else None)
 
     @staticmethod
-    def reference(ctx: Any, ce: Tensor, gamma_tensor: Optional[Tensor]) -> Tuple[Tuple[Any, ...], Tensor]:
+    def reference(
+        ctx: Any, ce: Tensor, _: Tensor, gamma_tensor: Optional[Tensor]
+    ) -> Tuple[Tuple[Any, ...], Tensor]:
         """``(1 - p_t)^γ · ce`` by autograd (what a double backward differentiates)."""
         gamma = ctx.gamma if gamma_tensor is None else gamma_tensor
         return (ce, None), (-torch.expm1(-ce)) ** gamma * ce
 
     @staticmethod
     @first_order_backward("focal_loss", lambda *a: _FocalModulation.reference(*a))
-    def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Tensor, None]:
-        ce, gamma_tensor = ctx.saved_tensors
-        gamma = ctx.gamma if gamma_tensor is None else gamma_tensor
-        u = torch.expm1(-ce).neg()
-        p_ce = torch.addcmul(ce, u, ce, value=-1.0).masked_fill(u == 1, 0.0)  # (1 - u) ce, 0 at p_t = 0
-        if not isinstance(gamma, Tensor) and gamma >= 1:
-            factor = torch.add(u, p_ce, alpha=gamma) * u.pow(gamma - 1)
-        else:
-            ratio = torch.nan_to_num(p_ce / u, nan=1.0, posinf=torch.inf)  # p_t ce / u -> 1 at u = 0 (0/0)
-            factor = (ratio * gamma + 1.0) * _modulator(u, gamma)
+    def backward(ctx: Any, grad_loss: Tensor, _: Optional[Tensor]) -> Tuple[Tensor, None]:
+        ce, u, gamma_tensor = ctx.saved_tensors
+        if grad_loss is None:  # the loss itself was not used (gradients are not materialised)
+            return None, None
+        if gamma_tensor is None:
+            return focal_factor(ce, u, ctx.gamma).mul_(grad_loss), None
+        p_ce = torch.addcmul(ce, u, ce, value=-1.0).nan_to_num_(nan=0.0, posinf=torch.inf)  # 0 at p_t = 0
+        ratio = torch.nan_to_num(p_ce / u, nan=1.0, posinf=torch.inf)  # p_t ce / u -> 1 at u = 0 (0/0)
+        factor = (ratio * gamma_tensor + 1.0) * _modulator(u, gamma_tensor)
         return factor * grad_loss, None
+
+
+def focal_modulation(ce: Tensor, gamma: Union[float, Tensor]) -> Tensor:
+    """``(1 - p_t)^γ · ce`` from the per-pixel cross-entropy, by :class:`_FocalModulation`."""
+    return _FocalModulation.apply(ce, gamma)[0]
 
 
 def _modulator(u: Tensor, gamma: Union[float, Tensor]) -> Tensor:
@@ -97,7 +116,7 @@ def _modulator(u: Tensor, gamma: Union[float, Tensor]) -> Tensor:
     return torch.exp(torch.log(u).clamp_min(torch.finfo(u.dtype).min) * gamma)
 
 
-class _FocalDense(torch.autograd.Function):
+class _FocalDense(LeanFunction):
     """Softmax focal loss per pixel for a one-hot / soft target ``y``: ``L = -Σ_c y_c α_c (1-p_c)^γ log p_c``.
 
     Gradients: ``∂L/∂z_j = p_j Σ_c h_c - h_j`` with ``h_c = y_c α_c F_c`` (``F`` as in
@@ -243,18 +262,18 @@ def focal_from_prepared(
         loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, float(gamma))  # 0 at ignored pixels
         if a is not None:
             loss = loss * (torch.take(a, prepared.index()) if a.ndim else a)
-        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
+        denominator = prepared.num_valid()
     elif isinstance(prepared, IndexTarget):
         ce = index_cross_entropy(work, prepared, opts["ignore_index"]) if ce is None else ce
         index = prepared.index()
         # ce = 0 at ignored pixels, so their focal term and gradient are 0; γ = 0 is CE itself
         if isinstance(gamma, Tensor):
-            loss = _FocalModulation.apply(ce, torch.take(gamma, index) if gamma.ndim else gamma)
+            loss = focal_modulation(ce, torch.take(gamma, index) if gamma.ndim else gamma)
         else:
-            loss = _FocalModulation.apply(ce, gamma) if gamma > 0 else ce
+            loss = focal_modulation(ce, gamma) if gamma > 0 else ce
         if a is not None:
             loss = loss * (torch.take(a, index) if a.ndim else a)
-        denominator = num_valid(prepared.valid, prepared.labels.shape, work.device)
+        denominator = prepared.num_valid()
     else:
         alpha_dense = None if a is None else channel_tensor(a, work)
         gamma_dense = channel_tensor(gamma, work) if isinstance(gamma, Tensor) else gamma
@@ -589,7 +608,7 @@ def binary_focal_loss(
         loss = -(positive + negative) if a is None else -(a * positive + (1 - a) * negative)
         if prepared.valid is not None:
             loss = loss.masked_fill(~prepared.valid, 0)
-    return reduce(loss, opts["reduction"], num_valid(prepared.valid, logits.shape, logits.device))
+    return reduce(loss, opts["reduction"], num_valid(prepared.valid, logits.shape))
 
 
 def check_focal_options(

@@ -48,24 +48,29 @@ from ..distributed import ProcessGroup, all_reduce_sum, check_process_group
 from .base import module_for
 
 
-def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    """A score ``num / den``: 1 (a perfect match) where ``den == 0`` exactly, i.e. both sets empty."""
+def _ratio(num: Tensor, den: Tensor, smooth: float) -> Tensor:
+    """A score ``num / den`` whose denominator holds ``s = smooth``: 1 (a perfect match) where
+    ``den == 0`` exactly, i.e. both sets empty with ``s = 0``. With ``s`` at least the smallest normal
+    number the denominator is at least ``s`` (the statistics are non-negative), so a plain division
+    has bounded gradients; smaller ``s`` takes :func:`safe_divide`."""
+    if smooth >= torch.finfo(den.dtype).tiny:
+        return num / den
     return safe_divide(num, den, 1.0)
 
 
 def dice_score(s: Overlap, smooth: float) -> Tensor:
     """``(2 TP + s) / (2 TP + FP + FN + s)``."""
-    return _ratio(2 * s.tp + smooth, 2 * s.tp + s.fp + s.fn + smooth)
+    return _ratio(2 * s.tp + smooth, 2 * s.tp + s.fp + s.fn + smooth, smooth)
 
 
 def jaccard_score(s: Overlap, smooth: float) -> Tensor:
     """``(TP + s) / (TP + FP + FN + s)``."""
-    return _ratio(s.tp + smooth, s.tp + s.fp + s.fn + smooth)
+    return _ratio(s.tp + smooth, s.tp + s.fp + s.fn + smooth, smooth)
 
 
 def tversky_score(s: Overlap, smooth: float, alpha: float, beta: float) -> Tensor:
     """``(TP + s) / (TP + α FP + β FN + s)``."""
-    return _ratio(s.tp + smooth, s.tp + alpha * s.fp + beta * s.fn + smooth)
+    return _ratio(s.tp + smooth, s.tp + alpha * s.fp + beta * s.fn + smooth, smooth)
 
 
 def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Overlap:

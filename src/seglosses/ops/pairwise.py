@@ -25,6 +25,7 @@ from typing import Any, ContextManager, Iterator, Literal, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .._core.numerics import LeanFunction
 from .._core.options import check_bool, check_choice
 
 Metric = Literal["euclidean", "squared_euclidean", "cosine"]
@@ -207,7 +208,7 @@ class Distance:
         return (difference / scale[:, None]).square().sum(1), scale
 
 
-class _RowDot(torch.autograd.Function):
+class _RowDot(LeanFunction):
     """``Σ_d u_kd v_kd`` ``(K,)`` of rows ``(K, D)`` whose products may overflow where the sum does not.
 
     Forward on each row pair divided by its power of two ``σ_k`` (:func:`row_scale`), times ``σ_k²``;
