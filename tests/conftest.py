@@ -7,6 +7,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+if not torch.cuda.is_available():  # Triton kernels run under its interpreter on CPU tensors; it must be set
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is defined
+
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("ci", max_examples=40, deadline=None)
@@ -21,8 +24,10 @@ def _seed_and_checks():
     import seglosses
 
     seglosses.set_input_checks(True)
+    seglosses.set_backend("auto")
     yield
     seglosses.set_input_checks(True)
+    seglosses.set_backend("auto")
 
 
 def pytest_generate_tests(metafunc):

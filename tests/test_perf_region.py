@@ -143,35 +143,6 @@ def test_empty_batch_on_both_paths():
         assert torch.autograd.grad(value, logits)[0].shape == logits.shape
 
 
-@pytest.fixture
-def flat_bins(monkeypatch):
-    """The CUDA branch of the C > 2 statistics (flat bins: take, bincount, index_add_) run on CPU, so that
-    its logic is tested on a machine without a GPU (tests/test_cuda.py runs the kernels themselves)."""
-    import seglosses._core.stats as stats
-
-    monkeypatch.setattr(stats, "_flat_bins", lambda tensor: True)
-
-
-@pytest.mark.parametrize("shape", [(3, 7, 9), (2, 4, 5, 6)])
-@pytest.mark.parametrize("ignore", [0.0, 0.3])
-@pytest.mark.parametrize("deterministic", [False, True])
-def test_flat_bins_branch_matches_the_dense_formula(flat_bins, shape, ignore, deterministic):
-    """bincount (eager) and index_add_ (deterministic / compiled) forms, ignored pixels taken off class 0."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
-        test_statistics_and_gradient_match_the_dense_formula(4, shape, ignore)
-    finally:
-        torch.use_deterministic_algorithms(before)
-
-
-@pytest.mark.parametrize("name", REGION)
-def test_flat_bins_branch_retained_graph_and_nan(flat_bins, name):
-    test_a_retained_graph_gives_the_same_gradient_twice(name, 4)
-    test_nan_at_ignored_pixels_stays_out_with_checks_off(4)
-    test_nan_at_a_valid_pixel_gives_nan_and_zero_gradient_at_ignored_ones(4)
-
-
 def test_two_class_softmax_by_sigmoid_and_its_fallback():
     """C = 2 on CPU: (σ(-δ), σ(δ)) equals the softmax; with a non-finite logit torch's softmax decides
     (+inf gives NaN, -inf probability 0), as at C > 2."""

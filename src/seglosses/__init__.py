@@ -4,6 +4,7 @@ Every loss is a pure function in :mod:`seglosses.functional` and an ``nn.Module`
 come from spec strings with :func:`create_loss`.
 """
 
+from ._core.backend import backend, get_backend, set_backend
 from ._core.errors import SegLossError
 from ._core.registry import list_losses
 from ._core.targets import input_checks, set_input_checks
@@ -93,8 +94,11 @@ __all__ = [
     "class_weights",
     "create_loss",
     "distance_transform",
+    "backend",
+    "get_backend",
     "input_checks",
     "list_losses",
+    "set_backend",
     "set_input_checks",
     "signed_distance_map",
     "target_distance_maps",

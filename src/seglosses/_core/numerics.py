@@ -46,13 +46,6 @@ def small(tensor: Tensor) -> bool:
     return tensor.numel() < FUSED_MIN
 
 
-def fused_cpu(tensor: Tensor) -> bool:
-    """The one decision for the fused eager-CPU implementations (and their data-dependent shortcuts,
-    whose host reads cost nothing there): a CPU tensor, not :func:`small`, and nothing :func:`tracing`.
-    CUDA and other devices keep torch's kernels."""
-    return tensor.device.type == "cpu" and not small(tensor) and not tracing()
-
-
 def safe_divide(num: Tensor, den: Tensor, empty: float) -> Tensor:
     """``num / den``, and ``empty`` where ``den == 0`` exactly (a stated policy, never 0/0 = NaN).
 

@@ -16,7 +16,8 @@ from typing import Any, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .numerics import compute_dtype, first_order_backward, fused_cpu, sigmoid_f32, small, tracing, transformed
+from .backend import fused_cpu, implementation
+from .numerics import compute_dtype, first_order_backward, sigmoid_f32, tracing
 
 
 class Overlap(NamedTuple):
@@ -51,12 +52,6 @@ def class_labels(labels: Tensor, valid: Optional[Tensor]) -> Tensor:
     nothing is ignored."""
     flat = labels.flatten(1).long()
     return flat if valid is None else torch.where(valid.flatten(1), flat, 0)
-
-
-def _flat_bins(t: Tensor) -> bool:
-    """Whether ``C > 2`` statistics use flat ``(N·C)`` bins (``take``, ``bincount``, ``index_add_``): on
-    CUDA. CPU uses per-sample rows. One switch, so that a test can run the CUDA branch's logic on CPU."""
-    return t.is_cuda
 
 
 def _fast_cpu(t: Tensor) -> bool:
@@ -168,30 +163,6 @@ def _part_addresses(index: Tensor, start: int, stop: int) -> Tensor:
     return torch.add(pixel, index[:, start:stop], alpha=index.shape[1])
 
 
-def _cuda_bin_sums(bins: Tensor, values: Tensor, keep: Optional[Tensor], size: int) -> Tuple[Tensor, Tensor]:
-    """CUDA: per bin ``(size,)``, in ``values``' dtype, the sum of ``values`` and the number of valid
-    entries. ``bins`` and ``values`` are ``(N, P)``; ``keep`` ``(N, P)`` is 1.0 at valid pixels and 0.0 at
-    ignored ones, which sit in the bin of class 0 of their sample with value 0 (or None: all valid).
-
-    Eager: ``bincount``, whose per-block histograms avoid the contention of millions of atomic adds into a
-    few ``N·C`` bins; the ignored pixels are taken off class 0 afterwards. ``torch.compile`` traces an
-    ``index_add_`` form (``bincount``'s output size depends on the data), and so does
-    ``torch.use_deterministic_algorithms(True)``: a weighted CUDA ``bincount`` has no deterministic
-    implementation (it raises there), ``index_add_`` has.
-    """
-    flat, values = bins.reshape(-1), values.reshape(-1)
-    if tracing() or torch.are_deterministic_algorithms_enabled():
-        sums = values.new_zeros(size).index_add_(0, flat, values)
-        weights = values.new_ones(1).expand_as(values) if keep is None else keep.reshape(-1)
-        return sums, values.new_zeros(size).index_add_(0, flat, weights)
-    sums = torch.bincount(flat, weights=values, minlength=size)[:size].to(values.dtype)
-    counts = torch.bincount(flat, minlength=size)[:size].to(values.dtype)
-    if keep is not None:  # the ignored pixels were counted in class 0 of their sample
-        n, pixels = bins.shape
-        counts.view(n, -1)[:, 0] -= pixels - keep.sum(-1)
-    return sums, counts
-
-
 def _softmax(flat: Tensor, dtype: torch.dtype) -> Tensor:
     """Softmax over the class dim of ``flat`` ``(N, C, P)`` in ``dtype``. Two classes on eager CPU, when
     every logit is finite: ``(σ(-δ), σ(δ))`` with ``δ = z_1 - z_0``, which is the softmax (each to full
@@ -219,10 +190,9 @@ class _SoftmaxIndexSums(torch.autograd.Function):
       ``∂L/∂z_1 = -∂L/∂z_0 = p_0 p_1 (A_1 - A_0)``, with ``A_1 - A_0`` linear in ``y``.
     * ``C > 2``: ``p_{i,y_i}`` is read at each pixel's target class, summed by label into the ``(N, C)``
       table, and the backward is ``p_ic (G_c - s_i)`` plus ``p_{i,y_i} H_{y_i}`` added at the target class.
-      On CPU these are ``gather`` / ``scatter_add_`` along each sample's flat ``(C·P)`` row (parallel over
-      the batch, each pixel's loop contiguous; ``scatter_add_`` or ``gather`` along the class dim itself
-      runs an inner loop of length 1 and is several times slower); on CUDA ``take``, ``bincount`` and
-      ``index_add_`` on flat ``(N·C)`` bins (see :func:`_cuda_bin_sums`).
+      These are ``gather`` / ``scatter_add_`` along each sample's flat ``(C·P)`` row (parallel over the
+      batch, each pixel's loop contiguous; ``scatter_add_`` or ``gather`` along the class dim itself runs
+      an inner loop of length 1 and is several times slower).
 
     Ignored pixels get ``p = 0`` in the forward, so they add nothing and their gradient is 0.
 
@@ -236,7 +206,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
     def forward(
         ctx: Any, logits: Tensor, labels: Tensor, valid: Optional[Tensor], dtype: torch.dtype
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        n, c = logits.shape[:2]
+        c = logits.shape[1]
         probs = _softmax(logits.flatten(2), dtype)  # flatten: N = 0 works too
         keep = None if valid is None else valid_weights(valid, dtype)
         prob_sum = _zero_ignored(probs, valid, keep)
@@ -248,15 +218,10 @@ class _SoftmaxIndexSums(torch.autograd.Function):
             counts = torch.stack([total - ones, ones], 1)
         else:
             index = class_labels(labels, valid)
-            if _flat_bins(probs):
-                bins = _table_bins(index, c)
-                p_true = probs.view(-1).take(_positions(bins))  # 0 at ignored pixels
-                tp, counts = (t.view(n, c) for t in _cuda_bin_sums(bins, p_true, keep, n * c))
-            else:
-                counts = _label_sums(index, probs.new_ones(1).expand_as(index) if keep is None else keep, c)
-                keep = None
-                p_true = row_gather(probs, index)  # 0 at ignored pixels
-                tp = _label_sums(index, p_true, c)
+            counts = _label_sums(index, probs.new_ones(1).expand_as(index) if keep is None else keep, c)
+            keep = None
+            p_true = row_gather(probs, index)  # 0 at ignored pixels
+            tp = _label_sums(index, p_true, c)
         ctx.logits_shape, ctx.logits_dtype, ctx.dtype = logits.shape, logits.dtype, dtype
         ctx.no_reference = tracing()  # compiled: the probabilities are saved, not the logits
         if tracing():
@@ -301,13 +266,9 @@ class _SoftmaxIndexSums(torch.autograd.Function):
                 grad = torch.stack([-diff, diff], 1)
         else:
             index = class_labels(labels, valid)
-            cuda = _flat_bins(probs)
             if p_true is None:  # recomputed probabilities
                 p_true = probs.view(-1).take(_positions(_table_bins(index, c))).view_as(index)
-            if cuda:
-                true_term = grad_tp.reshape(-1).take(_table_bins(index, c))
-            else:
-                true_term = grad_tp.gather(1, index)
+            true_term = grad_tp.gather(1, index)
             true_term.mul_(p_true.view_as(true_term))  # p_{i,y_i} H_{y_i}, (N, P)
             del p_true
             s = torch.baddbmm(true_term.unsqueeze(1), grad_sum.unsqueeze(1), probs).squeeze(1)  # (N, P)
@@ -319,11 +280,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
             else:
                 grad = probs * (grad_sum.unsqueeze(-1) - s.unsqueeze(1))
             del s  # freed before the int64 addresses below
-            if cuda:
-                positions = _positions(_table_bins(index, c))
-                grad.view(-1).index_add_(0, positions.view(-1), true_term.view(-1))
-            else:
-                row_scatter_add(grad, index, true_term)
+            row_scatter_add(grad, index, true_term)
         # p = 0 at ignored pixels, so their gradient is 0 unless G or H is not finite (0 · inf)
         if valid is not None and not (_fast_cpu(grad) and _finite(grad_tp, grad_sum)):
             grad.masked_fill_(~valid.flatten(1).unsqueeze(1), 0.0)
@@ -334,7 +291,9 @@ def _finite(*tables: Tensor) -> bool:
     return all(bool(t.isfinite().all()) for t in tables)
 
 
-def softmax_overlap_from_index(logits: Tensor, labels: Tensor, valid: Optional[Tensor]) -> Overlap:
+def softmax_overlap_from_index(
+    logits: Tensor, labels: Tensor, valid: Optional[Tensor], ignore_index: Optional[int] = None
+) -> Overlap:
     """Statistics ``(N, C)`` from logits (softmax over C) and an index target ``(N, *S)``.
 
     ``labels`` are the class indices in any integer dtype; at ignored pixels (``valid`` False) they may
@@ -342,9 +301,24 @@ def softmax_overlap_from_index(logits: Tensor, labels: Tensor, valid: Optional[T
     logits' size is built.
     """
     dtype = compute_dtype(logits)
-    sums = _index_sums_reference if transformed() or small(logits) else _SoftmaxIndexSums.apply
-    tp, prob_sum, counts = sums(logits, labels, valid, dtype)
+    chosen = implementation(logits)
+    if chosen == "triton":
+        tp, prob_sum, counts = _triton_index_sums(logits, labels, ignore_index)
+    else:
+        sums = _SoftmaxIndexSums.apply if chosen == "cpu" else _index_sums_reference
+        tp, prob_sum, counts = sums(logits, labels, valid, dtype)
     return Overlap(tp, prob_sum - tp, counts - tp)
+
+
+def _triton_index_sums(logits: Tensor, labels: Tensor, ignore_index: Optional[int]) -> Tuple[Tensor, ...]:
+    """``(TP, Σp, counts)`` by the Triton kernel ``seglosses::softmax_region_sums``."""
+    from ..ops import triton_softmax
+
+    sums, _ = triton_softmax.softmax_region_sums(
+        logits.flatten(2).contiguous(), labels.flatten(1).contiguous(),
+        0 if ignore_index is None else ignore_index, ignore_index is not None,
+    )  # fmt: skip
+    return sums.unbind(1)
 
 
 def _index_sums_reference(
@@ -504,7 +478,7 @@ def sigmoid_overlap_from_dense(
     found no NaN or ``+inf`` logit (saves a read of the logits).
     """
     dtype = compute_dtype(logits)
-    if target.requires_grad or transformed() or small(logits):  # the reference: autograd through both
+    if target.requires_grad or not fused_cpu(logits):  # the reference: autograd through both
         dense = target.to(dtype) if valid is None else target.to(dtype).masked_fill(~valid, 0)
         clean = logits if valid is None else logits.masked_fill(~valid, 0.0)  # NaN there: no NaN gradient
         return overlap_from_dense(sigmoid_f32(clean), dense, valid)

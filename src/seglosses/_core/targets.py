@@ -88,12 +88,14 @@ def check_logits(logits: Tensor, *, min_classes: int = 1, name: str = "logits") 
 class IndexTarget:
     """A checked index target: ``labels`` ``(N, *S)`` as given; ``valid`` bool, or None (all valid);
     ``count`` the number of valid pixels when it is known on the host (no mask, or the data checks read
-    it), else None; ``finite`` whether the data checks found every logit finite."""
+    it), else None; ``finite`` whether the data checks found every logit finite; ``ignore_index`` the
+    value that ``valid`` masks (set with ``valid``)."""
 
     labels: Tensor
     valid: Optional[Tensor] = None
     count: Optional[int] = None
     finite: bool = False
+    ignore_index: Optional[int] = None
 
     def num_valid(self) -> Union[int, Tensor]:
         """The number of valid pixels: :attr:`count`, or an int64 tensor counted on the device."""
@@ -243,7 +245,7 @@ def softmax_target(
                 at_target = F.one_hot(IndexTarget(target, valid).index(), c).movedim(-1, 1).bool()
                 mass = every.expand_as(logits) if smoothing else at_target & every
                 _log_of_zero(logits, mass, smoothing, "logits")
-    return IndexTarget(target, valid, count, finite)
+    return IndexTarget(target, valid, count, finite, None if valid is None else ignore_index)
 
 
 def _valid_mask(target: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]:

@@ -50,13 +50,7 @@ from .._core.registry import register
 from .._core.targets import IndexTarget, SoftmaxTarget, num_valid, softmax_target
 from ..distributed import sync_sum_
 from ..losses.base import module_for
-from ..losses.cross_entropy import (
-    FusedIndexCE,
-    _torch_ignore,
-    ce_from_prepared,
-    cross_entropy_loss,
-    fused_index_path,
-)
+from ..losses.cross_entropy import _torch_ignore, ce_from_prepared, cross_entropy_loss, index_term
 from ..losses.focal import _FocalDense, focal_from_prepared, focal_loss, focal_modulation, index_cross_entropy
 from ..weights import check_statistic
 
@@ -108,9 +102,9 @@ def difficulty_ce_loss(
     prepared = softmax_target(logits, target, ignore_index, log_terms=True)
     work = logits.to(compute_dtype(logits))
     a, g = opts["alpha"], opts["gamma"]
-    if isinstance(prepared, IndexTarget) and fused_index_path(work):
-        loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, g, a, opts["detach"])
-        denominator = prepared.num_valid()
+    fused = index_term(work, prepared, g, a, opts["detach"]) if isinstance(prepared, IndexTarget) else None
+    if fused is not None and isinstance(prepared, IndexTarget):
+        loss, denominator = fused, prepared.num_valid()
     elif isinstance(prepared, IndexTarget):
         ce = index_cross_entropy(work, prepared, ignore_index)
         if opts["detach"]:

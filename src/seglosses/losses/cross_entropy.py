@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._core.backend import fused_cpu, implementation
 from .._core.errors import expected
-from .._core.numerics import LeanFunction, binary_log_terms, compute_dtype, first_order_backward, fused_cpu
+from .._core.numerics import LeanFunction, binary_log_terms, compute_dtype, first_order_backward
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -108,10 +109,9 @@ def ce_from_prepared(
         if isinstance(eps, Tensor):  # the adaptive smoothing: its caller cleaned the logits
             loss = _index_smoothed(work, prepared, w, eps.to(work.dtype), opts["ignore_index"], log_p)
             return reduce(loss, reduction, denominator)
-        if w is None and not eps and fused_index_path(work):
-            loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, 0.0)
-            loss = loss if reduction == "none" else loss.sum()
-            return reduce(loss, reduction, denominator)
+        fused = index_term(work, prepared, 0.0) if w is None and not eps else None
+        if fused is not None:
+            return reduce(fused, reduction, denominator)
         # torch's own kernel. Its mean divides by the valid count as ours does but gives NaN for none, so
         # it serves a mean only when the count is known on the host and positive; else its sum is reduced
         own_mean = reduction == "mean" and w is None and isinstance(denominator, int) and denominator > 0
@@ -140,10 +140,27 @@ def ce_from_prepared(
     return reduce(loss, reduction, target_mass.sum(dtype=work.dtype))
 
 
-def fused_index_path(work: Tensor) -> bool:
-    """Whether :class:`FusedIndexCE` serves an index target: eager CPU (:func:`fused_cpu`; CUDA keeps
-    torch's kernels, and ``torch.compile`` and ``torch.func`` trace them)."""
-    return fused_cpu(work)
+def index_term(
+    work: Tensor, prepared: IndexTarget, gamma: float, floor: float = 0.0, detach: bool = False
+) -> Optional[Tensor]:
+    """The per-pixel softmax term ``m_i · ce_i`` (``(N, *S)``, 0 at ignored pixels; see
+    :class:`FusedIndexCE` for ``m``) by the fused implementation that the backend picks
+    (:func:`~seglosses._core.backend.implementation`): :class:`FusedIndexCE` on eager CPU, the Triton
+    kernel (``seglosses::softmax_term``); None when the plain torch reference serves (the caller's own
+    formula, by autograd)."""
+    chosen = implementation(work)
+    if chosen == "cpu":
+        return FusedIndexCE.apply(work, prepared.labels, prepared.valid, gamma, floor, detach)
+    if chosen == "triton":
+        from ..ops import triton_softmax
+
+        ignore = 0 if prepared.ignore_index is None else prepared.ignore_index
+        loss, _ = triton_softmax.softmax_term(
+            work.flatten(2).contiguous(), prepared.labels.flatten(1).contiguous(), ignore,
+            prepared.ignore_index is not None, float(gamma), float(floor), detach,
+        )  # fmt: skip
+        return loss.view(prepared.labels.shape)
+    return None
 
 
 def focal_factor(ce: Tensor, u: Tensor, gamma: float) -> Tensor:
@@ -176,7 +193,7 @@ def _fused_index_reference(
 
 class FusedIndexCE(torch.autograd.Function):
     """Per-pixel ``m_i · ce_i`` for an index target, ``(N, *S)``, 0 at ignored pixels; eager CPU
-    (:func:`fused_index_path`). ``ce_i = -log p_{i,t}`` and ``m_i = α + (1 - α) u_i^γ`` with
+    (:func:`index_term`). ``ce_i = -log p_{i,t}`` and ``m_i = α + (1 - α) u_i^γ`` with
     ``u_i = 1 - p_{i,t}``: cross-entropy (``γ = 0``), focal loss (``α = 0``) and the difficulty-weighted
     CE (``α`` the floor; ``detach``: ``m`` is a constant weight).
 
@@ -463,7 +480,7 @@ def _fused_binary_ce(
     not finite: the kernel gives NaN for a ``-inf`` logit with target 0, whose loss is 0 (SPEC 6), and its
     gradient would carry a NaN logit at an ignored element into the result; such inputs take
     :func:`binary_log_terms`, which handles both."""
-    if not fused_index_path(logits):
+    if not fused_cpu(logits):
         return None
     if summed:
         loss = F.binary_cross_entropy_with_logits(logits, y, weight=w, pos_weight=rho, reduction="sum")

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._core.backend import fused_cpu
 from .._core.errors import expected
 from .._core.numerics import (
     LeanFunction,
     binary_log_terms,
     compute_dtype,
     first_order_backward,
-    fused_cpu,
     sum_to,
 )
 from .._core.options import (
@@ -33,7 +33,7 @@ from .._core.stats import even_parts
 from .._core.targets import IndexTarget, SoftmaxTarget, binary_target, num_valid, softmax_target
 from ..adaptive.schedules import ScheduledLossModule, ScheduleLike, scheduled_class_weights
 from .base import module_for
-from .cross_entropy import FusedIndexCE, check_weight_schedule, focal_factor, fused_index_path
+from .cross_entropy import check_weight_schedule, focal_factor, index_term
 
 
 def _focal_factor_terms(log_p: Tensor, gamma: Union[float, Tensor]) -> Tuple[Tensor, Tensor]:
@@ -231,9 +231,10 @@ def focal_loss(
 
 def index_cross_entropy(work: Tensor, prepared: IndexTarget, ignore_index: Optional[int]) -> Tensor:
     """The per-pixel CE ``-log p_t`` of an index target, ``(N, *S)``, 0 at ignored pixels: the fused
-    :class:`~seglosses.losses.cross_entropy.FusedIndexCE` on eager CPU, else torch's kernel."""
-    if fused_index_path(work):
-        return FusedIndexCE.apply(work, prepared.labels, prepared.valid, 0.0)
+    implementation of :func:`~seglosses.losses.cross_entropy.index_term`, else torch's kernel."""
+    fused = index_term(work, prepared, 0.0)
+    if fused is not None:
+        return fused
     torch_ignore = -100 if ignore_index is None else ignore_index
     labels = prepared.labels.long()
     return F.cross_entropy(prepared.clean(work), labels, ignore_index=torch_ignore, reduction="none")
@@ -253,17 +254,15 @@ def focal_from_prepared(
     gamma = opts["gamma"]
     if isinstance(gamma, Tensor):
         gamma = class_tensor(gamma, work, "gamma")
-    if (
-        isinstance(prepared, IndexTarget)
-        and ce is None
-        and not isinstance(gamma, Tensor)
-        and fused_index_path(work)
-    ):
-        loss = FusedIndexCE.apply(work, prepared.labels, prepared.valid, float(gamma))  # 0 at ignored pixels
+    fused = None
+    if isinstance(prepared, IndexTarget) and ce is None and not isinstance(gamma, Tensor):
+        fused = index_term(work, prepared, float(gamma))  # 0 at ignored pixels
+    if fused is not None:
+        loss, index_target = fused, cast(IndexTarget, prepared)
         if a is not None:
-            loss = loss * (torch.take(a, prepared.index()) if a.ndim else a)
-        denominator = prepared.num_valid()
-    elif isinstance(prepared, IndexTarget):
+            loss = loss * (torch.take(a, index_target.index()) if a.ndim else a)
+        denominator = index_target.num_valid()
+    elif isinstance(prepared, IndexTarget):  # the reference, or ce given
         ce = index_cross_entropy(work, prepared, opts["ignore_index"]) if ce is None else ce
         index = prepared.index()
         # ce = 0 at ignored pixels, so their focal term and gradient are 0; γ = 0 is CE itself

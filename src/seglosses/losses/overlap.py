@@ -81,7 +81,7 @@ def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary
         return sigmoid_overlap_from_dense(logits, target, valid, finite=checks)
     soft = softmax_target(logits, target, ignore_index)
     if isinstance(soft, IndexTarget):
-        return softmax_overlap_from_index(logits, soft.labels, soft.valid)
+        return softmax_overlap_from_index(logits, soft.labels, soft.valid, soft.ignore_index)
     return overlap_from_dense(softmax_f32(logits), soft.dense)
 
 

@@ -1,0 +1,322 @@
+"""Triton kernels of the softmax primitives, registered as ``torch.library`` custom ops.
+
+Two primitives over logits ``(N, C, P)`` (``P`` the flattened spatial size) and an index target ``(N, P)``:
+
+* ``seglosses::softmax_term``: the per-pixel term ``m_i · ce_i`` with ``ce_i = lse_i - z_{i,t}`` and
+  ``m_i = α + (1 - α) u_i^γ``, ``u_i = 1 - p_{i,t}`` (cross-entropy ``γ = 0``; focal ``α = 0``; the
+  difficulty-weighted CE, ``α`` its floor, ``m`` detached or not). Forward: one read of the logits, writes
+  the term and the per-pixel ``lse``. Backward: one read, one write:
+  ``∂L/∂z_ij = w_i (p_ij - [j = t_i])`` with ``w_i = g_i`` for CE, ``g_i m_i`` detached, else
+  ``g_i (α + (1 - α) F_i)`` and the focal factor ``F = u^(γ-1) (u + γ p_t ce)``.
+* ``seglosses::softmax_region_sums``: ``TP = Σ_i p_ic [t_i = c]``, ``Σ_i p_ic`` and the counts
+  ``Σ_i [t_i = c]`` over valid pixels, per (sample, class). Forward: one read; each program writes its
+  partial sums and the partials are summed in a fixed order (deterministic, no atomics). Backward from
+  ``∂L/∂TP`` and ``∂L/∂Σp``: ``G_ic = g^TP_{n,c} [t_i = c] + g^Σ_{n,c}``,
+  ``∂L/∂z_ij = p_ij (G_ij - Σ_c p_ic G_ic)``.
+
+Ignored pixels (``t_i`` = ``ignore_index``) get loss, statistics and gradient 0, whatever their logits
+hold. A label outside ``[0, C)`` that is not ignored makes the loss (or the ``Σp`` statistics) NaN, never
+a silently wrong number. Computation is in float32 (float64 for float64 logits); gradients come back in
+the logits' dtype. ``u = Σ_{c≠t} p_c`` is summed directly, exact where ``p_t`` is near 1.
+
+These run on CUDA tensors, and on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` before
+import). Triton's ``libdevice`` functions are avoided (the interpreter lacks ``expm1`` / ``pow``): powers
+are ``exp2(e · log2 u)``.
+"""
+
+# no ``from __future__ import annotations``: torch.library reads the custom ops' annotations at runtime
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .._core.backend import interpreting
+
+_NAN = float("nan")
+
+
+@triton.jit
+def _pow(u, e):
+    """``u^e`` for ``u >= 0`` with ``u^0 = 1`` (also at ``u = 0``)."""
+    return tl.where(e == 0.0, 1.0, tl.exp2(e * tl.log2(u)))
+
+
+@triton.jit
+def _tile(z_ptr, y_ptr, n, pb, C, P, ignore, HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
+          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """The logits tile ``(BLOCK_C, BLOCK_P)`` of sample ``n``, pixel block ``pb`` (masked classes -inf),
+    the labels, the valid mask (in bounds, not ignored) and whether each label is in range."""
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    in_p = offs_p < P
+    mask = (offs_c[:, None] < C) & in_p[None, :]
+    row = n.to(tl.int64) * C * P
+    z = tl.load(
+        z_ptr + row + offs_c[:, None].to(tl.int64) * P + offs_p[None, :], mask=mask, other=float("-inf")
+    )
+    y = tl.load(y_ptr + n.to(tl.int64) * P + offs_p, mask=in_p, other=0).to(tl.int64)
+    valid = in_p
+    if HAS_IGNORE:
+        valid = valid & (y != ignore)
+    in_range = (y >= 0) & (y < C)
+    is_t = offs_c[:, None] == y[None, :]
+    return z.to(ACC), y, valid, in_range, is_t, offs_p, in_p, offs_c, mask, row
+
+
+@triton.jit
+def _term_forward_kernel(z_ptr, y_ptr, loss_ptr, lse_ptr, C, P, ignore, gamma, floor,
+                         HAS_IGNORE: tl.constexpr, MODULATED: tl.constexpr, ACC: tl.constexpr,
+                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    pb = tl.program_id(1)
+    z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask, row = _tile(
+        z_ptr, y_ptr, n, pb, C, P, ignore, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
+    )
+    top = tl.max(z, 0)
+    e = tl.exp(z - top[None, :])
+    total = tl.sum(e, 0)
+    lse = top + tl.log(total)
+    ce = lse - tl.sum(tl.where(is_t, z, 0.0), 0)
+    loss = ce
+    if MODULATED:
+        u = tl.sum(tl.where(is_t, 0.0, e), 0) / total
+        loss = (floor + (1.0 - floor) * _pow(u, gamma)) * ce
+    loss = tl.where(valid, tl.where(in_range, loss, _NAN), 0.0)
+    out = n.to(tl.int64) * P + offs_p
+    tl.store(loss_ptr + out, loss, mask=in_p)
+    tl.store(lse_ptr + out, lse, mask=in_p)
+
+
+@triton.jit
+def _term_backward_kernel(z_ptr, y_ptr, lse_ptr, g_ptr, grad_ptr, C, P, ignore, gamma, floor,
+                          HAS_IGNORE: tl.constexpr, MODE: tl.constexpr, ACC: tl.constexpr,
+                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """``MODE``: 0 cross-entropy, 1 the modulation differentiated (focal), 2 the modulation detached."""
+    n = tl.program_id(0)
+    pb = tl.program_id(1)
+    z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask, row = _tile(
+        z_ptr, y_ptr, n, pb, C, P, ignore, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
+    )
+    pix = n.to(tl.int64) * P + offs_p
+    lse = tl.load(lse_ptr + pix, mask=in_p, other=0.0).to(ACC)
+    w = tl.load(g_ptr + pix, mask=in_p, other=0.0).to(ACC)
+    p = tl.exp(z - lse[None, :])
+    if MODE != 0:
+        u = tl.sum(tl.where(is_t, 0.0, p), 0)
+        if MODE == 2:
+            factor = _pow(u, gamma)
+        else:
+            p_t = tl.sum(tl.where(is_t, p, 0.0), 0)
+            ce = lse - tl.sum(tl.where(is_t, z, 0.0), 0)
+            p_ce = tl.where(p_t > 0.0, p_t * ce, 0.0)  # 0 at p_t = 0 (ce = inf there)
+            if gamma >= 1.0:
+                factor = _pow(u, gamma - 1.0) * (u + gamma * p_ce)
+            else:  # u^γ (1 + γ p_t ce / u), p_t ce / u -> 1 as u -> 0
+                factor = _pow(u, gamma) * (1.0 + gamma * tl.where(u > 0.0, p_ce / u, 1.0))
+        w = w * (floor + (1.0 - floor) * factor)
+    w = tl.where(valid & in_range, w, 0.0)
+    grad = tl.where(valid[None, :], w[None, :] * (p - tl.where(is_t, 1.0, 0.0)), 0.0)
+    tl.store(grad_ptr + row + offs_c[:, None].to(tl.int64) * P + offs_p[None, :],
+             grad.to(grad_ptr.dtype.element_ty), mask=mask)  # fmt: skip
+
+
+@triton.jit
+def _sums_forward_kernel(z_ptr, y_ptr, part_ptr, lse_ptr, C, P, blocks, ignore,
+                         HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
+                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    pb = tl.program_id(1)
+    z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask, row = _tile(
+        z_ptr, y_ptr, n, pb, C, P, ignore, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
+    )
+    top = tl.max(z, 0)
+    e = tl.exp(z - top[None, :])
+    lse = top + tl.log(tl.sum(e, 0))
+    p = tl.where(valid[None, :], tl.exp(z - lse[None, :]), 0.0)
+    bad = tl.sum((valid & ~in_range).to(tl.int32), 0) > 0  # a label out of range: NaN sums, not silence
+    tp = tl.sum(tl.where(is_t, p, 0.0), 1)
+    total = tl.where(bad, _NAN, tl.sum(p, 1))
+    count = tl.sum(tl.where(is_t & valid[None, :], 1.0, 0.0), 1)
+    base = (n.to(tl.int64) * blocks + pb) * 3 * C  # partials (N, blocks, 3, C)
+    in_c = offs_c < C
+    tl.store(part_ptr + base + offs_c, tp, mask=in_c)
+    tl.store(part_ptr + base + C + offs_c, total, mask=in_c)
+    tl.store(part_ptr + base + 2 * C + offs_c, count, mask=in_c)
+    tl.store(lse_ptr + n.to(tl.int64) * P + offs_p, lse, mask=in_p)
+
+
+@triton.jit
+def _sums_backward_kernel(z_ptr, y_ptr, lse_ptr, g_ptr, grad_ptr, C, P, ignore,
+                          HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
+                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """``g_ptr``: ``(N, 2, C)``, the gradients of TP and of Σp."""
+    n = tl.program_id(0)
+    pb = tl.program_id(1)
+    z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask, row = _tile(
+        z_ptr, y_ptr, n, pb, C, P, ignore, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
+    )
+    lse = tl.load(lse_ptr + n.to(tl.int64) * P + offs_p, mask=in_p, other=0.0).to(ACC)
+    p = tl.exp(z - lse[None, :])
+    in_c = offs_c < C
+    g_tp = tl.load(g_ptr + n.to(tl.int64) * 2 * C + offs_c, mask=in_c, other=0.0).to(ACC)
+    g_sum = tl.load(g_ptr + n.to(tl.int64) * 2 * C + C + offs_c, mask=in_c, other=0.0).to(ACC)
+    big_g = tl.where(is_t, g_tp[:, None], 0.0) + g_sum[:, None]
+    dot = tl.sum(tl.where(mask, p * big_g, 0.0), 0)
+    grad = tl.where(valid[None, :], p * (big_g - dot[None, :]), 0.0)
+    tl.store(grad_ptr + row + offs_c[:, None].to(tl.int64) * P + offs_p[None, :],
+             grad.to(grad_ptr.dtype.element_ty), mask=mask)  # fmt: skip
+
+
+def _grid_config(c: int, pixels: int) -> Tuple[int, int]:
+    """``(BLOCK_C, BLOCK_P)``: all classes in one tile, about 4096 elements a program (one program per
+    sample under the interpreter for small inputs, where each program costs milliseconds)."""
+    block_c = triton.next_power_of_2(c)
+    elements = 1 << 16 if interpreting() else 4096
+    block_p = max(16, min(triton.next_power_of_2(pixels), elements // block_c))
+    return block_c, block_p
+
+
+def _acc(logits: Tensor) -> "tl.dtype":
+    return tl.float64 if logits.dtype == torch.float64 else tl.float32
+
+
+def _compute_dtype(logits: Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("seglosses::softmax_term", mutates_args=())
+def softmax_term(
+    logits: Tensor,
+    labels: Tensor,
+    ignore_index: int,
+    has_ignore: bool,
+    gamma: float,
+    floor: float,
+    detach: bool,
+) -> Tuple[Tensor, Tensor]:
+    """``(term (N, P), lse (N, P))`` of contiguous logits ``(N, C, P)`` and labels ``(N, P)``; ``detach``:
+    the modulation is a constant weight in the backward."""
+    n, c, pixels = logits.shape
+    loss = logits.new_empty((n, pixels), dtype=_compute_dtype(logits))
+    lse = torch.empty_like(loss)
+    block_c, block_p = _grid_config(c, pixels)
+    if n and pixels:
+        _term_forward_kernel[(n, triton.cdiv(pixels, block_p))](
+            logits, labels, loss, lse, c, pixels, ignore_index, gamma, floor,
+            HAS_IGNORE=has_ignore, MODULATED=gamma != 0.0, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
+        )  # fmt: skip
+    return loss, lse
+
+
+@softmax_term.register_fake
+def _(logits: Tensor, labels: Tensor, ignore_index: int, has_ignore: bool, gamma: float, floor: float,
+      detach: bool):  # fmt: skip
+    n, _, pixels = logits.shape
+    loss = logits.new_empty((n, pixels), dtype=_compute_dtype(logits))
+    return loss, torch.empty_like(loss)
+
+
+@torch.library.custom_op("seglosses::softmax_term_backward", mutates_args=())
+def softmax_term_backward(
+    logits: Tensor, labels: Tensor, lse: Tensor, grad: Tensor, ignore_index: int, has_ignore: bool,
+    gamma: float, floor: float, mode: int,
+) -> Tensor:  # fmt: skip
+    """The gradient ``(N, C, P)`` in the logits' dtype (``mode`` as in the backward kernel)."""
+    n, c, pixels = logits.shape
+    out = torch.empty_like(logits)
+    block_c, block_p = _grid_config(c, pixels)
+    if n and pixels:
+        _term_backward_kernel[(n, triton.cdiv(pixels, block_p))](
+            logits, labels, lse, grad.contiguous(), out, c, pixels, ignore_index, gamma, floor,
+            HAS_IGNORE=has_ignore, MODE=mode, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
+        )  # fmt: skip
+    return out
+
+
+@softmax_term_backward.register_fake
+def _(logits, labels, lse, grad, ignore_index, has_ignore, gamma, floor, mode):  # type: ignore[no-untyped-def]
+    return torch.empty_like(logits)
+
+
+def _term_setup(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+    logits, labels, ignore_index, has_ignore, gamma, floor, detach = inputs
+    ctx.save_for_backward(logits, labels, output[1])
+    ctx.options = (ignore_index, has_ignore, gamma, floor)
+    ctx.mode = 0 if gamma == 0.0 else 2 if detach else 1
+
+
+def _term_backward(ctx, grad_loss, _grad_lse):  # type: ignore[no-untyped-def]
+    logits, labels, lse = ctx.saved_tensors
+    if grad_loss is None:
+        return None, None, None, None, None, None, None
+    grad = softmax_term_backward(logits, labels, lse, grad_loss, *ctx.options, ctx.mode)
+    return grad, None, None, None, None, None, None
+
+
+softmax_term.register_autograd(_term_backward, setup_context=_term_setup)
+
+
+@torch.library.custom_op("seglosses::softmax_region_sums", mutates_args=())
+def softmax_region_sums(
+    logits: Tensor, labels: Tensor, ignore_index: int, has_ignore: bool
+) -> Tuple[Tensor, Tensor]:
+    """``(sums (N, 3, C) = (TP, Σp, counts), lse (N, P))`` of contiguous logits ``(N, C, P)``."""
+    n, c, pixels = logits.shape
+    block_c, block_p = _grid_config(c, pixels)
+    blocks = triton.cdiv(pixels, block_p)
+    dtype = _compute_dtype(logits)
+    partial = logits.new_empty((n, blocks, 3, c), dtype=dtype)
+    lse = logits.new_empty((n, pixels), dtype=dtype)
+    if n and pixels:
+        _sums_forward_kernel[(n, blocks)](
+            logits, labels, partial, lse, c, pixels, blocks, ignore_index,
+            HAS_IGNORE=has_ignore, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
+        )  # fmt: skip
+    return partial.sum(1), lse  # the second stage: a fixed-order reduction over the blocks
+
+
+@softmax_region_sums.register_fake
+def _(logits: Tensor, labels: Tensor, ignore_index: int, has_ignore: bool):
+    n, c, pixels = logits.shape
+    dtype = _compute_dtype(logits)
+    return logits.new_empty((n, 3, c), dtype=dtype), logits.new_empty((n, pixels), dtype=dtype)
+
+
+@torch.library.custom_op("seglosses::softmax_region_sums_backward", mutates_args=())
+def softmax_region_sums_backward(
+    logits: Tensor, labels: Tensor, lse: Tensor, grad_sums: Tensor, ignore_index: int, has_ignore: bool
+) -> Tensor:
+    """The gradient ``(N, C, P)`` from ``grad_sums`` ``(N, 2, C)`` (of TP and Σp)."""
+    n, c, pixels = logits.shape
+    out = torch.empty_like(logits)
+    block_c, block_p = _grid_config(c, pixels)
+    if n and pixels:
+        _sums_backward_kernel[(n, triton.cdiv(pixels, block_p))](
+            logits, labels, lse, grad_sums.to(_compute_dtype(logits)).contiguous(), out, c, pixels,
+            ignore_index, HAS_IGNORE=has_ignore, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
+        )  # fmt: skip
+    return out
+
+
+@softmax_region_sums_backward.register_fake
+def _(logits, labels, lse, grad_sums, ignore_index, has_ignore):  # type: ignore[no-untyped-def]
+    return torch.empty_like(logits)
+
+
+def _sums_setup(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+    logits, labels, ignore_index, has_ignore = inputs
+    ctx.save_for_backward(logits, labels, output[1])
+    ctx.options = (ignore_index, has_ignore)
+
+
+def _sums_backward(ctx, grad_sums, _grad_lse):  # type: ignore[no-untyped-def]
+    logits, labels, lse = ctx.saved_tensors
+    if grad_sums is None:
+        return None, None, None, None
+    grad = softmax_region_sums_backward(logits, labels, lse, grad_sums[:, :2], *ctx.options)
+    return grad, None, None, None
+
+
+softmax_region_sums.register_autograd(_sums_backward, setup_context=_sums_setup)

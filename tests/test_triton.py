@@ -1,0 +1,217 @@
+"""The backend switch, and the Triton kernels held to the plain torch reference (issue 17).
+
+Without a GPU the kernels run under Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set in
+``conftest.py``); on a GPU the same tests run them on CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import seglosses as sl
+import seglosses.functional as SF
+from seglosses._core import backend as backend_module
+
+triton = pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, on the interpreter's masked lanes
+
+LOSSES = {
+    "ce": lambda z, t, **k: SF.cross_entropy_loss(z, t, **k),
+    "focal": lambda z, t, **k: SF.focal_loss(z, t, gamma=2.0, **k),
+    "focal(gamma=0.5, alpha)": lambda z, t, **k: SF.focal_loss(
+        z, t, gamma=0.5, alpha=torch.linspace(0.2, 1.0, z.shape[1], dtype=torch.float64).tolist(), **k
+    ),
+    "difficulty_ce": lambda z, t, **k: SF.difficulty_ce_loss(z, t, **k),
+    "difficulty_ce(detach)": lambda z, t, **k: SF.difficulty_ce_loss(z, t, detach=True, **k),
+    "dice": lambda z, t, **k: SF.dice_loss(z, t, **k),
+    "jaccard(batch)": lambda z, t, **k: SF.jaccard_loss(z, t, batch=True, **k),
+    "tversky": lambda z, t, **k: SF.tversky_loss(z, t, alpha=0.3, beta=0.7, **k),
+    "focal_tversky": lambda z, t, **k: SF.focal_tversky_loss(z, t, **k),
+    "gdl": lambda z, t, **k: SF.generalized_dice_loss(z, t, **k),
+}
+
+
+def case(shape, dtype=torch.float32, ignore=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    z = (3 * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype)
+    t = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=gen)
+    if ignore:
+        t.view(-1)[::7] = 255
+    return z.to(DEVICE), t.to(DEVICE)
+
+
+def value_and_grad(fn, z, t, name, reduction="mean", **kwargs):
+    z = z.detach().requires_grad_()
+    loss = fn(z, t, reduction=reduction, **kwargs)
+    weights = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device).view_as(loss)
+    (grad,) = torch.autograd.grad((loss * weights).sum(), z)
+    return loss.detach(), grad
+
+
+def compare(name, z, t, rtol=1e-5, atol=1e-6, **kwargs):
+    with sl.backend("reference"):
+        expected = value_and_grad(LOSSES[name], z, t, name, **kwargs)
+    with sl.backend("triton"):
+        got = value_and_grad(LOSSES[name], z, t, name, **kwargs)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("shape", [(2, 5, 9, 7), (1, 3, 4, 5, 6), (2, 2, 33)], ids=["2d", "3d", "1d-2cls"])
+def test_triton_equals_the_reference(name, shape):
+    compare(name, *case(shape, ignore=True), ignore_index=255)
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "dice"])
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_triton_reductions(name, reduction):
+    compare(name, *case((2, 4, 6, 5)), reduction=reduction)
+
+
+@pytest.mark.parametrize("name", ["ce", "focal(gamma=0.5, alpha)", "difficulty_ce", "dice", "tversky"])
+def test_triton_float64_is_float64_accurate(name):
+    compare(
+        name, *case((2, 4, 6, 5), dtype=torch.float64, ignore=True), rtol=1e-12, atol=1e-13, ignore_index=255
+    )
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "dice"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_half_inputs_compute_in_float32(name, dtype):
+    z, t = case((2, 4, 6, 5), dtype=dtype)
+    compare(name, z, t, rtol=2e-2, atol=2e-3)
+    with sl.backend("triton"):
+        assert value_and_grad(LOSSES[name], z, t, name)[1].dtype == dtype
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "dice"])
+def test_triton_takes_any_layout(name):
+    z, t = case((2, 4, 6, 5))
+    compare(name, z.to(memory_format=torch.channels_last), t.transpose(1, 2).contiguous().transpose(1, 2))
+    compare(name, z[:, :, ::2], t[:, ::2])
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "dice"])
+def test_triton_several_blocks_and_a_ragged_last_one(name, monkeypatch):
+    monkeypatch.setattr(
+        "seglosses.ops.triton_softmax._grid_config", lambda c, p: (triton.next_power_of_2(c), 16)
+    )
+    compare(name, *case((2, 3, 7, 11), ignore=True), ignore_index=255)
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "dice"])
+def test_triton_empty_batch_and_all_ignored(name):
+    z, t = case((0, 3, 4, 4))
+    with sl.backend("triton"):
+        loss, grad = value_and_grad(LOSSES[name], z, t, name)
+    assert loss.item() == 0 and grad.shape == z.shape
+    z, t = case((2, 3, 4, 4))
+    with sl.backend("triton"):
+        loss, grad = value_and_grad(LOSSES[name], z, torch.full_like(t, 255), name, ignore_index=255)
+    assert torch.isfinite(loss).all() and not grad.any()
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "dice"])
+def test_triton_nan_at_ignored_pixels_reaches_nothing(name):
+    z, t = case((2, 3, 4, 4), ignore=True)
+    z = z.clone()
+    z[:, 0][t == 255] = torch.nan
+    sl.set_input_checks(False)  # checks on refuse a NaN logit anywhere
+    compare(name, z, t, ignore_index=255)
+    with sl.backend("triton"):
+        loss, grad = value_and_grad(LOSSES[name], z, t, name, ignore_index=255)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "dice"])
+def test_triton_an_unchecked_label_out_of_range_gives_nan_not_a_number(name):
+    z, t = case((1, 3, 4, 4))
+    t[0, 1, 1] = 7
+    with sl.backend("triton"), sl.input_checks(False):
+        assert torch.isnan(LOSSES[name](z, t)).all()
+
+
+def test_triton_is_deterministic_run_to_run():
+    z, t = case((2, 5, 16, 16), ignore=True)
+    with sl.backend("triton"):
+        first = value_and_grad(LOSSES["dice"], z, t, "dice", ignore_index=255)
+        second = value_and_grad(LOSSES["dice"], z, t, "dice", ignore_index=255)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_triton_kernels_read_nothing_outside_their_tensors():
+    """The logits and labels are views into buffers whose margins hold NaN / an out-of-range label: an
+    out-of-bounds read (which the interpreter does not report) would make a value or gradient NaN."""
+    from seglosses.ops import triton_softmax
+
+    shape, margin = (2, 3, 37), 64
+    z, t = case(shape)
+    z_buffer = torch.full((z.numel() + 2 * margin,), torch.nan, device=DEVICE)
+    t_buffer = torch.full((t.numel() + 2 * margin,), 99, dtype=t.dtype, device=DEVICE)
+    z_view = z_buffer[margin : margin + z.numel()].view(shape).copy_(z).requires_grad_()
+    t_view = t_buffer[margin : margin + t.numel()].view(t.shape).copy_(t)
+    loss, _ = triton_softmax.softmax_term(z_view, t_view, 0, False, 2.0, 0.0, False)
+    sums, _ = triton_softmax.softmax_region_sums(z_view, t_view, 0, False)
+    grads = torch.autograd.grad([loss.sum(), sums[:, :2].sum()], z_view)
+    for result in (loss, sums, *grads):
+        assert torch.isfinite(result).all()
+
+
+def test_triton_custom_ops_compile_with_fullgraph():
+    z, t = case((2, 3, 4, 4))
+    with sl.backend("triton"):
+        eager = SF.dice_loss(z, t) + SF.focal_loss(z, t)
+        compiled = torch.compile(lambda a, b: SF.dice_loss(a, b) + SF.focal_loss(a, b), fullgraph=True,
+                                 backend="aot_eager")(z, t)  # fmt: skip
+    torch.testing.assert_close(compiled, eager)
+
+
+def test_backend_names_and_errors():
+    assert sl.get_backend() == "auto"
+    with sl.backend("reference"):
+        assert sl.get_backend() == "reference"
+        with sl.backend("cpu"):
+            assert sl.get_backend() == "cpu"
+        assert sl.get_backend() == "reference"
+    assert sl.get_backend() == "auto"
+    with pytest.raises(sl.SegLossError, match="expected a backend name in .*got 'cuda'"):
+        sl.set_backend("cuda")
+    with pytest.raises(sl.SegLossError):
+        with sl.backend("nope"):
+            pass  # pragma: no cover
+    assert sl.get_backend() == "auto"
+
+
+def test_one_decision_for_every_primitive(monkeypatch):
+    big, tiny = torch.zeros(2, 5, 128, 128), torch.zeros(2, 5, 4, 4)
+    assert backend_module.implementation(big) == "cpu"
+    assert backend_module.implementation(tiny) == "reference"
+    with sl.backend("cpu"):
+        assert backend_module.implementation(tiny) == "cpu"
+    with sl.backend("reference"):
+        assert backend_module.implementation(big) == "reference"
+    with sl.backend("triton"):
+        assert backend_module.implementation(tiny) == "triton"
+        assert torch.func.grad(lambda z: SF.dice_loss(z, torch.zeros(2, 4, 4, dtype=torch.long)))(tiny).shape
+        monkeypatch.delenv("TRITON_INTERPRET")
+        if DEVICE == "cpu":
+            with pytest.raises(sl.SegLossError, match="CUDA tensors for backend 'triton'"):
+                backend_module.implementation(tiny)
+
+
+def test_reference_backend_rules_out_the_fused_cpu_paths():
+    """The same input through the fused CPU Functions and through the plain references."""
+    z, t = case((2, 5, 64, 64), ignore=True)
+    for name in ("ce", "focal", "dice"):
+        with sl.backend("reference"):
+            expected = value_and_grad(LOSSES[name], z, t, name, ignore_index=255)
+        with sl.backend("cpu"):
+            got = value_and_grad(LOSSES[name], z, t, name, ignore_index=255)
+        with warnings.catch_warnings():
+            for a, b in zip(got, expected):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
