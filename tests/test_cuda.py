@@ -38,3 +38,32 @@ def test_distance_transform_matches_scipy(shape, spacing):
     torch.testing.assert_close(result.cpu(), sl.distance_transform(mask, spacing, backend="torch"))
     signed = sl.signed_distance_map(mask.cuda(), spacing)
     torch.testing.assert_close(signed.cpu(), sl.signed_distance_map(mask, spacing))
+
+
+@pytest.mark.parametrize("spec", ["ce", "focal", "dice", "ce + dice", "tversky", "gdl", "bce", "binary_dice"])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_a_training_step_with_checks_on_makes_no_host_sync(spec, backend):
+    """Issue 17: the data checks are deferred on CUDA (seglosses._core.deferred), so a forward + backward
+    step with the checks on passes under torch's sync debug mode; a bad input raises at a later call."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    binary = spec.startswith("b")
+    logits = torch.randn(2, 3, 32, 32, device="cuda", requires_grad=True)
+    target = (
+        (torch.rand_like(logits) > 0.5).float() if binary else torch.randint(0, 3, (2, 32, 32), device="cuda")
+    )
+    loss = sl.create_loss(spec)
+    with sl.backend(backend):
+        loss(logits, target).backward()  # the first call: lazy initialisation may synchronise
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            loss(logits, target).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sl.flush_input_checks()
+    bad = logits.detach().clone()
+    bad[0, 0, 0, 0] = torch.nan
+    loss(bad, target)
+    with pytest.raises(sl.SegLossError, match="NaN or \\+inf"):
+        sl.flush_input_checks()

@@ -5,6 +5,7 @@ come from spec strings with :func:`create_loss`.
 """
 
 from ._core.backend import backend, get_backend, set_backend
+from ._core.deferred import flush_input_checks
 from ._core.errors import SegLossError
 from ._core.registry import list_losses
 from ._core.targets import input_checks, set_input_checks
@@ -94,6 +95,7 @@ __all__ = [
     "class_weights",
     "create_loss",
     "distance_transform",
+    "flush_input_checks",
     "backend",
     "get_backend",
     "input_checks",

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .deferred import defer, deferred, raise_ready
 from .errors import SegLossError, expected
 from .numerics import compute_dtype, tracing
 
@@ -173,12 +174,18 @@ def _run_data_checks(logits: Tensor, stats: List[Tensor], name: str) -> Tuple[bo
 def _no_distribution(logits: Tensor, valid: Optional[Tensor], name: str) -> None:
     """Raise for a valid pixel whose logits are all ``-inf`` (no softmax distribution; SPEC section 6)."""
     empty = torch.isneginf(logits).all(1)
-    count = int((empty if valid is None else empty & valid).sum())
-    if count:
-        raise expected(
-            f"at least one finite {name} value per valid pixel (all -inf: no distribution)",
-            f"{count} pixel{'s' if count > 1 else ''} whose {name} are all -inf",
-        )
+    problem = _no_distribution_message(int((empty if valid is None else empty & valid).sum()), name)
+    if problem:
+        raise SegLossError(problem)
+
+
+def _no_distribution_message(count: int, name: str) -> Optional[str]:
+    if not count:
+        return None
+    return str(expected(
+        f"at least one finite {name} value per valid pixel (all -inf: no distribution)",
+        f"{count} pixel{'s' if count > 1 else ''} whose {name} are all -inf",
+    ))  # fmt: skip
 
 
 def _log_of_zero(logits: Tensor, mass: Optional[Tensor], smoothing: bool, name: str) -> None:
@@ -186,13 +193,19 @@ def _log_of_zero(logits: Tensor, mass: Optional[Tensor], smoothing: bool, name: 
     logits' shape, ignored elements False; None: everywhere): ``log 0`` makes the loss ``+inf`` (SPEC
     section 6). ``smoothing``: the mass is label smoothing's, on every class."""
     hit = torch.isneginf(logits)
-    count = int((hit if mass is None else hit & mass).sum())
-    if count:
-        why = "label smoothing puts mass on every class" if smoothing else "the target puts mass there"
-        raise expected(
-            f"finite {name} where the loss takes log p ({why}; log 0 makes the loss +inf)",
-            f"{count} -inf {name} value{'s' if count > 1 else ''} there",
-        )
+    problem = _log_of_zero_message(int((hit if mass is None else hit & mass).sum()), smoothing, name)
+    if problem:
+        raise SegLossError(problem)
+
+
+def _log_of_zero_message(count: int, smoothing: bool, name: str) -> Optional[str]:
+    if not count:
+        return None
+    why = "label smoothing puts mass on every class" if smoothing else "the target puts mass there"
+    return str(expected(
+        f"finite {name} where the loss takes log p ({why}; log 0 makes the loss +inf)",
+        f"{count} -inf {name} value{'s' if count > 1 else ''} there",
+    ))  # fmt: skip
 
 
 def softmax_target(
@@ -231,7 +244,9 @@ def softmax_target(
         raise expected("an integer index target (class indices, e.g. torch.long)", f"dtype {target.dtype}")
     valid = _valid_mask(target, ignore_index)
     count, finite = target.numel() if valid is None else None, False
-    if input_checks_enabled() and target.numel():
+    if input_checks_enabled() and target.numel() and deferred(logits.device):
+        _defer_index_checks(logits, target, valid, ignore_index, log_terms, smoothing)
+    elif input_checks_enabled() and target.numel():
         stats = [*torch.aminmax(target)] + ([] if valid is None else [valid.sum()])
         minus_inf, (lo, hi, *counted) = _run_data_checks(logits, stats, "logits")
         count, finite = int(counted[0]) if counted else count, not minus_inf
@@ -246,6 +261,53 @@ def softmax_target(
                 mass = every.expand_as(logits) if smoothing else at_target & every
                 _log_of_zero(logits, mass, smoothing, "logits")
     return IndexTarget(target, valid, count, finite, None if valid is None else ignore_index)
+
+
+def _defer_index_checks(
+    logits: Tensor, target: Tensor, valid: Optional[Tensor], ignore_index: Optional[int], log_terms: bool,
+    smoothing: bool,
+) -> None:  # fmt: skip
+    """The checks of :func:`softmax_target` for an index target, computed on the device and judged later
+    (:mod:`~seglosses._core.deferred`): one per-pixel maximum over the classes, the label range, and for
+    ``log_terms`` the logits at the target class (every class with ``smoothing``)."""
+    raise_ready()
+    logits, c = logits.detach(), logits.shape[1]
+    top = logits.amax(1)  # NaN and +inf propagate; -inf only where every class is -inf
+    bad_label = (target < 0) | (target >= c)
+    stats = [(~(top < torch.inf)).sum(), _masked_count(bad_label, valid)]
+    stats.append(_masked_count(top == -torch.inf, valid))
+    if log_terms:
+        if smoothing:
+            stats.append(_masked_count(torch.isneginf(logits).sum(1), valid))
+        else:
+            index = target.long().masked_fill(bad_label, 0)  # in range for gather (bad labels: counted)
+            index = IndexTarget(index, valid).index().unsqueeze(1)
+            stats.append(_masked_count(torch.isneginf(logits.gather(1, index)).squeeze(1), valid))
+    allowed = f"target class indices in [0, {c})" + _or_ignored(ignore_index)
+
+    def verdict(values: List[float]) -> Optional[str]:
+        nonfinite, labels, empty, *zero_log = (int(v) for v in values)
+        if nonfinite:
+            return _nonfinite_message(nonfinite)
+        if labels:
+            return str(expected(allowed, f"{labels} pixel{'s' if labels > 1 else ''} outside"))
+        problem = _no_distribution_message(empty, "logits")
+        return problem or (_log_of_zero_message(zero_log[0], smoothing, "logits") if zero_log else None)
+
+    defer(stats, verdict)
+
+
+def _nonfinite_message(pixels: int) -> str:
+    return str(expected("finite logits", f"NaN or +inf at {pixels} pixel{'s' if pixels > 1 else ''}"))
+
+
+def _or_ignored(ignore_index: Optional[int]) -> str:
+    return "" if ignore_index is None else f" or ignore_index = {ignore_index}"
+
+
+def _masked_count(flags: Tensor, valid: Optional[Tensor]) -> Tensor:
+    """The sum of ``flags`` (bool or counts) over the valid pixels."""
+    return (flags if valid is None else flags * valid).sum()
 
 
 def _valid_mask(target: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]:
@@ -293,7 +355,9 @@ def _dense_target(logits: Tensor, target: Tensor, log_terms: bool, smoothing: bo
     if target.is_complex():
         raise expected("a real-valued target", f"dtype {target.dtype}")
     dense = target if target.is_floating_point() else target.to(logits.dtype)
-    if input_checks_enabled() and dense.numel():
+    if input_checks_enabled() and dense.numel() and deferred(logits.device):
+        _defer_dense_checks(logits, dense.detach(), log_terms, smoothing)
+    elif input_checks_enabled() and dense.numel():
         minus_inf, (lo, hi) = _run_data_checks(logits, list(torch.aminmax(dense.detach())), "logits")
         if not (0.0 <= lo and hi <= 1.0):
             raise expected("one-hot or soft target values in [0, 1]", f"values in [{lo:g}, {hi:g}]")
@@ -302,6 +366,29 @@ def _dense_target(logits: Tensor, target: Tensor, log_terms: bool, smoothing: bo
             if log_terms:
                 _log_of_zero(logits, None if smoothing else dense.detach() > 0, smoothing, "logits")
     return dense
+
+
+def _defer_dense_checks(logits: Tensor, dense: Tensor, log_terms: bool, smoothing: bool) -> None:
+    """:func:`_dense_target`'s checks on the device, judged later (:mod:`~seglosses._core.deferred`)."""
+    raise_ready()
+    logits = logits.detach()
+    top = logits.amax(1)
+    out_of_range = ~((dense >= 0) & (dense <= 1))  # NaN is out of range too
+    stats = [(~(top < torch.inf)).sum(), out_of_range.sum(), (top == -torch.inf).sum()]
+    if log_terms:
+        hit = torch.isneginf(logits)
+        stats.append((hit if smoothing else hit & (dense > 0)).sum())
+
+    def verdict(values: List[float]) -> Optional[str]:
+        nonfinite, outside, empty, *zero_log = (int(v) for v in values)
+        if nonfinite:
+            return _nonfinite_message(nonfinite)
+        if outside:
+            return str(expected("one-hot or soft target values in [0, 1]", f"{outside} values outside"))
+        problem = _no_distribution_message(empty, "logits")
+        return problem or (_log_of_zero_message(zero_log[0], smoothing, "logits") if zero_log else None)
+
+    defer(stats, verdict)
 
 
 def binary_target(
@@ -347,7 +434,10 @@ def check_binary_target(
         raise expected("a real-valued target", f"dtype {target.dtype}")
     integer = not (target.is_floating_point() or target.dtype == torch.bool)
     valid = _valid_mask(target, ignore_index) if integer else None
-    if (input_checks_enabled() if checks is None else checks) and target.numel():
+    checks = input_checks_enabled() if checks is None else checks
+    if checks and target.numel() and deferred(logits.device):
+        _defer_binary_checks(logits, target.detach(), valid, ignore_index, log_terms, smoothing)
+    elif checks and target.numel():
         bounds = [] if target.dtype == torch.bool else list(torch.aminmax(target.detach()))  # bool: in range
         minus_inf, values = _run_data_checks(logits, bounds, "logits")
         if values and not (0 <= values[0] and values[1] <= 1):  # NaN fails too
@@ -358,6 +448,31 @@ def check_binary_target(
             mass = valid if positive is None else positive if valid is None else positive & valid
             _log_of_zero(logits, mass, smoothing, "logits")
     return valid
+
+
+def _defer_binary_checks(
+    logits: Tensor, target: Tensor, valid: Optional[Tensor], ignore_index: Optional[int], log_terms: bool,
+    smoothing: bool,
+) -> None:  # fmt: skip
+    """:func:`check_binary_target`'s checks on the device, judged later (:mod:`~seglosses._core.deferred`)."""
+    raise_ready()
+    logits = logits.detach()
+    stats = [(~(logits < torch.inf)).sum()]
+    stats.append(_masked_count(~((target >= 0) & (target <= 1)), valid))  # NaN is out of range too
+    if log_terms:
+        hit = torch.isneginf(logits)
+        stats.append(_masked_count(hit if smoothing else hit & (target > 0), valid))
+    allowed = "binary target values in [0, 1]" + _or_ignored(ignore_index)
+
+    def verdict(values: List[float]) -> Optional[str]:
+        nonfinite, outside, *zero_log = (int(v) for v in values)
+        if nonfinite:
+            return str(expected("finite logits", f"{nonfinite} NaN or +inf"))
+        if outside:
+            return str(expected(allowed, f"{outside} values outside"))
+        return _log_of_zero_message(zero_log[0], smoothing, "logits") if zero_log else None
+
+    defer(stats, verdict)
 
 
 def num_valid(valid: Optional[Tensor], shape: torch.Size) -> Union[int, Tensor]:
