@@ -215,3 +215,64 @@ def test_reference_backend_rules_out_the_fused_cpu_paths():
         with warnings.catch_warnings():
             for a, b in zip(got, expected):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+BINARY = {
+    "binary_dice": SF.binary_dice_loss,
+    "binary_jaccard(batch)": lambda z, t, **k: SF.binary_jaccard_loss(z, t, batch=True, **k),
+    "binary_tversky": lambda z, t, **k: SF.binary_tversky_loss(z, t, alpha=0.3, beta=0.7, **k),
+    "binary_focal_tversky": SF.binary_focal_tversky_loss,
+    "binary_gdl": SF.binary_generalized_dice_loss,
+}
+
+
+def binary_case(shape, kind, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    z = (3 * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype)
+    if kind == "soft":
+        t = torch.rand(shape, generator=gen)
+    elif kind == "bool":
+        t = torch.rand(shape, generator=gen) > 0.6
+    else:  # integer with ignored elements
+        t = torch.randint(0, 2, shape, generator=gen)
+        t.view(-1)[::5] = 255
+    return z.to(DEVICE), t.to(DEVICE)
+
+
+def compare_binary(name, z, t, rtol=1e-5, atol=1e-6, **kwargs):
+    fn = BINARY[name]
+    results = []
+    for chosen in ("reference", "triton"):
+        with sl.backend(chosen):
+            zz = z.detach().requires_grad_()
+            loss = fn(zz, t, reduction="none", **kwargs)
+            weights = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device)
+            results.append((loss.detach(), torch.autograd.grad((loss * weights.view_as(loss)).sum(), zz)[0]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", BINARY)
+@pytest.mark.parametrize("kind", ["soft", "bool", "ignored"])
+@pytest.mark.parametrize("shape", [(2, 3, 9, 7), (1, 2, 4, 5, 6)], ids=["2d", "3d"])
+def test_triton_sigmoid_statistics_equal_the_reference(name, kind, shape):
+    z, t = binary_case(shape, kind)
+    compare_binary(name, z, t, **({"ignore_index": 255} if kind == "ignored" else {}))
+
+
+def test_triton_sigmoid_statistics_dtypes_layouts_blocks_and_nan(monkeypatch):
+    z, t = binary_case((2, 3, 6, 5), "ignored", dtype=torch.float64)
+    compare_binary("binary_dice", z, t, rtol=1e-12, atol=1e-13, ignore_index=255)
+    z16, t16 = binary_case((2, 3, 6, 5), "soft", dtype=torch.bfloat16)
+    compare_binary("binary_dice", z16, t16, rtol=2e-2, atol=2e-3)
+    z, t = binary_case((2, 3, 6, 5), "bool")
+    compare_binary("binary_tversky", z.to(memory_format=torch.channels_last), t)
+    monkeypatch.setattr("seglosses.ops.triton_sigmoid._grid_config", lambda c, p: (1, 16))
+    z, t = binary_case((2, 2, 7, 11), "ignored")
+    z[t == 255] = torch.nan  # ignored: reaches nothing
+    sl.set_input_checks(False)
+    compare_binary("binary_dice", z, t, ignore_index=255)
+    z[0, 0, 0, 0] = torch.inf  # invalid: NaN, as the reference gives
+    t[0, 0, 0, 0] = 1
+    with sl.backend("triton"):
+        assert torch.isnan(SF.binary_dice_loss(z, t, ignore_index=255))

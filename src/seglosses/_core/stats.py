@@ -478,12 +478,29 @@ def sigmoid_overlap_from_dense(
     found no NaN or ``+inf`` logit (saves a read of the logits).
     """
     dtype = compute_dtype(logits)
-    if target.requires_grad or not fused_cpu(logits):  # the reference: autograd through both
+    chosen = "reference" if target.requires_grad else implementation(logits)
+    if chosen == "reference":  # autograd through both inputs
         dense = target.to(dtype) if valid is None else target.to(dtype).masked_fill(~valid, 0)
         clean = logits if valid is None else logits.masked_fill(~valid, 0.0)  # NaN there: no NaN gradient
         return overlap_from_dense(sigmoid_f32(clean), dense, valid)
-    tp, prob_sum, y_sum = _SigmoidDenseSums.apply(logits, target, valid, dtype, finite)
+    if chosen == "triton":
+        tp, prob_sum, y_sum = _triton_sigmoid_sums(logits, target, valid).unbind(-1)
+    else:
+        tp, prob_sum, y_sum = _SigmoidDenseSums.apply(logits, target, valid, dtype, finite)
     return Overlap(tp, prob_sum - tp, y_sum - tp)
+
+
+def _triton_sigmoid_sums(logits: Tensor, target: Tensor, valid: Optional[Tensor]) -> Tensor:
+    """``(N, C, 3)`` = ``(TP, Σp, Σy)`` by the Triton kernel ``seglosses::sigmoid_region_sums``."""
+    from ..ops import triton_sigmoid
+
+    def rows(t: Tensor) -> Tensor:
+        t = t.view(torch.uint8) if t.dtype == torch.bool else t
+        return t.flatten(2).contiguous()
+
+    flat = rows(logits)
+    mask = flat if valid is None else rows(valid)  # unread without a mask
+    return triton_sigmoid.sigmoid_region_sums(flat, rows(target), mask, valid is not None)
 
 
 def overlap_from_dense(probs: Tensor, target: Tensor, valid: Optional[Tensor] = None) -> Overlap:
