@@ -276,3 +276,64 @@ def test_triton_sigmoid_statistics_dtypes_layouts_blocks_and_nan(monkeypatch):
     t[0, 0, 0, 0] = 1
     with sl.backend("triton"):
         assert torch.isnan(SF.binary_dice_loss(z, t, ignore_index=255))
+
+
+BINARY_TERMS = {
+    "bce": SF.binary_cross_entropy_loss,
+    "bce(pos_weight, weight, smoothing)": lambda z, t, **k: SF.binary_cross_entropy_loss(
+        z,
+        t,
+        pos_weight=[2.0, 0.5, 1.0][: z.shape[1]],
+        weight=[1.0, 3.0, 0.5][: z.shape[1]],
+        label_smoothing=0.1,
+        **k,
+    ),
+    "binary_focal": SF.binary_focal_loss,
+    "binary_focal(gamma=0.5, alpha)": lambda z, t, **k: SF.binary_focal_loss(
+        z, t, gamma=0.5, alpha=0.25, **k
+    ),
+    "binary_focal(alpha per channel)": lambda z, t, **k: SF.binary_focal_loss(
+        z, t, gamma=1.0, alpha=[0.2, 0.7, 0.5][: z.shape[1]], **k
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BINARY_TERMS)
+@pytest.mark.parametrize("kind", ["soft", "bool", "ignored"])
+def test_triton_sigmoid_terms_equal_the_reference(name, kind):
+    z, t = binary_case((2, 3, 9, 7), kind)
+    z[0, 0, 0, :3] = torch.tensor([-30.0, 30.0, -200.0])  # saturated
+    BINARY[name] = BINARY_TERMS[name]
+    try:
+        compare_binary(name, z, t, **({"ignore_index": 255} if kind == "ignored" else {}))
+    finally:
+        del BINARY[name]
+
+
+@pytest.mark.parametrize("name", ["bce", "binary_focal(gamma=0.5, alpha)"])
+def test_triton_sigmoid_terms_dtypes_and_infinities(name):
+    BINARY[name] = BINARY_TERMS[name]
+    try:
+        z, t = binary_case((2, 2, 6, 5), "ignored", dtype=torch.float64)
+        compare_binary(name, z, t, rtol=1e-12, atol=1e-13, ignore_index=255)
+        z, t = binary_case((2, 2, 6, 5), "soft", dtype=torch.bfloat16)
+        compare_binary(name, z, t, rtol=2e-2, atol=2e-3)
+        z, t = binary_case((1, 2, 4, 4), "bool")
+        z[t == 0] = -torch.inf  # legal: target 0 there
+        compare_binary(name, z, t)
+        sl.set_input_checks(False)
+        z[0, 0, 0, 0], t[0, 0, 0, 0] = torch.inf, True
+        with sl.backend("triton"):
+            assert torch.isnan(BINARY[name](z, t))
+    finally:
+        del BINARY[name]
+
+
+def test_triton_sigmoid_term_is_relatively_exact_at_saturated_logits():
+    """-log σ(z) ≈ exp(-z) for large z: the log1p of a tiny exp(-|z|) must keep its digits."""
+    z = torch.tensor([[[5.0, 20.0, 40.0, -20.0, -40.0]]], dtype=torch.float64, device=DEVICE)
+    t = torch.tensor([[[1.0, 1.0, 1.0, 0.0, 0.0]]], dtype=torch.float64, device=DEVICE)
+    with sl.backend("triton"):
+        got = SF.binary_cross_entropy_loss(z, t, reduction="none")
+    expected = torch.nn.functional.softplus(torch.where(t == 1, -z, z))  # exact (torch's BCE is not, here)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)

@@ -455,6 +455,9 @@ def binary_cross_entropy_loss(
         if prepared.valid is not None:
             element_weight = element_weight * prepared.valid
         denominator = element_weight.sum(dtype=logits.dtype)
+    fused = binary_term(logits, y, prepared.valid, rho, None, 0.0)
+    if fused is not None:
+        return reduce(fused if w is None else fused * w, reduction, denominator)
     summed = prepared.valid is None and reduction != "none"
     loss = _fused_binary_ce(logits, y, w, rho, summed)
     if loss is not None and summed:  # the weighted sum, nothing ignored
@@ -469,6 +472,36 @@ def binary_cross_entropy_loss(
     if prepared.valid is not None:
         loss = loss.masked_fill(~prepared.valid, 0)
     return reduce(loss, reduction, denominator)
+
+
+def binary_term(
+    work: Tensor,
+    y: Tensor,
+    valid: Optional[Tensor],
+    pos: Optional[Tensor],
+    neg: Optional[Tensor],
+    gamma: float,
+) -> Optional[Tensor]:
+    """The per-element sigmoid term ``-[a⁺ y (1-p)^γ log p + a⁻ (1-y) p^γ log(1-p)]`` (0 at ignored elements)
+    by the Triton kernel ``seglosses::sigmoid_term`` when the backend picks it, else None (the caller's
+    CPU or reference forms). ``pos`` / ``neg``: per-channel weights broadcastable to ``(C,)``, None for 1;
+    a target that requires a gradient always takes the caller's forms."""
+    if y.requires_grad or implementation(work) != "triton":
+        return None
+    from ..ops import triton_sigmoid
+
+    c = work.shape[1]
+
+    def channels(weights: Optional[Tensor]) -> Tensor:
+        ones = work.new_ones(c)
+        return ones if weights is None else torch.broadcast_to(weights.reshape(-1) * ones, (c,)).contiguous()
+
+    flat = work.flatten(2).contiguous()
+    mask = flat if valid is None else valid.view(torch.uint8).flatten(2).contiguous()
+    loss = triton_sigmoid.sigmoid_term(
+        flat, y.flatten(2).contiguous(), mask, valid is not None, channels(pos), channels(neg), float(gamma)
+    )
+    return loss.view(work.shape)
 
 
 def _fused_binary_ce(

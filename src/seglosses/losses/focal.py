@@ -33,7 +33,7 @@ from .._core.stats import even_parts
 from .._core.targets import IndexTarget, SoftmaxTarget, binary_target, num_valid, softmax_target
 from ..adaptive.schedules import ScheduledLossModule, ScheduleLike, scheduled_class_weights
 from .base import module_for
-from .cross_entropy import check_weight_schedule, focal_factor, index_term
+from .cross_entropy import binary_term, check_weight_schedule, focal_factor, index_term
 
 
 def _focal_factor_terms(log_p: Tensor, gamma: Union[float, Tensor]) -> Tuple[Tensor, Tensor]:
@@ -599,7 +599,11 @@ def binary_focal_loss(
     y = prepared.dense.to(work.dtype)
     a = channel_tensor(class_tensor(opts["alpha"], work, "alpha"), work)
     summed = opts["reduction"] != "none"
-    loss = _fused_binary_focal(work, target, y, prepared.valid, a, opts["gamma"], summed)  # 0 where ignored
+    loss = binary_term(work, y, prepared.valid, a, None if a is None else 1 - a, opts["gamma"])
+    if loss is None:
+        loss = _fused_binary_focal(
+            work, target, y, prepared.valid, a, opts["gamma"], summed
+        )  # 0 where ignored
     if loss is None:  # log space; ignored elements' logits replaced first, so a NaN there reaches nothing
         if prepared.valid is not None:
             work = work.masked_fill(~prepared.valid, 0.0)

@@ -123,3 +123,137 @@ def _backward(ctx, grad_sums):  # type: ignore[no-untyped-def]
 
 
 sigmoid_region_sums.register_autograd(_backward, setup_context=_setup)
+
+
+@triton.jit
+def _log_sigmoids(z):
+    """``(log σ(z), log σ(-z))`` in log space: ``min(±z, 0) - log1p(exp(-|z|))`` (``log1p`` by its series
+    for small arguments: the interpreter has no libdevice ``log1p``)."""
+    e = tl.exp(-tl.abs(z))
+    l1p = tl.where(e < 1e-4, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
+    return tl.minimum(z, 0.0) - l1p, tl.minimum(-z, 0.0) - l1p
+
+
+@triton.jit
+def _term_tile(z_ptr, y_ptr, v_ptr, pos_ptr, neg_ptr, row, pb, C, P, HAS_VALID: tl.constexpr,
+               ACC: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    offs = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    in_p = offs < P
+    address = row.to(tl.int64) * P + offs
+    z = tl.load(z_ptr + address, mask=in_p, other=0.0).to(ACC)
+    y = tl.load(y_ptr + address, mask=in_p, other=0.0).to(ACC)
+    valid = in_p
+    if HAS_VALID:
+        valid = valid & (tl.load(v_ptr + address, mask=in_p, other=0) != 0)
+    channel = row % C
+    a_pos = tl.load(pos_ptr + channel).to(ACC)
+    a_neg = tl.load(neg_ptr + channel).to(ACC)
+    log_p, log_q = _log_sigmoids(z)
+    return z, y, valid, a_pos, a_neg, log_p, log_q, address, in_p
+
+
+@triton.jit
+def _term_forward_kernel(z_ptr, y_ptr, v_ptr, pos_ptr, neg_ptr, loss_ptr, C, P, gamma,
+                         HAS_VALID: tl.constexpr, MODULATED: tl.constexpr, ACC: tl.constexpr,
+                         BLOCK_P: tl.constexpr):  # fmt: skip
+    row = tl.program_id(0)
+    pb = tl.program_id(1)
+    z, y, valid, a_pos, a_neg, log_p, log_q, address, in_p = _term_tile(
+        z_ptr, y_ptr, v_ptr, pos_ptr, neg_ptr, row, pb, C, P, HAS_VALID, ACC, BLOCK_P
+    )
+    positive = tl.where(y > 0.0, y * log_p, 0.0)  # a log with weight 0 is 0, never 0 · -inf
+    negative = tl.where(y < 1.0, (1.0 - y) * log_q, 0.0)
+    if MODULATED:
+        positive = positive * tl.exp(gamma * log_q)  # (1 - p)^γ
+        negative = negative * tl.exp(gamma * log_p)  # p^γ
+    loss = -(a_pos * positive + a_neg * negative)
+    loss = tl.where(z == float("inf"), _NAN, loss)  # +inf is invalid (SPEC 6)
+    tl.store(loss_ptr + address, tl.where(valid, loss, 0.0), mask=in_p)
+
+
+@triton.jit
+def _term_backward_kernel(z_ptr, y_ptr, v_ptr, pos_ptr, neg_ptr, g_ptr, grad_ptr, C, P, gamma,
+                          HAS_VALID: tl.constexpr, MODULATED: tl.constexpr, ACC: tl.constexpr,
+                          BLOCK_P: tl.constexpr):  # fmt: skip
+    row = tl.program_id(0)
+    pb = tl.program_id(1)
+    z, y, valid, a_pos, a_neg, log_p, log_q, address, in_p = _term_tile(
+        z_ptr, y_ptr, v_ptr, pos_ptr, neg_ptr, row, pb, C, P, HAS_VALID, ACC, BLOCK_P
+    )
+    p = tl.exp(log_p)
+    q = tl.exp(log_q)
+    if MODULATED:  # ∂/∂z of y q^γ log p and of (1 - y) p^γ log q
+        p_log_p = tl.where(p > 0.0, p * log_p, 0.0)
+        q_log_q = tl.where(q > 0.0, q * log_q, 0.0)
+        d_pos = y * tl.exp(gamma * log_q) * (q - gamma * p_log_p)
+        d_neg = (1.0 - y) * tl.exp(gamma * log_p) * (gamma * q_log_q - p)
+    else:
+        d_pos = y * q
+        d_neg = -(1.0 - y) * p
+    g = tl.load(g_ptr + address, mask=in_p, other=0.0).to(ACC)
+    grad = -(a_pos * d_pos + a_neg * d_neg) * g
+    grad = tl.where(z == float("inf"), _NAN, grad)
+    tl.store(grad_ptr + address, tl.where(valid, grad, 0.0).to(grad_ptr.dtype.element_ty), mask=in_p)
+
+
+@torch.library.custom_op("seglosses::sigmoid_term", mutates_args=())
+def sigmoid_term(
+    logits: Tensor, target: Tensor, valid: Tensor, has_valid: bool, pos_weight: Tensor, neg_weight: Tensor,
+    gamma: float,
+) -> Tensor:  # fmt: skip
+    """Per element ``-[a⁺_c y (1-p)^γ log p + a⁻_c (1-y) p^γ log(1-p)]``, ``p = σ(z)``, of contiguous logits
+    and a float target ``(N, C, P)``; ``pos_weight`` / ``neg_weight`` ``(C,)`` (BCE: ``ρ_c`` and 1; focal:
+    ``α_c`` and ``1 - α_c``, or 1 and 1). 0 at ignored elements, NaN at a ``+inf`` logit."""
+    n, c, pixels = logits.shape
+    loss = logits.new_empty(logits.shape, dtype=_compute_dtype(logits))
+    _, block_p = _grid_config(1, pixels)
+    if n * c and pixels:
+        _term_forward_kernel[(n * c, triton.cdiv(pixels, block_p))](
+            logits, target, valid, pos_weight, neg_weight, loss, c, pixels, gamma,
+            HAS_VALID=has_valid, MODULATED=gamma != 0.0, ACC=_acc(logits), BLOCK_P=block_p,
+        )  # fmt: skip
+    return loss
+
+
+@sigmoid_term.register_fake
+def _(logits, target, valid, has_valid, pos_weight, neg_weight, gamma):  # type: ignore[no-untyped-def]
+    return logits.new_empty(logits.shape, dtype=_compute_dtype(logits))
+
+
+@torch.library.custom_op("seglosses::sigmoid_term_backward", mutates_args=())
+def sigmoid_term_backward(
+    logits: Tensor, target: Tensor, valid: Tensor, has_valid: bool, pos_weight: Tensor, neg_weight: Tensor,
+    gamma: float, grad: Tensor,
+) -> Tensor:  # fmt: skip
+    """The gradient of the logits from the gradient of the per-element term."""
+    n, c, pixels = logits.shape
+    out = torch.empty_like(logits)
+    _, block_p = _grid_config(1, pixels)
+    if n * c and pixels:
+        _term_backward_kernel[(n * c, triton.cdiv(pixels, block_p))](
+            logits, target, valid, pos_weight, neg_weight, grad.contiguous(), out, c, pixels, gamma,
+            HAS_VALID=has_valid, MODULATED=gamma != 0.0, ACC=_acc(logits), BLOCK_P=block_p,
+        )  # fmt: skip
+    return out
+
+
+@sigmoid_term_backward.register_fake
+def _(logits, target, valid, has_valid, pos_weight, neg_weight, gamma, grad):  # type: ignore[no-untyped-def]
+    return torch.empty_like(logits)
+
+
+def _term_setup(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+    logits, target, valid, has_valid, pos_weight, neg_weight, gamma = inputs
+    ctx.save_for_backward(logits, target, valid, pos_weight, neg_weight)
+    ctx.has_valid, ctx.gamma = has_valid, gamma
+
+
+def _term_backward(ctx, grad):  # type: ignore[no-untyped-def]
+    logits, target, valid, pos_weight, neg_weight = ctx.saved_tensors
+    result = sigmoid_term_backward(
+        logits, target, valid, ctx.has_valid, pos_weight, neg_weight, ctx.gamma, grad
+    )
+    return result, None, None, None, None, None, None
+
+
+sigmoid_term.register_autograd(_term_backward, setup_context=_term_setup)
