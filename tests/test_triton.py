@@ -21,6 +21,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, on t
 
 LOSSES = {
     "ce": lambda z, t, **k: SF.cross_entropy_loss(z, t, **k),
+    "ce(weight)": lambda z, t, **k: SF.cross_entropy_loss(
+        z, t, weight=torch.linspace(0.5, 2.0, z.shape[1], dtype=torch.float64).tolist(), **k
+    ),
     "focal": lambda z, t, **k: SF.focal_loss(z, t, gamma=2.0, **k),
     "focal(gamma=0.5, alpha)": lambda z, t, **k: SF.focal_loss(
         z, t, gamma=0.5, alpha=torch.linspace(0.2, 1.0, z.shape[1], dtype=torch.float64).tolist(), **k

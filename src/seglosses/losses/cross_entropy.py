@@ -109,8 +109,9 @@ def ce_from_prepared(
         if isinstance(eps, Tensor):  # the adaptive smoothing: its caller cleaned the logits
             loss = _index_smoothed(work, prepared, w, eps.to(work.dtype), opts["ignore_index"], log_p)
             return reduce(loss, reduction, denominator)
-        fused = index_term(work, prepared, 0.0) if w is None and not eps else None
-        if fused is not None:
+        fused = index_term(work, prepared, 0.0) if not eps else None
+        if fused is not None:  # class weights multiply the term (w_t (p - onehot) by autograd)
+            fused = fused if w is None else fused * torch.take(w, prepared.index())
             return reduce(fused, reduction, denominator)
         # torch's own kernel. Its mean divides by the valid count as ours does but gives NaN for none, so
         # it serves a mean only when the count is known on the host and positive; else its sum is reduced
