@@ -315,7 +315,7 @@ def _triton_index_sums(logits: Tensor, labels: Tensor, ignore_index: Optional[in
     from ..ops import triton_softmax
 
     sums, _ = triton_softmax.softmax_region_sums(
-        logits.flatten(2).contiguous(), labels.flatten(1).contiguous(),
+        logits.flatten(2), labels.flatten(1),
         0 if ignore_index is None else ignore_index, ignore_index is not None,
     )  # fmt: skip
     return sums.unbind(1)

@@ -157,7 +157,7 @@ def index_term(
 
         ignore = 0 if prepared.ignore_index is None else prepared.ignore_index
         loss, _ = triton_softmax.softmax_term(
-            work.flatten(2).contiguous(), prepared.labels.flatten(1).contiguous(), ignore,
+            work.flatten(2), prepared.labels.flatten(1), ignore,
             prepared.ignore_index is not None, float(gamma), float(floor), detach,
         )  # fmt: skip
         return loss.view(prepared.labels.shape)

@@ -17,7 +17,8 @@ Two primitives over logits ``(N, C, P)`` (``P`` the flattened spatial size) and 
 Ignored pixels (``t_i`` = ``ignore_index``) get loss, statistics and gradient 0, whatever their logits
 hold. A label outside ``[0, C)`` that is not ignored makes the loss (or the ``Σp`` statistics) NaN, never
 a silently wrong number. Computation is in float32 (float64 for float64 logits); gradients come back in
-the logits' dtype. ``u = Σ_{c≠t} p_c`` is summed directly, exact where ``p_t`` is near 1.
+the logits' dtype, in their layout (``flatten(2)`` of a channels-last tensor is a strided view: no
+copy). ``u = Σ_{c≠t} p_c`` is summed directly, exact where ``p_t`` is near 1.
 
 These run on CUDA tensors, and on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` before
 import). Triton's ``libdevice`` functions are avoided (the interpreter lacks ``expm1`` / ``pow``): powers
@@ -44,35 +45,34 @@ def _pow(u, e):
 
 
 @triton.jit
-def _tile(z_ptr, y_ptr, n, pb, C, P, ignore, HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
-          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
-    """The logits tile ``(BLOCK_C, BLOCK_P)`` of sample ``n``, pixel block ``pb`` (masked classes -inf),
-    the labels, the valid mask (in bounds, not ignored) and whether each label is in range."""
+def _tile(z_ptr, y_ptr, n, pb, C, P, ignore, szn, szc, szp, syn, syp, HAS_IGNORE: tl.constexpr,
+          ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """The logits tile ``(BLOCK_C, BLOCK_P)`` of sample ``n``, pixel block ``pb`` (masked classes -inf;
+    any strides ``szn, szc, szp`` of the logits and ``syn, syp`` of the labels), the labels, the valid
+    mask (in bounds, not ignored), whether each label is in range, and the address offsets."""
     offs_c = tl.arange(0, BLOCK_C)
     offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     in_p = offs_p < P
     mask = (offs_c[:, None] < C) & in_p[None, :]
-    row = n.to(tl.int64) * C * P
-    z = tl.load(
-        z_ptr + row + offs_c[:, None].to(tl.int64) * P + offs_p[None, :], mask=mask, other=float("-inf")
-    )
-    y = tl.load(y_ptr + n.to(tl.int64) * P + offs_p, mask=in_p, other=0).to(tl.int64)
+    address = n.to(tl.int64) * szn + offs_c[:, None].to(tl.int64) * szc + offs_p[None, :].to(tl.int64) * szp
+    z = tl.load(z_ptr + address, mask=mask, other=float("-inf"))
+    y = tl.load(y_ptr + n.to(tl.int64) * syn + offs_p.to(tl.int64) * syp, mask=in_p, other=0).to(tl.int64)
     valid = in_p
     if HAS_IGNORE:
         valid = valid & (y != ignore)
     in_range = (y >= 0) & (y < C)
     is_t = offs_c[:, None] == y[None, :]
-    return z.to(ACC), y, valid, in_range, is_t, offs_p, in_p, offs_c, mask, row
+    return z.to(ACC), y, valid, in_range, is_t, offs_p, in_p, offs_c, mask
 
 
 @triton.jit
-def _term_forward_kernel(z_ptr, y_ptr, loss_ptr, lse_ptr, C, P, ignore, gamma, floor,
+def _term_forward_kernel(z_ptr, y_ptr, loss_ptr, lse_ptr, C, P, ignore, gamma, floor, szn, szc, szp, syn, syp,
                          HAS_IGNORE: tl.constexpr, MODULATED: tl.constexpr, ACC: tl.constexpr,
                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     n = tl.program_id(0)
     pb = tl.program_id(1)
-    z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask, row = _tile(
-        z_ptr, y_ptr, n, pb, C, P, ignore, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
+    z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask = _tile(
+        z_ptr, y_ptr, n, pb, C, P, ignore, szn, szc, szp, syn, syp, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
     )
     top = tl.max(z, 0)
     e = tl.exp(z - top[None, :])
@@ -90,14 +90,14 @@ def _term_forward_kernel(z_ptr, y_ptr, loss_ptr, lse_ptr, C, P, ignore, gamma, f
 
 
 @triton.jit
-def _term_backward_kernel(z_ptr, y_ptr, lse_ptr, g_ptr, grad_ptr, C, P, ignore, gamma, floor,
-                          HAS_IGNORE: tl.constexpr, MODE: tl.constexpr, ACC: tl.constexpr,
-                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+def _term_backward_kernel(z_ptr, y_ptr, lse_ptr, g_ptr, grad_ptr, C, P, ignore, gamma, floor, szn, szc, szp,
+                          syn, syp, sgn, sgc, sgp, HAS_IGNORE: tl.constexpr, MODE: tl.constexpr,
+                          ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """``MODE``: 0 cross-entropy, 1 the modulation differentiated (focal), 2 the modulation detached."""
     n = tl.program_id(0)
     pb = tl.program_id(1)
-    z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask, row = _tile(
-        z_ptr, y_ptr, n, pb, C, P, ignore, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
+    z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask = _tile(
+        z_ptr, y_ptr, n, pb, C, P, ignore, szn, szc, szp, syn, syp, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
     )
     pix = n.to(tl.int64) * P + offs_p
     lse = tl.load(lse_ptr + pix, mask=in_p, other=0.0).to(ACC)
@@ -118,18 +118,18 @@ def _term_backward_kernel(z_ptr, y_ptr, lse_ptr, g_ptr, grad_ptr, C, P, ignore, 
         w = w * (floor + (1.0 - floor) * factor)
     w = tl.where(valid & in_range, w, 0.0)
     grad = tl.where(valid[None, :], w[None, :] * (p - tl.where(is_t, 1.0, 0.0)), 0.0)
-    tl.store(grad_ptr + row + offs_c[:, None].to(tl.int64) * P + offs_p[None, :],
-             grad.to(grad_ptr.dtype.element_ty), mask=mask)  # fmt: skip
+    out = n.to(tl.int64) * sgn + offs_c[:, None].to(tl.int64) * sgc + offs_p[None, :].to(tl.int64) * sgp
+    tl.store(grad_ptr + out, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _sums_forward_kernel(z_ptr, y_ptr, part_ptr, lse_ptr, C, P, blocks, ignore,
+def _sums_forward_kernel(z_ptr, y_ptr, part_ptr, lse_ptr, C, P, blocks, ignore, szn, szc, szp, syn, syp,
                          HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     n = tl.program_id(0)
     pb = tl.program_id(1)
-    z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask, row = _tile(
-        z_ptr, y_ptr, n, pb, C, P, ignore, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
+    z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask = _tile(
+        z_ptr, y_ptr, n, pb, C, P, ignore, szn, szc, szp, syn, syp, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
     )
     top = tl.max(z, 0)
     e = tl.exp(z - top[None, :])
@@ -148,14 +148,14 @@ def _sums_forward_kernel(z_ptr, y_ptr, part_ptr, lse_ptr, C, P, blocks, ignore,
 
 
 @triton.jit
-def _sums_backward_kernel(z_ptr, y_ptr, lse_ptr, g_ptr, grad_ptr, C, P, ignore,
-                          HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
+def _sums_backward_kernel(z_ptr, y_ptr, lse_ptr, g_ptr, grad_ptr, C, P, ignore, szn, szc, szp, syn, syp,
+                          sgn, sgc, sgp, HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """``g_ptr``: ``(N, 2, C)``, the gradients of TP and of Σp."""
     n = tl.program_id(0)
     pb = tl.program_id(1)
-    z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask, row = _tile(
-        z_ptr, y_ptr, n, pb, C, P, ignore, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
+    z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask = _tile(
+        z_ptr, y_ptr, n, pb, C, P, ignore, szn, szc, szp, syn, syp, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
     )
     lse = tl.load(lse_ptr + n.to(tl.int64) * P + offs_p, mask=in_p, other=0.0).to(ACC)
     p = tl.exp(z - lse[None, :])
@@ -165,8 +165,8 @@ def _sums_backward_kernel(z_ptr, y_ptr, lse_ptr, g_ptr, grad_ptr, C, P, ignore,
     big_g = tl.where(is_t, g_tp[:, None], 0.0) + g_sum[:, None]
     dot = tl.sum(tl.where(mask, p * big_g, 0.0), 0)
     grad = tl.where(valid[None, :], p * (big_g - dot[None, :]), 0.0)
-    tl.store(grad_ptr + row + offs_c[:, None].to(tl.int64) * P + offs_p[None, :],
-             grad.to(grad_ptr.dtype.element_ty), mask=mask)  # fmt: skip
+    out = n.to(tl.int64) * sgn + offs_c[:, None].to(tl.int64) * sgc + offs_p[None, :].to(tl.int64) * sgp
+    tl.store(grad_ptr + out, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 def _grid_config(c: int, pixels: int) -> Tuple[int, int]:
@@ -196,7 +196,7 @@ def softmax_term(
     floor: float,
     detach: bool,
 ) -> Tuple[Tensor, Tensor]:
-    """``(term (N, P), lse (N, P))`` of contiguous logits ``(N, C, P)`` and labels ``(N, P)``; ``detach``:
+    """``(term (N, P), lse (N, P))`` of logits ``(N, C, P)`` and labels ``(N, P)`` of any strides; ``detach``:
     the modulation is a constant weight in the backward."""
     n, c, pixels = logits.shape
     loss = logits.new_empty((n, pixels), dtype=_compute_dtype(logits))
@@ -205,6 +205,7 @@ def softmax_term(
     if n and pixels:
         _term_forward_kernel[(n, triton.cdiv(pixels, block_p))](
             logits, labels, loss, lse, c, pixels, ignore_index, gamma, floor,
+            *logits.stride(), *labels.stride(),
             HAS_IGNORE=has_ignore, MODULATED=gamma != 0.0, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
         )  # fmt: skip
     return loss, lse
@@ -230,6 +231,7 @@ def softmax_term_backward(
     if n and pixels:
         _term_backward_kernel[(n, triton.cdiv(pixels, block_p))](
             logits, labels, lse, grad.contiguous(), out, c, pixels, ignore_index, gamma, floor,
+            *logits.stride(), *labels.stride(), *out.stride(),
             HAS_IGNORE=has_ignore, MODE=mode, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
         )  # fmt: skip
     return out
@@ -262,7 +264,7 @@ softmax_term.register_autograd(_term_backward, setup_context=_term_setup)
 def softmax_region_sums(
     logits: Tensor, labels: Tensor, ignore_index: int, has_ignore: bool
 ) -> Tuple[Tensor, Tensor]:
-    """``(sums (N, 3, C) = (TP, Σp, counts), lse (N, P))`` of contiguous logits ``(N, C, P)``."""
+    """``(sums (N, 3, C) = (TP, Σp, counts), lse (N, P))`` of logits ``(N, C, P)`` of any strides."""
     n, c, pixels = logits.shape
     block_c, block_p = _grid_config(c, pixels)
     blocks = triton.cdiv(pixels, block_p)
@@ -271,7 +273,7 @@ def softmax_region_sums(
     lse = logits.new_empty((n, pixels), dtype=dtype)
     if n and pixels:
         _sums_forward_kernel[(n, blocks)](
-            logits, labels, partial, lse, c, pixels, blocks, ignore_index,
+            logits, labels, partial, lse, c, pixels, blocks, ignore_index, *logits.stride(), *labels.stride(),
             HAS_IGNORE=has_ignore, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
         )  # fmt: skip
     return partial.sum(1), lse  # the second stage: a fixed-order reduction over the blocks
@@ -295,7 +297,8 @@ def softmax_region_sums_backward(
     if n and pixels:
         _sums_backward_kernel[(n, triton.cdiv(pixels, block_p))](
             logits, labels, lse, grad_sums.to(_compute_dtype(logits)).contiguous(), out, c, pixels,
-            ignore_index, HAS_IGNORE=has_ignore, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
+            ignore_index, *logits.stride(), *labels.stride(), *out.stride(),
+            HAS_IGNORE=has_ignore, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
         )  # fmt: skip
     return out
 
