@@ -340,3 +340,24 @@ def test_triton_sigmoid_term_is_relatively_exact_at_saturated_logits():
         got = SF.binary_cross_entropy_loss(z, t, reduction="none")
     expected = torch.nn.functional.softplus(torch.where(t == 1, -z, z))  # exact (torch's BCE is not, here)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    "fn, binary",
+    [(SF.cross_entropy_loss, False), (SF.focal_loss, False), (SF.difficulty_ce_loss, False), (SF.dice_loss, False),
+     (SF.binary_dice_loss, True), (SF.binary_cross_entropy_loss, True), (SF.binary_focal_loss, True)],
+)  # fmt: skip
+def test_triton_double_backward_is_the_references(fn, binary):
+    """Asked for a graph (create_graph=True), a kernel's backward differentiates the primitive's plain
+    torch formula, so second derivatives are those of the reference."""
+    z, t = case((2, 3, 4, 5), dtype=torch.float64, ignore=not binary)
+    target, kwargs = ((z > 0).double(), {}) if binary else (t, {"ignore_index": 255})
+    results = []
+    for chosen in ("reference", "triton"):
+        with sl.backend(chosen):
+            zz = z.detach().requires_grad_()
+            (grad,) = torch.autograd.grad(fn(zz, target, **kwargs), zz, create_graph=True)
+            (second,) = torch.autograd.grad((grad * grad).sum(), zz)
+            results.append((grad.detach(), second))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

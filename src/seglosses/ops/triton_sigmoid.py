@@ -19,9 +19,21 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_softmax import _acc, _compute_dtype, _grid_config
+from .._core.numerics import binary_log_terms, sigmoid_f32
+from .._core.stats import overlap_from_dense
+from .triton_softmax import _acc, _compute_dtype, _grid_config, with_graph
 
 _NAN = float("nan")
+
+
+def _sums_reference(logits: Tensor, target: Tensor, valid: Tensor, has_valid: bool) -> Tensor:
+    """``seglosses::sigmoid_region_sums`` in plain torch, ``(N, C, 3)``."""
+    mask = valid.bool() if has_valid else None
+    dtype = _compute_dtype(logits)
+    clean = logits if mask is None else logits.masked_fill(~mask, 0.0)
+    dense = target.to(dtype) if mask is None else target.to(dtype).masked_fill(~mask, 0)
+    s = overlap_from_dense(sigmoid_f32(clean), dense, mask)
+    return torch.stack([s.tp, s.tp + s.fp, s.tp + s.fn], -1)
 
 
 @triton.jit
@@ -118,6 +130,13 @@ def _setup(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
 
 def _backward(ctx, grad_sums):  # type: ignore[no-untyped-def]
     logits, target, valid = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return (
+            with_graph(lambda: _sums_reference(logits, target, valid, ctx.has_valid), logits, grad_sums),
+            None,
+            None,
+            None,
+        )
     grad = sigmoid_region_sums_backward(logits, target, valid, ctx.has_valid, grad_sums[..., :2])
     return grad, None, None, None
 
@@ -250,6 +269,17 @@ def _term_setup(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
 
 def _term_backward(ctx, grad):  # type: ignore[no-untyped-def]
     logits, target, valid, pos_weight, neg_weight = ctx.saved_tensors
+    if torch.is_grad_enabled():
+
+        def term() -> Tensor:
+            mask = valid.bool() if ctx.has_valid else None
+            clean = logits.to(_compute_dtype(logits))
+            clean = clean if mask is None else clean.masked_fill(~mask, 0.0)
+            positive, negative = binary_log_terms(clean, target.to(clean.dtype), ctx.gamma)
+            loss = -(pos_weight.view(1, -1, 1) * positive + neg_weight.view(1, -1, 1) * negative)
+            return loss if mask is None else loss.masked_fill(~mask, 0.0)
+
+        return with_graph(term, logits, grad), None, None, None, None, None, None
     result = sigmoid_term_backward(
         logits, target, valid, ctx.has_valid, pos_weight, neg_weight, ctx.gamma, grad
     )

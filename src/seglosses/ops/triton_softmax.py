@@ -26,7 +26,7 @@ are ``exp2(e · log2 u)``.
 """
 
 # no ``from __future__ import annotations``: torch.library reads the custom ops' annotations at runtime
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 import triton
@@ -249,11 +249,37 @@ def _term_setup(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
     ctx.mode = 0 if gamma == 0.0 else 2 if detach else 1
 
 
+def with_graph(formula: Callable[[], Tensor], logits: Tensor, grad: Tensor) -> Tensor:
+    """The gradient of ``formula()`` (the primitive in plain differentiable torch) with respect to
+    ``logits``, with a graph: what a backward asked for a graph (``create_graph=True``, a double
+    backward) gets instead of the kernel, whose result is not differentiable."""
+    with torch.enable_grad():
+        (result,) = torch.autograd.grad(formula(), logits, grad, create_graph=True)
+    return result
+
+
+def _term_reference(logits: Tensor, labels: Tensor, ignore_index: int, has_ignore: bool, gamma: float,
+                    floor: float, detach: bool) -> Tensor:  # fmt: skip
+    """``seglosses::softmax_term``'s loss in plain torch (0 at ignored pixels)."""
+    valid = labels != ignore_index if has_ignore else torch.ones_like(labels, dtype=torch.bool)
+    index = torch.where(valid, labels.long(), 0).unsqueeze(1)
+    ce = -torch.log_softmax(logits.to(_compute_dtype(logits)), 1).gather(1, index).squeeze(1)
+    if gamma != 0.0:
+        modulation = floor + (1 - floor) * (-torch.expm1(-ce)) ** gamma
+        ce = (modulation.detach() if detach else modulation) * ce
+    return torch.where(valid, ce, 0.0)
+
+
 def _term_backward(ctx, grad_loss, _grad_lse):  # type: ignore[no-untyped-def]
     logits, labels, lse = ctx.saved_tensors
     if grad_loss is None:
         return None, None, None, None, None, None, None
-    grad = softmax_term_backward(logits, labels, lse, grad_loss, *ctx.options, ctx.mode)
+    if torch.is_grad_enabled():
+        grad = with_graph(
+            lambda: _term_reference(logits, labels, *ctx.options, ctx.mode == 2), logits, grad_loss
+        )
+    else:
+        grad = softmax_term_backward(logits, labels, lse, grad_loss, *ctx.options, ctx.mode)
     return grad, None, None, None, None, None, None
 
 
@@ -318,6 +344,16 @@ def _sums_backward(ctx, grad_sums, _grad_lse):  # type: ignore[no-untyped-def]
     logits, labels, lse = ctx.saved_tensors
     if grad_sums is None:
         return None, None, None, None
+    if torch.is_grad_enabled():
+        from .._core.stats import _index_sums_reference
+
+        ignore_index, has_ignore = ctx.options
+        valid = labels != ignore_index if has_ignore else None
+
+        def sums() -> Tensor:
+            return torch.stack(_index_sums_reference(logits, labels, valid, _compute_dtype(logits)), 1)
+
+        return with_graph(sums, logits, grad_sums), None, None, None
     grad = softmax_region_sums_backward(logits, labels, lse, grad_sums[:, :2], *ctx.options)
     return grad, None, None, None
 
