@@ -344,8 +344,9 @@ def test_triton_sigmoid_term_is_relatively_exact_at_saturated_logits():
 
 @pytest.mark.parametrize(
     "fn, binary",
-    [(SF.cross_entropy_loss, False), (SF.focal_loss, False), (SF.difficulty_ce_loss, False), (SF.dice_loss, False),
-     (SF.binary_dice_loss, True), (SF.binary_cross_entropy_loss, True), (SF.binary_focal_loss, True)],
+    [(SF.cross_entropy_loss, False), (SF.focal_loss, False), (SF.difficulty_ce_loss, False),
+     (SF.dice_loss, False), (SF.binary_dice_loss, True), (SF.binary_cross_entropy_loss, True),
+     (SF.binary_focal_loss, True)],
 )  # fmt: skip
 def test_triton_double_backward_is_the_references(fn, binary):
     """Asked for a graph (create_graph=True), a kernel's backward differentiates the primitive's plain
