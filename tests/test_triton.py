@@ -362,3 +362,70 @@ def test_triton_double_backward_is_the_references(fn, binary):
             results.append((grad.detach(), second))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+DENSE = {
+    "ce": SF.cross_entropy_loss,
+    "ce(weight, smoothing)": lambda z, t, **k: SF.cross_entropy_loss(
+        z, t, weight=[0.5, 2.0, 1.0][: z.shape[1]], label_smoothing=0.1, **k
+    ),
+    "focal": SF.focal_loss,
+    "focal(gamma=0.5, alpha)": lambda z, t, **k: SF.focal_loss(
+        z, t, gamma=0.5, alpha=[0.2, 0.5, 0.3][: z.shape[1]], **k
+    ),
+    "dice": SF.dice_loss,
+    "tversky(batch)": lambda z, t, **k: SF.tversky_loss(z, t, alpha=0.3, beta=0.7, batch=True, **k),
+}
+
+
+def dense_case(shape, soft, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    z = (3 * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype)
+    if soft:
+        y = torch.softmax(2 * torch.randn(shape, generator=gen, dtype=torch.float64), 1).to(dtype)
+        y[:, :, 0] = 0.0  # pixels without target mass
+    else:
+        y = torch.nn.functional.one_hot(
+            torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=gen), shape[1]
+        )
+        y = y.movedim(-1, 1).to(dtype)
+    return z.to(DEVICE), y.to(DEVICE)
+
+
+def compare_dense(name, z, y, rtol=1e-5, atol=1e-6):
+    results = []
+    for chosen in ("reference", "triton"):
+        with sl.backend(chosen):
+            zz = z.detach().requires_grad_()
+            loss = DENSE[name](zz, y, reduction="none")
+            weights = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device)
+            results.append((loss.detach(), torch.autograd.grad((loss * weights.view_as(loss)).sum(), zz)[0]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", DENSE)
+@pytest.mark.parametrize("soft", [True, False], ids=["soft", "one-hot"])
+@pytest.mark.parametrize("shape", [(2, 3, 9, 7), (1, 3, 4, 5, 6)], ids=["2d", "3d"])
+def test_triton_dense_targets_equal_the_reference(name, soft, shape):
+    compare_dense(name, *dense_case(shape, soft))
+
+
+def test_triton_dense_targets_dtypes_layouts_and_infinities():
+    z, y = dense_case((2, 3, 6, 5), True, dtype=torch.float64)
+    for name in ("ce", "focal(gamma=0.5, alpha)", "dice"):
+        compare_dense(name, z, y, rtol=1e-12, atol=1e-13)
+    z, y = dense_case((2, 3, 6, 5), True, dtype=torch.bfloat16)
+    compare_dense("focal", z, y, rtol=2e-2, atol=2e-3)
+    z, y = dense_case((2, 3, 6, 5), False)
+    compare_dense("ce", z.to(memory_format=torch.channels_last), y)
+    z[:, 0][y[:, 0] == 0] = -torch.inf  # legal: no target mass there
+    for name in ("ce", "focal", "dice"):
+        compare_dense(name, z, y)
+    sl.set_input_checks(False)
+    z[0, 1, 0, 0] = torch.nan
+    with sl.backend("triton"):
+        assert torch.isnan(DENSE["ce"](z, y, reduction="none")[0, 0, 0])
+    y_grad = y.clone().requires_grad_()
+    with sl.backend("triton"):  # a target that requires a gradient takes the reference, which gives it
+        assert torch.autograd.grad(SF.cross_entropy_loss(z.nan_to_num(), y_grad), y_grad)[0] is not None

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .backend import fused_cpu, implementation
-from .numerics import compute_dtype, first_order_backward, sigmoid_f32, tracing
+from .numerics import compute_dtype, first_order_backward, sigmoid_f32, softmax_f32, tracing
 
 
 class Overlap(NamedTuple):
@@ -501,6 +501,21 @@ def _triton_sigmoid_sums(logits: Tensor, target: Tensor, valid: Optional[Tensor]
     flat = rows(logits)
     mask = flat if valid is None else rows(valid)  # unread without a mask
     return triton_sigmoid.sigmoid_region_sums(flat, rows(target), mask, valid is not None)
+
+
+def softmax_overlap_from_dense(logits: Tensor, target: Tensor) -> Overlap:
+    """Statistics ``(N, C)`` from logits (softmax over C) and a one-hot / soft target ``(N, C, *S)``: the
+    Triton kernel ``seglosses::softmax_dense_sums`` when the backend picks it (and the target needs no
+    gradient), else :func:`overlap_from_dense` of the softmax."""
+    if implementation(logits) == "triton" and not target.requires_grad:
+        from ..ops import triton_softmax
+
+        sums = triton_softmax.softmax_dense_sums(
+            logits.flatten(2), target.to(compute_dtype(logits)).flatten(2)
+        )
+        tp, prob_sum, y_sum = sums.unbind(1)
+        return Overlap(tp, prob_sum - tp, y_sum - tp)
+    return overlap_from_dense(softmax_f32(logits), target)
 
 
 def overlap_from_dense(probs: Tensor, target: Tensor, valid: Optional[Tensor] = None) -> Overlap:

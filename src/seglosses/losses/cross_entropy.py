@@ -131,12 +131,16 @@ def ce_from_prepared(
         smoothed, eps = dense * (1 - eps.to(work.dtype)) + eps.to(work.dtype) / work.shape[1], 0.0
     if eps:
         smoothed = smoothed * (1 - eps) + eps / work.shape[1]
-    weighted = smoothed if w is None else smoothed * w.view(1, -1, *[1] * (work.ndim - 2))
-    # -Σ_c w_c y_c log p_c, with 0 where y_c = 0: a -inf logit of a class without target mass is legal
-    # (SPEC section 6), and 0 · log 0 must not become NaN as in F.cross_entropy's probability path
-    log_p = torch.log_softmax(work, 1)
-    terms = torch.where(weighted != 0, weighted * log_p, 0.0)
-    loss = -torch.where(log_p.isnan(), log_p, terms).sum(1)  # a NaN / +inf logit stays visible
+    fused = dense_term(work, smoothed, w, 0.0)
+    if fused is not None:
+        loss = fused
+    else:
+        weighted = smoothed if w is None else smoothed * w.view(1, -1, *[1] * (work.ndim - 2))
+        # -Σ_c w_c y_c log p_c, with 0 where y_c = 0: a -inf logit of a class without target mass is legal
+        # (SPEC section 6), and 0 · log 0 must not become NaN as in F.cross_entropy's probability path
+        log_p = torch.log_softmax(work, 1)
+        terms = torch.where(weighted != 0, weighted * log_p, 0.0)
+        loss = -torch.where(log_p.isnan(), log_p, terms).sum(1)  # a NaN / +inf logit stays visible
     target_mass = dense.sum(1) if w is None else torch.einsum("nc...,c->n...", dense, w)
     return reduce(loss, reduction, target_mass.sum(dtype=work.dtype))
 
@@ -473,6 +477,32 @@ def binary_cross_entropy_loss(
     if prepared.valid is not None:
         loss = loss.masked_fill(~prepared.valid, 0)
     return reduce(loss, reduction, denominator)
+
+
+def dense_term(
+    work: Tensor, target: Tensor, weight: Optional[Tensor], gamma: Union[float, Tensor]
+) -> Optional[Tensor]:
+    """The per-pixel softmax term of a dense target ``-Σ_c w_c y_c (1-p_c)^γ log p_c`` (``(N, *S)``) by
+    the Triton kernel ``seglosses::softmax_dense_term`` when the backend picks it, else None (the
+    caller's forms). ``weight``: per class, broadcastable to ``(C,)``, None for 1. A target or weight that
+    requires a gradient, or a tensor ``γ``, always takes the caller's forms."""
+    if implementation(work) != "triton" or target.requires_grad or isinstance(gamma, Tensor):
+        return None
+    if weight is not None and weight.requires_grad:
+        return None
+    from ..ops import triton_softmax
+
+    c = work.shape[1]
+    ones = work.new_ones(c)
+    w = (
+        ones
+        if weight is None
+        else torch.broadcast_to(weight.reshape(-1).to(work.dtype) * ones, (c,)).contiguous()
+    )
+    loss = triton_softmax.softmax_dense_term(
+        work.flatten(2), target.to(work.dtype).flatten(2), w, float(gamma)
+    )
+    return loss.view(target.shape[0], *target.shape[2:])
 
 
 def binary_term(

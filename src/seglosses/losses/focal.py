@@ -33,7 +33,7 @@ from .._core.stats import even_parts
 from .._core.targets import IndexTarget, SoftmaxTarget, binary_target, num_valid, softmax_target
 from ..adaptive.schedules import ScheduledLossModule, ScheduleLike, scheduled_class_weights
 from .base import module_for
-from .cross_entropy import binary_term, check_weight_schedule, focal_factor, index_term
+from .cross_entropy import binary_term, check_weight_schedule, dense_term, focal_factor, index_term
 
 
 def _focal_factor_terms(log_p: Tensor, gamma: Union[float, Tensor]) -> Tuple[Tensor, Tensor]:
@@ -274,9 +274,13 @@ def focal_from_prepared(
             loss = loss * (torch.take(a, index) if a.ndim else a)
         denominator = prepared.num_valid()
     else:
-        alpha_dense = None if a is None else channel_tensor(a, work)
-        gamma_dense = channel_tensor(gamma, work) if isinstance(gamma, Tensor) else gamma
-        loss = _FocalDense.apply(work, prepared.dense.to(work.dtype), alpha_dense, gamma_dense)
+        fused_dense = dense_term(work, prepared.dense, a, gamma)
+        if fused_dense is not None:
+            loss = fused_dense
+        else:
+            alpha_dense = None if a is None else channel_tensor(a, work)
+            gamma_dense = channel_tensor(gamma, work) if isinstance(gamma, Tensor) else gamma
+            loss = _FocalDense.apply(work, prepared.dense.to(work.dtype), alpha_dense, gamma_dense)
         denominator = prepared.dense.sum(dtype=work.dtype)  # Σ y, as cross-entropy: γ = 0 is CE
     return reduce(loss, opts["reduction"], denominator)
 

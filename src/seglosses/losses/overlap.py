@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._core.errors import expected
-from .._core.numerics import safe_divide, safe_pow, softmax_f32
+from .._core.numerics import safe_divide, safe_pow
 from .._core.options import (
     ClassValues,
     Reduction,
@@ -39,8 +39,8 @@ from .._core.reduction import reduce_region
 from .._core.registry import register
 from .._core.stats import (
     Overlap,
-    overlap_from_dense,
     sigmoid_overlap_from_dense,
+    softmax_overlap_from_dense,
     softmax_overlap_from_index,
 )
 from .._core.targets import IndexTarget, check_binary_target, input_checks_enabled, softmax_target
@@ -82,7 +82,7 @@ def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary
     soft = softmax_target(logits, target, ignore_index)
     if isinstance(soft, IndexTarget):
         return softmax_overlap_from_index(logits, soft.labels, soft.valid, soft.ignore_index)
-    return overlap_from_dense(softmax_f32(logits), soft.dense)
+    return softmax_overlap_from_dense(logits, soft.dense)
 
 
 PerClass = Callable[[Overlap, Dict[str, Optional[Tensor]]], Tensor]

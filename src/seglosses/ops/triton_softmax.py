@@ -359,3 +359,231 @@ def _sums_backward(ctx, grad_sums, _grad_lse):  # type: ignore[no-untyped-def]
 
 
 softmax_region_sums.register_autograd(_sums_backward, setup_context=_sums_setup)
+
+
+@triton.jit
+def _dense_tile(z_ptr, t_ptr, n, pb, C, P, szn, szc, szp, stn, stc, stp, ACC: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """Logits (masked classes -inf) and dense target (masked 0) tiles of sample ``n``, block ``pb``, and
+    ``log p`` (``-inf`` at masked classes)."""
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    in_p = offs_p < P
+    mask = (offs_c[:, None] < C) & in_p[None, :]
+    c64, p64 = offs_c[:, None].to(tl.int64), offs_p[None, :].to(tl.int64)
+    z = tl.load(z_ptr + n.to(tl.int64) * szn + c64 * szc + p64 * szp, mask=mask, other=float("-inf")).to(ACC)
+    y = tl.load(t_ptr + n.to(tl.int64) * stn + c64 * stc + p64 * stp, mask=mask, other=0.0).to(ACC)
+    top = tl.max(z, 0)
+    log_p = z - (top + tl.log(tl.sum(tl.exp(z - top[None, :]), 0)))[None, :]
+    return z, y, log_p, offs_c, offs_p, in_p, mask
+
+
+@triton.jit
+def _dense_term_forward_kernel(z_ptr, t_ptr, w_ptr, loss_ptr, C, P, gamma, szn, szc, szp, stn, stc, stp,
+                               MODULATED: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                               BLOCK_P: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    pb = tl.program_id(1)
+    z, y, log_p, offs_c, offs_p, in_p, mask = _dense_tile(
+        z_ptr, t_ptr, n, pb, C, P, szn, szc, szp, stn, stc, stp, ACC, BLOCK_C, BLOCK_P
+    )
+    weight = y * tl.load(w_ptr + offs_c, mask=offs_c < C, other=0.0).to(ACC)[:, None]
+    terms = weight * log_p
+    if MODULATED:
+        terms = terms * _pow(1.0 - tl.exp(log_p), gamma)
+    terms = tl.where(weight != 0.0, terms, 0.0)  # no mass: 0, even where log p = -inf
+    loss = -tl.sum(tl.where(log_p != log_p, log_p, terms), 0)  # a NaN / +inf logit stays visible
+    tl.store(loss_ptr + n.to(tl.int64) * P + offs_p, loss, mask=in_p)
+
+
+@triton.jit
+def _dense_term_backward_kernel(z_ptr, t_ptr, w_ptr, g_ptr, grad_ptr, C, P, gamma, szn, szc, szp, stn, stc,
+                                stp, sgn, sgc, sgp, MODULATED: tl.constexpr, ACC: tl.constexpr,
+                                BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """``∂L/∂z_j = g (p_j Σ_c h_c - h_j)``, ``h_c = w_c y_c F_c`` with the focal factor ``F`` (1 for CE)."""
+    n = tl.program_id(0)
+    pb = tl.program_id(1)
+    z, y, log_p, offs_c, offs_p, in_p, mask = _dense_tile(
+        z_ptr, t_ptr, n, pb, C, P, szn, szc, szp, stn, stc, stp, ACC, BLOCK_C, BLOCK_P
+    )
+    p = tl.exp(log_p)
+    h = y * tl.load(w_ptr + offs_c, mask=offs_c < C, other=0.0).to(ACC)[:, None]
+    if MODULATED:
+        u = 1.0 - p
+        p_ce = tl.where(p > 0.0, -p * log_p, 0.0)
+        if gamma >= 1.0:
+            factor = _pow(u, gamma - 1.0) * (u + gamma * p_ce)
+        else:
+            factor = _pow(u, gamma) * (1.0 + gamma * tl.where(u > 0.0, p_ce / u, 1.0))
+        h = h * factor
+    h = tl.where(mask, h, 0.0)
+    g = tl.load(g_ptr + n.to(tl.int64) * P + offs_p, mask=in_p, other=0.0).to(ACC)
+    grad = (p * tl.sum(h, 0)[None, :] - h) * g[None, :]
+    out = n.to(tl.int64) * sgn + offs_c[:, None].to(tl.int64) * sgc + offs_p[None, :].to(tl.int64) * sgp
+    tl.store(grad_ptr + out, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+@torch.library.custom_op("seglosses::softmax_dense_term", mutates_args=())
+def softmax_dense_term(logits: Tensor, target: Tensor, weight: Tensor, gamma: float) -> Tensor:
+    """Per pixel ``-Σ_c w_c y_c (1-p_c)^γ log p_c`` ``(N, P)`` of logits and a dense target ``(N, C, P)``
+    (any strides), ``w`` ``(C,)``; a class without mass adds 0."""
+    n, c, pixels = logits.shape
+    loss = logits.new_empty((n, pixels), dtype=_compute_dtype(logits))
+    block_c, block_p = _grid_config(c, pixels)
+    if n and pixels:
+        _dense_term_forward_kernel[(n, triton.cdiv(pixels, block_p))](
+            logits, target, weight, loss, c, pixels, gamma, *logits.stride(), *target.stride(),
+            MODULATED=gamma != 0.0, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
+        )  # fmt: skip
+    return loss
+
+
+@softmax_dense_term.register_fake
+def _(logits: Tensor, target: Tensor, weight: Tensor, gamma: float) -> Tensor:
+    return logits.new_empty((logits.shape[0], logits.shape[2]), dtype=_compute_dtype(logits))
+
+
+@torch.library.custom_op("seglosses::softmax_dense_term_backward", mutates_args=())
+def softmax_dense_term_backward(
+    logits: Tensor, target: Tensor, weight: Tensor, gamma: float, grad: Tensor
+) -> Tensor:
+    """The gradient of the logits from that of the per-pixel dense term."""
+    n, c, pixels = logits.shape
+    out = torch.empty_like(logits)
+    block_c, block_p = _grid_config(c, pixels)
+    if n and pixels:
+        _dense_term_backward_kernel[(n, triton.cdiv(pixels, block_p))](
+            logits, target, weight, grad.contiguous(), out, c, pixels, gamma,
+            *logits.stride(), *target.stride(), *out.stride(),
+            MODULATED=gamma != 0.0, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
+        )  # fmt: skip
+    return out
+
+
+@softmax_dense_term_backward.register_fake
+def _(logits, target, weight, gamma, grad):  # type: ignore[no-untyped-def]
+    return torch.empty_like(logits)
+
+
+def _dense_term_reference(logits: Tensor, target: Tensor, weight: Tensor, gamma: float) -> Tensor:
+    """``seglosses::softmax_dense_term`` in plain torch."""
+    log_p = torch.log_softmax(logits.to(_compute_dtype(logits)), 1)
+    mass = target.to(log_p.dtype) * weight.to(log_p.dtype).view(1, -1, 1)
+    terms = mass * log_p * ((-torch.expm1(log_p)) ** gamma if gamma != 0.0 else 1.0)
+    terms = torch.where(mass != 0, terms, 0.0)
+    return -torch.where(log_p.isnan(), log_p, terms).sum(1)
+
+
+def _dense_term_setup(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+    logits, target, weight, gamma = inputs
+    ctx.save_for_backward(logits, target, weight)
+    ctx.gamma = gamma
+
+
+def _dense_term_backward(ctx, grad):  # type: ignore[no-untyped-def]
+    logits, target, weight = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        result = with_graph(lambda: _dense_term_reference(logits, target, weight, ctx.gamma), logits, grad)
+    else:
+        result = softmax_dense_term_backward(logits, target, weight, ctx.gamma, grad)
+    return result, None, None, None
+
+
+softmax_dense_term.register_autograd(_dense_term_backward, setup_context=_dense_term_setup)
+
+
+@triton.jit
+def _dense_sums_forward_kernel(z_ptr, t_ptr, part_ptr, C, P, blocks, szn, szc, szp, stn, stc, stp,
+                               ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    pb = tl.program_id(1)
+    z, y, log_p, offs_c, offs_p, in_p, mask = _dense_tile(
+        z_ptr, t_ptr, n, pb, C, P, szn, szc, szp, stn, stc, stp, ACC, BLOCK_C, BLOCK_P
+    )
+    p = tl.where(mask, tl.exp(log_p), 0.0)
+    base = (n.to(tl.int64) * blocks + pb) * 3 * C  # partials (N, blocks, 3, C)
+    in_c = offs_c < C
+    tl.store(part_ptr + base + offs_c, tl.sum(p * y, 1), mask=in_c)
+    tl.store(part_ptr + base + C + offs_c, tl.sum(p, 1), mask=in_c)
+    tl.store(part_ptr + base + 2 * C + offs_c, tl.sum(y, 1), mask=in_c)
+
+
+@triton.jit
+def _dense_sums_backward_kernel(z_ptr, t_ptr, g_ptr, grad_ptr, C, P, szn, szc, szp, stn, stc, stp, sgn, sgc,
+                                sgp, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                                BLOCK_P: tl.constexpr):  # fmt: skip
+    """``∂L/∂z_j = p_j (G_j - Σ_c p_c G_c)``, ``G_c = g^TP_c y_c + g^Σ_c``; ``g_ptr`` ``(N, 2, C)``."""
+    n = tl.program_id(0)
+    pb = tl.program_id(1)
+    z, y, log_p, offs_c, offs_p, in_p, mask = _dense_tile(
+        z_ptr, t_ptr, n, pb, C, P, szn, szc, szp, stn, stc, stp, ACC, BLOCK_C, BLOCK_P
+    )
+    p = tl.exp(log_p)
+    in_c = offs_c < C
+    g_tp = tl.load(g_ptr + n.to(tl.int64) * 2 * C + offs_c, mask=in_c, other=0.0).to(ACC)
+    g_sum = tl.load(g_ptr + n.to(tl.int64) * 2 * C + C + offs_c, mask=in_c, other=0.0).to(ACC)
+    big_g = g_tp[:, None] * y + g_sum[:, None]
+    dot = tl.sum(tl.where(mask, p * big_g, 0.0), 0)
+    grad = p * (big_g - dot[None, :])
+    out = n.to(tl.int64) * sgn + offs_c[:, None].to(tl.int64) * sgc + offs_p[None, :].to(tl.int64) * sgp
+    tl.store(grad_ptr + out, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+@torch.library.custom_op("seglosses::softmax_dense_sums", mutates_args=())
+def softmax_dense_sums(logits: Tensor, target: Tensor) -> Tensor:
+    """``(N, 3, C)`` = ``(TP, Σp, Σy)`` of logits and a dense target ``(N, C, P)`` (any strides)."""
+    n, c, pixels = logits.shape
+    block_c, block_p = _grid_config(c, pixels)
+    blocks = triton.cdiv(pixels, block_p)
+    partial = logits.new_empty((n, blocks, 3, c), dtype=_compute_dtype(logits))
+    if n and pixels:
+        _dense_sums_forward_kernel[(n, blocks)](
+            logits, target, partial, c, pixels, blocks, *logits.stride(), *target.stride(),
+            ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
+        )  # fmt: skip
+    return partial.sum(1)
+
+
+@softmax_dense_sums.register_fake
+def _(logits: Tensor, target: Tensor) -> Tensor:
+    return logits.new_empty((logits.shape[0], 3, logits.shape[1]), dtype=_compute_dtype(logits))
+
+
+@torch.library.custom_op("seglosses::softmax_dense_sums_backward", mutates_args=())
+def softmax_dense_sums_backward(logits: Tensor, target: Tensor, grad_sums: Tensor) -> Tensor:
+    """The gradient of the logits from ``grad_sums`` ``(N, 2, C)`` (of TP and Σp)."""
+    n, c, pixels = logits.shape
+    out = torch.empty_like(logits)
+    block_c, block_p = _grid_config(c, pixels)
+    if n and pixels:
+        _dense_sums_backward_kernel[(n, triton.cdiv(pixels, block_p))](
+            logits, target, grad_sums.to(_compute_dtype(logits)).contiguous(), out, c, pixels,
+            *logits.stride(), *target.stride(), *out.stride(),
+            ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
+        )  # fmt: skip
+    return out
+
+
+@softmax_dense_sums_backward.register_fake
+def _(logits, target, grad_sums):  # type: ignore[no-untyped-def]
+    return torch.empty_like(logits)
+
+
+def _dense_sums_setup(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+    ctx.save_for_backward(*inputs)
+
+
+def _dense_sums_backward(ctx, grad_sums):  # type: ignore[no-untyped-def]
+    logits, target = ctx.saved_tensors
+    if torch.is_grad_enabled():
+
+        def sums() -> Tensor:
+            p = torch.softmax(logits.to(_compute_dtype(logits)), 1)
+            y = target.to(p.dtype)
+            return torch.stack([(p * y).sum(-1), p.sum(-1), y.sum(-1)], 1)
+
+        return with_graph(sums, logits, grad_sums), None
+    return softmax_dense_sums_backward(logits, target, grad_sums[:, :2]), None
+
+
+softmax_dense_sums.register_autograd(_dense_sums_backward, setup_context=_dense_sums_setup)
