@@ -34,7 +34,13 @@ from benchmarks import run  # noqa: E402
 
 Step = Callable[[], object]
 Context = Callable[[], ContextManager[object]]
-TESTS = ("test_cuda.py", "test_mixed_precision.py", "test_determinism.py", "test_triton.py")
+TESTS = (
+    "test_cuda.py",
+    "test_mixed_precision.py",
+    "test_determinism.py",
+    "test_backends.py",
+    "test_deferred_checks.py",
+)
 SHAPES = [(8, 2, 256, 256), (8, 5, 256, 256), (8, 21, 256, 256), (2, 4, 64, 64, 64), (2, 21, 512, 512)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FAMILIES = ("ce", "focal", "region")  # of benchmarks.run.family_of; the boundary losses are left out

@@ -40,7 +40,7 @@ BACKENDS = ("auto", "reference", "cpu", "triton")
 Implementation = Literal["reference", "cpu", "triton"]
 
 _BACKEND: str = "auto"
-# "auto" picks the Triton kernels on CUDA only once they have passed tests/test_triton.py on a GPU; until
+# "auto" picks the Triton kernels on CUDA only once they have passed tests/test_backends.py on a GPU; until
 # then they are tested under Triton's interpreter only and serve CUDA tensors under backend("triton").
 AUTO_TRITON = False
 

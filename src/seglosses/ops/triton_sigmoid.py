@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .._core.numerics import binary_log_terms, sigmoid_f32
 from .._core.stats import overlap_from_dense
-from .triton_softmax import _acc, _compute_dtype, _grid_config, with_graph
+from .triton_softmax import _acc, _compute_dtype, _grid_config, kernel_output, with_graph
 
 _NAN = float("nan")
 
@@ -87,7 +87,7 @@ def sigmoid_region_sums(logits: Tensor, target: Tensor, valid: Tensor, has_valid
     rows, pixels = n * c, logits.shape[2]
     _, block_p = _grid_config(1, pixels)
     blocks = triton.cdiv(pixels, block_p)
-    partial = logits.new_empty((rows, blocks, 3), dtype=_compute_dtype(logits))
+    partial = kernel_output(logits, (rows, blocks, 3), _compute_dtype(logits))
     if rows and pixels:
         _sums_forward_kernel[(rows, blocks)](
             logits, target, valid, partial, pixels, blocks,
@@ -107,7 +107,7 @@ def sigmoid_region_sums_backward(
 ) -> Tensor:
     """The gradient of the logits from ``grad_sums`` ``(N, C, 2)`` (of TP and Σp)."""
     rows, pixels = logits.shape[0] * logits.shape[1], logits.shape[2]
-    out = torch.empty_like(logits)
+    out = kernel_output(logits)
     _, block_p = _grid_config(1, pixels)
     if rows and pixels:
         _sums_backward_kernel[(rows, triton.cdiv(pixels, block_p))](
@@ -224,7 +224,7 @@ def sigmoid_term(
     and a float target ``(N, C, P)``; ``pos_weight`` / ``neg_weight`` ``(C,)`` (BCE: ``ρ_c`` and 1; focal:
     ``α_c`` and ``1 - α_c``, or 1 and 1). 0 at ignored elements, NaN at a ``+inf`` logit."""
     n, c, pixels = logits.shape
-    loss = logits.new_empty(logits.shape, dtype=_compute_dtype(logits))
+    loss = kernel_output(logits, logits.shape, _compute_dtype(logits))
     _, block_p = _grid_config(1, pixels)
     if n * c and pixels:
         _term_forward_kernel[(n * c, triton.cdiv(pixels, block_p))](
@@ -246,7 +246,7 @@ def sigmoid_term_backward(
 ) -> Tensor:  # fmt: skip
     """The gradient of the logits from the gradient of the per-element term."""
     n, c, pixels = logits.shape
-    out = torch.empty_like(logits)
+    out = kernel_output(logits)
     _, block_p = _grid_config(1, pixels)
     if n * c and pixels:
         _term_backward_kernel[(n * c, triton.cdiv(pixels, block_p))](

@@ -26,7 +26,7 @@ are ``exp2(e · log2 u)``.
 """
 
 # no ``from __future__ import annotations``: torch.library reads the custom ops' annotations at runtime
-from typing import Callable, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -169,6 +169,17 @@ def _sums_backward_kernel(z_ptr, y_ptr, lse_ptr, g_ptr, grad_ptr, C, P, ignore, 
     tl.store(grad_ptr + out, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
+def kernel_output(
+    like: Tensor, shape: Optional[Sequence[int]] = None, dtype: Optional[torch.dtype] = None
+) -> Tensor:
+    """A tensor that a kernel writes in full: ``torch.empty_like(like)`` (its layout), or ``shape`` /
+    ``dtype`` on its device. The one allocation point of the kernels' outputs, which the memory-safety
+    tests replace with views into guarded buffers."""
+    if shape is None:
+        return torch.empty_like(like, dtype=dtype)
+    return like.new_empty(tuple(shape), dtype=like.dtype if dtype is None else dtype)
+
+
 def _grid_config(c: int, pixels: int) -> Tuple[int, int]:
     """``(BLOCK_C, BLOCK_P)``: all classes in one tile, about 4096 elements a program (one program per
     sample under the interpreter for small inputs, where each program costs milliseconds)."""
@@ -199,8 +210,8 @@ def softmax_term(
     """``(term (N, P), lse (N, P))`` of logits ``(N, C, P)`` and labels ``(N, P)`` of any strides; ``detach``:
     the modulation is a constant weight in the backward."""
     n, c, pixels = logits.shape
-    loss = logits.new_empty((n, pixels), dtype=_compute_dtype(logits))
-    lse = torch.empty_like(loss)
+    loss = kernel_output(logits, (n, pixels), _compute_dtype(logits))
+    lse = kernel_output(loss)
     block_c, block_p = _grid_config(c, pixels)
     if n and pixels:
         _term_forward_kernel[(n, triton.cdiv(pixels, block_p))](
@@ -226,7 +237,7 @@ def softmax_term_backward(
 ) -> Tensor:  # fmt: skip
     """The gradient ``(N, C, P)`` in the logits' dtype (``mode`` as in the backward kernel)."""
     n, c, pixels = logits.shape
-    out = torch.empty_like(logits)
+    out = kernel_output(logits)
     block_c, block_p = _grid_config(c, pixels)
     if n and pixels:
         _term_backward_kernel[(n, triton.cdiv(pixels, block_p))](
@@ -295,8 +306,8 @@ def softmax_region_sums(
     block_c, block_p = _grid_config(c, pixels)
     blocks = triton.cdiv(pixels, block_p)
     dtype = _compute_dtype(logits)
-    partial = logits.new_empty((n, blocks, 3, c), dtype=dtype)
-    lse = logits.new_empty((n, pixels), dtype=dtype)
+    partial = kernel_output(logits, (n, blocks, 3, c), dtype)
+    lse = kernel_output(logits, (n, pixels), dtype)
     if n and pixels:
         _sums_forward_kernel[(n, blocks)](
             logits, labels, partial, lse, c, pixels, blocks, ignore_index, *logits.stride(), *labels.stride(),
@@ -318,7 +329,7 @@ def softmax_region_sums_backward(
 ) -> Tensor:
     """The gradient ``(N, C, P)`` from ``grad_sums`` ``(N, 2, C)`` (of TP and Σp)."""
     n, c, pixels = logits.shape
-    out = torch.empty_like(logits)
+    out = kernel_output(logits)
     block_c, block_p = _grid_config(c, pixels)
     if n and pixels:
         _sums_backward_kernel[(n, triton.cdiv(pixels, block_p))](
@@ -428,7 +439,7 @@ def softmax_dense_term(logits: Tensor, target: Tensor, weight: Tensor, gamma: fl
     """Per pixel ``-Σ_c w_c y_c (1-p_c)^γ log p_c`` ``(N, P)`` of logits and a dense target ``(N, C, P)``
     (any strides), ``w`` ``(C,)``; a class without mass adds 0."""
     n, c, pixels = logits.shape
-    loss = logits.new_empty((n, pixels), dtype=_compute_dtype(logits))
+    loss = kernel_output(logits, (n, pixels), _compute_dtype(logits))
     block_c, block_p = _grid_config(c, pixels)
     if n and pixels:
         _dense_term_forward_kernel[(n, triton.cdiv(pixels, block_p))](
@@ -449,7 +460,7 @@ def softmax_dense_term_backward(
 ) -> Tensor:
     """The gradient of the logits from that of the per-pixel dense term."""
     n, c, pixels = logits.shape
-    out = torch.empty_like(logits)
+    out = kernel_output(logits)
     block_c, block_p = _grid_config(c, pixels)
     if n and pixels:
         _dense_term_backward_kernel[(n, triton.cdiv(pixels, block_p))](
@@ -535,7 +546,7 @@ def softmax_dense_sums(logits: Tensor, target: Tensor) -> Tensor:
     n, c, pixels = logits.shape
     block_c, block_p = _grid_config(c, pixels)
     blocks = triton.cdiv(pixels, block_p)
-    partial = logits.new_empty((n, blocks, 3, c), dtype=_compute_dtype(logits))
+    partial = kernel_output(logits, (n, blocks, 3, c), _compute_dtype(logits))
     if n and pixels:
         _dense_sums_forward_kernel[(n, blocks)](
             logits, target, partial, c, pixels, blocks, *logits.stride(), *target.stride(),
@@ -553,7 +564,7 @@ def _(logits: Tensor, target: Tensor) -> Tensor:
 def softmax_dense_sums_backward(logits: Tensor, target: Tensor, grad_sums: Tensor) -> Tensor:
     """The gradient of the logits from ``grad_sums`` ``(N, 2, C)`` (of TP and Σp)."""
     n, c, pixels = logits.shape
-    out = torch.empty_like(logits)
+    out = kernel_output(logits)
     block_c, block_p = _grid_config(c, pixels)
     if n and pixels:
         _dense_sums_backward_kernel[(n, triton.cdiv(pixels, block_p))](

@@ -1,6 +1,8 @@
-"""The backend switch, and the Triton kernels held to the plain torch reference (issue 17).
+"""The backend switch, and every fused implementation held to the plain torch reference (issue 17).
 
-Without a GPU the kernels run under Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set in
+The option grids run for both fused backends, ``"cpu"`` (the fused eager-CPU Functions at any size; on a
+CUDA machine the reference serves CUDA tensors there) and ``"triton"`` (the kernels). Without a GPU the
+Triton kernels run under Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set in
 ``conftest.py``); on a GPU the same tests run them on CUDA tensors.
 """
 
@@ -55,10 +57,16 @@ def value_and_grad(fn, z, t, name, reduction="mean", **kwargs):
     return loss.detach(), grad
 
 
-def compare(name, z, t, rtol=1e-5, atol=1e-6, **kwargs):
+@pytest.fixture(params=["cpu", "triton"])
+def fused(request):
+    """The fused backend under test."""
+    return request.param
+
+
+def compare(name, z, t, rtol=1e-5, atol=1e-6, fused="triton", **kwargs):
     with sl.backend("reference"):
         expected = value_and_grad(LOSSES[name], z, t, name, **kwargs)
-    with sl.backend("triton"):
+    with sl.backend(fused):
         got = value_and_grad(LOSSES[name], z, t, name, **kwargs)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
@@ -66,20 +74,25 @@ def compare(name, z, t, rtol=1e-5, atol=1e-6, **kwargs):
 
 @pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("shape", [(2, 5, 9, 7), (1, 3, 4, 5, 6), (2, 2, 33)], ids=["2d", "3d", "1d-2cls"])
-def test_triton_equals_the_reference(name, shape):
-    compare(name, *case(shape, ignore=True), ignore_index=255)
+def test_fused_equals_the_reference(name, shape, fused):
+    compare(name, *case(shape, ignore=True), ignore_index=255, fused=fused)
 
 
 @pytest.mark.parametrize("name", ["ce", "focal", "dice"])
 @pytest.mark.parametrize("reduction", ["none", "sum"])
-def test_triton_reductions(name, reduction):
-    compare(name, *case((2, 4, 6, 5)), reduction=reduction)
+def test_fused_reductions(name, reduction, fused):
+    compare(name, *case((2, 4, 6, 5)), reduction=reduction, fused=fused)
 
 
 @pytest.mark.parametrize("name", ["ce", "focal(gamma=0.5, alpha)", "difficulty_ce", "dice", "tversky"])
-def test_triton_float64_is_float64_accurate(name):
+def test_fused_float64_is_float64_accurate(name, fused):
     compare(
-        name, *case((2, 4, 6, 5), dtype=torch.float64, ignore=True), rtol=1e-12, atol=1e-13, ignore_index=255
+        name,
+        *case((2, 4, 6, 5), dtype=torch.float64, ignore=True),
+        rtol=1e-12,
+        atol=1e-13,
+        ignore_index=255,
+        fused=fused,
     )
 
 
@@ -93,10 +106,11 @@ def test_triton_half_inputs_compute_in_float32(name, dtype):
 
 
 @pytest.mark.parametrize("name", ["ce", "focal", "dice"])
-def test_triton_takes_any_layout(name):
+def test_fused_takes_any_layout(name, fused):
     z, t = case((2, 4, 6, 5))
-    compare(name, z.to(memory_format=torch.channels_last), t.transpose(1, 2).contiguous().transpose(1, 2))
-    compare(name, z[:, :, ::2], t[:, ::2])
+    layouts = [(z.to(memory_format=torch.channels_last), t.transpose(1, 2).contiguous().transpose(1, 2))]
+    for z_layout, t_layout in layouts + [(z[:, :, ::2], t[:, ::2])]:
+        compare(name, z_layout, t_layout, fused=fused)
 
 
 @pytest.mark.parametrize("name", ["ce", "focal", "dice"])
@@ -108,25 +122,25 @@ def test_triton_several_blocks_and_a_ragged_last_one(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["ce", "focal", "dice"])
-def test_triton_empty_batch_and_all_ignored(name):
+def test_fused_empty_batch_and_all_ignored(name, fused):
     z, t = case((0, 3, 4, 4))
-    with sl.backend("triton"):
+    with sl.backend(fused):
         loss, grad = value_and_grad(LOSSES[name], z, t, name)
     assert loss.item() == 0 and grad.shape == z.shape
     z, t = case((2, 3, 4, 4))
-    with sl.backend("triton"):
+    with sl.backend(fused):
         loss, grad = value_and_grad(LOSSES[name], z, torch.full_like(t, 255), name, ignore_index=255)
     assert torch.isfinite(loss).all() and not grad.any()
 
 
 @pytest.mark.parametrize("name", ["ce", "focal", "dice"])
-def test_triton_nan_at_ignored_pixels_reaches_nothing(name):
+def test_fused_nan_at_ignored_pixels_reaches_nothing(name, fused):
     z, t = case((2, 3, 4, 4), ignore=True)
     z = z.clone()
     z[:, 0][t == 255] = torch.nan
     sl.set_input_checks(False)  # checks on refuse a NaN logit anywhere
-    compare(name, z, t, ignore_index=255)
-    with sl.backend("triton"):
+    compare(name, z, t, ignore_index=255, fused=fused)
+    with sl.backend(fused):
         loss, grad = value_and_grad(LOSSES[name], z, t, name, ignore_index=255)
     assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
 
@@ -145,6 +159,52 @@ def test_triton_is_deterministic_run_to_run():
         first = value_and_grad(LOSSES["dice"], z, t, "dice", ignore_index=255)
         second = value_and_grad(LOSSES["dice"], z, t, "dice", ignore_index=255)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+GUARD, MARGIN = 12345.0, 64
+
+
+@pytest.fixture
+def guarded_outputs(monkeypatch):
+    """Every kernel output is a view into a buffer whose margins hold GUARD: a write outside the output
+    (which the interpreter does not report) changes a margin. Yields the list of (buffer, size)."""
+    from seglosses.ops import triton_sigmoid, triton_softmax
+
+    buffers = []
+
+    def guarded(like, shape=None, dtype=None):
+        shape = tuple(like.shape if shape is None else shape)
+        size = int(torch.Size(shape).numel())
+        buffer = torch.full((size + 2 * MARGIN,), GUARD, dtype=dtype or like.dtype, device=like.device)
+        buffers.append((buffer, size))
+        return buffer[MARGIN : MARGIN + size].view(shape)
+
+    monkeypatch.setattr(triton_softmax, "kernel_output", guarded)
+    monkeypatch.setattr(triton_sigmoid, "kernel_output", guarded)
+    return buffers
+
+
+def test_triton_kernels_write_nothing_outside_their_outputs(guarded_outputs, monkeypatch):
+    monkeypatch.setattr(
+        "seglosses.ops.triton_softmax._grid_config", lambda c, p: (triton.next_power_of_2(c), 16)
+    )
+    monkeypatch.setattr("seglosses.ops.triton_sigmoid._grid_config", lambda c, p: (1, 16))
+    z, t = case((2, 3, 5, 7), ignore=True)
+    y = (z > 0).float()
+    dense = torch.softmax(z, 1)
+    with sl.backend("triton"):
+        for loss in (
+            SF.focal_loss(z.requires_grad_(), t, ignore_index=255),
+            SF.dice_loss(z, t, ignore_index=255),
+            SF.focal_loss(z, dense),
+            SF.dice_loss(z, dense),
+            SF.binary_focal_loss(z, y),
+            SF.binary_dice_loss(z, t.unsqueeze(1).expand_as(z) % 2, ignore_index=255),
+        ):
+            torch.autograd.grad(loss, z)
+    assert len(guarded_outputs) >= 14  # every kernel's outputs, forward and backward
+    for buffer, size in guarded_outputs:
+        assert (buffer[:MARGIN] == GUARD).all() and (buffer[MARGIN + size :] == GUARD).all()
 
 
 def test_triton_kernels_read_nothing_outside_their_tensors():
@@ -242,10 +302,10 @@ def binary_case(shape, kind, dtype=torch.float32, seed=0):
     return z.to(DEVICE), t.to(DEVICE)
 
 
-def compare_binary(name, z, t, rtol=1e-5, atol=1e-6, **kwargs):
+def compare_binary(name, z, t, rtol=1e-5, atol=1e-6, fused="triton", **kwargs):
     fn = BINARY[name]
     results = []
-    for chosen in ("reference", "triton"):
+    for chosen in ("reference", fused):
         with sl.backend(chosen):
             zz = z.detach().requires_grad_()
             loss = fn(zz, t, reduction="none", **kwargs)
@@ -258,9 +318,9 @@ def compare_binary(name, z, t, rtol=1e-5, atol=1e-6, **kwargs):
 @pytest.mark.parametrize("name", BINARY)
 @pytest.mark.parametrize("kind", ["soft", "bool", "ignored"])
 @pytest.mark.parametrize("shape", [(2, 3, 9, 7), (1, 2, 4, 5, 6)], ids=["2d", "3d"])
-def test_triton_sigmoid_statistics_equal_the_reference(name, kind, shape):
+def test_fused_sigmoid_statistics_equal_the_reference(name, kind, shape, fused):
     z, t = binary_case(shape, kind)
-    compare_binary(name, z, t, **({"ignore_index": 255} if kind == "ignored" else {}))
+    compare_binary(name, z, t, fused=fused, **({"ignore_index": 255} if kind == "ignored" else {}))
 
 
 def test_triton_sigmoid_statistics_dtypes_layouts_blocks_and_nan(monkeypatch):
@@ -303,12 +363,12 @@ BINARY_TERMS = {
 
 @pytest.mark.parametrize("name", BINARY_TERMS)
 @pytest.mark.parametrize("kind", ["soft", "bool", "ignored"])
-def test_triton_sigmoid_terms_equal_the_reference(name, kind):
+def test_fused_sigmoid_terms_equal_the_reference(name, kind, fused):
     z, t = binary_case((2, 3, 9, 7), kind)
     z[0, 0, 0, :3] = torch.tensor([-30.0, 30.0, -200.0])  # saturated
     BINARY[name] = BINARY_TERMS[name]
     try:
-        compare_binary(name, z, t, **({"ignore_index": 255} if kind == "ignored" else {}))
+        compare_binary(name, z, t, fused=fused, **({"ignore_index": 255} if kind == "ignored" else {}))
     finally:
         del BINARY[name]
 
@@ -392,9 +452,9 @@ def dense_case(shape, soft, dtype=torch.float32, seed=0):
     return z.to(DEVICE), y.to(DEVICE)
 
 
-def compare_dense(name, z, y, rtol=1e-5, atol=1e-6):
+def compare_dense(name, z, y, rtol=1e-5, atol=1e-6, fused="triton"):
     results = []
-    for chosen in ("reference", "triton"):
+    for chosen in ("reference", fused):
         with sl.backend(chosen):
             zz = z.detach().requires_grad_()
             loss = DENSE[name](zz, y, reduction="none")
@@ -407,8 +467,8 @@ def compare_dense(name, z, y, rtol=1e-5, atol=1e-6):
 @pytest.mark.parametrize("name", DENSE)
 @pytest.mark.parametrize("soft", [True, False], ids=["soft", "one-hot"])
 @pytest.mark.parametrize("shape", [(2, 3, 9, 7), (1, 3, 4, 5, 6)], ids=["2d", "3d"])
-def test_triton_dense_targets_equal_the_reference(name, soft, shape):
-    compare_dense(name, *dense_case(shape, soft))
+def test_fused_dense_targets_equal_the_reference(name, soft, shape, fused):
+    compare_dense(name, *dense_case(shape, soft), fused=fused)
 
 
 def test_triton_dense_targets_dtypes_layouts_and_infinities():
