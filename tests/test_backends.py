@@ -218,20 +218,32 @@ def test_triton_kernels_read_nothing_outside_their_tensors():
     t_buffer = torch.full((t.numel() + 2 * margin,), 99, dtype=t.dtype, device=DEVICE)
     z_view = z_buffer[margin : margin + z.numel()].view(shape).copy_(z).requires_grad_()
     t_view = t_buffer[margin : margin + t.numel()].view(t.shape).copy_(t)
-    loss, _ = triton_softmax.softmax_term(z_view, t_view, 0, False, 2.0, 0.0, False)
-    sums, _ = triton_softmax.softmax_region_sums(z_view, t_view, 0, False)
+    loss, _, term_checks = triton_softmax.softmax_term(z_view, t_view, 0, False, 2.0, 0.0, False, True)
+    sums, _, sums_checks = triton_softmax.softmax_region_sums(z_view, t_view, 0, False, True)
     grads = torch.autograd.grad([loss.sum(), sums[:, :2].sum()], z_view)
     for result in (loss, sums, *grads):
         assert torch.isfinite(result).all()
+    assert not term_checks.any() and not sums_checks.any()  # nothing NaN or out of range was read
 
 
 def test_triton_custom_ops_compile_with_fullgraph():
+    """Every kernel is a custom op with a fake implementation: torch.compile traces the losses through
+    them in one graph, values and gradients as in eager mode."""
     z, t = case((2, 3, 4, 4))
+    y, dense = (z > 0).float(), torch.softmax(z, 1)
+
+    def step(a):
+        return (
+            SF.dice_loss(a, t) + SF.focal_loss(a, t) + SF.cross_entropy_loss(a, dense)
+            + SF.jaccard_loss(a, dense) + SF.binary_dice_loss(a, y) + SF.binary_cross_entropy_loss(a, y)
+        )  # fmt: skip
+
     with sl.backend("triton"):
-        eager = SF.dice_loss(z, t) + SF.focal_loss(z, t)
-        compiled = torch.compile(lambda a, b: SF.dice_loss(a, b) + SF.focal_loss(a, b), fullgraph=True,
-                                 backend="aot_eager")(z, t)  # fmt: skip
-    torch.testing.assert_close(compiled, eager)
+        eager = value_and_grad(lambda a, b, **k: step(a), z, t, "all")
+        compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+        got = value_and_grad(lambda a, b, **k: compiled(a), z, t, "all")
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b)
 
 
 def test_backend_names_and_errors():

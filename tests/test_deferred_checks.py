@@ -11,6 +11,8 @@ import seglosses as sl
 import seglosses.functional as SF
 from seglosses._core import deferred
 
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, on the Triton interpreter's lanes
+
 
 @pytest.fixture(autouse=True)
 def cpu_defers(monkeypatch):
@@ -123,3 +125,67 @@ def test_pending_checks_are_bounded(monkeypatch):
     for _ in range(10):
         SF.cross_entropy_loss(z, t)
     assert len(deferred._PENDING) <= 3
+
+
+KERNEL_CHECKED = {
+    "ce": lambda z, t: SF.cross_entropy_loss(z, t, ignore_index=255),
+    "ce(weight)": lambda z, t: SF.cross_entropy_loss(z, t, weight=[1.0, 2.0, 3.0], ignore_index=255),
+    "focal": lambda z, t: SF.focal_loss(z, t, ignore_index=255),
+    "difficulty_ce": lambda z, t: SF.difficulty_ce_loss(z, t, ignore_index=255),
+    "dice": lambda z, t: SF.dice_loss(z, t, ignore_index=255),
+    "tversky": lambda z, t: SF.tversky_loss(z, t, ignore_index=255),
+}
+
+
+@pytest.mark.parametrize("name", KERNEL_CHECKED)
+def test_the_triton_kernels_count_the_checks_as_they_read(name, monkeypatch):
+    """Deferred, the checks of an index target are counted inside the kernel that reads the logits (no
+    pass of their own), with the messages of the synchronous checks."""
+    pytest.importorskip("triton")
+    from seglosses._core import targets
+
+    def no_extra_pass(*args):
+        raise AssertionError("the data checks took a pass of their own")
+
+    monkeypatch.setattr(targets, "_defer_index_checks", no_extra_pass)
+    fn = KERNEL_CHECKED[name]
+    z, t = good()
+    t[0, 0, 0] = 255
+    with sl.backend("triton"):
+        fn(z, t)
+        sl.flush_input_checks()  # clean input
+        bad = z.clone()
+        bad[1, 2, 3, 3] = torch.inf
+        fn(bad, t)
+        with pytest.raises(sl.SegLossError, match=r"expected finite logits, got NaN or \+inf at 1 pixel"):
+            sl.flush_input_checks()
+        out_of_range = t.clone()
+        out_of_range[1, 1, 1] = 3
+        assert torch.isnan(fn(z, out_of_range))  # the kernel's answer: NaN, never a plausible number
+        with pytest.raises(
+            sl.SegLossError, match=r"class indices in \[0, 3\) or ignore_index = 255, got 1 pixel"
+        ):
+            sl.flush_input_checks()
+        empty = z.clone()
+        empty[0, :, 2, 2] = -torch.inf
+        fn(empty, t)
+        with pytest.raises(sl.SegLossError, match="got 1 pixel whose logits are all -inf"):
+            sl.flush_input_checks()
+        at_target = z.clone()
+        at_target[0, t[0, 1, 1], 1, 1] = -torch.inf
+        fn(at_target, t)
+        if name in ("dice", "tversky"):  # no log p: legal
+            sl.flush_input_checks()
+        else:
+            with pytest.raises(sl.SegLossError, match="the target puts mass there.*got 1 -inf logits value"):
+                sl.flush_input_checks()
+
+
+def test_options_the_kernels_do_not_serve_keep_the_pass_of_their_own():
+    pytest.importorskip("triton")
+    z, t = good()
+    z = z.index_fill(1, torch.tensor([2]), -torch.inf)
+    with sl.backend("triton"):
+        SF.cross_entropy_loss(z, torch.zeros_like(t), label_smoothing=0.1)
+    with pytest.raises(sl.SegLossError, match="label smoothing puts mass on every class"):
+        sl.flush_input_checks()

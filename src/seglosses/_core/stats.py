@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .backend import fused_cpu, implementation
 from .numerics import compute_dtype, first_order_backward, sigmoid_f32, softmax_f32, tracing
+from .targets import IndexTarget, defer_kernel_checks
 
 
 class Overlap(NamedTuple):
@@ -292,7 +293,11 @@ def _finite(*tables: Tensor) -> bool:
 
 
 def softmax_overlap_from_index(
-    logits: Tensor, labels: Tensor, valid: Optional[Tensor], ignore_index: Optional[int] = None
+    logits: Tensor,
+    labels: Tensor,
+    valid: Optional[Tensor],
+    ignore_index: Optional[int] = None,
+    prepared: Optional[IndexTarget] = None,
 ) -> Overlap:
     """Statistics ``(N, C)`` from logits (softmax over C) and an index target ``(N, *S)``.
 
@@ -303,21 +308,27 @@ def softmax_overlap_from_index(
     dtype = compute_dtype(logits)
     chosen = implementation(logits)
     if chosen == "triton":
-        tp, prob_sum, counts = _triton_index_sums(logits, labels, ignore_index)
+        tp, prob_sum, counts = _triton_index_sums(logits, labels, ignore_index, prepared)
     else:
         sums = _SoftmaxIndexSums.apply if chosen == "cpu" else _index_sums_reference
         tp, prob_sum, counts = sums(logits, labels, valid, dtype)
     return Overlap(tp, prob_sum - tp, counts - tp)
 
 
-def _triton_index_sums(logits: Tensor, labels: Tensor, ignore_index: Optional[int]) -> Tuple[Tensor, ...]:
-    """``(TP, Σp, counts)`` by the Triton kernel ``seglosses::softmax_region_sums``."""
+def _triton_index_sums(
+    logits: Tensor, labels: Tensor, ignore_index: Optional[int], prepared: Optional[IndexTarget]
+) -> Tuple[Tensor, ...]:
+    """``(TP, Σp, counts)`` by the Triton kernel ``seglosses::softmax_region_sums``, which also counts the
+    deferred data checks when ``prepared`` leaves them to it."""
     from ..ops import triton_softmax
 
-    sums, _ = triton_softmax.softmax_region_sums(
+    check = prepared is not None and prepared.kernel_checks is not None
+    sums, _, counted = triton_softmax.softmax_region_sums(
         logits.flatten(2), labels.flatten(1),
-        0 if ignore_index is None else ignore_index, ignore_index is not None,
+        0 if ignore_index is None else ignore_index, ignore_index is not None, check,
     )  # fmt: skip
+    if prepared is not None and check:
+        defer_kernel_checks(prepared, logits.shape[1], counted)
     return sums.unbind(1)
 
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .deferred import defer, deferred, raise_ready
+from .backend import implementation
+from .deferred import Verdict, defer, deferred, raise_ready
 from .errors import SegLossError, expected
 from .numerics import compute_dtype, tracing
 
@@ -90,13 +91,16 @@ class IndexTarget:
     """A checked index target: ``labels`` ``(N, *S)`` as given; ``valid`` bool, or None (all valid);
     ``count`` the number of valid pixels when it is known on the host (no mask, or the data checks read
     it), else None; ``finite`` whether the data checks found every logit finite; ``ignore_index`` the
-    value that ``valid`` masks (set with ``valid``)."""
+    value that ``valid`` masks (set with ``valid``); ``kernel_checks`` set when the deferred data checks
+    are left to the Triton kernel that reads the logits (``"log_terms"``: with the ``-inf`` check at the
+    target class), which counts them as it reads (:func:`defer_kernel_checks`)."""
 
     labels: Tensor
     valid: Optional[Tensor] = None
     count: Optional[int] = None
     finite: bool = False
     ignore_index: Optional[int] = None
+    kernel_checks: Optional[str] = None  # "plain" / "log_terms": the data checks are the kernel's to count
 
     def num_valid(self) -> Union[int, Tensor]:
         """The number of valid pixels: :attr:`count`, or an int64 tensor counted on the device."""
@@ -215,13 +219,18 @@ def softmax_target(
     *,
     log_terms: bool = False,
     smoothing: bool = False,
+    kernel_checks: bool = False,
 ) -> SoftmaxTarget:
     """Check logits and target of a softmax loss and prepare the target (see module docstring).
 
     With the data checks on, ``-inf`` logits follow SPEC section 6: a valid pixel with every logit
     ``-inf`` raises; a loss with ``log_terms`` (it takes ``log p`` of the classes carrying target mass:
     cross-entropy, focal) raises for a ``-inf`` logit where the target has mass, at every class with
-    ``smoothing``."""
+    ``smoothing``.
+
+    ``kernel_checks``: the caller promises that an index target goes to a primitive that counts the data
+    checks in its kernel when the backend picks Triton (:func:`~seglosses._core.backend.implementation`);
+    then, where the checks are deferred, they cost no pass of their own."""
     check_logits(logits, min_classes=2)
     if not isinstance(target, Tensor):
         raise expected("target to be a torch.Tensor", type(target).__name__)
@@ -243,9 +252,13 @@ def softmax_target(
     if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
         raise expected("an integer index target (class indices, e.g. torch.long)", f"dtype {target.dtype}")
     valid = _valid_mask(target, ignore_index)
-    count, finite = target.numel() if valid is None else None, False
+    count, finite, in_kernel = target.numel() if valid is None else None, False, None
     if input_checks_enabled() and target.numel() and deferred(logits.device):
-        _defer_index_checks(logits, target, valid, ignore_index, log_terms, smoothing)
+        raise_ready()
+        if kernel_checks and not smoothing and implementation(logits) == "triton":
+            in_kernel = "log_terms" if log_terms else "plain"
+        else:
+            _defer_index_checks(logits, target, valid, ignore_index, log_terms, smoothing)
     elif input_checks_enabled() and target.numel():
         stats = [*torch.aminmax(target)] + ([] if valid is None else [valid.sum()])
         minus_inf, (lo, hi, *counted) = _run_data_checks(logits, stats, "logits")
@@ -260,7 +273,7 @@ def softmax_target(
                 at_target = F.one_hot(IndexTarget(target, valid).index(), c).movedim(-1, 1).bool()
                 mass = every.expand_as(logits) if smoothing else at_target & every
                 _log_of_zero(logits, mass, smoothing, "logits")
-    return IndexTarget(target, valid, count, finite, None if valid is None else ignore_index)
+    return IndexTarget(target, valid, count, finite, None if valid is None else ignore_index, in_kernel)
 
 
 def _defer_index_checks(
@@ -270,7 +283,6 @@ def _defer_index_checks(
     """The checks of :func:`softmax_target` for an index target, computed on the device and judged later
     (:mod:`~seglosses._core.deferred`): one per-pixel maximum over the classes, the label range, and for
     ``log_terms`` the logits at the target class (every class with ``smoothing``)."""
-    raise_ready()
     logits, c = logits.detach(), logits.shape[1]
     top = logits.amax(1)  # NaN and +inf propagate; -inf only where every class is -inf
     bad_label = (target < 0) | (target >= c)
@@ -283,6 +295,13 @@ def _defer_index_checks(
             index = target.long().masked_fill(bad_label, 0)  # in range for gather (bad labels: counted)
             index = IndexTarget(index, valid).index().unsqueeze(1)
             stats.append(_masked_count(torch.isneginf(logits.gather(1, index)).squeeze(1), valid))
+    defer(stats, _index_verdict(c, ignore_index, smoothing))
+
+
+def _index_verdict(c: int, ignore_index: Optional[int], smoothing: bool) -> Verdict:
+    """The judge of an index target's statistics ``(NaN / +inf pixels, labels out of range, valid pixels
+    with every logit -inf[, -inf logits where the loss takes log p])``, with the synchronous checks'
+    messages."""
     allowed = f"target class indices in [0, {c})" + _or_ignored(ignore_index)
 
     def verdict(values: List[float]) -> Optional[str]:
@@ -294,7 +313,15 @@ def _defer_index_checks(
         problem = _no_distribution_message(empty, "logits")
         return problem or (_log_of_zero_message(zero_log[0], smoothing, "logits") if zero_log else None)
 
-    defer(stats, verdict)
+    return verdict
+
+
+def defer_kernel_checks(prepared: IndexTarget, c: int, statistics: Tensor) -> None:
+    """Queue the statistics a kernel counted for ``prepared`` (:attr:`IndexTarget.kernel_checks`): the
+    four of :func:`_index_verdict`, as a device tensor ``(4,)``; the last is left out without log terms."""
+    log_terms = prepared.kernel_checks == "log_terms"
+    values = list(statistics.unbind(0))[: 4 if log_terms else 3]
+    defer(values, _index_verdict(c, prepared.ignore_index, False))
 
 
 def _nonfinite_message(pixels: int) -> str:

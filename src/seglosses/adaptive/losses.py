@@ -99,7 +99,7 @@ def difficulty_ce_loss(
     opts = check_difficulty_options(
         alpha=alpha, gamma=gamma, detach=detach, ignore_index=ignore_index, reduction=reduction
     )
-    prepared = softmax_target(logits, target, ignore_index, log_terms=True)
+    prepared = softmax_target(logits, target, ignore_index, log_terms=True, kernel_checks=True)
     work = logits.to(compute_dtype(logits))
     a, g = opts["alpha"], opts["gamma"]
     fused = index_term(work, prepared, g, a, opts["detach"]) if isinstance(prepared, IndexTarget) else None

@@ -24,7 +24,14 @@ from .._core.options import (
 from .._core.reduction import reduce
 from .._core.registry import register
 from .._core.stats import class_labels, row_gather, row_scatter_add, valid_weights
-from .._core.targets import IndexTarget, SoftmaxTarget, binary_target, num_valid, softmax_target
+from .._core.targets import (
+    IndexTarget,
+    SoftmaxTarget,
+    binary_target,
+    defer_kernel_checks,
+    num_valid,
+    softmax_target,
+)
 from ..adaptive.schedules import (
     ScheduledLossModule,
     ScheduleLike,
@@ -88,7 +95,9 @@ def cross_entropy_loss(
         reduction=reduction,
     )
     smoothing = isinstance(opts["label_smoothing"], Tensor) or opts["label_smoothing"] > 0
-    prepared = softmax_target(logits, target, ignore_index, log_terms=True, smoothing=smoothing)
+    prepared = softmax_target(  # an index target without smoothing goes to index_term
+        logits, target, ignore_index, log_terms=True, smoothing=smoothing, kernel_checks=not smoothing
+    )
     return ce_from_prepared(logits.to(compute_dtype(logits)), prepared, opts)
 
 
@@ -111,7 +120,8 @@ def ce_from_prepared(
             return reduce(loss, reduction, denominator)
         fused = index_term(work, prepared, 0.0) if not eps else None
         if fused is not None:  # class weights multiply the term (w_t (p - onehot) by autograd)
-            fused = fused if w is None else fused * torch.take(w, prepared.index())
+            if w is not None:  # clamped: an unchecked label out of range reads a weight, its loss is NaN
+                fused = fused * torch.take(w, prepared.index().clamp(0, work.shape[1] - 1))
             return reduce(fused, reduction, denominator)
         # torch's own kernel. Its mean divides by the valid count as ours does but gives NaN for none, so
         # it serves a mean only when the count is known on the host and positive; else its sum is reduced
@@ -160,10 +170,13 @@ def index_term(
         from ..ops import triton_softmax
 
         ignore = 0 if prepared.ignore_index is None else prepared.ignore_index
-        loss, _ = triton_softmax.softmax_term(
+        check = prepared.kernel_checks is not None
+        loss, _, counted = triton_softmax.softmax_term(
             work.flatten(2), prepared.labels.flatten(1), ignore,
-            prepared.ignore_index is not None, float(gamma), float(floor), detach,
+            prepared.ignore_index is not None, float(gamma), float(floor), detach, check,
         )  # fmt: skip
+        if check:
+            defer_kernel_checks(prepared, work.shape[1], counted)
         return loss.view(prepared.labels.shape)
     return None
 
@@ -408,7 +421,7 @@ def _index_denominator(
     compute dtype: float64 for a float64 loss)."""
     if weight is None:
         return prepared.num_valid()
-    pixel_weight = weight[prepared.index()]
+    pixel_weight = torch.take(weight, prepared.index().clamp(0, weight.numel() - 1))  # see ce_from_prepared
     if prepared.valid is not None:
         pixel_weight = pixel_weight * prepared.valid
     return pixel_weight.sum(dtype=dtype)

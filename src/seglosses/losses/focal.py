@@ -225,7 +225,8 @@ def focal_loss(
         ignore_index=ignore_index,
         reduction=reduction,
     )
-    prepared = softmax_target(logits, target, ignore_index, log_terms=True)
+    fused = not isinstance(opts["gamma"], Tensor)  # an index target then goes to index_term
+    prepared = softmax_target(logits, target, ignore_index, log_terms=True, kernel_checks=fused)
     return focal_from_prepared(logits.to(compute_dtype(logits)), prepared, opts)
 
 

@@ -79,9 +79,9 @@ def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary
         checks = input_checks_enabled()  # read once: the checks below and the shortcut rely on one answer
         valid = check_binary_target(logits, target, ignore_index, checks=checks)  # checked: no NaN, no +inf
         return sigmoid_overlap_from_dense(logits, target, valid, finite=checks)
-    soft = softmax_target(logits, target, ignore_index)
+    soft = softmax_target(logits, target, ignore_index, kernel_checks=True)
     if isinstance(soft, IndexTarget):
-        return softmax_overlap_from_index(logits, soft.labels, soft.valid, soft.ignore_index)
+        return softmax_overlap_from_index(logits, soft.labels, soft.valid, soft.ignore_index, soft)
     return softmax_overlap_from_dense(logits, soft.dense)
 
 

@@ -66,9 +66,24 @@ def _tile(z_ptr, y_ptr, n, pb, C, P, ignore, szn, szc, szp, syn, syp, HAS_IGNORE
 
 
 @triton.jit
-def _term_forward_kernel(z_ptr, y_ptr, loss_ptr, lse_ptr, C, P, ignore, gamma, floor, szn, szc, szp, syn, syp,
-                         HAS_IGNORE: tl.constexpr, MODULATED: tl.constexpr, ACC: tl.constexpr,
-                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+def _count_checks(stats_ptr, n, pb, blocks, z, is_t, valid, in_range, in_p):
+    """The data checks of this tile, counted as it is read (``targets._index_verdict``'s statistics):
+    pixels with a NaN or ``+inf`` logit, valid labels out of range, valid pixels with every logit
+    ``-inf``, valid pixels whose target-class logit is ``-inf``; into ``stats`` ``(N, blocks, 4)``."""
+    bad = tl.max(((z != z) | (z == float("inf"))).to(tl.int32), 0) > 0
+    z_t = tl.sum(tl.where(is_t, z, 0.0), 0)
+    base = (n.to(tl.int64) * blocks + pb) * 4
+    tl.store(stats_ptr + base, tl.sum((bad & in_p).to(tl.float32), 0))
+    tl.store(stats_ptr + base + 1, tl.sum((valid & ~in_range).to(tl.float32), 0))
+    tl.store(stats_ptr + base + 2, tl.sum((valid & (tl.max(z, 0) == float("-inf"))).to(tl.float32), 0))
+    tl.store(stats_ptr + base + 3, tl.sum((valid & in_range & (z_t == float("-inf"))).to(tl.float32), 0))
+
+
+@triton.jit
+def _term_forward_kernel(z_ptr, y_ptr, loss_ptr, lse_ptr, stats_ptr, blocks, C, P, ignore, gamma, floor, szn,
+                         szc, szp, syn, syp, HAS_IGNORE: tl.constexpr, CHECK: tl.constexpr,
+                         MODULATED: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                         BLOCK_P: tl.constexpr):  # fmt: skip
     n = tl.program_id(0)
     pb = tl.program_id(1)
     z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask = _tile(
@@ -87,6 +102,8 @@ def _term_forward_kernel(z_ptr, y_ptr, loss_ptr, lse_ptr, C, P, ignore, gamma, f
     out = n.to(tl.int64) * P + offs_p
     tl.store(loss_ptr + out, loss, mask=in_p)
     tl.store(lse_ptr + out, lse, mask=in_p)
+    if CHECK:
+        _count_checks(stats_ptr, n, pb, blocks, z, is_t, valid, in_range, in_p)
 
 
 @triton.jit
@@ -123,8 +140,8 @@ def _term_backward_kernel(z_ptr, y_ptr, lse_ptr, g_ptr, grad_ptr, C, P, ignore, 
 
 
 @triton.jit
-def _sums_forward_kernel(z_ptr, y_ptr, part_ptr, lse_ptr, C, P, blocks, ignore, szn, szc, szp, syn, syp,
-                         HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
+def _sums_forward_kernel(z_ptr, y_ptr, part_ptr, lse_ptr, stats_ptr, C, P, blocks, ignore, szn, szc, szp, syn,
+                         syp, HAS_IGNORE: tl.constexpr, CHECK: tl.constexpr, ACC: tl.constexpr,
                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     n = tl.program_id(0)
     pb = tl.program_id(1)
@@ -145,6 +162,8 @@ def _sums_forward_kernel(z_ptr, y_ptr, part_ptr, lse_ptr, C, P, blocks, ignore, 
     tl.store(part_ptr + base + C + offs_c, total, mask=in_c)
     tl.store(part_ptr + base + 2 * C + offs_c, count, mask=in_c)
     tl.store(lse_ptr + n.to(tl.int64) * P + offs_p, lse, mask=in_p)
+    if CHECK:
+        _count_checks(stats_ptr, n, pb, blocks, z, is_t, valid, in_range, in_p)
 
 
 @triton.jit
@@ -206,28 +225,32 @@ def softmax_term(
     gamma: float,
     floor: float,
     detach: bool,
-) -> Tuple[Tensor, Tensor]:
-    """``(term (N, P), lse (N, P))`` of logits ``(N, C, P)`` and labels ``(N, P)`` of any strides; ``detach``:
-    the modulation is a constant weight in the backward."""
+    check: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(term (N, P), lse (N, P), checks (4,))`` of logits ``(N, C, P)`` and labels ``(N, P)`` of any
+    strides; ``detach``: the modulation is a constant weight in the backward; ``check``: count the data
+    checks (:func:`_count_checks`; zeros otherwise)."""
     n, c, pixels = logits.shape
     loss = kernel_output(logits, (n, pixels), _compute_dtype(logits))
     lse = kernel_output(loss)
     block_c, block_p = _grid_config(c, pixels)
+    blocks = triton.cdiv(pixels, block_p)
+    stats = kernel_output(logits, (n, blocks, 4) if check else (0, 0, 4), torch.float32)
     if n and pixels:
-        _term_forward_kernel[(n, triton.cdiv(pixels, block_p))](
-            logits, labels, loss, lse, c, pixels, ignore_index, gamma, floor,
-            *logits.stride(), *labels.stride(),
-            HAS_IGNORE=has_ignore, MODULATED=gamma != 0.0, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
+        _term_forward_kernel[(n, blocks)](
+            logits, labels, loss, lse, stats, blocks, c, pixels, ignore_index, gamma, floor,
+            *logits.stride(), *labels.stride(), HAS_IGNORE=has_ignore, CHECK=check,
+            MODULATED=gamma != 0.0, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
         )  # fmt: skip
-    return loss, lse
+    return loss, lse, stats.sum((0, 1))
 
 
 @softmax_term.register_fake
 def _(logits: Tensor, labels: Tensor, ignore_index: int, has_ignore: bool, gamma: float, floor: float,
-      detach: bool):  # fmt: skip
+      detach: bool, check: bool):  # fmt: skip
     n, _, pixels = logits.shape
     loss = logits.new_empty((n, pixels), dtype=_compute_dtype(logits))
-    return loss, torch.empty_like(loss)
+    return loss, torch.empty_like(loss), logits.new_empty(4, dtype=torch.float32)
 
 
 @torch.library.custom_op("seglosses::softmax_term_backward", mutates_args=())
@@ -254,7 +277,8 @@ def _(logits, labels, lse, grad, ignore_index, has_ignore, gamma, floor, mode): 
 
 
 def _term_setup(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
-    logits, labels, ignore_index, has_ignore, gamma, floor, detach = inputs
+    logits, labels, ignore_index, has_ignore, gamma, floor, detach, _ = inputs
+    ctx.mark_non_differentiable(output[1], output[2])
     ctx.save_for_backward(logits, labels, output[1])
     ctx.options = (ignore_index, has_ignore, gamma, floor)
     ctx.mode = 0 if gamma == 0.0 else 2 if detach else 1
@@ -281,17 +305,17 @@ def _term_reference(logits: Tensor, labels: Tensor, ignore_index: int, has_ignor
     return torch.where(valid, ce, 0.0)
 
 
-def _term_backward(ctx, grad_loss, _grad_lse):  # type: ignore[no-untyped-def]
+def _term_backward(ctx, grad_loss, _grad_lse, _grad_checks):  # type: ignore[no-untyped-def]
     logits, labels, lse = ctx.saved_tensors
     if grad_loss is None:
-        return None, None, None, None, None, None, None
+        return None, None, None, None, None, None, None, None
     if torch.is_grad_enabled():
         grad = with_graph(
             lambda: _term_reference(logits, labels, *ctx.options, ctx.mode == 2), logits, grad_loss
         )
     else:
         grad = softmax_term_backward(logits, labels, lse, grad_loss, *ctx.options, ctx.mode)
-    return grad, None, None, None, None, None, None
+    return grad, None, None, None, None, None, None, None
 
 
 softmax_term.register_autograd(_term_backward, setup_context=_term_setup)
@@ -299,28 +323,32 @@ softmax_term.register_autograd(_term_backward, setup_context=_term_setup)
 
 @torch.library.custom_op("seglosses::softmax_region_sums", mutates_args=())
 def softmax_region_sums(
-    logits: Tensor, labels: Tensor, ignore_index: int, has_ignore: bool
-) -> Tuple[Tensor, Tensor]:
-    """``(sums (N, 3, C) = (TP, Σp, counts), lse (N, P))`` of logits ``(N, C, P)`` of any strides."""
+    logits: Tensor, labels: Tensor, ignore_index: int, has_ignore: bool, check: bool
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(sums (N, 3, C) = (TP, Σp, counts), lse (N, P), checks (4,))`` of logits ``(N, C, P)`` of any
+    strides; ``check`` as in :func:`softmax_term`."""
     n, c, pixels = logits.shape
     block_c, block_p = _grid_config(c, pixels)
     blocks = triton.cdiv(pixels, block_p)
     dtype = _compute_dtype(logits)
     partial = kernel_output(logits, (n, blocks, 3, c), dtype)
     lse = kernel_output(logits, (n, pixels), dtype)
+    stats = kernel_output(logits, (n, blocks, 4) if check else (0, 0, 4), torch.float32)
     if n and pixels:
         _sums_forward_kernel[(n, blocks)](
-            logits, labels, partial, lse, c, pixels, blocks, ignore_index, *logits.stride(), *labels.stride(),
-            HAS_IGNORE=has_ignore, ACC=_acc(logits), BLOCK_C=block_c, BLOCK_P=block_p,
+            logits, labels, partial, lse, stats, c, pixels, blocks, ignore_index, *logits.stride(),
+            *labels.stride(), HAS_IGNORE=has_ignore, CHECK=check, ACC=_acc(logits), BLOCK_C=block_c,
+            BLOCK_P=block_p,
         )  # fmt: skip
-    return partial.sum(1), lse  # the second stage: a fixed-order reduction over the blocks
+    return partial.sum(1), lse, stats.sum((0, 1))  # the second stage: a fixed-order reduction
 
 
 @softmax_region_sums.register_fake
-def _(logits: Tensor, labels: Tensor, ignore_index: int, has_ignore: bool):
+def _(logits: Tensor, labels: Tensor, ignore_index: int, has_ignore: bool, check: bool):
     n, c, pixels = logits.shape
     dtype = _compute_dtype(logits)
-    return logits.new_empty((n, 3, c), dtype=dtype), logits.new_empty((n, pixels), dtype=dtype)
+    checks = logits.new_empty(4, dtype=torch.float32)
+    return logits.new_empty((n, 3, c), dtype=dtype), logits.new_empty((n, pixels), dtype=dtype), checks
 
 
 @torch.library.custom_op("seglosses::softmax_region_sums_backward", mutates_args=())
@@ -346,15 +374,16 @@ def _(logits, labels, lse, grad_sums, ignore_index, has_ignore):  # type: ignore
 
 
 def _sums_setup(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
-    logits, labels, ignore_index, has_ignore = inputs
+    logits, labels, ignore_index, has_ignore, _ = inputs
+    ctx.mark_non_differentiable(output[1], output[2])
     ctx.save_for_backward(logits, labels, output[1])
     ctx.options = (ignore_index, has_ignore)
 
 
-def _sums_backward(ctx, grad_sums, _grad_lse):  # type: ignore[no-untyped-def]
+def _sums_backward(ctx, grad_sums, _grad_lse, _grad_checks):  # type: ignore[no-untyped-def]
     logits, labels, lse = ctx.saved_tensors
     if grad_sums is None:
-        return None, None, None, None
+        return None, None, None, None, None
     if torch.is_grad_enabled():
         from .._core.stats import _index_sums_reference
 
@@ -364,9 +393,9 @@ def _sums_backward(ctx, grad_sums, _grad_lse):  # type: ignore[no-untyped-def]
         def sums() -> Tensor:
             return torch.stack(_index_sums_reference(logits, labels, valid, _compute_dtype(logits)), 1)
 
-        return with_graph(sums, logits, grad_sums), None, None, None
+        return with_graph(sums, logits, grad_sums), None, None, None, None
     grad = softmax_region_sums_backward(logits, labels, lse, grad_sums[:, :2], *ctx.options)
-    return grad, None, None, None
+    return grad, None, None, None, None
 
 
 softmax_region_sums.register_autograd(_sums_backward, setup_context=_sums_setup)
