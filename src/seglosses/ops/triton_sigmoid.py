@@ -37,9 +37,9 @@ def _sums_reference(logits: Tensor, target: Tensor, valid: Tensor, has_valid: bo
 
 
 @triton.jit
-def _row_tile(z_ptr, y_ptr, v_ptr, row, pb, P, HAS_VALID: tl.constexpr, ACC: tl.constexpr,
+def _load_row(z_ptr, y_ptr, v_ptr, row, pb, P, HAS_VALID: tl.constexpr, ACC: tl.constexpr,
               BLOCK_P: tl.constexpr):  # fmt: skip
-    """Row ``row``'s block ``pb``: ``p`` (NaN at ``+inf``), the target and the valid mask."""
+    """Row ``row``'s block ``pb``: logits, target, valid mask, addresses and the in-bounds mask."""
     offs = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     in_p = offs < P
     address = row.to(tl.int64) * P + offs
@@ -48,6 +48,14 @@ def _row_tile(z_ptr, y_ptr, v_ptr, row, pb, P, HAS_VALID: tl.constexpr, ACC: tl.
     valid = in_p
     if HAS_VALID:
         valid = valid & (tl.load(v_ptr + address, mask=in_p, other=0) != 0)
+    return z, y, valid, address, in_p
+
+
+@triton.jit
+def _row_tile(z_ptr, y_ptr, v_ptr, row, pb, P, HAS_VALID: tl.constexpr, ACC: tl.constexpr,
+              BLOCK_P: tl.constexpr):  # fmt: skip
+    """:func:`_load_row` with ``p = σ(z)`` (NaN at ``+inf``) in place of the logits."""
+    z, y, valid, address, in_p = _load_row(z_ptr, y_ptr, v_ptr, row, pb, P, HAS_VALID, ACC, BLOCK_P)
     p = tl.where(z == float("inf"), _NAN, tl.sigmoid(z))
     return p, y, valid, address, in_p
 
@@ -156,14 +164,7 @@ def _log_sigmoids(z):
 @triton.jit
 def _term_tile(z_ptr, y_ptr, v_ptr, pos_ptr, neg_ptr, row, pb, C, P, HAS_VALID: tl.constexpr,
                ACC: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
-    offs = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-    in_p = offs < P
-    address = row.to(tl.int64) * P + offs
-    z = tl.load(z_ptr + address, mask=in_p, other=0.0).to(ACC)
-    y = tl.load(y_ptr + address, mask=in_p, other=0.0).to(ACC)
-    valid = in_p
-    if HAS_VALID:
-        valid = valid & (tl.load(v_ptr + address, mask=in_p, other=0) != 0)
+    z, y, valid, address, in_p = _load_row(z_ptr, y_ptr, v_ptr, row, pb, P, HAS_VALID, ACC, BLOCK_P)
     channel = row % C
     a_pos = tl.load(pos_ptr + channel).to(ACC)
     a_neg = tl.load(neg_ptr + channel).to(ACC)

@@ -66,6 +66,15 @@ def _tile(z_ptr, y_ptr, n, pb, C, P, ignore, szn, szc, szp, syn, syp, HAS_IGNORE
 
 
 @triton.jit
+def _softmax_sums(z):
+    """Over the class axis of a tile: ``e = exp(z - max)``, its sum, and ``lse``."""
+    top = tl.max(z, 0)
+    e = tl.exp(z - top[None, :])
+    total = tl.sum(e, 0)
+    return e, total, top + tl.log(total)
+
+
+@triton.jit
 def _count_checks(stats_ptr, n, pb, blocks, z, is_t, valid, in_range, in_p):
     """The data checks of this tile, counted as it is read (``targets._index_verdict``'s statistics):
     pixels with a NaN or ``+inf`` logit, valid labels out of range, valid pixels with every logit
@@ -89,10 +98,7 @@ def _term_forward_kernel(z_ptr, y_ptr, loss_ptr, lse_ptr, stats_ptr, blocks, C, 
     z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask = _tile(
         z_ptr, y_ptr, n, pb, C, P, ignore, szn, szc, szp, syn, syp, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
     )
-    top = tl.max(z, 0)
-    e = tl.exp(z - top[None, :])
-    total = tl.sum(e, 0)
-    lse = top + tl.log(total)
+    e, total, lse = _softmax_sums(z)
     ce = lse - tl.sum(tl.where(is_t, z, 0.0), 0)
     loss = ce
     if MODULATED:
@@ -148,9 +154,7 @@ def _sums_forward_kernel(z_ptr, y_ptr, part_ptr, lse_ptr, stats_ptr, C, P, block
     z, y, valid, in_range, is_t, offs_p, in_p, offs_c, mask = _tile(
         z_ptr, y_ptr, n, pb, C, P, ignore, szn, szc, szp, syn, syp, HAS_IGNORE, ACC, BLOCK_C, BLOCK_P
     )
-    top = tl.max(z, 0)
-    e = tl.exp(z - top[None, :])
-    lse = top + tl.log(tl.sum(e, 0))
+    _, _, lse = _softmax_sums(z)
     p = tl.where(valid[None, :], tl.exp(z - lse[None, :]), 0.0)
     bad = tl.sum((valid & ~in_range).to(tl.int32), 0) > 0  # a label out of range: NaN sums, not silence
     tp = tl.sum(tl.where(is_t, p, 0.0), 1)
