@@ -15,10 +15,10 @@ import seglosses as sl
 import seglosses.functional as SF
 import seglosses.losses  # noqa: F401  (every loss registered)
 from seglosses._core.registry import MAX_NESTING, parse_spec
-from seglosses.adaptive.schedules import Schedule, as_schedule, step_schedule
 from seglosses.cli import main
 from seglosses.metrics import ConfusionMatrix, boundary_iou, hausdorff_distance
 from seglosses.ops import distance_transform, signed_distance_map, two_sided_distance
+from seglosses.schedules import Schedule, as_schedule, step_schedule
 
 HUGE = 10**400  # no float holds it
 HUGER = 10**5000  # Python will not even write it out (more than 4,300 digits)

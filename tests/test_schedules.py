@@ -11,7 +11,7 @@ from helpers import IGNORE, make_inputs
 
 import seglosses as sl
 import seglosses.functional as SF
-from seglosses.adaptive.schedules import (
+from seglosses.schedules import (
     Schedule,
     as_schedule,
     constant_schedule,

@@ -16,7 +16,6 @@ from .adaptive.losses import (
     DifficultyCELoss,
     FrequencyFocalLoss,
 )
-from .adaptive.schedules import Schedule, as_schedule
 from .functional import *  # noqa: F401,F403  (the pure functions, also at top level)
 from .functional import __all__ as _functional_all
 from .losses.base import LossModule
@@ -49,6 +48,7 @@ from .losses.overlap import (
     TverskyLoss,
 )
 from .ops.distance import distance_transform, signed_distance_map
+from .schedules import Schedule, as_schedule
 from .weights import ClassFrequency, class_weights
 
 __version__ = "0.1.0"

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ._core.errors import expected
+
 ProcessGroup = Any  # torch.distributed.ProcessGroup, or None for the default group
 
 
@@ -38,8 +40,6 @@ def is_distributed(group: ProcessGroup = None) -> bool:
 def check_process_group(group: object) -> ProcessGroup:
     """None (the default group) or a ``torch.distributed.ProcessGroup``."""
     if group is not None and not (dist.is_available() and isinstance(group, dist.ProcessGroup)):
-        from ._core.errors import expected
-
         raise expected("process_group to be a torch.distributed.ProcessGroup or None", repr(group))
     return group
 

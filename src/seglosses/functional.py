@@ -11,6 +11,7 @@ import inspect
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ._core.errors import SegLossError, unknown_option
+from ._core.registry import domain_names, list_losses
 from .adaptive.losses import difficulty_ce_loss
 from .losses.boundary import (
     active_contour_loss,
@@ -71,8 +72,6 @@ __all__ = [
 
 def _registered_names(function: Callable[..., Any]) -> Optional[Tuple[str, str]]:
     """The registered softmax and binary names of the loss whose module runs ``function``, if any."""
-    from ._core.registry import domain_names, list_losses
-
     entries = list_losses(details=True)
     entry = next((e for e in entries if getattr(e.module, "function", None) is function), None)
     return None if entry is None else domain_names(entry.name)

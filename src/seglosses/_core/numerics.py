@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import SegLossError
+
 Backward = Callable[..., Any]
 
 
@@ -136,8 +138,6 @@ def first_order_backward(name: str, reference: Optional[Reference] = None) -> Ca
         def run(ctx: Any, *grads: Tensor) -> Any:
             if torch.is_grad_enabled() and not transformed():  # torch.func runs backwards with grad on
                 if reference is None or getattr(ctx, "no_reference", False):
-                    from .errors import SegLossError
-
                     raise SegLossError(
                         f"expected first-order gradients of {name}; got a backward with create_graph=True, "
                         "which its closed-form backward does not support"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import sys
-from typing import Literal, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from .errors import expected, show, unknown_choice
 from .numerics import compute_dtype
+from .targets import input_checks_enabled
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS = ("none", "mean", "sum")
@@ -20,8 +22,6 @@ ClassValues = Union[float, Sequence[float], Tensor]
 
 
 def _data_checks_enabled() -> bool:
-    from .targets import input_checks_enabled
-
     return input_checks_enabled()
 
 
@@ -167,3 +167,9 @@ def channel_tensor(values: Optional[Tensor], logits: Tensor) -> Optional[Tensor]
     if values is None or values.ndim == 0:
         return values
     return values.view(1, -1, *([1] * (logits.ndim - 2)))
+
+
+def keyword_options(function: Callable[..., Any]) -> Dict[str, inspect.Parameter]:
+    """The keyword-only options of a loss function (everything after ``logits, target``)."""
+    params = inspect.signature(function).parameters.values()
+    return {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}

@@ -5,7 +5,7 @@ as Python literals: ``"ce + 0.5*dice"``, ``"focal(gamma=2) + tversky(alpha=0.3, 
 with Python's own ``ast`` (never evaluated); anything else than ``+``, ``-``, ``number*term``,
 ``term*number``, names and literal options is an error that names its position.
 
-A weight may also be a schedule of the step (:mod:`seglosses.adaptive.schedules`): a schedule call, or
+A weight may also be a schedule of the step (:mod:`seglosses.schedules`): a schedule call, or
 numbers and schedule calls joined by ``+ - *``, as in the boundary-loss rebalancing
 ``"linear(start=1, end=0.01, steps=99)*dice + (1 - linear(start=1, end=0.01, steps=99))*boundary"``. An
 option value may be a schedule call too: ``"ce(weight=[1, 5], weight_schedule=exponential(lam=0.1))"``.
@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 from torch import nn
 
-from ..adaptive.schedules import (
+from ..schedules import (
     MAX_NESTING,
     Schedule,
     is_schedule_expression,

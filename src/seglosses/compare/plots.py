@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
 import numpy as np
 
 from ..data import IGNORE, DataSet
-from .training import RunResult, overlay_view, rarest_scored_class, scored_classes, slug
+from .training import (
+    CURVE_IMAGES,
+    RunResult,
+    ordered,
+    overlay_view,
+    rarest_scored_class,
+    scored_classes,
+    slug,
+)
 
 if TYPE_CHECKING:
     from .verdict import Comparison
@@ -57,9 +65,7 @@ def learning_curves(results: Sequence[RunResult], data: DataSet) -> bytes:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from .training import CURVE_IMAGES
-
-    losses, seeds = _ordered(results)
+    losses, seeds = ordered(results)
     names = ("train_loss", "test_dice")
     curves = {name: {loss: _curves(results, loss, name) for loss in losses} for name in names}
     columns, blocks = _grid(len(losses))
@@ -165,7 +171,7 @@ def overlays(results: Sequence[RunResult], data: DataSet, runs: Path) -> bytes:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    losses, seeds = _ordered(results)
+    losses, seeds = ordered(results)
     index, plane = overlay_view(data)
     image, labels = (array.numpy() for array in data.read(data.test[index]))
     if plane is not None:
@@ -311,12 +317,6 @@ def _heatmap(c: Comparison, shown: List[int], values: np.ndarray, best: List[Any
     bold = "bold: better than every other loss beyond noise" if c.claims else TOO_FEW
     axis.set_title(_wrap(f"{title}; {bold}", int(width * 13)), fontsize=10)
     return _png(figure)
-
-
-def _ordered(results: Sequence[RunResult]) -> Tuple[List[str], List[int]]:
-    from .report import ordered
-
-    return ordered(results)
 
 
 def _curves(results: Sequence[RunResult], loss: str, name: str) -> Tuple[np.ndarray, Tuple[np.ndarray, ...]]:

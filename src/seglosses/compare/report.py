@@ -14,18 +14,14 @@ import numpy as np
 from .._core.errors import expected
 from ..data import DataSet
 from .output import OutputFolder
-from .training import STATS, RunResult, Settings, patch_size, scored_classes
+from .plots import learning_curves, overlays, per_class_dice
+from .training import STATS, RunResult, Settings, ordered, patch_size, scored_classes
 from .verdict import COUNT_METRICS, MIN_SEEDS, Comparison, Scores, compare_scores, metric_names
 
 REPORT_FILES = ("report.md", "results.json", "results.csv", "learning_curves.png", "per_class_dice.png",
                 "overlays.png")  # fmt: skip
 LABELS = {"dice": "mean Dice", "iou": "IoU", "boundary_iou": "Boundary IoU", "hd95": "HD95",
           "precision": "precision", "recall": "recall"}  # fmt: skip
-
-
-def ordered(results: Sequence[RunResult]) -> "tuple[List[str], List[int]]":
-    """The losses in the order given and the seeds, sorted."""
-    return list(dict.fromkeys(r.loss for r in results)), sorted({r.seed for r in results})
 
 
 def scores_of(results: Sequence[RunResult]) -> Scores:
@@ -209,8 +205,6 @@ def write_report(
     results: Sequence[RunResult], settings: Settings, data: DataSet, out: OutputFolder
 ) -> List[str]:
     """Write every report file into ``out`` (checked by ``claim`` before training); returns the verdict."""
-    from .plots import learning_curves, overlays, per_class_dice
-
     c = analyse(results, data)
     losses, seeds = ordered(results)
     images = len(data.test)

@@ -575,3 +575,8 @@ def _spawn(specs: Sequence[str], seeds: Sequence[int], settings: Settings, data:
         while not processes.join(timeout=0.2):
             relay()
         relay()
+
+
+def ordered(results: Sequence[RunResult]) -> Tuple[List[str], List[int]]:
+    """The losses in the order given and the seeds, sorted."""
+    return list(dict.fromkeys(r.loss for r in results)), sorted({r.seed for r in results})

@@ -11,21 +11,14 @@ from torch import Tensor, nn
 from .._core.errors import SegLossError, expected, show
 from .._core.options import check_number
 from .._core.registry import Weight, build, get_entry, parse_spec
-from ..adaptive.schedules import (
-    Schedule,
-    ScheduledLossModule,
-    ScheduleLike,
-    as_schedule,
-    check_step,
-    load_step,
-    save_step,
-)
+from ..schedules import Schedule, ScheduleLike, as_schedule, check_step
+from .base import ScheduledLossModule, load_step, save_step
 
 
 class CompoundLoss(nn.Module):
     """``Σ_k w_k(t) L_k(logits, target)`` over registered losses; each weight is a number or a schedule.
 
-    A scheduled weight is a :class:`~seglosses.adaptive.schedules.Schedule` of the step ``t`` that
+    A scheduled weight is a :class:`~seglosses.schedules.Schedule` of the step ``t`` that
     :meth:`set_step` sets (an epoch or iteration count, never counted from forwards), e.g. the boundary-loss
     rebalancing ``α·dice + (1-α)·boundary`` with ``α = Schedule("linear", start=1, end=0.01, steps=99)``:
     ``CompoundLoss([(alpha, "dice", DiceLoss()), (1 - alpha, "boundary", BoundaryLoss())])``.

@@ -32,14 +32,8 @@ from .._core.targets import (
     num_valid,
     softmax_target,
 )
-from ..adaptive.schedules import (
-    ScheduledLossModule,
-    ScheduleLike,
-    as_schedule,
-    check_step,
-    scheduled_class_weights,
-)
-from .base import module_for
+from ..schedules import ScheduleLike, as_schedule, check_step, scheduled_class_weights
+from .base import ScheduledLossModule, module_for
 
 
 def cross_entropy_loss(
@@ -75,7 +69,7 @@ def cross_entropy_loss(
         target: class indices ``(N, *S)`` (integer) or one-hot / soft probabilities ``(N, C, *S)``.
         weight: per-class weights ``(C,)``, non-negative.
         weight_schedule: a schedule ``s`` with values in ``[0, 1]`` (a
-            :class:`~seglosses.adaptive.schedules.Schedule` or its spec string) moving ``weight`` to
+            :class:`~seglosses.schedules.Schedule` or its spec string) moving ``weight`` to
             uniform; needs ``weight``.
         step: the step ``t >= 0`` that ``weight_schedule`` reads (an epoch or iteration count).
         label_smoothing: ``ε`` in ``[0, 1)``; or a 0-d float tensor (an adaptive ``ε``, read without a host

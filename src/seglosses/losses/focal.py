@@ -31,8 +31,8 @@ from .._core.reduction import reduce
 from .._core.registry import register
 from .._core.stats import even_parts
 from .._core.targets import IndexTarget, SoftmaxTarget, binary_target, num_valid, softmax_target
-from ..adaptive.schedules import ScheduledLossModule, ScheduleLike, scheduled_class_weights
-from .base import module_for
+from ..schedules import ScheduleLike, scheduled_class_weights
+from .base import ScheduledLossModule, module_for
 from .cross_entropy import binary_term, check_weight_schedule, dense_term, focal_factor, index_term
 
 

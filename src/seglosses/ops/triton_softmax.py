@@ -34,6 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._core.backend import interpreting
+from .._core.stats import _index_sums_reference
 
 _NAN = float("nan")
 
@@ -389,8 +390,6 @@ def _sums_backward(ctx, grad_sums, _grad_lse, _grad_checks):  # type: ignore[no-
     if grad_sums is None:
         return None, None, None, None, None
     if torch.is_grad_enabled():
-        from .._core.stats import _index_sums_reference
-
         ignore_index, has_ignore = ctx.options
         valid = labels != ignore_index if has_ignore else None
 

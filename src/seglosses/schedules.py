@@ -29,12 +29,10 @@ import math
 import numbers
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
-import torch
 from torch import Tensor
 
-from .._core.errors import expected, show, unknown_choice
-from .._core.options import check_number
-from ..losses.base import LossModule, keyword_options
+from ._core.errors import expected, show, unknown_choice
+from ._core.options import check_number, keyword_options
 
 ScheduleLike = Union["Schedule", str, float]
 
@@ -366,59 +364,9 @@ def scheduled_class_weights(weight: Tensor, schedule: ScheduleLike, step: float)
     return 1.0 + (weight - 1.0) * value
 
 
-class ScheduledLossModule(LossModule):
-    """A :class:`LossModule` whose function takes a ``*_schedule`` option and the ``step`` it reads.
-
-    :meth:`set_step` sets the step (an epoch or iteration count: explicit, never counted from forwards).
-    When a schedule is set, the step is part of :meth:`state_dict` (key ``step``), so a resumed run
-    continues where it stopped.
-    """
-
-    @property
-    def step(self) -> float:
-        return float(self._plain_options.get("step", 0.0))
-
-    def set_step(self, step: float) -> None:
-        """Set the step the schedules read (``>= 0``)."""
-        self._plain_options["step"] = check_step(step)
-
-    def has_schedule(self) -> bool:
-        return any(k.endswith("_schedule") and v is not None for k, v in self._plain_options.items())
-
-    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        save_step(self, destination, prefix)
-
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
-        load_step(self, state_dict, prefix, args, super()._load_from_state_dict)
-
-
-def save_step(module: Any, destination: Any, prefix: str) -> None:
-    """Add the step of a scheduled module to its state dict (nothing for an unscheduled one)."""
-    if module.has_schedule():
-        destination[prefix + "step"] = torch.tensor(module.step, dtype=torch.float64)
-
-
-def load_step(
-    module: Any, state_dict: Any, prefix: str, args: Tuple[Any, ...], load: Callable[..., None]
-) -> None:
-    """Restore the step of a scheduled module, then load the rest with ``load`` (the usual loader)."""
-    local_metadata, strict, missing_keys, unexpected_keys, error_msgs = args
-    key = prefix + "step"
-    scheduled = module.has_schedule()
-    if scheduled and key in state_dict:
-        module.set_step(float(state_dict[key]))
-    elif scheduled and strict:
-        missing_keys.append(key)
-    load(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-    if scheduled and key in unexpected_keys:
-        unexpected_keys.remove(key)
-
-
 __all__ = [
     "SCHEDULES",
     "Schedule",
-    "ScheduledLossModule",
     "as_schedule",
     "check_step",
     "constant_schedule",
