@@ -52,7 +52,6 @@ autosummary_imported_members = True
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_preserve_defaults = True
 autodoc_inherit_docstrings = False  # nn.Module's own docstrings are not seglosses' reference
 add_module_names = False
 python_use_unqualified_type_names = True
@@ -82,31 +81,10 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"index": [], "getting_started": [], "performance": [], "reliability": []}
+html_sidebars = {"**": []}  # a small site: the navbar, the breadcrumbs and the page TOC are enough
 
-# -- MyST ------------------------------------------------------------------------------------------------
-myst_enable_extensions = ["dollarmath"]
+# -- MyST (RELIABILITY.md) --------------------------------------------------------------------------------
 myst_heading_anchors = 3
-
-
-# -- Names left out of the API reference until their docstrings are valid rST ---------------------------
-# api.rst lists every public name; a name here is dropped from it (and its generated page is not built)
-# because its docstring breaks the warnings-as-errors build. Empty this set once the docstring is fixed.
-# The binary region losses: losses/overlap.py's _document() appends the shared "Args:" section to a
-# one-line docstring without a blank line in between (docutils: "Unexpected indentation").
-EXCLUDED_UNTIL_DOCSTRINGS_FIXED = {
-    "seglosses.BinaryDiceLoss",
-    "seglosses.BinaryJaccardLoss",
-    "seglosses.BinaryTverskyLoss",
-    "seglosses.BinaryFocalTverskyLoss",
-    "seglosses.BinaryGeneralizedDiceLoss",
-    "seglosses.functional.binary_dice_loss",
-    "seglosses.functional.binary_jaccard_loss",
-    "seglosses.functional.binary_tversky_loss",
-    "seglosses.functional.binary_focal_tversky_loss",
-    "seglosses.functional.binary_generalized_dice_loss",
-}
-exclude_patterns += [f"generated/{name}.rst" for name in EXCLUDED_UNTIL_DOCSTRINGS_FIXED]
 
 
 def _qualified_entries(text):
@@ -122,14 +100,6 @@ def _qualified_entries(text):
         elif in_table and line.startswith("   ") and re.fullmatch(r"~?[A-Za-z_][\w.]*", stripped):
             entries.append((i, f"{module}.{stripped.lstrip('~')}"))
     return entries
-
-
-def _drop_excluded(app, docname, source):
-    if docname != "api":
-        return
-    lines = source[0].splitlines()
-    drop = {i for i, name in _qualified_entries(source[0]) if name in EXCLUDED_UNTIL_DOCSTRINGS_FIXED}
-    source[0] = "\n".join(line for i, line in enumerate(lines) if i not in drop) + "\n"
 
 
 # -- Checks ----------------------------------------------------------------------------------------------
@@ -149,13 +119,7 @@ def _check_api_reference(app):
         logger.warning("public name %s is missing from docs/api.rst", name)
     for name in sorted(listed - expected):
         logger.warning("docs/api.rst lists %s, which is not a public name", name)
-    if EXCLUDED_UNTIL_DOCSTRINGS_FIXED:
-        logger.info(
-            "left out of the API reference until their docstrings are valid rST: %s",
-            ", ".join(sorted(EXCLUDED_UNTIL_DOCSTRINGS_FIXED)),
-        )
 
 
 def setup(app):
     app.connect("builder-inited", _check_api_reference)
-    app.connect("source-read", _drop_excluded)

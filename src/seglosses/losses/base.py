@@ -83,8 +83,8 @@ def module_for(
     namespace = {
         "function": staticmethod(function),
         "check_options": staticmethod(check_options),
-        "__doc__": f"Module form of :func:`{function.__name__}`; the constructor takes its options.\n\n"
-        + (inspect.getdoc(function) or ""),
+        "__doc__": (inspect.getdoc(function) or "")
+        + f"\n\nThe module form of :func:`{function.__name__}`; the constructor checks its options once.",
         "__module__": function.__module__,
         "__qualname__": name,
     }

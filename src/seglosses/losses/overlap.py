@@ -187,7 +187,7 @@ _BINARY_TARGET = "the logits' shape; bool, integer or float in ``[0, 1]``; ``p =
 
 
 def _document(function: Callable[..., Tensor], binary: bool) -> Callable[..., Tensor]:
-    function.__doc__ = (function.__doc__ or "") + _SHARED_DOC.format(
+    function.__doc__ = (function.__doc__ or "").rstrip() + "\n" + _SHARED_DOC.format(
         target=_BINARY_TARGET if binary else _SOFTMAX_TARGET
     )
     return function
