@@ -175,16 +175,18 @@ def index_term(
     return None
 
 
-def focal_factor(ce: Tensor, u: Tensor, gamma: float) -> Tensor:
-    """``d/d ce`` of ``u^γ ce`` with ``u = 1 - p_t = -expm1(-ce)``: ``u^γ - γ u^(γ-1) p_t log p_t``, finite
-    for every ``γ >= 0`` (see ``focal._FocalModulation``): ``u^(γ-1) (u + γ p_t ce)`` for ``γ >= 1``,
-    ``u^γ (1 + γ p_t ce / u)`` below, with ``p_t ce / u -> 1`` at ``u = 0``."""
-    # p_t ce = (1 - u) ce; 0 at p_t = 0 (0 · inf; where ce is NaN, u is too and keeps the factor NaN)
+def focal_factor(ce: Tensor, u: Tensor, gamma: Union[float, Tensor]) -> Tensor:
+    """The focal factor, the one place it is written: ``F = d/d ce`` of ``u^γ ce`` with
+    ``u = 1 - p = -expm1(-ce)``, i.e. ``u^γ - γ u^(γ-1) p log p``, finite for every ``γ >= 0``: evaluated
+    as ``u^(γ-1) (u + γ p ce)`` for a number ``γ >= 1``, else as ``u^γ (1 + γ p ce / u)`` with
+    ``p ce / u -> 1`` at ``u = 0`` (a tensor ``γ`` broadcasts with ``u``). At ``p = 0`` (``ce = inf``)
+    ``p ce`` is 0. A new tensor."""
+    # p ce = (1 - u) ce; 0 at p = 0 (0 · inf; where ce is NaN, u is too and keeps the factor NaN)
     p_ce = torch.addcmul(ce, u, ce, value=-1.0).nan_to_num_(nan=0.0, posinf=torch.inf, neginf=-torch.inf)
-    if gamma >= 1:
+    if not isinstance(gamma, Tensor) and gamma >= 1:
         return p_ce.mul_(gamma).add_(u).mul_(u if gamma == 2 else u.pow(gamma - 1))
-    ratio = p_ce.div_(u).nan_to_num_(nan=1.0, posinf=torch.inf)
-    return ratio.mul_(gamma).add_(1.0).mul_(u.pow(gamma))
+    ratio = (p_ce / u).nan_to_num_(nan=1.0, posinf=torch.inf)  # p ce / u -> 1 at u = 0 (0 / 0)
+    return (ratio * gamma).add_(1.0).mul_(u.pow(gamma))
 
 
 def _fused_index_reference(

@@ -37,18 +37,10 @@ from .cross_entropy import binary_term, check_weight_schedule, dense_term, focal
 
 
 def _focal_factor_terms(log_p: Tensor, gamma: Union[float, Tensor]) -> Tuple[Tensor, Tensor]:
-    """``(1-p)^γ`` and the gradient factor ``F = (1-p)^γ (1 + γ p r)`` with ``r = -log p / (1-p)``.
-
-    ``F`` is ``(1-p)^γ - γ (1-p)^(γ-1) p log p`` rewritten so that it stays finite for every ``γ >= 0``:
-    ``1 - p = -expm1(log p)`` is exact near ``p = 1``, where ``p r -> 1``; at ``p = 0``, ``p log p = 0``.
-    ``0^0 = 1`` makes ``γ = 0`` exactly cross-entropy.
-    """
-    one_minus_p = -torch.expm1(log_p)
-    modulator = one_minus_p.pow(gamma)
-    p = log_p.exp()
-    safe = one_minus_p.clamp_min(torch.finfo(log_p.dtype).tiny)
-    p_ratio = torch.where(one_minus_p > 0, -torch.special.xlogy(p, p) / safe, 1.0)
-    return modulator, modulator * (1 + gamma * p_ratio)
+    """``(1-p)^γ`` and the focal factor :func:`~seglosses.losses.cross_entropy.focal_factor` from ``log p``
+    (``1 - p = -expm1(log p)``, exact near ``p = 1``; ``0^0 = 1`` makes ``γ = 0`` exactly cross-entropy)."""
+    u = -torch.expm1(log_p)
+    return u.pow(gamma), focal_factor(-log_p, u, gamma)
 
 
 class _FocalModulation(LeanFunction):
@@ -70,7 +62,7 @@ class _FocalModulation(LeanFunction):
     @staticmethod
     def forward(ce: Tensor, gamma: Union[float, Tensor]) -> Tuple[Tensor, Tensor]:
         u = torch.expm1(-ce).neg_()
-        return _modulator(u, gamma) * ce, u
+        return u.pow(gamma) * ce, u
 
     @staticmethod
     def setup_context(
@@ -96,24 +88,13 @@ class _FocalModulation(LeanFunction):
         ce, u, gamma_tensor = ctx.saved_tensors
         if grad_loss is None:  # the loss itself was not used (gradients are not materialised)
             return None, None
-        if gamma_tensor is None:
-            return focal_factor(ce, u, ctx.gamma).mul_(grad_loss), None
-        p_ce = torch.addcmul(ce, u, ce, value=-1.0).nan_to_num_(nan=0.0, posinf=torch.inf)  # 0 at p_t = 0
-        ratio = torch.nan_to_num(p_ce / u, nan=1.0, posinf=torch.inf)  # p_t ce / u -> 1 at u = 0 (0/0)
-        factor = (ratio * gamma_tensor + 1.0) * _modulator(u, gamma_tensor)
-        return factor * grad_loss, None
+        gamma = ctx.gamma if gamma_tensor is None else gamma_tensor
+        return focal_factor(ce, u, gamma).mul_(grad_loss), None
 
 
 def focal_modulation(ce: Tensor, gamma: Union[float, Tensor]) -> Tensor:
     """``(1 - p_t)^γ · ce`` from the per-pixel cross-entropy, by :class:`_FocalModulation`."""
     return _FocalModulation.apply(ce, gamma)[0]
-
-
-def _modulator(u: Tensor, gamma: Union[float, Tensor]) -> Tensor:
-    """``u^γ`` for ``u >= 0``; a tensor ``γ`` by ``exp(γ log u)`` with ``0^0 = 1``."""
-    if not isinstance(gamma, Tensor):
-        return u.pow(gamma)
-    return torch.exp(torch.log(u).clamp_min(torch.finfo(u.dtype).min) * gamma)
 
 
 class _FocalDense(LeanFunction):

@@ -46,6 +46,18 @@ def _pow(u, e):
 
 
 @triton.jit
+def _focal_factor(u, p_ce, gamma):
+    """The focal factor ``d/d ce`` of ``u^γ ce`` from ``u = 1 - p`` and ``p ce`` (0 at ``p = 0``), as
+    ``losses.cross_entropy.focal_factor`` writes it: ``u^(γ-1) (u + γ p ce)`` for ``γ >= 1``, else
+    ``u^γ (1 + γ p ce / u)`` with ``p ce / u -> 1`` as ``u -> 0``."""
+    if gamma >= 1.0:
+        factor = _pow(u, gamma - 1.0) * (u + gamma * p_ce)
+    else:
+        factor = _pow(u, gamma) * (1.0 + gamma * tl.where(u > 0.0, p_ce / u, 1.0))
+    return factor
+
+
+@triton.jit
 def _tile(z_ptr, y_ptr, n, pb, C, P, ignore, szn, szc, szp, syn, syp, HAS_IGNORE: tl.constexpr,
           ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """The logits tile ``(BLOCK_C, BLOCK_P)`` of sample ``n``, pixel block ``pb`` (masked classes -inf;
@@ -134,11 +146,7 @@ def _term_backward_kernel(z_ptr, y_ptr, lse_ptr, g_ptr, grad_ptr, C, P, ignore, 
         else:
             p_t = tl.sum(tl.where(is_t, p, 0.0), 0)
             ce = lse - tl.sum(tl.where(is_t, z, 0.0), 0)
-            p_ce = tl.where(p_t > 0.0, p_t * ce, 0.0)  # 0 at p_t = 0 (ce = inf there)
-            if gamma >= 1.0:
-                factor = _pow(u, gamma - 1.0) * (u + gamma * p_ce)
-            else:  # u^γ (1 + γ p_t ce / u), p_t ce / u -> 1 as u -> 0
-                factor = _pow(u, gamma) * (1.0 + gamma * tl.where(u > 0.0, p_ce / u, 1.0))
+            factor = _focal_factor(u, tl.where(p_t > 0.0, p_t * ce, 0.0), gamma)  # p ce = 0 at p = 0
         w = w * (floor + (1.0 - floor) * factor)
     w = tl.where(valid & in_range, w, 0.0)
     grad = tl.where(valid[None, :], w[None, :] * (p - tl.where(is_t, 1.0, 0.0)), 0.0)
@@ -452,13 +460,7 @@ def _dense_term_backward_kernel(z_ptr, t_ptr, w_ptr, g_ptr, grad_ptr, C, P, gamm
     p = tl.exp(log_p)
     h = y * tl.load(w_ptr + offs_c, mask=offs_c < C, other=0.0).to(ACC)[:, None]
     if MODULATED:
-        u = 1.0 - p
-        p_ce = tl.where(p > 0.0, -p * log_p, 0.0)
-        if gamma >= 1.0:
-            factor = _pow(u, gamma - 1.0) * (u + gamma * p_ce)
-        else:
-            factor = _pow(u, gamma) * (1.0 + gamma * tl.where(u > 0.0, p_ce / u, 1.0))
-        h = h * factor
+        h = h * _focal_factor(1.0 - p, tl.where(p > 0.0, -p * log_p, 0.0), gamma)
     h = tl.where(mask, h, 0.0)
     g = tl.load(g_ptr + n.to(tl.int64) * P + offs_p, mask=in_p, other=0.0).to(ACC)
     grad = (p * tl.sum(h, 0)[None, :] - h) * g[None, :]
