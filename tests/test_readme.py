@@ -1,18 +1,23 @@
-"""The README's Python examples run as written."""
+"""The Python examples of the README and of the guides (docs/guide/*.md) run as written."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDES = sorted(page for page in (ROOT / "docs" / "guide").glob("*.md") if page.name != "index.md")
+PAGES = [ROOT / "README.md", *GUIDES]
 
 
-def test_readme_python_blocks_run():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    assert blocks, "the README has Python examples"
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_python_blocks_run(page):
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
+    assert blocks or page.name == "input_contract.md", f"{page.name} has Python examples"
     for block in blocks:
-        exec(compile(block, str(README), "exec"), {})
+        exec(compile(block, str(page), "exec"), {})
 
 
 def test_demo_runs(capsys):

@@ -1,8 +1,9 @@
 """``python -m seglosses``: a five-second demonstration on synthetic data.
 
-The main job is ``seglosses compare``, which compares losses on real data. This demonstration draws images of random discs (3 classes: background, disc, ring), trains a tiny convolutional
-network with the given loss spec for a few steps, and prints every registered loss on the first batch
-and the loss and Dice score as training goes.
+The main job is ``seglosses compare``, which compares losses on real data. This demonstration draws
+images of random discs (3 classes: background, disc, ring), trains a tiny convolutional network with the
+given loss spec for a few steps, and prints every registered loss on the first batch and the loss and
+Dice score as training goes.
 """
 
 from __future__ import annotations

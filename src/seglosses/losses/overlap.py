@@ -168,8 +168,7 @@ def check_focal_tversky_options(
 _SHARED_DOC = """
     Args:
         logits: ``(N, C, *S)``, one to three spatial dims.
-        target: {target}
-        include_background: keep class 0 (softmax losses only).
+        target: {target}{background}
         batch: pool TP / FP / FN over the batch: one loss per class.
         smooth: ``s >= 0`` added to numerator and denominator.
         weight: per-class weights ``(C,)`` of the class mean.
@@ -187,8 +186,9 @@ _BINARY_TARGET = "the logits' shape; bool, integer or float in ``[0, 1]``; ``p =
 
 
 def _document(function: Callable[..., Tensor], binary: bool) -> Callable[..., Tensor]:
+    background = "" if binary else "\n        include_background: keep class 0."
     function.__doc__ = (function.__doc__ or "").rstrip() + "\n" + _SHARED_DOC.format(
-        target=_BINARY_TARGET if binary else _SOFTMAX_TARGET
+        target=_BINARY_TARGET if binary else _SOFTMAX_TARGET, background=background
     )
     return function
 
