@@ -38,7 +38,12 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx-mathjax-offline",  # sets mathjax_path to a local copy of MathJax 3 and copies it into _static
     "myst_parser",  # RELIABILITY.md is included as it is
+    "matplotlib.sphinxext.plot_directive",  # the family page's curves, drawn from the library at build time
 ]
+plot_include_source = False
+plot_html_show_source_link = False
+plot_html_show_formats = False
+plot_formats = [("png", 110)]
 templates_path = ["_templates"]
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
