@@ -16,8 +16,8 @@ from typing import Any, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .backend import fused_cpu, implementation
-from .numerics import compute_dtype, first_order_backward, sigmoid_f32, softmax_f32, tracing
+from .backend import implementation
+from .numerics import compute_dtype, first_order_backward, sigmoid_f32, softmax_f32
 from .targets import IndexTarget, defer_kernel_checks
 
 
@@ -55,26 +55,20 @@ def class_labels(labels: Tensor, valid: Optional[Tensor]) -> Tensor:
     return flat if valid is None else torch.where(valid.flatten(1), flat, 0)
 
 
-def _fast_cpu(t: Tensor) -> bool:
-    """Eager CPU: a host read costs nothing there, so data-dependent shortcuts are allowed."""
-    return fused_cpu(t)
-
-
 def _zero_ignored(probs: Tensor, valid: Optional[Tensor], keep: Optional[Tensor]) -> Tensor:
     """Set ``probs`` ``(N, C, P)`` to exactly 0 at ignored pixels, in place, and return ``Σ_i p_ic``.
 
-    A NaN at an ignored pixel must not reach the sums. Eager CPU multiplies by the float mask ``keep``
-    (a boolean mask over ``(N, C, P)`` is several times slower there) and, only when a sum comes out
+    A NaN at an ignored pixel must not reach the sums. It multiplies by the float mask ``keep`` (a boolean
+    mask over ``(N, C, P)`` is several times slower on the CPU) and, only when a sum comes out
     non-finite (a NaN or +inf logit somewhere), redoes the masking with ``masked_fill_``, which clears a
     NaN.
     """
     if valid is None or keep is None:  # keep: the valid mask as 1.0 / 0.0, (N, P)
         return probs.sum(-1)
-    if _fast_cpu(probs):
-        probs.mul_(keep.unsqueeze(1))
-        prob_sum = probs.sum(-1)
-        if bool(prob_sum.isfinite().all()):
-            return prob_sum
+    probs.mul_(keep.unsqueeze(1))
+    prob_sum = probs.sum(-1)
+    if bool(prob_sum.isfinite().all()):
+        return prob_sum
     probs.masked_fill_(~valid.flatten(1).unsqueeze(1), 0.0)
     return probs.sum(-1)
 
@@ -124,13 +118,9 @@ def row_gather(probs: Tensor, index: Tensor) -> Tensor:
     class dim itself has an inner loop of length 1 and is several times slower on CPU). The int64
     addresses are made for a quarter of the pixels at a time, to keep them a fraction of the logits."""
     rows = probs.flatten(1)
-    out, traced = probs.new_empty(index.shape), tracing()
+    out = probs.new_empty(index.shape)
     for start, stop in _pixel_parts(index.shape[1]):
-        addresses = _part_addresses(index, start, stop)
-        if traced:  # no out= into a strided view under torch.compile (a graph break)
-            out[:, start:stop] = rows.gather(1, addresses)
-        else:
-            torch.gather(rows, 1, addresses, out=out[:, start:stop])
+        torch.gather(rows, 1, _part_addresses(index, start, stop), out=out[:, start:stop])
     return out
 
 
@@ -165,12 +155,12 @@ def _part_addresses(index: Tensor, start: int, stop: int) -> Tensor:
 
 
 def _softmax(flat: Tensor, dtype: torch.dtype) -> Tensor:
-    """Softmax over the class dim of ``flat`` ``(N, C, P)`` in ``dtype``. Two classes on eager CPU, when
-    every logit is finite: ``(σ(-δ), σ(δ))`` with ``δ = z_1 - z_0``, which is the softmax (each to full
-    relative precision) at about half the cost of the softmax kernel over a class dim of two. Else
-    torch's softmax (a NaN or ``±inf`` logit keeps its softmax result: ``+inf`` gives NaN, which the
-    sigmoid would not)."""
-    if flat.shape[1] == 2 and flat.dtype == dtype and _fast_cpu(flat):
+    """Softmax over the class dim of ``flat`` ``(N, C, P)`` in ``dtype`` (the fused CPU Functions). Two
+    classes, when every logit is finite: ``(σ(-δ), σ(δ))`` with ``δ = z_1 - z_0``, which is the softmax
+    (each to full relative precision) at about half the cost of the softmax kernel over a class dim of
+    two. Else torch's softmax (a NaN or ``±inf`` logit keeps its softmax result: ``+inf`` gives NaN,
+    which the sigmoid would not)."""
+    if flat.shape[1] == 2 and flat.dtype == dtype:
         probs = torch.empty_like(flat, memory_format=torch.contiguous_format)
         delta = torch.sub(flat[:, 1], flat[:, 0], out=probs[:, 1])
         if bool(delta.sum().isfinite()):  # every δ finite: every logit finite
@@ -199,8 +189,8 @@ class _SoftmaxIndexSums(torch.autograd.Function):
 
     Memory: ``p`` is the only logits-sized tensor kept, and the first backward turns it into the gradient
     in place, so a step holds about one logits-sized tensor besides the returned gradient itself. A second
-    backward through a retained graph recomputes ``p`` from the logits. Under ``torch.compile`` ``p`` is
-    saved as usual and the gradient is a new tensor.
+    backward through a retained graph recomputes ``p`` from the logits. Eager CPU only
+    (:func:`~seglosses._core.backend.implementation`): ``torch.compile`` traces the reference.
     """
 
     @staticmethod
@@ -224,13 +214,8 @@ class _SoftmaxIndexSums(torch.autograd.Function):
             p_true = row_gather(probs, index)  # 0 at ignored pixels
             tp = _label_sums(index, p_true, c)
         ctx.logits_shape, ctx.logits_dtype, ctx.dtype = logits.shape, logits.dtype, dtype
-        ctx.no_reference = tracing()  # compiled: the probabilities are saved, not the logits
-        if tracing():
-            ctx.probs = ctx.p_true = None
-            ctx.save_for_backward(probs, p_true, labels, valid)
-        else:  # the backward reuses ``probs`` as its gradient buffer (see the class docstring)
-            ctx.probs, ctx.p_true = probs, p_true
-            ctx.save_for_backward(logits, None, labels, valid)
+        ctx.probs, ctx.p_true = probs, p_true  # the backward reuses ``probs`` as its gradient buffer
+        ctx.save_for_backward(logits, None, labels, valid)
         ctx.mark_non_differentiable(counts)
         return tp, prob_sum, counts
 
@@ -247,24 +232,18 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         n, c = grad_tp.shape
         if ctx.probs is not None:  # the first backward writes the gradient into ``probs``
             probs, p_true, ctx.probs, ctx.p_true = ctx.probs, ctx.p_true, None, None
-        elif tracing():
-            probs = saved
         else:  # a later backward through a retained graph
             probs = _softmax(saved.flatten(2), ctx.dtype)
             _zero_ignored(probs, valid, None if valid is None else valid_weights(valid, ctx.dtype))
-        in_place = probs is not saved  # compiled: a new tensor (and no ``out=`` into strided views)
         if c == 2:
             g, h = grad_sum, grad_tp
             offset = (g[:, 1] - g[:, 0] - h[:, 0]).unsqueeze(1)  # A_1 - A_0 = offset + slope · y
             slope = (h[:, 1] + h[:, 0]).unsqueeze(1)
             diff = labels.flatten(1).to(probs.dtype).mul_(slope).add_(offset)  # any value at ignored pixels,
             diff.mul_(probs[:, 0]).mul_(probs[:, 1])  # where p_0 p_1 = 0
-            if in_place:
-                grad = probs
-                grad[:, 1].copy_(diff)
-                torch.neg(diff, out=grad[:, 0])
-            else:
-                grad = torch.stack([-diff, diff], 1)
+            grad = probs
+            grad[:, 1].copy_(diff)
+            torch.neg(diff, out=grad[:, 0])
         else:
             index = class_labels(labels, valid)
             if p_true is None:  # recomputed probabilities
@@ -273,17 +252,14 @@ class _SoftmaxIndexSums(torch.autograd.Function):
             true_term.mul_(p_true.view_as(true_term))  # p_{i,y_i} H_{y_i}, (N, P)
             del p_true
             s = torch.baddbmm(true_term.unsqueeze(1), grad_sum.unsqueeze(1), probs).squeeze(1)  # (N, P)
-            if in_place:
-                grad, shifted = probs, torch.empty_like(s)
-                for k in range(c):  # p (G - s) class by class: no logits-sized temporary
-                    grad[:, k].mul_(torch.sub(grad_sum[:, k : k + 1], s, out=shifted))
-                del shifted
-            else:
-                grad = probs * (grad_sum.unsqueeze(-1) - s.unsqueeze(1))
+            grad, shifted = probs, torch.empty_like(s)
+            for k in range(c):  # p (G - s) class by class: no logits-sized temporary
+                grad[:, k].mul_(torch.sub(grad_sum[:, k : k + 1], s, out=shifted))
+            del shifted
             del s  # freed before the int64 addresses below
             row_scatter_add(grad, index, true_term)
         # p = 0 at ignored pixels, so their gradient is 0 unless G or H is not finite (0 · inf)
-        if valid is not None and not (_fast_cpu(grad) and _finite(grad_tp, grad_sum)):
+        if valid is not None and not _finite(grad_tp, grad_sum):
             grad.masked_fill_(~valid.flatten(1).unsqueeze(1), 0.0)
         return grad.reshape(ctx.logits_shape).to(ctx.logits_dtype), None, None, None
 
@@ -362,12 +338,12 @@ def _sigmoid_probs(
     as in :func:`~seglosses._core.numerics.sigmoid_f32`) and 0 at ignored elements, and whether the
     ignored elements are still to be zeroed (by the caller's float mask, part by part).
 
-    On eager CPU, when the data checks have just found no NaN or ``+inf`` logit (``finite``) or a read of
-    the logits' sum finds it finite, a product with the float mask zeroes the ignored elements (the
-    caller's, part by part); else, and on CUDA or under ``torch.compile``, ``masked_fill_`` sets NaN at
-    ``+inf`` and then 0 at ignored elements, which clears a NaN there."""
+    When the data checks have just found no NaN or ``+inf`` logit (``finite``) or a read of the logits'
+    sum finds it finite, a product with the float mask zeroes the ignored elements (the caller's, part by
+    part); else ``masked_fill_`` sets NaN at ``+inf`` and then 0 at ignored elements, which clears a NaN
+    there."""
     probs = torch.sigmoid(flat) if flat.dtype == dtype else flat.to(dtype).sigmoid_()
-    if _fast_cpu(probs) and (finite or bool(flat.sum(dtype=dtype).isfinite())):
+    if finite or bool(flat.sum(dtype=dtype).isfinite()):
         return probs, valid is not None
     probs.masked_fill_(flat == torch.inf, torch.nan)
     if valid is not None:
@@ -396,8 +372,8 @@ class _SigmoidDenseSums(torch.autograd.Function):
     Memory: ``p`` is the only logits-sized tensor made; the target is converted (and masked) a quarter
     at a time, and the first backward turns ``p`` into the gradient in place, so a step holds about one
     logits-sized tensor besides the gradient it returns, which is that tensor. A second backward through
-    a retained graph recomputes ``p`` from the logits. Under ``torch.compile`` ``p`` is saved as usual
-    and the gradient is a new tensor.
+    a retained graph recomputes ``p`` from the logits. Eager CPU only
+    (:func:`~seglosses._core.backend.implementation`): ``torch.compile`` traces the reference.
     """
 
     @staticmethod
@@ -427,13 +403,8 @@ class _SigmoidDenseSums(torch.autograd.Function):
                 y_sum += part.sum(-1)
         prob_sum = probs.sum(-1)
         ctx.logits_shape, ctx.logits_dtype, ctx.dtype, ctx.finite = logits.shape, logits.dtype, dtype, finite
-        ctx.no_reference = tracing()  # compiled: the probabilities are saved, not the logits
-        if tracing():
-            ctx.probs = None
-            ctx.save_for_backward(probs, target, valid)
-        else:  # the backward reuses ``probs`` as its gradient buffer (see the class docstring)
-            ctx.probs = probs
-            ctx.save_for_backward(logits, target, valid)
+        ctx.probs = probs  # the backward reuses ``probs`` as its gradient buffer (see the class docstring)
+        ctx.save_for_backward(logits, target, valid)
         ctx.mark_non_differentiable(y_sum)
         return tp, prob_sum, y_sum
 
@@ -453,26 +424,21 @@ class _SigmoidDenseSums(torch.autograd.Function):
         keep_mask = None if valid is None else valid.flatten(2)
         if ctx.probs is not None:  # the first backward writes the gradient into ``probs``
             probs, ctx.probs = ctx.probs, None
-        elif tracing():
-            probs = saved
         else:  # a later backward through a retained graph: the same operations as the first time
             probs, zero_ignored = _sigmoid_probs(saved.flatten(2), keep_mask, dtype, ctx.finite)
             if zero_ignored and keep_mask is not None:
                 for start, stop in even_parts(probs.shape[-1], _SIGMOID_PARTS):
                     probs[..., start:stop].mul_(_numbers(keep_mask[..., start:stop], dtype))
         g, h = grad_sum.unsqueeze(-1), grad_tp.unsqueeze(-1)  # G, H as (N, C, 1)
-        if probs is saved:  # compiled: a new tensor, no in-place writes
-            grad = torch.ops.aten.sigmoid_backward(torch.addcmul(g, h, _numbers(y, dtype)), probs)
-        else:
-            grad = probs
-            for start, stop in even_parts(probs.shape[-1], _SIGMOID_PARTS):
-                p = grad[..., start:stop]
-                # G + H y, from two products with one (N, C, 1) operand each (vectorised on CPU)
-                factor = torch.mul(_numbers(y[..., start:stop], dtype), h).add_(g)
-                torch.ops.aten.sigmoid_backward.grad_input(factor, p, grad_input=p)  # (G + H y)(1 - p) p
+        grad = probs
+        for start, stop in even_parts(probs.shape[-1], _SIGMOID_PARTS):
+            p = grad[..., start:stop]
+            # G + H y, from two products with one (N, C, 1) operand each (vectorised on CPU)
+            factor = torch.mul(_numbers(y[..., start:stop], dtype), h).add_(g)
+            torch.ops.aten.sigmoid_backward.grad_input(factor, p, grad_input=p)  # (G + H y)(1 - p) p
         # p = 0 at ignored elements, so their gradient is 0 unless G or H is not finite (0 · inf)
-        if keep_mask is not None and not (_fast_cpu(grad) and _finite(grad_tp, grad_sum)):
-            grad = grad.masked_fill(~keep_mask, 0.0) if probs is saved else grad.masked_fill_(~keep_mask, 0.0)
+        if keep_mask is not None and not _finite(grad_tp, grad_sum):
+            grad.masked_fill_(~keep_mask, 0.0)
         return grad.reshape(ctx.logits_shape).to(ctx.logits_dtype), None, None, None, None
 
 
