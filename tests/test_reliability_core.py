@@ -145,8 +145,18 @@ def test_torch_func_vmap_over_a_batch_of_batches(entry):
 
 # --- 5. -inf logits: one rule for the family ---------------------------------------------------------
 
-LOG_LOSSES = ["ce", "focal", "focal(gamma=0.5)", "ce(label_smoothing=0.1)", "ce(weight=[1.0, 2.0, 3.0])",
-              "difficulty_ce", "adaptive_focal", "adaptive_smoothing_ce", "cb_focal", "frequency_focal"]
+LOG_LOSSES = [
+    "ce",
+    "focal",
+    "focal(gamma=0.5)",
+    "ce(label_smoothing=0.1)",
+    "ce(weight=[1.0, 2.0, 3.0])",
+    "difficulty_ce",
+    "adaptive_focal",
+    "adaptive_smoothing_ce",
+    "cb_focal",
+    "frequency_focal",
+]
 
 
 def neg_inf_case(where):
@@ -310,3 +320,29 @@ def test_the_functions_answer_unknown_and_missing_arguments_with_a_seglosses_err
         SF.focal_loss(z)
     compiled = torch.compile(SF.dice_loss, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(z, t), SF.dice_loss(z, t))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (2, 3, 256, 256)], ids=["reference", "fused"])
+def test_class_weights_that_require_grad_get_their_gradient(label_smoothing, shape):
+    """SPEC 6: a tensor option that requires a gradient gets the formula's (torch's cross-entropy kernel
+    refuses a weight that requires grad); the module form refuses one, since its options are buffers."""
+    gen = torch.Generator().manual_seed(7)
+    z = torch.randn(shape, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, 3, (shape[0], *shape[2:]), generator=gen)
+    t[0, 0] = 255
+    w = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    loss = SF.cross_entropy_loss(z, t, weight=w, label_smoothing=label_smoothing, ignore_index=255)
+    (grad,) = torch.autograd.grad(loss, w)
+    expected = F.cross_entropy(z, t, weight=w.detach(), label_smoothing=label_smoothing, ignore_index=255)
+    torch.testing.assert_close(loss, expected)
+    if shape[-1] == 4:
+        torch.autograd.gradcheck(
+            lambda weight: SF.cross_entropy_loss(
+                z, t, weight=weight, label_smoothing=label_smoothing, ignore_index=255
+            ),
+            (w,),
+        )
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with pytest.raises(sl.SegLossError, match="weight of CrossEntropyLoss without requires_grad"):
+        sl.CrossEntropyLoss(weight=w)

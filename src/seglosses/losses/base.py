@@ -8,7 +8,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type
 import torch
 from torch import Tensor, nn
 
-from .._core.errors import SegLossError, unknown_option
+from .._core.errors import SegLossError, expected, unknown_option
 from .._core.options import keyword_options
 from .._core.registry import domain_names, loss_name
 from ..schedules import check_step
@@ -45,6 +45,13 @@ class LossModule(nn.Module):
         self._tensor_options: List[str] = []
         for name, value in options.items():
             if isinstance(checked.get(name), Tensor):
+                if isinstance(value, Tensor) and value.requires_grad:  # a buffer would drop its gradient
+                    raise expected(
+                        f"{name} of {type(self).__name__} without requires_grad (module options are buffers, "
+                        f"constants of the loss; to differentiate it, pass it to "
+                        f"{type(self).function.__name__}(..., {name}=...))",
+                        "a tensor that requires grad",
+                    )
                 self.register_buffer(name, checked[name].detach().clone())  # not the caller's tensor
                 self._tensor_options.append(name)
             else:

@@ -117,6 +117,16 @@ def ce_from_prepared(
             if w is not None:  # clamped: an unchecked label out of range reads a weight, its loss is NaN
                 fused = fused * torch.take(w, prepared.index().clamp(0, work.shape[1] - 1))
             return reduce(fused, reduction, denominator)
+        if w is not None and w.requires_grad:  # torch's kernel does not differentiate its weight
+            if eps:
+                loss = _index_smoothed(work, prepared, w, work.new_tensor(eps), opts["ignore_index"])
+            else:  # w_t · ce (0 at ignored pixels)
+                ce = F.cross_entropy(
+                    prepared.clean(work), prepared.labels.long(),
+                    ignore_index=_torch_ignore(opts["ignore_index"]), reduction="none",
+                )  # fmt: skip
+                loss = ce * torch.take(w, prepared.index().clamp(0, work.shape[1] - 1))
+            return reduce(loss, reduction, denominator)
         # torch's own kernel. Its mean divides by the valid count as ours does but gives NaN for none, so
         # it serves a mean only when the count is known on the host and positive; else its sum is reduced
         own_mean = reduction == "mean" and w is None and isinstance(denominator, int) and denominator > 0
