@@ -227,7 +227,7 @@ def test_fingerprint_follows_the_files(folder):
         (lambda root: (root / "images" / "img3.png").write_bytes(b"not an image"),
          r"readable image.*img3.png"),
         (lambda root: write(root / "masks" / "img1.png", np.zeros((9, 10), dtype=np.uint8)),
-         r"mask img1.png of its image's size \(8, 10\).*\(9, 10\)"),
+         r"mask 'img1.png' of its image's size \(8, 10\).*\(9, 10\)"),
         (lambda root: write(root / "masks" / "img0.png", np.zeros((8, 10, 3), dtype=np.uint8)),
          r"single-channel mask.*img0.png"),
         (lambda root: (root / "images" / "img0.tiff").write_bytes(b""), r"one file per name.*img0"),
@@ -353,3 +353,12 @@ def test_weights_command_on_a_folder(folder, capsys):
         mask = torch.from_numpy(np.array(Image.open(folder / "masks" / f"img{k}.png")).astype(np.int64))
         counts += torch.bincount(mask.flatten(), minlength=3)
     assert report["counts"] == counts.tolist() and report["classes"] == ["background", "class 1", "class 2"]
+
+
+def test_paths_in_messages_are_quoted_on_one_line(tmp_path):
+    """Issue 16 item 10: a path holding a newline prints as one line, quoted (repr), in every message."""
+    folder = tmp_path / "no such" / "line\nbreak"
+    with pytest.raises(sl.SegLossError) as error:
+        load_data("folder:" + str(folder))
+    message = str(error.value)
+    assert "\n" not in message and "line\\nbreak'" in message

@@ -73,17 +73,17 @@ class OutputFolder:
             foreign and not (self.runs / MANIFEST).is_file()
         ):
             raise SegLossError(
-                f"expected --out {self.root} to be a new folder or one that {TOOL} wrote, got {self.runs} "
-                "without its manifest (another tool's folder, or an older version's output): choose "
-                "another --out"
+                f"expected --out {str(self.root)!r} to be a new folder or one that {TOOL} wrote, got "
+                f"{str(self.runs)!r} without its manifest (another tool's folder, or an older version's "
+                "output): choose another --out"
             )
         written = self._manifest()
         for name in names:
             path = self.root / name
             if path.exists() and _digest(path.read_bytes()) not in written.get(name, []):
                 raise SegLossError(
-                    f"expected to write {path}, got a file there that {TOOL} did not write (or that was "
-                    "changed since): move it or choose another --out"
+                    f"expected to write {str(path)!r}, got a file there that {TOOL} did not write (or that "
+                    "was changed since): move it or choose another --out"
                 )
         self.runs.mkdir(parents=True, exist_ok=True)
         if not (self.runs / MANIFEST).is_file():

@@ -77,23 +77,24 @@ def read_nifti(path: Path) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
     if len(raw) < 348:
-        raise expected(f"a NIfTI-1 file of at least 348 bytes in {path}", f"{len(raw)} bytes")
+        raise expected(f"a NIfTI-1 file of at least 348 bytes in {str(path)!r}", f"{len(raw)} bytes")
     header = raw[:348]
     order = _byte_order(header, path)
     if header[344:348] != b"n+1\x00":
         raise expected(f"a single-file NIfTI-1 image (magic 'n+1') in {path}", f"{header[344:348]!r}")
     dims = struct.unpack(f"{order}8h", header[40:56])
     if not 3 <= dims[0] <= 7 or any(size != 1 for size in dims[4 : dims[0] + 1]):
-        raise expected(f"a 3-D image in {path}", f"dim {dims[: dims[0] + 1]}")
+        raise expected(f"a 3-D image in {str(path)!r}", f"dim {dims[: dims[0] + 1]}")
     (datatype,) = struct.unpack(f"{order}h", header[70:72])
     if datatype not in DATATYPES:
-        raise expected(f"a NIfTI datatype of {sorted(DATATYPES)} in {path}", datatype)
+        raise expected(f"a NIfTI datatype of {sorted(DATATYPES)} in {str(path)!r}", datatype)
     offset, slope, intercept = struct.unpack(f"{order}3f", header[108:120])
     shape = (dims[3], dims[2], dims[1])  # x varies fastest on disk
     dtype = np.dtype(order + DATATYPES[datatype])
     count = int(np.prod(shape))
     if len(raw) < int(offset) + count * dtype.itemsize:
-        raise expected(f"{count} voxels of {dtype} after byte {int(offset)} in {path}", f"{len(raw)} bytes")
+        where = f"{count} voxels of {dtype} after byte {int(offset)} in {str(path)!r}"
+        raise expected(where, f"{len(raw)} bytes")
     voxels = np.frombuffer(raw, dtype=dtype, count=count, offset=int(offset)).reshape(shape)
     voxels = voxels.astype(np.float32)
     if slope != 0 and np.isfinite(slope):
@@ -131,7 +132,7 @@ def volume() -> Tuple[np.ndarray, np.ndarray]:
     arrays: Dict[str, np.ndarray] = {}
     for name, file in FILES.items():
         if not (folder / file).is_file():
-            raise expected(f"{file} in {folder} (nilearn >= 0.10; {INSTALL_HINT})", "nothing there")
+            raise expected(f"{file!r} in {str(folder)!r} (nilearn >= 0.10; {INSTALL_HINT})", "nothing there")
         arrays[name] = read_nifti(folder / file)[:, ::-1]  # rows from anterior to posterior
     image = arrays["t1"]
     rows, columns = _in_plane_box(image)

@@ -47,7 +47,8 @@ class Case:
         for path, part in zip(self.images, parts):
             if part.shape[1:] != mask.shape:
                 raise expected(
-                    f"mask {self.mask.name} of its image's size {part.shape[1:]} ({path.name})", mask.shape
+                    f"mask {self.mask.name!r} of its image's size {part.shape[1:]} ({path.name!r})",
+                    mask.shape,
                 )
         return (parts[0] if len(parts) == 1 else np.concatenate(parts)), mask
 
@@ -161,6 +162,6 @@ def files_key(cases: Sequence[Case], extra: Sequence[Path] = ()) -> str:
         try:
             stat = path.stat()
         except OSError as error:
-            raise SegLossError(f"expected a readable file, got {path} ({error.strerror})") from None
+            raise SegLossError(f"expected a readable file, got {str(path)!r} ({error.strerror})") from None
         rows.append((str(path), stat.st_size, stat.st_mtime_ns))
     return hashlib.sha256(json.dumps(sorted(rows)).encode()).hexdigest()[:16]

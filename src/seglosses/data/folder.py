@@ -28,14 +28,15 @@ SPLIT_RULE = (
 def _files(folder: Path) -> Dict[str, Path]:
     """Readable files of a folder by name without the format suffix; two files of one name raise."""
     if not folder.is_dir():
-        raise expected(f"a folder {folder}", "nothing there")
+        raise expected(f"a folder {str(folder)!r}", "nothing there")
     files: Dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and readable(path):
             stem = path.name[: len(path.name) - len(suffix_of(path))]
             if stem in files:
                 raise SegLossError(
-                    f"expected one file per name in {folder}, got {files[stem].name} and {path.name}"
+                    f"expected one file per name in {str(folder)!r}, got {files[stem].name!r} and "
+                    f"{path.name!r}"
                 )
             files[stem] = path
     return files
@@ -61,9 +62,9 @@ def read_dataset_json(path: Path) -> Optional[dict]:
     try:
         content = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise expected(f"a readable JSON file {path}", f"{type(error).__name__}: {error}") from None
+        raise expected(f"a readable JSON file {str(path)!r}", f"{type(error).__name__}: {error}") from None
     if not isinstance(content, dict):
-        raise expected(f"a JSON object in {path}", type(content).__name__)
+        raise expected(f"a JSON object in {str(path)!r}", type(content).__name__)
     return content
 
 
@@ -71,7 +72,7 @@ def folder_source(root: Path, spec: str) -> Source:
     """The cases, split and declared classes of a ``folder:PATH`` data set (see the module docstring)."""
     root = Path(root)
     if not root.is_dir():
-        raise expected(f"a data folder {root}", "nothing there")
+        raise expected(f"a data folder {str(root)!r}", "nothing there")
     description = read_dataset_json(root / "dataset.json")
     declared: Optional[Declared] = None
     if description is not None and "labels" in description:
@@ -87,7 +88,8 @@ def _split(root: Path) -> Tuple[Tuple[Case, ...], Tuple[Case, ...], str]:
         return every_fifth(folder_cases(root), "pairs")
     if not all(explicit) or (root / "images").is_dir():
         raise expected(
-            f"either {root}/images and masks, or both {root}/train and {root}/test",
+            f"either {str(root / 'images')!r} and masks, or both {str(root / 'train')!r} and "
+            f"{str(root / 'test')!r}",
             ", ".join(name for name in ("images", "train", "test") if (root / name).is_dir()),
         )
     train, test = folder_cases(root / "train"), folder_cases(root / "test")

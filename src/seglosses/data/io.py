@@ -53,13 +53,13 @@ def read_array(path: Path) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError as error:
-        raise SegLossError(f"expected Pillow to read {path.name}: pip install 'seglosses[cli]'") from error
+        raise SegLossError(f"expected Pillow to read {path.name!r}: pip install 'seglosses[cli]'") from error
     try:
         with Image.open(path) as image:
             return np.array(image)
     except Exception as error:  # Pillow raises many kinds for a corrupt file
         raise SegLossError(
-            f"expected a readable image, got {path} ({type(error).__name__}: {error})"
+            f"expected a readable image, got {str(path)!r} ({type(error).__name__}: {error})"
         ) from None
 
 
@@ -68,18 +68,18 @@ def _read_nifti(path: Path) -> np.ndarray:
         import nibabel
     except ImportError:
         raise SegLossError(
-            f"expected nibabel to read the NIfTI file {path.name}: pip install 'seglosses[nifti]'"
+            f"expected nibabel to read the NIfTI file {path.name!r}: pip install 'seglosses[nifti]'"
         ) from None
     try:
         volume = np.asanyarray(nibabel.load(str(path)).dataobj)  # type: ignore[attr-defined]
     except Exception as error:  # nibabel raises many kinds for a corrupt file
         raise SegLossError(
-            f"expected a readable image, got {path} ({type(error).__name__}: {error})"
+            f"expected a readable image, got {str(path)!r} ({type(error).__name__}: {error})"
         ) from None
     if volume.ndim == 4 and volume.shape[3] == 1:
         volume = volume[..., 0]
     if volume.ndim != 3:
-        raise expected(f"a 3-D NIfTI volume in {path}", f"shape {volume.shape}")
+        raise expected(f"a 3-D NIfTI volume in {str(path)!r}", f"shape {volume.shape}")
     return np.ascontiguousarray(volume.transpose(2, 1, 0))
 
 
@@ -107,7 +107,7 @@ def image_array(path: Path) -> np.ndarray:
     elif array.ndim == 3:
         array = np.moveaxis(array, -1, 0)
     else:
-        raise expected(f"a 2-D grey or colour image in {path}", f"shape {array.shape}")
+        raise expected(f"a 2-D grey or colour image in {str(path)!r}", f"shape {array.shape}")
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     if not nifti and np.issubdtype(array.dtype, np.integer):
@@ -115,7 +115,7 @@ def image_array(path: Path) -> np.ndarray:
     array = array.astype(np.float32)
     bad = ~np.isfinite(array)
     if bad.any():
-        raise expected(f"finite image values in {path}", f"{int(bad.sum())} NaN or infinite")
+        raise expected(f"finite image values in {str(path)!r}", f"{int(bad.sum())} NaN or infinite")
     return standardise(array)
 
 
@@ -131,19 +131,19 @@ def mask_array(path: Path) -> np.ndarray:
     """The stored label values of a single-channel mask, as int64 ``(*S)``."""
     if is_lossy(path):
         raise expected(
-            f"a mask in a lossless format (PNG, TIFF, NIfTI) in {path}",
+            f"a mask in a lossless format (PNG, TIFF, NIfTI) in {str(path)!r}",
             "a lossy format (JPEG compression changes label values at object edges): save masks as PNG",
         )
     array = read_array(path)
     nifti = suffix_of(path) in NIFTI_SUFFIXES
     if not nifti and array.ndim != 2:
         raise expected(
-            f"a single-channel mask of class values in {path}", f"{array.dtype} of shape {array.shape}"
+            f"a single-channel mask of class values in {str(path)!r}", f"{array.dtype} of shape {array.shape}"
         )
     if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer):
         return array.astype(np.int64)
     if np.issubdtype(array.dtype, np.floating):  # NIfTI label maps are often stored as floats
         if np.all(np.isfinite(array)) and np.array_equal(array, np.round(array)):
             return array.astype(np.int64)
-        raise expected(f"integer class values in the mask {path}", f"non-integer {array.dtype} values")
-    raise expected(f"a mask of integer class values in {path}", f"dtype {array.dtype}")
+        raise expected(f"integer class values in the mask {str(path)!r}", f"non-integer {array.dtype} values")
+    raise expected(f"a mask of integer class values in {str(path)!r}", f"dtype {array.dtype}")

@@ -38,7 +38,7 @@ def _cases(images: Path, labels: Path, ending: str) -> List[Case]:
         name = path.name[: -len(ending)]
         files = sorted(channels.get(name, []))
         if not files:
-            raise expected(f"{images.name}/{name}_0000{ending} for the label {path.name}", "none")
+            raise expected(f"{images.name!r}/{name}_0000{ending} for the label {path.name!r}", "none")
         if [k for k, _ in files] != list(range(len(files))):
             raise expected(f"the channels of case {name} in {images} numbered _0000, _0001, ... without gaps",
                            [p.name for _, p in files])  # fmt: skip
@@ -51,7 +51,7 @@ def nnunet_source(root: Path, spec: str) -> Source:
     root = Path(root)
     description = read_dataset_json(root / "dataset.json")
     if description is None:
-        raise expected(f"an nnU-Net dataset.json in {root}", "none")
+        raise expected(f"an nnU-Net dataset.json in {str(root)!r}", "none")
     for key in ("labels", "file_ending"):
         if key not in description:
             raise expected(f'"{key}" in {root / "dataset.json"}', "none")
