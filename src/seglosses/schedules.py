@@ -290,12 +290,13 @@ def is_schedule_expression(node: ast.expr) -> bool:
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
         sides = (node.left, node.right)
         return any(is_schedule_expression(s) for s in sides) and all(
-            is_schedule_expression(s) or _is_number_node(s) for s in sides
+            is_schedule_expression(s) or is_number_node(s) for s in sides
         )
     return False
 
 
-def _is_number_node(node: ast.expr) -> bool:
+def is_number_node(node: ast.expr) -> bool:
+    """A numeric literal, optionally signed (``-0.5``); not a bool."""
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         node = node.operand
     return (
@@ -308,7 +309,7 @@ def _is_number_node(node: ast.expr) -> bool:
 def schedule_from_ast(node: ast.expr) -> Union[Schedule, float]:
     """Evaluate a parsed schedule expression (numbers, schedule calls, ``+ - *``, unary minus); never
     ``eval``. Raises :class:`SegLossError` for anything else."""
-    if _is_number_node(node):
+    if is_number_node(node):
         return check_number("a number in a schedule", ast.literal_eval(node))
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         value = schedule_from_ast(node.operand)

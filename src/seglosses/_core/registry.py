@@ -26,6 +26,7 @@ from torch import nn
 from ..schedules import (
     MAX_NESTING,
     Schedule,
+    is_number_node,
     is_schedule_expression,
     nesting_depth,
     schedule_from_ast,
@@ -266,7 +267,7 @@ class _Term:
     def weight(self, node: ast.expr, what: str) -> Weight:
         """A number (finite, as a float) or a schedule expression; errors name ``what`` and the position."""
         try:
-            if _is_number(node):
+            if is_number_node(node):
                 return check_number(what, ast.literal_eval(node))
             return schedule_from_ast(node)
         except SegLossError as error:
@@ -302,15 +303,4 @@ class _Term:
 
 def _is_weight(node: ast.expr) -> bool:
     """A number, or a schedule expression (schedule calls and numbers joined by ``+ - *``)."""
-    return _is_number(node) or is_schedule_expression(node)
-
-
-def _is_number(node: ast.expr) -> bool:
-    """A numeric literal, optionally signed (``-0.5``)."""
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        node = node.operand
-    return (
-        isinstance(node, ast.Constant)
-        and isinstance(node.value, (int, float))
-        and not isinstance(node.value, bool)
-    )
+    return is_number_node(node) or is_schedule_expression(node)

@@ -108,16 +108,17 @@ def ce_from_prepared(
     w = class_tensor(w, work, "weight")
     eps, reduction = opts["label_smoothing"], opts["reduction"]
     if isinstance(prepared, IndexTarget):
-        denominator = _index_denominator(prepared, w, work.dtype) if reduction == "mean" else None
+        # w_t per pixel, read at a clamped label (an unchecked label out of range reads a weight; its loss
+        # is NaN): the denominator's and the fused term's factor
+        pixel_w = None if w is None else torch.take(w, prepared.index().clamp(0, work.shape[1] - 1))
+        denominator = _index_denominator(prepared, pixel_w, work.dtype) if reduction == "mean" else None
         if isinstance(eps, Tensor):  # the adaptive smoothing: its caller cleaned the logits
             loss = _index_smoothed(work, prepared, w, eps.to(work.dtype), opts["ignore_index"], log_p)
             return reduce(loss, reduction, denominator)
         fused = index_term(work, prepared, 0.0) if not eps else None
         if fused is not None:  # class weights multiply the term (w_t (p - onehot) by autograd)
-            if w is not None:  # clamped: an unchecked label out of range reads a weight, its loss is NaN
-                fused = fused * torch.take(w, prepared.index().clamp(0, work.shape[1] - 1))
-            return reduce(fused, reduction, denominator)
-        if w is not None and w.requires_grad:  # torch's kernel does not differentiate its weight
+            return reduce(fused if pixel_w is None else fused * pixel_w, reduction, denominator)
+        if w is not None and pixel_w is not None and w.requires_grad:  # torch's kernel refuses it
             if eps:
                 loss = _index_smoothed(work, prepared, w, work.new_tensor(eps), opts["ignore_index"])
             else:  # w_t · ce (0 at ignored pixels)
@@ -125,7 +126,7 @@ def ce_from_prepared(
                     prepared.clean(work), prepared.labels.long(),
                     ignore_index=_torch_ignore(opts["ignore_index"]), reduction="none",
                 )  # fmt: skip
-                loss = ce * torch.take(w, prepared.index().clamp(0, work.shape[1] - 1))
+                loss = ce * pixel_w
             return reduce(loss, reduction, denominator)
         # torch's own kernel. Its mean divides by the valid count as ours does but gives NaN for none, so
         # it serves a mean only when the count is known on the host and positive; else its sum is reduced
@@ -421,13 +422,12 @@ class _SmoothedIndexCE(LeanFunction):
 
 
 def _index_denominator(
-    prepared: IndexTarget, weight: Optional[Tensor], dtype: torch.dtype
+    prepared: IndexTarget, pixel_weight: Optional[Tensor], dtype: torch.dtype
 ) -> Union[int, Tensor]:
-    """``Σ_{i∈V} w_{y_i}``: the valid pixel count, or their summed class weights, in ``dtype`` (the
-    compute dtype: float64 for a float64 loss)."""
-    if weight is None:
+    """``Σ_{i∈V} w_{y_i}``: the valid pixel count, or the valid pixels' summed class weights
+    ``pixel_weight`` ``(N, *S)``, in ``dtype`` (the compute dtype: float64 for a float64 loss)."""
+    if pixel_weight is None:
         return prepared.num_valid()
-    pixel_weight = torch.take(weight, prepared.index().clamp(0, weight.numel() - 1))  # see ce_from_prepared
     if prepared.valid is not None:
         pixel_weight = pixel_weight * prepared.valid
     return pixel_weight.sum(dtype=dtype)
