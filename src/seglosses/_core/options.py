@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
 import math
 import numbers
 import sys
-from typing import Any, Callable, Dict, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Literal, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
@@ -19,6 +21,48 @@ from .targets import input_checks_enabled
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS = ("none", "mean", "sum")
 ClassValues = Union[float, Sequence[float], Tensor]
+
+
+_O = TypeVar("_O", bound="Options")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+    """The typed, frozen options of a loss, validated once when the object is made.
+
+    A loss family declares its options as a frozen, keyword-only dataclass deriving from this one and
+    overrides :meth:`checked`, which returns every field's validated, normalised value (numbers as
+    floats, per-class values as tensors, choices as given) or raises a :class:`SegLossError`. The loss
+    function builds one per call from its keywords; its module builds one at construction and keeps its
+    tensor fields as buffers.
+    """
+
+    def __post_init__(self) -> None:
+        for name, value in self.checked().items():
+            object.__setattr__(self, name, value)
+
+    def checked(self) -> Dict[str, Any]:
+        """The validated value of each field this class checks (subclasses extend their parent's)."""
+        return {}
+
+    def as_dict(self) -> Dict[str, Any]:
+        """Field name -> value (not a deep copy: tensors are shared)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def tensor_fields(self) -> Dict[str, Tensor]:
+        """The fields that hold tensors (a module's buffers)."""
+        return {k: v for k, v in self.as_dict().items() if isinstance(v, Tensor)}
+
+    def with_values(self: _O, **values: Any) -> _O:
+        """A copy with ``values`` set as they are, unchecked: for values already checked (a module's
+        buffers after ``.to(device)``, a new step)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        new = copy.copy(self)
+        for name, value in values.items():
+            if name not in names:
+                raise TypeError(f"{type(self).__name__} has no option {name!r}")
+            object.__setattr__(new, name, value)
+        return new
 
 
 def _data_checks_enabled() -> bool:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._core.errors import SegLossError, expected, unknown_option
-from .._core.options import keyword_options
+from .._core.options import Options, keyword_options
 from .._core.registry import domain_names, loss_name
 from ..schedules import check_step
 
@@ -23,15 +23,18 @@ def _domain_names(module: type) -> Optional[Tuple[str, str]]:
 class LossModule(nn.Module):
     """``nn.Module`` form of a pure loss function.
 
-    Subclasses (made by :func:`module_for`) set ``function`` (the pure loss) and ``check_options`` (the
-    option check the function itself runs). ``__init__`` takes the function's keyword options, fills in
-    its defaults and runs the check once, so a bad or unknown option fails at construction with a
-    :class:`SegLossError`. Tensor-valued options (class weights, α) become buffers that follow
-    ``.to(device)`` and ``state_dict``. ``forward(logits, target)`` calls the function with the options.
+    Subclasses (made by :func:`module_for`) set ``function`` (the pure loss), ``options_type`` (its
+    :class:`~seglosses._core.options.Options` dataclass) and ``implementation`` (the loss on checked
+    options, which the function calls too: ``implementation(logits, target, options)``). ``__init__``
+    takes the function's keyword options, fills in its defaults and checks them once, so a bad or
+    unknown option fails at construction with a :class:`SegLossError`. Tensor-valued options (class
+    weights, α) become buffers that follow ``.to(device)`` and ``state_dict``. ``forward(logits, target)``
+    calls the implementation with the checked options and the current buffers.
     """
 
     function: ClassVar[Callable[..., Tensor]]
-    check_options: ClassVar[Callable[..., Dict[str, Any]]]
+    options_type: ClassVar[Type[Options]]
+    implementation: ClassVar[Callable[..., Tensor]]
 
     def __init__(self, **options: Any) -> None:
         super().__init__()
@@ -40,56 +43,99 @@ class LossModule(nn.Module):
             if name not in known:
                 raise unknown_option(type(self).__name__, name, known, names=_domain_names(type(self)))
         options = {name: options.get(name, p.default) for name, p in known.items()}
-        checked = type(self).check_options(**options)
-        self._plain_options: Dict[str, Any] = {}
+        checked = type(self).options_type(**options)
         self._tensor_options: List[str] = []
-        for name, value in options.items():
-            if isinstance(checked.get(name), Tensor):
-                if isinstance(value, Tensor) and value.requires_grad:  # a buffer would drop its gradient
-                    raise expected(
-                        f"{name} of {type(self).__name__} without requires_grad (module options are buffers, "
-                        f"constants of the loss; to differentiate it, pass it to "
-                        f"{type(self).function.__name__}(..., {name}=...))",
-                        "a tensor that requires grad",
-                    )
-                self.register_buffer(name, checked[name].detach().clone())  # not the caller's tensor
-                self._tensor_options.append(name)
-            else:
-                self._plain_options[name] = value
+        for name, tensor in checked.tensor_fields().items():
+            given = options[name]
+            if isinstance(given, Tensor) and given.requires_grad:  # a buffer would drop its gradient
+                raise expected(
+                    f"{name} of {type(self).__name__} without requires_grad (module options are buffers, "
+                    f"constants of the loss; to differentiate it, pass it to "
+                    f"{type(self).function.__name__}(..., {name}=...))",
+                    "a tensor that requires grad",
+                )
+            self.register_buffer(name, tensor.detach().clone())  # not the caller's tensor
+            self._tensor_options.append(name)
+        self._checked = checked.with_values(**{name: getattr(self, name) for name in self._tensor_options})
+
+    @property
+    def checked_options(self) -> Options:
+        """The checked options, with the tensor options as the current buffers."""
+        return self._checked.with_values(**{name: getattr(self, name) for name in self._tensor_options})
 
     @property
     def options(self) -> Dict[str, Any]:
-        """The options this module passes to its function (tensor options as the current buffers)."""
-        return {**self._plain_options, **{name: getattr(self, name) for name in self._tensor_options}}
+        """The checked options as keywords of the function (tensor options as the current buffers)."""
+        return self.checked_options.as_dict()
 
     @property
     def reduction(self) -> str:
-        return str(self._plain_options.get("reduction", "mean"))
+        return str(getattr(self._checked, "reduction", "mean"))
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return type(self).function(logits, target, **self.options)
+        return type(self).implementation(logits, target, self.checked_options)
 
     def extra_repr(self) -> str:
-        parts = [f"{k}={v!r}" for k, v in self._plain_options.items()]
+        parts = [f"{k}={v!r}" for k, v in self._checked.as_dict().items() if k not in self._tensor_options]
         parts += [f"{k}={getattr(self, k).tolist()}" for k in self._tensor_options]
         return ", ".join(parts)
+
+
+class _LegacyOptions:  # TRANSITIONAL: removed when every loss has its Options
+    check: Any = None
+
+    def __init__(self, **options: Any) -> None:
+        checked = type(self).check(**options)
+        self._d = {**options, **{k: v for k, v in checked.items() if k in options}}
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(self._d)
+
+    def tensor_fields(self) -> Dict[str, Tensor]:
+        return {k: v for k, v in self._d.items() if isinstance(v, Tensor)}
+
+    def with_values(self, **values: Any) -> Any:
+        new = object.__new__(type(self))
+        new._d = {**self._d, **values}
+        return new
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._d[name]
+
+
+def _legacy(function: Any, check: Any, base_or_none: Any, base: Any) -> Any:  # TRANSITIONAL
+    options_type = type("Legacy", (_LegacyOptions,), {"check": staticmethod(check)})
+    real_base = base_or_none if isinstance(base_or_none, type) else base
+
+    def implementation(*inputs: Any) -> Tensor:
+        return function(*inputs[:-1], **inputs[-1].as_dict())
+
+    return options_type, implementation, real_base
 
 
 def module_for(
     name: str,
     function: Callable[..., Tensor],
-    check_options: Callable[..., Dict[str, Any]],
+    options_type: Type[Options],
+    implementation: Callable[..., Tensor] = None,  # type: ignore[assignment]  # TRANSITIONAL
     base: Type[LossModule] = LossModule,
 ) -> Type[LossModule]:
     """Make the ``nn.Module`` class of a loss function; its constructor takes the function's options.
 
+    ``options_type`` checks them; ``implementation(logits, target, options)`` computes the loss from
+    checked options (the function is ``implementation(logits, target, options_type(**keywords))``).
     ``base`` may override ``forward`` (e.g. to take a third input); it must derive from LossModule.
     """
+    if not (isinstance(options_type, type) and issubclass(options_type, Options)):  # TRANSITIONAL, removed
+        options_type, implementation, base = _legacy(function, options_type, implementation, base)
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     params += list(keyword_options(function).values())
     namespace = {
         "function": staticmethod(function),
-        "check_options": staticmethod(check_options),
+        "options_type": options_type,
+        "implementation": staticmethod(implementation),
         "__doc__": (inspect.getdoc(function) or "")
         + f"\n\nThe module form of :func:`{function.__name__}`; the constructor checks its options once.",
         "__module__": function.__module__,
@@ -118,14 +164,14 @@ class ScheduledLossModule(LossModule):
 
     @property
     def step(self) -> float:
-        return float(self._plain_options.get("step", 0.0))
+        return float(getattr(self._checked, "step", 0.0))
 
     def set_step(self, step: float) -> None:
         """Set the step the schedules read (``>= 0``)."""
-        self._plain_options["step"] = check_step(step)
+        self._checked = self._checked.with_values(step=check_step(step))
 
     def has_schedule(self) -> bool:
-        return any(k.endswith("_schedule") and v is not None for k, v in self._plain_options.items())
+        return any(k.endswith("_schedule") and v is not None for k, v in self._checked.as_dict().items())
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)

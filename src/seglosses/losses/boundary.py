@@ -15,7 +15,9 @@ device; precompute target maps once with :func:`target_distance_maps` / :class:`
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
@@ -48,7 +50,7 @@ from .._core.targets import (
 from ..ops.bands import band_width, boundary_band
 from ..ops.distance import Spacing, check_spacing, sample_extremes, signed_distance_map, two_sided_distance
 from .base import LossModule, module_for
-from .overlap import Statistics, check_region_options, jaccard_score, region_loss
+from .overlap import RegionOptions, Statistics, jaccard_score, region_loss
 
 _LENGTH_EPS = 1e-8  # inside the square root of the active contour's length term (Chen et al.)
 
@@ -352,9 +354,15 @@ def binary_hausdorff_dt_loss(
 # --- boundary-IoU loss -------------------------------------------------------------------------------
 
 
-def check_boundary_iou_options(*, dilation_ratio: float, **shared: Any) -> Dict[str, Any]:
-    ratio = check_number("dilation_ratio", dilation_ratio, low=0.0)
-    return check_region_options(dilation_ratio=ratio, **shared)
+@dataclass(frozen=True, kw_only=True)
+class BoundaryIoUOptions(RegionOptions):
+    """Region options plus the band width ``dilation_ratio`` (relative to the image diagonal, ``>= 0``)."""
+
+    dilation_ratio: float
+
+    def checked(self) -> Dict[str, Any]:
+        ratio = check_number("dilation_ratio", self.dilation_ratio, low=0.0)
+        return {**super().checked(), "dilation_ratio": ratio}
 
 
 def _band_statistics(ratio: float) -> Statistics:
@@ -369,10 +377,10 @@ def _band_statistics(ratio: float) -> Statistics:
     return statistics
 
 
-def _boundary_iou(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
-    statistics = _band_statistics(opts["dilation_ratio"])
+def _boundary_iou(logits: Tensor, target: Tensor, opts: BoundaryIoUOptions, binary: bool) -> Tensor:
+    statistics = _band_statistics(opts.dilation_ratio)
     return region_loss(
-        logits, target, opts, binary, lambda s, _: 1 - jaccard_score(s, opts["smooth"]), statistics=statistics
+        logits, target, opts, binary, lambda s, _: 1 - jaccard_score(s, opts.smooth), statistics=statistics
     )
 
 
@@ -406,7 +414,7 @@ def boundary_iou_loss(
         reduction: ``none`` -> ``(N, C)`` (``(C,)`` with ``batch=True``); ``mean`` -> the (weighted)
             class mean averaged over samples; ``sum``.
     """
-    opts = check_boundary_iou_options(
+    opts = BoundaryIoUOptions(
         dilation_ratio=dilation_ratio, include_background=include_background, batch=batch, smooth=smooth,
         weight=weight, ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
@@ -425,7 +433,7 @@ def binary_boundary_iou_loss(
     reduction: Reduction = "mean",
 ) -> Tensor:
     r"""Boundary-IoU loss per sigmoid channel, ``1 - (I + s) / (U + s)`` on soft bands ``x - minpool(x)``."""
-    opts = check_boundary_iou_options(
+    opts = BoundaryIoUOptions(
         dilation_ratio=dilation_ratio, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index,
         reduction=reduction,
     )  # fmt: skip
@@ -566,10 +574,13 @@ BoundaryLoss = module_for("BoundaryLoss", boundary_loss, check_boundary_options,
 BinaryBoundaryLoss = module_for("BinaryBoundaryLoss", binary_boundary_loss, check_boundary_options, _WithMaps)
 HausdorffDTLoss = module_for("HausdorffDTLoss", hausdorff_dt_loss, check_hausdorff_options)
 BinaryHausdorffDTLoss = module_for("BinaryHausdorffDTLoss", binary_hausdorff_dt_loss, check_hausdorff_options)
-BoundaryIoULoss = module_for("BoundaryIoULoss", boundary_iou_loss, check_boundary_iou_options)
-BinaryBoundaryIoULoss = module_for(
-    "BinaryBoundaryIoULoss", binary_boundary_iou_loss, check_boundary_iou_options
+BoundaryIoULoss = module_for(
+    "BoundaryIoULoss", boundary_iou_loss, BoundaryIoUOptions, functools.partial(_boundary_iou, binary=False)
 )
+BinaryBoundaryIoULoss = module_for(
+    "BinaryBoundaryIoULoss", binary_boundary_iou_loss, BoundaryIoUOptions,
+    functools.partial(_boundary_iou, binary=True),
+)  # fmt: skip
 ActiveContourLoss = module_for("ActiveContourLoss", active_contour_loss, check_active_contour_options)
 BinaryActiveContourLoss = module_for(
     "BinaryActiveContourLoss", binary_active_contour_loss, check_active_contour_options

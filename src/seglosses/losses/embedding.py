@@ -80,7 +80,7 @@ from ..distributed import (
 )
 from ..ops.pairwise import Distance, joint_scale, row_blocks, safe_sqrt
 from ..sampling import Strategy, check_sampler_options, sample_rows
-from .base import LossModule, keyword_options, module_for
+from .base import LossModule, _legacy, keyword_options, module_for
 
 EmbeddingReduction = Literal["mean", "sum"]
 Mining = Literal["all", "hard", "semi_hard"]
@@ -1094,7 +1094,7 @@ class CenterLoss(LossModule):
     """
 
     function = staticmethod(center_loss)
-    check_options = staticmethod(check_embedding_options)
+    options_type = _legacy(center_loss, check_embedding_options, None, None)[0]  # TRANSITIONAL
 
     def __init__(
         self, *, num_classes: int, dim: int, alpha: float = 0.5, learn: Learn = "buffer", **options: Any

@@ -18,6 +18,8 @@ class mean, absent ones included (with the loss above), so that the loss is cont
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
@@ -27,6 +29,7 @@ from .._core.errors import expected
 from .._core.numerics import safe_divide, safe_pow
 from .._core.options import (
     ClassValues,
+    Options,
     Reduction,
     check_bool,
     check_ignore_index,
@@ -92,7 +95,7 @@ Statistics = Callable[[Tensor, Tensor, Optional[int], bool], Overlap]
 def region_loss(
     logits: Tensor,
     target: Tensor,
-    opts: Dict[str, Any],
+    opts: RegionOptions,
     binary: bool,
     per_class: PerClass,
     class_options: Tuple[str, ...] = (),
@@ -106,61 +109,74 @@ def region_loss(
     ``statistics(logits, target, ignore_index, binary)`` gives the ``(N, C)`` overlap (default: of the
     probabilities; the boundary-IoU loss passes that of their boundary bands).
     """
-    stats = statistics(logits, target, opts["ignore_index"], binary)
+    stats = statistics(logits, target, opts.ignore_index, binary)
     names = ("weight", *class_options)
-    tensors = {name: class_tensor(opts[name], stats.tp, name) for name in names}
-    if not binary and not opts["include_background"]:
+    tensors = {name: class_tensor(getattr(opts, name), stats.tp, name) for name in names}
+    if not binary and not opts.include_background:
         stats = stats.select(1)
         tensors = {k: v[1:] if v is not None and v.ndim == 1 else v for k, v in tensors.items()}
-    if opts["batch"]:
+    if opts.batch:
         stats = stats.pooled()
-    if opts["sync"]:  # one all-reduce of (TP, FP, FN); its backward sums the gradients over ranks
-        stats = Overlap(*all_reduce_sum(torch.stack(stats), opts["process_group"]).unbind(0))
+    if opts.sync:  # one all-reduce of (TP, FP, FN); its backward sums the gradients over ranks
+        stats = Overlap(*all_reduce_sum(torch.stack(stats), opts.process_group).unbind(0))
     weight = tensors["weight"] if weight_in_reduction else None
-    return reduce_region(per_class(stats, tensors), opts["reduction"], weight)
+    return reduce_region(per_class(stats, tensors), opts.reduction, weight)
 
 
-def check_region_options(
-    *,
-    include_background: bool = True,
-    batch: bool,
-    smooth: float,
-    weight: Optional[ClassValues],
-    ignore_index: Optional[int],
-    reduction: str,
-    sync: bool = False,
-    process_group: Optional[ProcessGroup] = None,
-    **specific: Any,
-) -> Dict[str, Any]:
-    """Validate the options every region loss shares; loss-specific ones are checked by the caller."""
-    if check_bool("sync", sync) and not batch:
-        raise expected("batch=True with sync=True (only pooled statistics are summed over processes)", sync)
-    return {
-        "include_background": check_bool("include_background", include_background),
-        "batch": check_bool("batch", batch),
-        "sync": sync,
-        "process_group": check_process_group(process_group),
-        "smooth": check_number("smooth", smooth, low=0.0),
-        "weight": class_values("weight", weight, allow_scalar=False),
-        "ignore_index": check_ignore_index(ignore_index),
-        "reduction": check_reduction(reduction),
-        **specific,
-    }
+@dataclass(frozen=True, kw_only=True)
+class RegionOptions(Options):
+    """The options every region loss shares (see the module docstring); binary losses keep class 0."""
+
+    include_background: bool = True
+    batch: bool
+    smooth: float
+    weight: Optional[ClassValues]
+    ignore_index: Optional[int]
+    reduction: str
+    sync: bool = False
+    process_group: Optional[ProcessGroup] = None
+
+    def checked(self) -> Dict[str, Any]:
+        if check_bool("sync", self.sync) and not self.batch:
+            raise expected(
+                "batch=True with sync=True (only pooled statistics are summed over processes)", True
+            )
+        return {
+            "include_background": check_bool("include_background", self.include_background),
+            "batch": check_bool("batch", self.batch),
+            "process_group": check_process_group(self.process_group),
+            "smooth": check_number("smooth", self.smooth, low=0.0),
+            "weight": class_values("weight", self.weight, allow_scalar=False),
+            "ignore_index": check_ignore_index(self.ignore_index),
+            "reduction": check_reduction(self.reduction),
+        }
 
 
-def check_tversky_options(*, alpha: float, beta: float, **shared: Any) -> Dict[str, Any]:
-    alpha, beta = check_number("alpha", alpha, low=0.0), check_number("beta", beta, low=0.0)
-    if alpha + beta == 0:
-        raise expected("alpha + beta > 0 (with both 0 the index is 1 whatever the prediction)", (alpha, beta))
-    return check_region_options(alpha=alpha, beta=beta, **shared)
+@dataclass(frozen=True, kw_only=True)
+class TverskyOptions(RegionOptions):
+    """Region options plus the Tversky weights: ``alpha`` on FP, ``beta`` on FN."""
+
+    alpha: float
+    beta: float
+
+    def checked(self) -> Dict[str, Any]:
+        alpha, beta = check_number("alpha", self.alpha, low=0.0), check_number("beta", self.beta, low=0.0)
+        if alpha + beta == 0:
+            raise expected(
+                "alpha + beta > 0 (with both 0 the index is 1 whatever the prediction)", (alpha, beta)
+            )
+        return {**super().checked(), "alpha": alpha, "beta": beta}
 
 
-def check_focal_tversky_options(
-    *, alpha: float, beta: float, gamma: Union[float, ClassValues], **shared: Any
-) -> Dict[str, Any]:
-    opts = check_tversky_options(alpha=alpha, beta=beta, **shared)
-    opts["gamma"] = class_values("gamma", gamma, low=0.0, low_open=True)  # γ = 0: constant loss 1
-    return opts
+@dataclass(frozen=True, kw_only=True)
+class FocalTverskyOptions(TverskyOptions):
+    """Tversky options plus the focal exponent ``gamma`` (a scalar or one per class, ``> 0``)."""
+
+    gamma: Union[float, ClassValues]
+
+    def checked(self) -> Dict[str, Any]:
+        gamma = class_values("gamma", self.gamma, low=0.0, low_open=True)  # γ = 0: constant loss 1
+        return {**super().checked(), "gamma": gamma}
 
 
 # --- Dice --------------------------------------------------------------------------------------------
@@ -187,14 +203,16 @@ _BINARY_TARGET = "the logits' shape; bool, integer or float in ``[0, 1]``; ``p =
 
 def _document(function: Callable[..., Tensor], binary: bool) -> Callable[..., Tensor]:
     background = "" if binary else "\n        include_background: keep class 0."
-    function.__doc__ = (function.__doc__ or "").rstrip() + "\n" + _SHARED_DOC.format(
-        target=_BINARY_TARGET if binary else _SOFTMAX_TARGET, background=background
+    function.__doc__ = (
+        (function.__doc__ or "").rstrip()
+        + "\n"
+        + _SHARED_DOC.format(target=_BINARY_TARGET if binary else _SOFTMAX_TARGET, background=background)
     )
     return function
 
 
-def _dice(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
-    return region_loss(logits, target, opts, binary, lambda s, _: 1 - dice_score(s, opts["smooth"]))
+def _dice(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) -> Tensor:
+    return region_loss(logits, target, opts, binary, lambda s, _: 1 - dice_score(s, opts.smooth))
 
 
 def dice_loss(
@@ -215,7 +233,7 @@ def dice_loss(
     **Erratum** (document section 3.1.3): the document's gradient is not the derivative of its own loss.
     With ``I = Σ y p``, ``U = Σ y + Σ p`` (one class), ``∂L/∂p_i = -(2 y_i (U + s) - (2 I + s)) / (U + s)^2``.
     """
-    opts = check_region_options(
+    opts = RegionOptions(
         include_background=include_background, batch=batch, smooth=smooth, weight=weight,
         ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -235,7 +253,7 @@ def binary_dice_loss(
     process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Soft Dice loss per sigmoid channel, ``1 - (2 TP + s) / (2 TP + FP + FN + s)``, channel mean."""
-    opts = check_region_options(
+    opts = RegionOptions(
         batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
         sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -245,8 +263,8 @@ def binary_dice_loss(
 # --- Jaccard -----------------------------------------------------------------------------------------
 
 
-def _jaccard(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
-    return region_loss(logits, target, opts, binary, lambda s, _: 1 - jaccard_score(s, opts["smooth"]))
+def _jaccard(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) -> Tensor:
+    return region_loss(logits, target, opts, binary, lambda s, _: 1 - jaccard_score(s, opts.smooth))
 
 
 def jaccard_loss(
@@ -266,7 +284,7 @@ def jaccard_loss(
 
     For ``s = 0``, ``Dice = 2 IoU / (1 + IoU)`` class by class.
     """
-    opts = check_region_options(
+    opts = RegionOptions(
         include_background=include_background, batch=batch, smooth=smooth, weight=weight,
         ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -286,7 +304,7 @@ def binary_jaccard_loss(
     process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Soft Jaccard (IoU) loss per sigmoid channel, ``1 - (TP + s) / (TP + FP + FN + s)``."""
-    opts = check_region_options(
+    opts = RegionOptions(
         batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
         sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -296,9 +314,9 @@ def binary_jaccard_loss(
 # --- Tversky -----------------------------------------------------------------------------------------
 
 
-def _tversky(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
+def _tversky(logits: Tensor, target: Tensor, opts: TverskyOptions, binary: bool) -> Tensor:
     def per_class(s: Overlap, _: Dict[str, Optional[Tensor]]) -> Tensor:
-        return 1 - tversky_score(s, opts["smooth"], opts["alpha"], opts["beta"])
+        return 1 - tversky_score(s, opts.smooth, opts.alpha, opts.beta)
 
     return region_loss(logits, target, opts, binary, per_class)
 
@@ -324,7 +342,7 @@ def tversky_loss(
     ``α = β = 0.5`` is Dice (with ``s`` halved), ``α = β = 1`` is Jaccard. The design document writes the
     index with the letters swapped (section 2.3.2); its ``α, β`` are this function's ``beta, alpha``.
     """
-    opts = check_tversky_options(
+    opts = TverskyOptions(
         alpha=alpha, beta=beta, include_background=include_background, batch=batch, smooth=smooth,
         weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -346,7 +364,7 @@ def binary_tversky_loss(
     process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Tversky loss per sigmoid channel, ``1 - (TP + s) / (TP + α FP + β FN + s)`` (α on FP, β on FN)."""
-    opts = check_tversky_options(
+    opts = TverskyOptions(
         alpha=alpha, beta=beta, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index,
         reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -356,11 +374,11 @@ def binary_tversky_loss(
 # --- Focal Tversky -----------------------------------------------------------------------------------
 
 
-def _focal_tversky(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
+def _focal_tversky(logits: Tensor, target: Tensor, opts: FocalTverskyOptions, binary: bool) -> Tensor:
     def per_class(s: Overlap, tensors: Dict[str, Optional[Tensor]]) -> Tensor:
-        index = tversky_score(s, opts["smooth"], opts["alpha"], opts["beta"])
+        index = tversky_score(s, opts.smooth, opts.alpha, opts.beta)
         gamma = tensors["gamma"]
-        assert gamma is not None  # a required option, checked by check_focal_tversky_options
+        assert gamma is not None  # a required option, checked by FocalTverskyOptions
         return safe_pow((1 - index).clamp_min(0), gamma)  # rounding can push TI a hair past 1
 
     return region_loss(logits, target, opts, binary, per_class, class_options=("gamma",))
@@ -389,7 +407,7 @@ def focal_tversky_loss(
     ``gamma = 0.75`` here (the default). The power's gradient, infinite at ``TI = 1`` for ``γ < 1``, is
     taken as 0 there.
     """
-    opts = check_focal_tversky_options(
+    opts = FocalTverskyOptions(
         alpha=alpha, beta=beta, gamma=gamma, include_background=include_background, batch=batch,
         smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync,
         process_group=process_group,
@@ -413,7 +431,7 @@ def binary_focal_tversky_loss(
     process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Focal Tversky loss ``(1 - TI_c)^γ`` per sigmoid channel (see :func:`focal_tversky_loss`)."""
-    opts = check_focal_tversky_options(
+    opts = FocalTverskyOptions(
         alpha=alpha, beta=beta, gamma=gamma, batch=batch, smooth=smooth, weight=weight,
         ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -423,7 +441,7 @@ def binary_focal_tversky_loss(
 # --- Generalised Dice --------------------------------------------------------------------------------
 
 
-def _generalized_dice(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
+def _generalized_dice(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) -> Tensor:
     def per_class(s: Overlap, tensors: Dict[str, Optional[Tensor]]) -> Tensor:
         volume = s.tp + s.fn  # Σ y_c
         present = volume > 0
@@ -434,7 +452,7 @@ def _generalized_dice(logits: Tensor, target: Tensor, opts: Dict[str, Any], bina
         w = torch.where(present, (rarest / torch.where(present, volume, 1.0)) ** 2, 1.0).detach()
         if tensors["weight"] is not None:
             w = w * tensors["weight"]
-        den = (w * (2 * s.tp + s.fp + s.fn)).sum(-1, keepdim=True) + opts["smooth"]
+        den = (w * (2 * s.tp + s.fp + s.fn)).sum(-1, keepdim=True) + opts.smooth
         return safe_divide(s.tp.shape[-1] * w * (s.fp + s.fn), den, 0.0)
 
     return region_loss(logits, target, opts, binary, per_class, weight_in_reduction=False)
@@ -466,7 +484,7 @@ def generalized_dice_loss(
     ``C · w_c (FP_c + FN_c) / (Σ_k w_k (2 TP_k + FP_k + FN_k) + s)`` whose class mean is the sample's loss,
     so ``mean`` gives the mean over samples of the loss above, as for every region loss.
     """
-    opts = check_region_options(
+    opts = RegionOptions(
         include_background=include_background, batch=batch, smooth=smooth, weight=weight,
         ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -486,7 +504,7 @@ def binary_generalized_dice_loss(
     process_group: Optional[ProcessGroup] = None,
 ) -> Tensor:
     r"""Generalised Dice loss over sigmoid channels (see :func:`generalized_dice_loss`)."""
-    opts = check_region_options(
+    opts = RegionOptions(
         batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
         sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -501,19 +519,33 @@ for _binary in (
 ):  # fmt: skip
     _document(_binary, binary=True)
 
-DiceLoss = module_for("DiceLoss", dice_loss, check_region_options)
-BinaryDiceLoss = module_for("BinaryDiceLoss", binary_dice_loss, check_region_options)
-JaccardLoss = module_for("JaccardLoss", jaccard_loss, check_region_options)
-BinaryJaccardLoss = module_for("BinaryJaccardLoss", binary_jaccard_loss, check_region_options)
-TverskyLoss = module_for("TverskyLoss", tversky_loss, check_tversky_options)
-BinaryTverskyLoss = module_for("BinaryTverskyLoss", binary_tversky_loss, check_tversky_options)
-FocalTverskyLoss = module_for("FocalTverskyLoss", focal_tversky_loss, check_focal_tversky_options)
-BinaryFocalTverskyLoss = module_for(
-    "BinaryFocalTverskyLoss", binary_focal_tversky_loss, check_focal_tversky_options
+
+def _modules(
+    name: str,
+    softmax: Callable[..., Tensor],
+    binary: Callable[..., Tensor],
+    options: type,
+    loss: Callable[..., Tensor],
+) -> Tuple[type, type]:
+    """The softmax and binary module classes of one region loss ``loss(logits, target, opts, binary)``."""
+    return (
+        module_for(f"{name}Loss", softmax, options, functools.partial(loss, binary=False)),
+        module_for(f"Binary{name}Loss", binary, options, functools.partial(loss, binary=True)),
+    )
+
+
+DiceLoss, BinaryDiceLoss = _modules("Dice", dice_loss, binary_dice_loss, RegionOptions, _dice)
+JaccardLoss, BinaryJaccardLoss = _modules(
+    "Jaccard", jaccard_loss, binary_jaccard_loss, RegionOptions, _jaccard
 )
-GeneralizedDiceLoss = module_for("GeneralizedDiceLoss", generalized_dice_loss, check_region_options)
-BinaryGeneralizedDiceLoss = module_for(
-    "BinaryGeneralizedDiceLoss", binary_generalized_dice_loss, check_region_options
+TverskyLoss, BinaryTverskyLoss = _modules(
+    "Tversky", tversky_loss, binary_tversky_loss, TverskyOptions, _tversky
+)
+FocalTverskyLoss, BinaryFocalTverskyLoss = _modules(
+    "FocalTversky", focal_tversky_loss, binary_focal_tversky_loss, FocalTverskyOptions, _focal_tversky
+)
+GeneralizedDiceLoss, BinaryGeneralizedDiceLoss = _modules(
+    "GeneralizedDice", generalized_dice_loss, binary_generalized_dice_loss, RegionOptions, _generalized_dice
 )
 
 for _name, _module, _domain, _text in (
