@@ -209,7 +209,7 @@ def test_valid_state_loads_exactly(cls):
 @pytest.mark.parametrize(
     "counts, message",
     [
-        (torch.tensor([1, 2, 3, 4, 5]), r"ClassFrequency\(5\)"),
+        (torch.tensor([1, 2, 3, 4, 5]), r"ClassFrequency\(num_classes=5\)"),
         (torch.tensor([1, -2, 3]), r"'counts'.*1 negative"),
         (torch.tensor([1.0, math.nan, 3.0]), r"'counts'.*1 NaN"),
         (torch.tensor([1.0, math.inf, 3.0]), r"'counts'.*1 inf"),

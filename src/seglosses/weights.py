@@ -15,15 +15,16 @@ weights so that they sum to ``C``.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal, Optional, Sequence, Tuple, Union
+from typing import Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ._core.errors import expected
 from ._core.options import check_bool, check_choice, check_ignore_index, check_int, check_number
+from ._core.state import Accumulator, PerClass, check_statistic  # noqa: F401  TRANSITIONAL re-export
 from ._core.targets import check_class_indices
-from .distributed import ProcessGroup, check_process_group, sync_sum_
+from .distributed import ProcessGroup
 
 WeightMethod = Literal["inverse_frequency", "balanced", "median_frequency", "effective_number"]
 METHODS: Tuple[WeightMethod, ...] = ("inverse_frequency", "balanced", "median_frequency", "effective_number")
@@ -85,45 +86,16 @@ def class_weights(
     return w.to(torch.float32)
 
 
-def check_statistic(owner: str, name: str, value: Tensor, *, integral: bool = False) -> None:
-    """Check a statistic loaded from a state dict: finite and non-negative (and whole numbers within the
-    int64 range when ``integral``: counts), else a :class:`~seglosses.SegLossError` naming the buffer and
-    what is wrong (``expected finite, non-negative values in AdaptiveFocalLoss's state 'running', got 1
-    NaN, 2 negative``).
-
-    One host read when the values are valid (load time, not a training step).
-    """
-    if value.is_complex():
-        raise expected(f"real values in {owner}'s state {name!r}", f"dtype {value.dtype}")
-    if value.dtype == torch.bool or value.numel() == 0:
-        return
-    value = value.detach()
-    finite = torch.isfinite(value) if value.is_floating_point() else torch.ones_like(value, dtype=torch.bool)
-    whole = finite
-    if integral and value.is_floating_point():
-        whole = (value == value.round()) & (value < 2.0**63)
-    if bool((finite & (value >= 0) & whole).all()):
-        return
-    problems = {
-        "NaN": int(value.isnan().sum()),
-        "inf": int((value.abs() == torch.inf).sum()) if value.is_floating_point() else 0,
-        "negative": int((finite & (value < 0)).sum()),
-        "not an integer": int((finite & ~whole).sum()),
-    }
-    what = "integers" if integral else "values"
-    got = ", ".join(f"{count} {problem}" for problem, count in problems.items() if count)
-    raise expected(f"finite, non-negative {what} in {owner}'s state {name!r}", got)
-
-
-class ClassFrequency(torch.nn.Module):
+class ClassFrequency(Accumulator):
     """Streaming class pixel counter: ``update(target)`` per batch, ``compute()`` -> int64 counts ``(C,)``.
 
     Targets are integer class maps of any shape; ``ignore_index`` pixels are skipped, any other value
-    outside ``[0, C)`` raises. The counts live in a buffer, so ``state_dict`` round-trips them. The buffer
-    is int64 whatever the module is converted to (``.half()``, ``.double()``, ``.to(dtype)`` convert
-    floating buffers only), and ``load_state_dict`` checks what it loads: counts of another class count,
-    NaN, ``±inf``, negative or fractional counts raise :class:`~seglosses.SegLossError` (naming
-    ``'counts'``) and leave the counter as it was.
+    outside ``[0, C)`` raises. The counts are an int64 statistic of an
+    :class:`~seglosses._core.state.Accumulator`: ``state_dict`` round-trips them, ``reset()`` zeros
+    them, and ``load_state_dict`` checks what it loads (counts of another class count, NaN, ``±inf``,
+    negative or fractional counts raise :class:`~seglosses.SegLossError` naming ``'counts'`` and leave
+    the counter as it was). In a process
+    group every ``update`` sums the batch's counts over the processes (``sync=True``, the default).
 
     Example:
         >>> counter = ClassFrequency(3, ignore_index=255)
@@ -144,26 +116,9 @@ class ClassFrequency(torch.nn.Module):
         sync: bool = True,
         process_group: Optional[ProcessGroup] = None,
     ) -> None:
-        super().__init__()
-        self.num_classes = check_int("num_classes", num_classes)
+        super().__init__(check_int("num_classes", num_classes), sync=sync, process_group=process_group)
         self.ignore_index = check_ignore_index(ignore_index)
-        self.sync = check_bool("sync", sync)
-        self.process_group = check_process_group(process_group)
-        self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.int64))
-
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
-        """Check the counts (see the class docstring), then load them."""
-        counts = state_dict.get(prefix + "counts")
-        if isinstance(counts, Tensor):
-            if counts.shape != self.counts.shape:
-                hint = f": load it into ClassFrequency({counts.numel()})" if counts.ndim == 1 else ""
-                raise expected(
-                    f"counts of C = {self.num_classes} classes, shape ({self.num_classes},), in "
-                    "ClassFrequency's state 'counts'",
-                    f"shape {tuple(counts.shape)}{hint}",
-                )
-            check_statistic("ClassFrequency", "counts", counts, integral=True)
-        super()._load_from_state_dict(state_dict, prefix, *args)
+        self.add_state("counts", (PerClass(),), dtype=torch.int64, kind="count")
 
     def update(self, target: Tensor) -> None:
         """Add the class pixel counts of one batch of integer targets."""
@@ -179,17 +134,14 @@ class ClassFrequency(torch.nn.Module):
         if self.ignore_index is not None:
             values = values[values != self.ignore_index]
         check_class_indices(values, self.num_classes, "target")
-        counts = torch.bincount(values.long(), minlength=self.num_classes).to(self.counts.device)
-        if self.sync:  # every process holds the global counts (a no-op outside a process group)
-            sync_sum_(counts, self.process_group)
+        (counts,) = self.synced(
+            torch.bincount(values.long(), minlength=self.num_classes).to(self.counts.device)
+        )
         self.counts += counts
 
     def compute(self) -> Tensor:
         """The accumulated counts ``(C,)``, int64."""
         return self.counts.clone()
-
-    def reset(self) -> None:
-        self.counts.zero_()
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, ignore_index={self.ignore_index}"

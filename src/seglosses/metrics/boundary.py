@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._core.errors import expected
 from .._core.numerics import safe_divide
-from .._core.options import check_bool, check_ignore_index, check_int, check_number
+from .._core.options import check_ignore_index, check_int, check_number
+from .._core.state import Accumulator, PerClass
 from .._core.targets import check_class_indices
-from ..distributed import ProcessGroup, check_process_group, sync_sum_
+from ..distributed import ProcessGroup
 from ..ops.bands import band_width, boundary_band
 
 
@@ -115,9 +116,10 @@ def mask_iou(
     )
 
 
-class BoundaryIoU(nn.Module):
+class BoundaryIoU(Accumulator):
     """Accumulates Boundary IoU per class over a data set: band intersections and unions summed over
-    images (buffers ``intersection``, ``union``, int64, all-reducible); ``compute()`` divides, 1.0 for a
+    images (int64 statistics ``intersection`` and ``union`` of an
+    :class:`~seglosses._core.state.Accumulator`); ``compute()`` divides, 1.0 for a
     class absent from every band. In a process group each ``update`` sums the batch's counts over the
     processes (``sync=True``, the default; every rank must call it), so every process holds the same
     state.
@@ -143,14 +145,11 @@ class BoundaryIoU(nn.Module):
         sync: bool = True,
         process_group: Optional[ProcessGroup] = None,
     ) -> None:
-        super().__init__()
-        self.num_classes = check_int("num_classes", num_classes)
+        super().__init__(check_int("num_classes", num_classes), sync=sync, process_group=process_group)
         self.dilation_ratio = check_number("dilation_ratio", dilation_ratio, low=0.0)
         self.ignore_index = check_ignore_index(ignore_index)
-        self.sync = check_bool("sync", sync)
-        self.process_group = check_process_group(process_group)
-        self.register_buffer("intersection", torch.zeros(num_classes, dtype=torch.int64))
-        self.register_buffer("union", torch.zeros(num_classes, dtype=torch.int64))
+        self.add_state("intersection", (PerClass(),), dtype=torch.int64, kind="count")
+        self.add_state("union", (PerClass(),), dtype=torch.int64, kind="count")
 
     def update(self, prediction: Tensor, target: Tensor) -> None:
         """Add the band counts of a batch of label maps ``(N, *S)``."""
@@ -158,17 +157,10 @@ class BoundaryIoU(nn.Module):
             prediction, target, num_classes=self.num_classes, dilation_ratio=self.dilation_ratio,
             ignore_index=self.ignore_index,
         )  # fmt: skip
-        both, either = (count.sum(0).to(self.intersection) for count in counts)
-        if self.sync:  # a no-op outside a process group
-            sync_sum_(both, self.process_group)
-            sync_sum_(either, self.process_group)
+        both, either = self.synced(*(count.sum(0).to(self.intersection) for count in counts))
         self.intersection += both
         self.union += either
 
     def compute(self) -> Tensor:
         """Per-class Boundary IoU ``(C,)`` (float32) over everything added so far."""
         return iou_from_counts(self.intersection, self.union)
-
-    def reset(self) -> None:
-        self.intersection.zero_()
-        self.union.zero_()

@@ -19,18 +19,19 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._core.errors import expected
 from .._core.numerics import safe_divide
-from .._core.options import check_bool, check_ignore_index, check_int
+from .._core.options import check_ignore_index, check_int
+from .._core.state import Accumulator, PerClass
 from .._core.targets import check_class_indices
-from ..distributed import ProcessGroup, check_process_group, sync_sum_
+from ..distributed import ProcessGroup
 
 METRICS = ("dice", "iou", "precision", "recall")
 
 
-class ConfusionMatrix(nn.Module):
+class ConfusionMatrix(Accumulator):
     """Accumulates a ``(C, C)`` confusion matrix of hard predictions and computes per-class metrics.
 
     ``update(prediction, target)`` takes logits ``(N, C, *S)`` (argmax over C) or predicted labels
@@ -42,7 +43,8 @@ class ConfusionMatrix(nn.Module):
 
     In a ``torch.distributed`` process group every ``update`` sums the batch's contribution over the
     processes (``sync=True``, the default; every rank must then call ``update`` together), so every
-    process holds the same state; ``process_group`` picks the group.
+    process holds the same state; ``process_group`` picks the group. The matrix is an int64 statistic of
+    an :class:`~seglosses._core.state.Accumulator` (``reset()``, checked ``load_state_dict``).
 
     Example:
         >>> metric = ConfusionMatrix(2)
@@ -61,12 +63,9 @@ class ConfusionMatrix(nn.Module):
         sync: bool = True,
         process_group: Optional[ProcessGroup] = None,
     ) -> None:
-        super().__init__()
-        self.num_classes = check_int("num_classes", num_classes)
+        super().__init__(check_int("num_classes", num_classes), sync=sync, process_group=process_group)
         self.ignore_index = check_ignore_index(ignore_index)
-        self.sync = check_bool("sync", sync)
-        self.process_group = check_process_group(process_group)
-        self.register_buffer("matrix", torch.zeros(num_classes, num_classes, dtype=torch.int64))
+        self.add_state("matrix", (PerClass(), PerClass()), dtype=torch.int64, kind="count")
 
     def update(self, prediction: Tensor, target: Tensor) -> None:
         """Add one batch: logits ``(N, C, *S)`` or labels ``(N, *S)``, and targets ``(N, *S)``."""
@@ -81,9 +80,7 @@ class ConfusionMatrix(nn.Module):
         c = self.num_classes
         check_class_indices(truth, c, "target")
         check_class_indices(predicted, c, "predicted")
-        counts = torch.bincount(truth * c + predicted, minlength=c * c).to(self.matrix.device)
-        if self.sync:
-            sync_sum_(counts, self.process_group)
+        (counts,) = self.synced(torch.bincount(truth * c + predicted, minlength=c * c).to(self.matrix.device))
         self.matrix += counts.view(c, c)
 
     def _predicted_labels(self, prediction: Tensor, target: Tensor) -> Tensor:
@@ -132,9 +129,6 @@ class ConfusionMatrix(nn.Module):
             ).float()
         result["support"] = self.matrix.sum(1)
         return result
-
-    def reset(self) -> None:
-        self.matrix.zero_()
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, ignore_index={self.ignore_index}"

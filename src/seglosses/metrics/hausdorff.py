@@ -23,11 +23,12 @@ import math
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._core.numerics import safe_divide
-from .._core.options import check_bool, check_ignore_index, check_int, check_number
-from ..distributed import ProcessGroup, check_process_group, sync_sum_
+from .._core.options import check_ignore_index, check_int, check_number
+from .._core.state import Accumulator, PerClass
+from ..distributed import ProcessGroup
 from ..ops.bands import face_boundary
 from ..ops.distance import Spacing, check_spacing, distance_transform, spacing_steps
 from .boundary import _class_masks, _prepare
@@ -108,11 +109,12 @@ def hausdorff_distance(
     return distance
 
 
-class HausdorffDistance(nn.Module):
+class HausdorffDistance(Accumulator):
     """Accumulates the percentile Hausdorff distance per class over images: a sum and a count per class
-    (buffers, all-reducible); ``compute()`` gives the mean over images where the class is present in
-    either map, 0 for a class never present. In a process group each ``update`` sums the batch's
-    contribution over the processes (``sync=True``; every rank must call it)."""
+    (the statistics of an :class:`~seglosses._core.state.Accumulator`); ``compute()`` gives the mean
+    over images where the class is present in either map, 0 for a class never present. In a process
+    group each ``update`` sums the batch's contribution over the processes (``sync=True``; every rank
+    must call it)."""
 
     total: Tensor
     count: Tensor
@@ -127,15 +129,12 @@ class HausdorffDistance(nn.Module):
         sync: bool = True,
         process_group: Optional[ProcessGroup] = None,
     ) -> None:
-        super().__init__()
-        self.sync = check_bool("sync", sync)
-        self.process_group = check_process_group(process_group)
-        self.num_classes = check_int("num_classes", num_classes)
+        super().__init__(check_int("num_classes", num_classes), sync=sync, process_group=process_group)
         self.percentile = check_number("percentile", percentile, low=0.0, high=100.0)
         self.spacing = check_spacing(spacing)
         self.ignore_index = check_ignore_index(ignore_index)
-        self.register_buffer("total", torch.zeros(num_classes, dtype=torch.float64))
-        self.register_buffer("count", torch.zeros(num_classes, dtype=torch.int64))
+        self.add_state("total", (PerClass(),), dtype=torch.float64, kind="sum")
+        self.add_state("count", (PerClass(),), dtype=torch.int64, kind="count")
 
     def update(self, prediction: Tensor, target: Tensor) -> None:
         """Add the per-image distances of a batch of label maps ``(N, *S)``."""
@@ -143,20 +142,13 @@ class HausdorffDistance(nn.Module):
             prediction, target, num_classes=self.num_classes, percentile=self.percentile,
             spacing=self.spacing, ignore_index=self.ignore_index,
         )  # fmt: skip
-        total, count = distance.sum(0).to(self.total), present.sum(0).to(self.count)
-        if self.sync:  # every process holds the global sums (a no-op outside a process group)
-            sync_sum_(total, self.process_group)
-            sync_sum_(count, self.process_group)
+        total, count = self.synced(distance.sum(0).to(self.total), present.sum(0).to(self.count))
         self.total += total
         self.count += count
 
     def compute(self) -> Tensor:
         """Per-class mean distance ``(C,)`` (float32)."""
         return safe_divide(self.total, self.count.to(self.total), 0.0).float()
-
-    def reset(self) -> None:
-        self.total.zero_()
-        self.count.zero_()
 
 
 __all__ = ["HausdorffDistance", "hausdorff_distance", "hausdorff_terms"]
