@@ -93,6 +93,9 @@ class LossConformance:
             expected = entry.module.function(logits, target, **module.options)
         else:
             expected = entry.module.function(logits, target, ignore_index=IGNORE)
+            again = entry.module.function(logits, target, **module.options)  # the checked options re-fed
+            torch.testing.assert_close(value, again)
+            assert repr(entry.module(**module.options)) == repr(module)
         torch.testing.assert_close(value, expected)
 
     @pytest.mark.parametrize("ignore_fraction", [0.0, 0.3])

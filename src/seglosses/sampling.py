@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._core.errors import SegLossError, expected
-from ._core.options import check_choice, check_ignore_index, check_int, check_number
+from ._core.options import Options, check_choice, check_ignore_index, check_int, check_number
 from ._core.targets import _valid_mask, input_checks_enabled
 
 Strategy = Literal["random", "hard", "mix"]
@@ -45,24 +45,29 @@ class Pixels:
     keep: Optional[Tensor] = None
 
 
-def check_sampler_options(
-    *,
-    strategy: str,
-    max_per_class: Optional[int],
-    max_total: Optional[int],
-    hard_fraction: float,
-    generator: Optional[torch.Generator],
-) -> Dict[str, Any]:
-    """Validate the options of :func:`sample_pixels` (shared by every embedding loss)."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise expected("generator to be a torch.Generator or None", type(generator).__name__)
-    return {
-        "strategy": check_choice("strategy", strategy, STRATEGIES),
-        "max_per_class": None if max_per_class is None else check_int("max_per_class", max_per_class),
-        "max_total": None if max_total is None else check_int("max_total", max_total),
-        "hard_fraction": check_number("hard_fraction", hard_fraction, low=0.0, high=1.0),
-        "generator": generator,
-    }
+@dataclass(frozen=True, kw_only=True)
+class SamplerOptions(Options):
+    """The sampler's options (see :func:`sample_pixels`), shared by every embedding loss; checked once
+    when the object is made."""
+
+    strategy: Strategy
+    max_per_class: Optional[int]
+    max_total: Optional[int]
+    hard_fraction: float
+    generator: Optional[torch.Generator]
+
+    def checked(self) -> Dict[str, Any]:
+        generator = self.generator
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise expected("generator to be a torch.Generator or None", type(generator).__name__)
+        max_per_class, max_total = self.max_per_class, self.max_total
+        return {
+            "strategy": check_choice("strategy", self.strategy, STRATEGIES),
+            "max_per_class": None if max_per_class is None else check_int("max_per_class", max_per_class),
+            "max_total": None if max_total is None else check_int("max_total", max_total),
+            "hard_fraction": check_number("hard_fraction", self.hard_fraction, low=0.0, high=1.0),
+            "generator": generator,
+        }
 
 
 def sample_pixels(
@@ -149,23 +154,40 @@ def sample_rows(
     checks: Optional[bool] = None,
     masked: bool = False,
 ) -> Pixels:
-    """:func:`sample_pixels` as :class:`Pixels`: what the embedding losses call.
+    """:func:`sample_pixels` as :class:`Pixels`.
 
     ``checks`` is the caller's one reading of :func:`~seglosses._core.targets.input_checks_enabled`
     (read here when None). With ``masked`` and no cap, every pixel is a row and ``keep`` flags the valid
     ones (the others are zeroed) instead of the valid ones being gathered: the same pixels, in shapes that
     do not depend on the data. With a cap the sample is gathered whatever ``masked`` says.
     """
-    opts = check_sampler_options(
+    opts = SamplerOptions(
         strategy=strategy,
         max_per_class=max_per_class,
         max_total=max_total,
         hard_fraction=hard_fraction,
         generator=generator,
     )
-    if opts["strategy"] != "random" and logits is None:
-        raise expected(f"logits= for strategy {strategy!r} (hard pixels are the misclassified ones)", "None")
-    capped = max_per_class is not None or max_total is not None
+    return _sample_rows(embeddings, labels, logits, ignore_index, opts, checks=checks, masked=masked)
+
+
+def _sample_rows(
+    embeddings: Tensor,
+    labels: Tensor,
+    logits: Optional[Tensor],
+    ignore_index: Optional[int],
+    opts: SamplerOptions,
+    *,
+    checks: Optional[bool],
+    masked: bool,
+) -> Pixels:
+    """:func:`sample_rows` with checked sampler options (``ignore_index`` is checked here): what the
+    embedding losses call."""
+    if opts.strategy != "random" and logits is None:
+        raise expected(
+            f"logits= for strategy {opts.strategy!r} (hard pixels are the misclassified ones)", "None"
+        )
+    capped = opts.max_per_class is not None or opts.max_total is not None
     ignore_index = check_ignore_index(ignore_index)
     pixels = valid_pixels(
         embeddings, labels, ignore_index, logits, checks=checks, gather=capped or not masked
@@ -280,27 +302,27 @@ def _nearest(labels: Tensor, size: Tuple[int, ...]) -> Tensor:
     return resized.to(labels.dtype)
 
 
-def _select(pixels: Pixels, opts: Dict[str, Any]) -> Tensor:
+def _select(pixels: Pixels, opts: SamplerOptions) -> Tensor:
     """Indices of the kept rows, in their original order (see :func:`sample_pixels`)."""
     values, classes = torch.unique(pixels.y, return_inverse=True)
     num_classes = max(values.numel(), 1)
     group = pixels.image * num_classes + classes
     num_groups = pixels.images * num_classes
     counts = torch.bincount(group, minlength=num_groups)
-    quota = counts if opts["max_per_class"] is None else counts.clamp_max(opts["max_per_class"])
-    if opts["max_total"] is not None:
-        quota = _fill_budget(quota, opts["max_total"], opts["generator"])
-    if opts["strategy"] == "random":
+    quota = counts if opts.max_per_class is None else counts.clamp_max(opts.max_per_class)
+    if opts.max_total is not None:
+        quota = _fill_budget(quota, opts.max_total, opts.generator)
+    if opts.strategy == "random":
         subgroup, allowed = group, quota
     else:
         assert pixels.hard is not None  # checked by sample_pixels
         hard_counts = torch.bincount(group[pixels.hard], minlength=num_groups)
-        fraction = 1.0 if opts["strategy"] == "hard" else opts["hard_fraction"]
+        fraction = 1.0 if opts.strategy == "hard" else opts.hard_fraction
         want_hard = torch.round(quota * fraction).long()
         take_easy = torch.minimum(counts - hard_counts, quota - torch.minimum(hard_counts, want_hard))
         subgroup = group * 2 + (~pixels.hard).long()  # hard pixels of group g in 2g, correct ones in 2g+1
         allowed = torch.stack([quota - take_easy, take_easy], 1).reshape(-1)
-    rank = _random_rank(subgroup, allowed.numel(), opts["generator"])
+    rank = _random_rank(subgroup, allowed.numel(), opts.generator)
     return torch.nonzero(rank < allowed[subgroup]).squeeze(1)
 
 
@@ -344,8 +366,8 @@ def _fill_budget(quota: Tensor, budget: int, generator: Optional[torch.Generator
 __all__ = [
     "Pixels",
     "STRATEGIES",
+    "SamplerOptions",
     "Strategy",
-    "check_sampler_options",
     "sample_pixels",
     "sample_rows",
     "valid_pixels",

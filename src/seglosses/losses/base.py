@@ -61,12 +61,16 @@ class LossModule(nn.Module):
     @property
     def checked_options(self) -> Options:
         """The checked options, with the tensor options as the current buffers."""
+        if not self._tensor_options:
+            return self._checked
         return self._checked.with_values(**{name: getattr(self, name) for name in self._tensor_options})
 
     @property
     def options(self) -> Dict[str, Any]:
-        """The checked options as keywords of the function (tensor options as the current buffers)."""
-        return self.checked_options.as_dict()
+        """The checked options as the function's keywords, in its signature's order (tensor options as
+        the current buffers): ``module(x, y)`` equals ``module.function(x, y, **module.options)``."""
+        values = self.checked_options.as_dict()
+        return {name: values[name] for name in keyword_options(type(self).function) if name in values}
 
     @property
     def reduction(self) -> str:
@@ -76,9 +80,10 @@ class LossModule(nn.Module):
         return type(self).implementation(logits, target, self.checked_options)
 
     def extra_repr(self) -> str:
-        parts = [f"{k}={v!r}" for k, v in self._checked.as_dict().items() if k not in self._tensor_options]
-        parts += [f"{k}={getattr(self, k).tolist()}" for k in self._tensor_options]
-        return ", ".join(parts)
+        return ", ".join(
+            f"{k}={v.tolist()}" if k in self._tensor_options else f"{k}={v!r}"
+            for k, v in self.options.items()
+        )
 
 
 class _LegacyOptions:  # TRANSITIONAL: removed when every loss has its Options

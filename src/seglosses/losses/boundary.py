@@ -27,6 +27,7 @@ from .._core.errors import expected
 from .._core.numerics import safe_divide, sigmoid_f32, softmax_f32
 from .._core.options import (
     ClassValues,
+    Options,
     Reduction,
     check_bool,
     check_ignore_index,
@@ -83,8 +84,8 @@ def _kept(start: int, *tensors: Tensor) -> Tuple[Tensor, ...]:
     return tuple(t[:, start:] for t in tensors)
 
 
-def _first_class(opts: Dict[str, Any], binary: bool) -> int:
-    return 0 if binary or opts["include_background"] else 1
+def _first_class(opts: ClassOptions, binary: bool) -> int:
+    return 0 if binary or opts.include_background else 1
 
 
 def _reduce_pixels(loss: Tensor, valid: Optional[Tensor], reduction: str, binary: bool) -> Tensor:
@@ -102,14 +103,21 @@ def _spatial_sum(values: Tensor) -> Tensor:
     return values.flatten(2).sum(-1)
 
 
-def _check_options(
-    *, include_background: bool, ignore_index: Optional[int], reduction: str
-) -> Dict[str, Any]:
-    return {
-        "include_background": check_bool("include_background", include_background),
-        "ignore_index": check_ignore_index(ignore_index),
-        "reduction": check_reduction(reduction),
-    }
+@dataclass(frozen=True, kw_only=True)
+class ClassOptions(Options):
+    """The options the boundary, Hausdorff and active contour losses share; binary losses keep every
+    channel whatever ``include_background`` says."""
+
+    include_background: bool
+    ignore_index: Optional[int]
+    reduction: str
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            "include_background": check_bool("include_background", self.include_background),
+            "ignore_index": check_ignore_index(self.ignore_index),
+            "reduction": check_reduction(self.reduction),
+        }
 
 
 # --- target distance maps ----------------------------------------------------------------------------
@@ -159,19 +167,15 @@ class DistanceMapTransform:
 # --- surface (boundary) loss -------------------------------------------------------------------------
 
 
-def check_boundary_options(
-    *,
-    include_background: bool = False,
-    spacing: Spacing,
-    ignore_index: Optional[int],
-    reduction: str,
-    **specific: Any,
-) -> Dict[str, Any]:
-    """Validate the options of the distance-based losses."""
-    opts = _check_options(
-        include_background=include_background, ignore_index=ignore_index, reduction=reduction
-    )
-    return {**opts, "spacing": check_spacing(spacing), **specific}
+@dataclass(frozen=True, kw_only=True)
+class BoundaryOptions(ClassOptions):
+    """The options of the distance-based losses: the shared ones plus the pixel ``spacing`` of the maps."""
+
+    include_background: bool = False
+    spacing: Spacing
+
+    def checked(self) -> Dict[str, Any]:
+        return {**super().checked(), "spacing": check_spacing(self.spacing)}
 
 
 def _check_maps(dist_maps: Tensor, logits: Tensor) -> Tensor:
@@ -204,24 +208,24 @@ def _target_masks(prepared: Union[SoftmaxTarget, BinaryTarget], num_classes: int
 
 
 def _surface(
-    logits: Tensor, target: Tensor, dist_maps: Optional[Tensor], opts: Dict[str, Any], binary: bool
+    logits: Tensor, target: Tensor, dist_maps: Optional[Tensor], opts: BoundaryOptions, binary: bool
 ) -> Tensor:
     start = _first_class(opts, binary)
     prepared: Union[SoftmaxTarget, BinaryTarget]
     if binary:
-        prepared = binary_target(logits, target, opts["ignore_index"])
+        prepared = binary_target(logits, target, opts.ignore_index)
         probs, valid = sigmoid_f32(logits), prepared.valid
     else:
-        prepared = softmax_target(logits, target, opts["ignore_index"])
+        prepared = softmax_target(logits, target, opts.ignore_index)
         probs, valid = softmax_f32(logits), getattr(prepared, "valid", None)
         valid = None if valid is None else valid.unsqueeze(1)
     if dist_maps is None:
         masks = _target_masks(prepared, logits.shape[1], start)
-        phi = signed_distance_map(masks, opts["spacing"], spatial_dims=logits.ndim - 2)
+        phi = signed_distance_map(masks, opts.spacing, spatial_dims=logits.ndim - 2)
     else:
         phi = _check_maps(dist_maps, logits)[:, start:]
     loss = phi.to(probs.dtype) * probs[:, start:]
-    return _reduce_pixels(loss, valid, opts["reduction"], binary)
+    return _reduce_pixels(loss, valid, opts.reduction, binary)
 
 
 def boundary_loss(
@@ -255,7 +259,7 @@ def boundary_loss(
         reduction: ``none`` -> ``(N, *S)``, the class mean per pixel (0 at ignored pixels); ``mean`` ->
             its mean over valid pixels; ``sum``.
     """
-    opts = check_boundary_options(
+    opts = BoundaryOptions(
         include_background=include_background, spacing=spacing, ignore_index=ignore_index, reduction=reduction
     )
     return _surface(logits, target, dist_maps, opts, binary=False)
@@ -272,7 +276,7 @@ def binary_boundary_loss(
 ) -> Tensor:
     r"""Surface loss per sigmoid channel, ``mean(φ_G · p)``, ``p = sigmoid(z)``; ``none`` -> ``(N, C, *S)``,
     ``mean`` over valid elements. Target and ``dist_maps`` have the logits' shape."""
-    opts = check_boundary_options(spacing=spacing, ignore_index=ignore_index, reduction=reduction)
+    opts = BoundaryOptions(spacing=spacing, ignore_index=ignore_index, reduction=reduction)
     return _surface(logits, target, dist_maps, opts, binary=True)
 
 
@@ -288,18 +292,25 @@ def _distance_fields(masks: Tensor, spacing: Spacing) -> Tensor:
     return fields * mixed.view(*mixed.shape, *[1] * rank)
 
 
-def _hausdorff(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
-    probs, dense, valid = _prepare(logits, target, opts["ignore_index"], binary)
+@dataclass(frozen=True, kw_only=True)
+class HausdorffOptions(BoundaryOptions):
+    """Boundary options plus the distance exponent ``alpha`` (``> 0``)."""
+
+    alpha: float
+
+    def checked(self) -> Dict[str, Any]:
+        alpha = check_number("alpha", self.alpha, low=0.0, low_open=True)
+        return {**super().checked(), "alpha": alpha}
+
+
+def _hausdorff(logits: Tensor, target: Tensor, opts: HausdorffOptions, binary: bool) -> Tensor:
+    probs, dense, valid = _prepare(logits, target, opts.ignore_index, binary)
     probs, dense = _kept(_first_class(opts, binary), probs, dense)
     masks = torch.cat([dense > 0.5, probs.detach() > 0.5])  # target and prediction in one transform
-    d_target, d_prediction = _distance_fields(masks, opts["spacing"]).to(probs.dtype).chunk(2)
-    alpha = opts["alpha"]
+    d_target, d_prediction = _distance_fields(masks, opts.spacing).to(probs.dtype).chunk(2)
+    alpha = opts.alpha
     loss = (probs - dense) ** 2 * (d_target**alpha + d_prediction**alpha)
-    return _reduce_pixels(loss, valid, opts["reduction"], binary)
-
-
-def check_hausdorff_options(*, alpha: float, **shared: Any) -> Dict[str, Any]:
-    return check_boundary_options(alpha=check_number("alpha", alpha, low=0.0, low_open=True), **shared)
+    return _reduce_pixels(loss, valid, opts.reduction, binary)
 
 
 def hausdorff_dt_loss(
@@ -327,7 +338,7 @@ def hausdorff_dt_loss(
         ignore_index: target value whose pixels count nowhere.
         reduction: ``none`` -> ``(N, *S)`` (class mean per pixel); ``mean`` over valid pixels; ``sum``.
     """
-    opts = check_hausdorff_options(
+    opts = HausdorffOptions(
         alpha=alpha, include_background=include_background, spacing=spacing, ignore_index=ignore_index,
         reduction=reduction,
     )  # fmt: skip
@@ -343,11 +354,11 @@ def binary_hausdorff_dt_loss(
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    r"""Hausdorff DT loss per sigmoid channel, ``mean((p - y)² (d_G^α + d_P^α))``; ``none`` -> ``(N, C, *S)``.
+    r"""Hausdorff DT loss per sigmoid channel, ``mean((p - y)² (d_G^α + d_P^α))``.
+
+    ``none`` -> ``(N, C, *S)``.
     """
-    opts = check_hausdorff_options(
-        alpha=alpha, spacing=spacing, ignore_index=ignore_index, reduction=reduction
-    )
+    opts = HausdorffOptions(alpha=alpha, spacing=spacing, ignore_index=ignore_index, reduction=reduction)
     return _hausdorff(logits, target, opts, binary=True)
 
 
@@ -475,36 +486,34 @@ def _contour_sums(
     return _spatial_sum(length), _spatial_sum(grid.float()), _spatial_sum(region), _spatial_sum(valid.float())
 
 
-def _active_contour(logits: Tensor, target: Tensor, opts: Dict[str, Any], binary: bool) -> Tensor:
-    probs, dense, valid = _prepare(logits, target, opts["ignore_index"], binary)
+@dataclass(frozen=True, kw_only=True)
+class ActiveContourOptions(ClassOptions):
+    """The shared options plus the region weight ``lam`` (``>= 0``), ``normalize`` and ``batch``."""
+
+    include_background: bool = True
+    lam: float
+    normalize: bool
+    batch: bool
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            **super().checked(),
+            "lam": check_number("lam", self.lam, low=0.0),
+            "normalize": check_bool("normalize", self.normalize),
+            "batch": check_bool("batch", self.batch),
+        }
+
+
+def _active_contour(logits: Tensor, target: Tensor, opts: ActiveContourOptions, binary: bool) -> Tensor:
+    probs, dense, valid = _prepare(logits, target, opts.ignore_index, binary)
     probs, dense = _kept(_first_class(opts, binary), probs, dense)
     length, pairs, region, pixels = _contour_sums(probs, dense, valid)
     pairs, pixels = pairs.expand_as(length), pixels.expand_as(length)
-    if opts["batch"]:
+    if opts.batch:
         length, pairs, region, pixels = (t.sum(0) for t in (length, pairs, region, pixels))
-    if opts["normalize"]:
+    if opts.normalize:
         length, region = safe_divide(length, pairs, 0.0), safe_divide(region, pixels, 0.0)
-    return reduce_region(length + opts["lam"] * region, opts["reduction"])
-
-
-def check_active_contour_options(
-    *,
-    lam: float,
-    normalize: bool,
-    include_background: bool = True,
-    batch: bool,
-    ignore_index: Optional[int],
-    reduction: str,
-) -> Dict[str, Any]:
-    opts = _check_options(
-        include_background=include_background, ignore_index=ignore_index, reduction=reduction
-    )
-    return {
-        **opts,
-        "lam": check_number("lam", lam, low=0.0),
-        "normalize": check_bool("normalize", normalize),
-        "batch": check_bool("batch", batch),
-    }
+    return reduce_region(length + opts.lam * region, opts.reduction)
 
 
 def active_contour_loss(
@@ -536,7 +545,7 @@ def active_contour_loss(
         ignore_index: target value whose pixels count nowhere (differences touching them are dropped).
         reduction: ``none`` -> ``(N, C)`` (``(C,)`` with ``batch=True``); ``mean`` over pairs; ``sum``.
     """
-    opts = check_active_contour_options(
+    opts = ActiveContourOptions(
         lam=lam, normalize=normalize, include_background=include_background, batch=batch,
         ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
@@ -554,7 +563,7 @@ def binary_active_contour_loss(
     reduction: Reduction = "mean",
 ) -> Tensor:
     r"""Active contour loss per sigmoid channel, ``length + λ · region`` (see :func:`active_contour_loss`)."""
-    opts = check_active_contour_options(
+    opts = ActiveContourOptions(
         lam=lam, normalize=normalize, batch=batch, ignore_index=ignore_index, reduction=reduction
     )
     return _active_contour(logits, target, opts, binary=True)
@@ -567,13 +576,23 @@ class _WithMaps(LossModule):
     """A surface-loss module: ``forward(logits, target, dist_maps=None)``."""
 
     def forward(self, logits: Tensor, target: Tensor, dist_maps: Optional[Tensor] = None) -> Tensor:
-        return type(self).function(logits, target, dist_maps, **self.options)
+        return type(self).implementation(logits, target, dist_maps, self.checked_options)
 
 
-BoundaryLoss = module_for("BoundaryLoss", boundary_loss, check_boundary_options, _WithMaps)
-BinaryBoundaryLoss = module_for("BinaryBoundaryLoss", binary_boundary_loss, check_boundary_options, _WithMaps)
-HausdorffDTLoss = module_for("HausdorffDTLoss", hausdorff_dt_loss, check_hausdorff_options)
-BinaryHausdorffDTLoss = module_for("BinaryHausdorffDTLoss", binary_hausdorff_dt_loss, check_hausdorff_options)
+BoundaryLoss = module_for(
+    "BoundaryLoss", boundary_loss, BoundaryOptions, functools.partial(_surface, binary=False), _WithMaps
+)
+BinaryBoundaryLoss = module_for(
+    "BinaryBoundaryLoss", binary_boundary_loss, BoundaryOptions, functools.partial(_surface, binary=True),
+    _WithMaps,
+)  # fmt: skip
+HausdorffDTLoss = module_for(
+    "HausdorffDTLoss", hausdorff_dt_loss, HausdorffOptions, functools.partial(_hausdorff, binary=False)
+)
+BinaryHausdorffDTLoss = module_for(
+    "BinaryHausdorffDTLoss", binary_hausdorff_dt_loss, HausdorffOptions,
+    functools.partial(_hausdorff, binary=True),
+)  # fmt: skip
 BoundaryIoULoss = module_for(
     "BoundaryIoULoss", boundary_iou_loss, BoundaryIoUOptions, functools.partial(_boundary_iou, binary=False)
 )
@@ -581,10 +600,14 @@ BinaryBoundaryIoULoss = module_for(
     "BinaryBoundaryIoULoss", binary_boundary_iou_loss, BoundaryIoUOptions,
     functools.partial(_boundary_iou, binary=True),
 )  # fmt: skip
-ActiveContourLoss = module_for("ActiveContourLoss", active_contour_loss, check_active_contour_options)
+ActiveContourLoss = module_for(
+    "ActiveContourLoss", active_contour_loss, ActiveContourOptions,
+    functools.partial(_active_contour, binary=False),
+)  # fmt: skip
 BinaryActiveContourLoss = module_for(
-    "BinaryActiveContourLoss", binary_active_contour_loss, check_active_contour_options
-)
+    "BinaryActiveContourLoss", binary_active_contour_loss, ActiveContourOptions,
+    functools.partial(_active_contour, binary=True),
+)  # fmt: skip
 
 for _name, _module, _domain, _kind, _text in (
     ("boundary", BoundaryLoss, "softmax", "pixel", "surface loss mean(φ_G · p) on signed distance maps"),

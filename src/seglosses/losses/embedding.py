@@ -56,7 +56,8 @@ only the negatives and the positive itself there.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Iterator, List, Literal, NamedTuple, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Iterator, List, Literal, NamedTuple, Optional, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -79,8 +80,8 @@ from ..distributed import (
     sync_sum_,
 )
 from ..ops.pairwise import Distance, joint_scale, row_blocks, safe_sqrt
-from ..sampling import Strategy, check_sampler_options, sample_rows
-from .base import LossModule, _legacy, keyword_options, module_for
+from ..sampling import SamplerOptions, Strategy, _sample_rows
+from .base import LossModule, keyword_options, module_for
 
 EmbeddingReduction = Literal["mean", "sum"]
 Mining = Literal["all", "hard", "semi_hard"]
@@ -93,28 +94,19 @@ _SQUARED, _COSINE = Distance("squared_euclidean"), Distance("cosine")
 # --- shared steps ------------------------------------------------------------------------------------
 
 
-def check_embedding_options(
-    *,
-    ignore_index: Optional[int],
-    reduction: str,
-    strategy: str,
-    max_per_class: Optional[int],
-    max_total: Optional[int],
-    hard_fraction: float,
-    generator: Optional[torch.Generator],
-) -> Dict[str, Any]:
-    """Validate the options every embedding loss takes: ``ignore_index``, ``reduction`` and the sampler's."""
-    return {
-        "ignore_index": check_ignore_index(ignore_index),
-        "reduction": check_choice("reduction", reduction, ("mean", "sum")),
-        **check_sampler_options(
-            strategy=strategy,
-            max_per_class=max_per_class,
-            max_total=max_total,
-            hard_fraction=hard_fraction,
-            generator=generator,
-        ),
-    }
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingOptions(SamplerOptions):
+    """The options every embedding loss takes: ``ignore_index``, ``reduction`` and the sampler's."""
+
+    ignore_index: Optional[int]
+    reduction: EmbeddingReduction
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            "ignore_index": check_ignore_index(self.ignore_index),
+            "reduction": check_choice("reduction", self.reduction, ("mean", "sum")),
+            **super().checked(),
+        }
 
 
 class _Sample(NamedTuple):
@@ -136,14 +128,14 @@ def _vmapped() -> bool:
     return any(level.key() == torch._C._functorch.TransformType.Vmap for level in stack)
 
 
-def _check_vmap(name: str, opts: Dict[str, Any], reason: Optional[str] = None) -> None:
+def _check_vmap(name: str, opts: EmbeddingOptions, reason: Optional[str] = None) -> None:
     """Raise under ``vmap`` where the loss cannot be batched: a sampling cap (a random, data-dependent
     subset), ``sync`` in a process group, or ``reason``."""
     if not _vmapped():
         return
-    if reason is None and (opts["max_per_class"] is not None or opts["max_total"] is not None):
+    if reason is None and (opts.max_per_class is not None or opts.max_total is not None):
         reason = "max_per_class / max_total (a random subset of data-dependent size)"
-    if reason is None and opts.get("sync") and is_distributed(opts.get("process_group")):
+    if reason is None and isinstance(opts, PoolOptions) and opts.sync and is_distributed(opts.process_group):
         reason = "sync=True (rows gathered across processes)"
     if reason is not None:
         raise SegLossError(
@@ -152,24 +144,14 @@ def _check_vmap(name: str, opts: Dict[str, Any], reason: Optional[str] = None) -
 
 
 def _sampled(
-    embeddings: Tensor, labels: Tensor, logits: Optional[Tensor], opts: Dict[str, Any], name: str
+    embeddings: Tensor, labels: Tensor, logits: Optional[Tensor], opts: EmbeddingOptions, name: str
 ) -> _Sample:
     """Sample the rows (see :class:`_Sample`). Under ``torch.compile`` or a ``torch.func`` transform,
     without caps, every pixel is a row and the ignored ones are flagged, not gathered (static shapes)."""
     _check_vmap(name, opts)
     checks = input_checks_enabled()
-    pixels = sample_rows(
-        embeddings,
-        labels,
-        ignore_index=opts["ignore_index"],
-        logits=logits,
-        strategy=opts["strategy"],
-        max_per_class=opts["max_per_class"],
-        max_total=opts["max_total"],
-        hard_fraction=opts["hard_fraction"],
-        generator=opts["generator"],
-        checks=checks,
-        masked=tracing(),
+    pixels = _sample_rows(
+        embeddings, labels, logits, opts.ignore_index, opts, checks=checks, masked=tracing()
     )
     x = pixels.x
     return _Sample(x.to(compute_dtype(x)), pixels.y, pixels.keep, checks)
@@ -187,9 +169,20 @@ def _check_overflow(loss: Tensor, name: str, x: Tensor) -> Tensor:
     return loss
 
 
-def check_pool_options(*, sync: bool, process_group: Optional[ProcessGroup]) -> Dict[str, Any]:
-    """Validate ``sync`` and ``process_group``, the options of the losses over pairs of pixels."""
-    return {"sync": check_bool("sync", sync), "process_group": check_process_group(process_group)}
+@dataclass(frozen=True, kw_only=True)
+class PoolOptions(EmbeddingOptions):
+    """Embedding options plus ``sync`` and ``process_group``: the options of the losses over pairs of
+    pixels (whose pool of rows ``sync`` gathers across processes)."""
+
+    sync: bool
+    process_group: Optional[ProcessGroup]
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            "sync": check_bool("sync", self.sync),
+            "process_group": check_process_group(self.process_group),
+            **super().checked(),
+        }
 
 
 class _Pool(NamedTuple):
@@ -231,11 +224,11 @@ class _Pool(NamedTuple):
         return self.keep[self.start : self.start + anchors].sum(), self.keep.sum()
 
 
-def _pool(sample: _Sample, opts: Dict[str, Any]) -> _Pool:
+def _pool(sample: _Sample, opts: PoolOptions) -> _Pool:
     """Every process's sampled rows with ``sync`` in a process group (SPEC section 5, "Across
     processes"); else the anchors themselves. Every process must call the loss, an empty one too."""
-    group = opts["process_group"]
-    if not (opts["sync"] and is_distributed(group)):
+    group = opts.process_group
+    if not (opts.sync and is_distributed(group)):
         return _Pool(None, sample.y, 0, sample.keep)
     keep = None if sample.keep is None else all_gather(sample.keep.to(torch.uint8), group).bool()
     return _Pool(all_gather(sample.x, group), all_gather(sample.y, group), row_start(sample.x, group), keep)
@@ -245,7 +238,7 @@ def _pooled_reduce(
     total: Tensor,
     count: Union[Tensor, float],
     pool: _Pool,
-    opts: Dict[str, Any],
+    opts: PoolOptions,
     scale: Optional[Tensor] = None,
 ) -> Tensor:
     """``reduce`` of this process's anchors' sum ``total`` and ``count`` (what ``mean`` divides by), times
@@ -257,8 +250,8 @@ def _pooled_reduce(
     """
     count = torch.as_tensor(count, device=total.device, dtype=total.dtype)
     if pool.x is not None:
-        total, count = all_reduce_sum(torch.stack([total, count.detach()]), opts["process_group"]).unbind(0)
-    loss = reduce(total, opts["reduction"], count)
+        total, count = all_reduce_sum(torch.stack([total, count.detach()]), opts.process_group).unbind(0)
+    loss = reduce(total, opts.reduction, count)
     return loss if scale is None else loss * scale
 
 
@@ -422,6 +415,39 @@ def _contrastive_block(
     return squared, _same_label(y, pool.y, rows), counted
 
 
+@dataclass(frozen=True, kw_only=True)
+class ContrastiveOptions(PoolOptions):
+    """The options of :func:`contrastive_loss` (shared with its module)."""
+
+    margin: float
+    normalize: bool
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            "margin": check_number("margin", self.margin, low=0.0),
+            "normalize": check_bool("normalize", self.normalize),
+            **super().checked(),
+        }
+
+
+def _contrastive(
+    embeddings: Tensor, labels: Tensor, logits: Optional[Tensor], opts: ContrastiveOptions
+) -> Tensor:
+    """:func:`contrastive_loss` on checked options."""
+    sample = _sampled(embeddings, labels, logits, opts, "contrastive_loss")
+    x = Distance("euclidean", opts.normalize).prepare(sample.x)
+    pool = _pool(sample._replace(x=x), opts)
+    scale = _homogeneous_scale(x, pool)
+    if transformed():  # torch.func: plain autograd through the same blocks, any order of derivative
+        total = _contrastive_sum(x, sample.y, pool, opts.margin, scale)
+    else:
+        total = _ContrastiveSum.apply(x, sample.y, *pool.arguments(), opts.margin, scale)
+    anchors, rows = pool.counts(x.shape[0])
+    pairs = anchors * (rows - 1) / 2  # summed over the processes: M(M - 1) / 2
+    loss = _pooled_reduce(total, pairs, pool, opts, scale)
+    return _check_overflow(loss, "contrastive_loss", x) if sample.checks and not opts.normalize else loss
+
+
 def contrastive_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -472,43 +498,12 @@ def contrastive_loss(
         >>> contrastive_loss(x, torch.tensor([0, 0, 1]), margin=1.0)  # (25 + 0.5² + 0) / 3
         tensor(8.4167)
     """
-    opts = check_contrastive_options(
-        margin=margin,
-        normalize=normalize,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        strategy=strategy,
-        max_per_class=max_per_class,
-        max_total=max_total,
-        hard_fraction=hard_fraction,
-        generator=generator,
-        sync=sync,
-        process_group=process_group,
-    )
-    sample = _sampled(embeddings, labels, logits, opts, "contrastive_loss")
-    x = Distance("euclidean", opts["normalize"]).prepare(sample.x)
-    pool = _pool(sample._replace(x=x), opts)
-    scale = _homogeneous_scale(x, pool)
-    if transformed():  # torch.func: plain autograd through the same blocks, any order of derivative
-        total = _contrastive_sum(x, sample.y, pool, opts["margin"], scale)
-    else:
-        total = _ContrastiveSum.apply(x, sample.y, *pool.arguments(), opts["margin"], scale)
-    anchors, rows = pool.counts(x.shape[0])
-    pairs = anchors * (rows - 1) / 2  # summed over the processes: M(M - 1) / 2
-    loss = _pooled_reduce(total, pairs, pool, opts, scale)
-    return _check_overflow(loss, "contrastive_loss", x) if sample.checks and not opts["normalize"] else loss
-
-
-def check_contrastive_options(
-    *, margin: float, normalize: bool, sync: bool, process_group: Optional[ProcessGroup], **common: Any
-) -> Dict[str, Any]:
-    """Validate the options of :func:`contrastive_loss` (shared with its module)."""
-    return {
-        "margin": check_number("margin", margin, low=0.0),
-        "normalize": check_bool("normalize", normalize),
-        **check_pool_options(sync=sync, process_group=process_group),
-        **check_embedding_options(**common),
-    }
+    opts = ContrastiveOptions(
+        margin=margin, normalize=normalize, ignore_index=ignore_index, reduction=reduction,
+        strategy=strategy, max_per_class=max_per_class, max_total=max_total, hard_fraction=hard_fraction,
+        generator=generator, sync=sync, process_group=process_group,
+    )  # fmt: skip
+    return _contrastive(embeddings, labels, logits, opts)
 
 
 # --- InfoNCE -----------------------------------------------------------------------------------------
@@ -603,6 +598,29 @@ def _info_nce_block(
     return logits, positive, negative, lse, count
 
 
+@dataclass(frozen=True, kw_only=True)
+class InfoNCEOptions(PoolOptions):
+    """The options of :func:`pixel_info_nce_loss` (shared with its module)."""
+
+    temperature: float
+
+    def checked(self) -> Dict[str, Any]:
+        temperature = check_number("temperature", self.temperature, low=0.0, low_open=True)
+        return {"temperature": temperature, **super().checked()}
+
+
+def _info_nce(embeddings: Tensor, labels: Tensor, logits: Optional[Tensor], opts: InfoNCEOptions) -> Tensor:
+    """:func:`pixel_info_nce_loss` on checked options."""
+    sample = _sampled(embeddings, labels, logits, opts, "pixel_info_nce_loss")
+    x = _COSINE.prepare(sample.x)
+    pool = _pool(sample._replace(x=x), opts)
+    if transformed():  # torch.func: plain autograd through the same blocks, any order of derivative
+        total, anchors = _info_nce_sum(x, sample.y, pool, opts.temperature)
+    else:
+        total, anchors = _InfoNCESum.apply(x, sample.y, *pool.arguments(), opts.temperature)
+    return _pooled_reduce(total, anchors, pool, opts)  # over the anchors with a positive
+
+
 def pixel_info_nce_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -654,37 +672,12 @@ def pixel_info_nce_loss(
         >>> torch.allclose(loss, torch.log1p(torch.exp(torch.tensor(-1.0))))  # -log(e / (e + 1))
         True
     """
-    opts = check_info_nce_options(
-        temperature=temperature,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        strategy=strategy,
-        max_per_class=max_per_class,
-        max_total=max_total,
-        hard_fraction=hard_fraction,
-        generator=generator,
-        sync=sync,
-        process_group=process_group,
-    )
-    sample = _sampled(embeddings, labels, logits, opts, "pixel_info_nce_loss")
-    x = _COSINE.prepare(sample.x)
-    pool = _pool(sample._replace(x=x), opts)
-    if transformed():  # torch.func: plain autograd through the same blocks, any order of derivative
-        total, anchors = _info_nce_sum(x, sample.y, pool, opts["temperature"])
-    else:
-        total, anchors = _InfoNCESum.apply(x, sample.y, *pool.arguments(), opts["temperature"])
-    return _pooled_reduce(total, anchors, pool, opts)  # over the anchors with a positive
-
-
-def check_info_nce_options(
-    *, temperature: float, sync: bool, process_group: Optional[ProcessGroup], **common: Any
-) -> Dict[str, Any]:
-    """Validate the options of :func:`pixel_info_nce_loss` (shared with its module)."""
-    return {
-        "temperature": check_number("temperature", temperature, low=0.0, low_open=True),
-        **check_pool_options(sync=sync, process_group=process_group),
-        **check_embedding_options(**common),
-    }
+    opts = InfoNCEOptions(
+        temperature=temperature, ignore_index=ignore_index, reduction=reduction, strategy=strategy,
+        max_per_class=max_per_class, max_total=max_total, hard_fraction=hard_fraction,
+        generator=generator, sync=sync, process_group=process_group,
+    )  # fmt: skip
+    return _info_nce(embeddings, labels, logits, opts)
 
 
 # --- triplet -----------------------------------------------------------------------------------------
@@ -853,6 +846,44 @@ def _window_sum(
     return total, mined.detach(), nonzero.detach()
 
 
+@dataclass(frozen=True, kw_only=True)
+class TripletOptions(PoolOptions):
+    """The options of :func:`triplet_loss` (shared with its module)."""
+
+    margin: float
+    mining: Mining
+    squared: bool
+    normalize: bool
+    average: Average
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            "margin": check_number("margin", self.margin, low=0.0),
+            "mining": check_choice("mining", self.mining, ("all", "hard", "semi_hard")),
+            "squared": check_bool("squared", self.squared),
+            "normalize": check_bool("normalize", self.normalize),
+            "average": check_choice("average", self.average, ("all", "nonzero")),
+            **super().checked(),
+        }
+
+
+def _triplet(embeddings: Tensor, labels: Tensor, logits: Optional[Tensor], opts: TripletOptions) -> Tensor:
+    """:func:`triplet_loss` on checked options."""
+    sample = _sampled(embeddings, labels, logits, opts, "triplet_loss")
+    distance = Distance("squared_euclidean" if opts.squared else "euclidean", opts.normalize)
+    x = distance.prepare(sample.x)
+    pool = _pool(sample._replace(x=x), opts)
+    options, scale = (distance, opts.margin, opts.mining == "semi_hard"), _homogeneous_scale(x, pool)
+    if opts.mining == "hard":
+        total, mined, nonzero = _hard_sum(x, sample.y, pool, distance, opts.margin, scale)
+    elif tracing():  # torch.func (any order of derivative) or torch.compile: autograd through the blocks
+        total, mined, nonzero = _window_sum(x, sample.y, pool, options, scale, checkpointed=not transformed())
+    else:
+        total, mined, nonzero = _TripletWindowSum.apply(x, sample.y, *pool.arguments(), options, scale)
+    loss = _pooled_reduce(total, nonzero if opts.average == "nonzero" else mined, pool, opts, scale)
+    return _check_overflow(loss, "triplet_loss", x) if sample.checks and not opts.normalize else loss
+
+
 def triplet_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -922,35 +953,13 @@ def triplet_loss(
         >>> triplet_loss(x, y, margin=1.0, normalize=False, mining="all", average="nonzero")
         tensor(2.)
     """
-    opts = check_triplet_options(
-        margin=margin,
-        mining=mining,
-        squared=squared,
-        normalize=normalize,
-        average=average,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        strategy=strategy,
-        max_per_class=max_per_class,
-        max_total=max_total,
-        hard_fraction=hard_fraction,
-        generator=generator,
-        sync=sync,
+    opts = TripletOptions(
+        margin=margin, mining=mining, squared=squared, normalize=normalize, average=average,
+        ignore_index=ignore_index, reduction=reduction, strategy=strategy, max_per_class=max_per_class,
+        max_total=max_total, hard_fraction=hard_fraction, generator=generator, sync=sync,
         process_group=process_group,
-    )
-    sample = _sampled(embeddings, labels, logits, opts, "triplet_loss")
-    distance = Distance("squared_euclidean" if opts["squared"] else "euclidean", opts["normalize"])
-    x = distance.prepare(sample.x)
-    pool = _pool(sample._replace(x=x), opts)
-    options, scale = (distance, opts["margin"], opts["mining"] == "semi_hard"), _homogeneous_scale(x, pool)
-    if opts["mining"] == "hard":
-        total, mined, nonzero = _hard_sum(x, sample.y, pool, distance, opts["margin"], scale)
-    elif tracing():  # torch.func (any order of derivative) or torch.compile: autograd through the blocks
-        total, mined, nonzero = _window_sum(x, sample.y, pool, options, scale, checkpointed=not transformed())
-    else:
-        total, mined, nonzero = _TripletWindowSum.apply(x, sample.y, *pool.arguments(), options, scale)
-    loss = _pooled_reduce(total, nonzero if opts["average"] == "nonzero" else mined, pool, opts, scale)
-    return _check_overflow(loss, "triplet_loss", x) if sample.checks and not opts["normalize"] else loss
+    )  # fmt: skip
+    return _triplet(embeddings, labels, logits, opts)
 
 
 def _hard_sum(
@@ -969,29 +978,6 @@ def _hard_sum(
         gap = distance.gap(x[anchors], pool_rows[positives[anchors]], pool_rows[negatives[anchors]])
         terms, count = (gap + margin).clamp_min(0), anchors.numel()
     return (terms / scale).sum(), count, (terms > 0).sum()
-
-
-def check_triplet_options(
-    *,
-    margin: float,
-    mining: str,
-    squared: bool,
-    normalize: bool,
-    average: str,
-    sync: bool,
-    process_group: Optional[ProcessGroup],
-    **common: Any,
-) -> Dict[str, Any]:
-    """Validate the options of :func:`triplet_loss` (shared with its module)."""
-    return {
-        "margin": check_number("margin", margin, low=0.0),
-        "mining": check_choice("mining", mining, ("all", "hard", "semi_hard")),
-        "squared": check_bool("squared", squared),
-        "normalize": check_bool("normalize", normalize),
-        "average": check_choice("average", average, ("all", "nonzero")),
-        **check_pool_options(sync=sync, process_group=process_group),
-        **check_embedding_options(**common),
-    }
 
 
 # --- center loss -------------------------------------------------------------------------------------
@@ -1035,18 +1021,11 @@ def center_loss(
         >>> center_loss(x, torch.tensor([0, 0]), torch.tensor([[2.0, 0.0]]))  # ½ (1 + 1) / 2
         tensor(0.5000)
     """
-    opts = check_embedding_options(
-        ignore_index=ignore_index,
-        reduction=reduction,
-        strategy=strategy,
-        max_per_class=max_per_class,
-        max_total=max_total,
-        hard_fraction=hard_fraction,
-        generator=generator,
-    )
-    return _center_value(
-        _sampled(embeddings, labels, logits, opts, "center_loss"), centers, opts["reduction"]
-    )
+    opts = EmbeddingOptions(
+        ignore_index=ignore_index, reduction=reduction, strategy=strategy, max_per_class=max_per_class,
+        max_total=max_total, hard_fraction=hard_fraction, generator=generator,
+    )  # fmt: skip
+    return _center_value(_sampled(embeddings, labels, logits, opts, "center_loss"), centers, opts.reduction)
 
 
 def _center_value(sample: _Sample, centers: Tensor, reduction: str) -> Tensor:
@@ -1094,7 +1073,7 @@ class CenterLoss(LossModule):
     """
 
     function = staticmethod(center_loss)
-    options_type = _legacy(center_loss, check_embedding_options, None, None)[0]  # TRANSITIONAL
+    options_type = EmbeddingOptions
 
     def __init__(
         self, *, num_classes: int, dim: int, alpha: float = 0.5, learn: Learn = "buffer", **options: Any
@@ -1120,9 +1099,9 @@ class CenterLoss(LossModule):
         self, embeddings: Tensor, labels: Tensor, *, logits: Optional[Tensor] = None
     ) -> Tensor:
         """``½ mean ‖x_i - c_{y_i}‖²`` with the current centers, then the update (training, buffers)."""
-        options = self.options
+        options = cast(EmbeddingOptions, self.checked_options)
         sample = _sampled(embeddings, labels, logits, options, "CenterLoss")
-        loss = _center_value(sample, self.centers, options["reduction"])
+        loss = _center_value(sample, self.centers, options.reduction)
         if self.training and self.learn == "buffer":
             x, y, keep = sample.x.detach(), sample.y, sample.keep
             if not transformed():
@@ -1185,13 +1164,13 @@ class _EmbeddingModule(LossModule):
     def forward(  # type: ignore[override]
         self, embeddings: Tensor, labels: Tensor, *, logits: Optional[Tensor] = None
     ) -> Tensor:
-        return type(self).function(embeddings, labels, logits, **self.options)
+        return type(self).implementation(embeddings, labels, logits, self.checked_options)
 
 
 _Module = _EmbeddingModule
-ContrastiveLoss = module_for("ContrastiveLoss", contrastive_loss, check_contrastive_options, _Module)
-PixelInfoNCELoss = module_for("PixelInfoNCELoss", pixel_info_nce_loss, check_info_nce_options, _Module)
-TripletLoss = module_for("TripletLoss", triplet_loss, check_triplet_options, _Module)
+ContrastiveLoss = module_for("ContrastiveLoss", contrastive_loss, ContrastiveOptions, _contrastive, _Module)
+PixelInfoNCELoss = module_for("PixelInfoNCELoss", pixel_info_nce_loss, InfoNCEOptions, _info_nce, _Module)
+TripletLoss = module_for("TripletLoss", triplet_loss, TripletOptions, _triplet, _Module)
 
 _CENTER_SPEC = "center(num_classes=3, dim=3)"
 for _name, _module, _text, _spec in (
@@ -1207,11 +1186,12 @@ __all__ = [
     "ContrastiveLoss",
     "PixelInfoNCELoss",
     "TripletLoss",
+    "ContrastiveOptions",
+    "EmbeddingOptions",
+    "InfoNCEOptions",
+    "PoolOptions",
+    "TripletOptions",
     "center_loss",
-    "check_contrastive_options",
-    "check_embedding_options",
-    "check_info_nce_options",
-    "check_triplet_options",
     "contrastive_loss",
     "pixel_info_nce_loss",
     "triplet_loss",
