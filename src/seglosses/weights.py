@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ._core.errors import expected
 from ._core.options import check_bool, check_choice, check_ignore_index, check_int, check_number
-from ._core.state import Accumulator, PerClass, check_statistic  # noqa: F401  TRANSITIONAL re-export
+from ._core.state import Accumulator, PerClass
 from ._core.targets import check_class_indices
 from .distributed import ProcessGroup
 

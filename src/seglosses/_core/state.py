@@ -66,7 +66,7 @@ class Accumulator(nn.Module):
 
     def __init__(
         self,
-        num_classes: Optional[int],
+        num_classes: Optional[int] = None,
         *,
         min_classes: int = 1,
         sync: bool = True,
@@ -96,6 +96,11 @@ class Accumulator(nn.Module):
         through :meth:`reset` (a configured value, such as an initial α)."""
         self._declared[name] = _Declared(tuple(shape), kind, reset)
         self.register_buffer(name, torch.zeros(self._size(shape), dtype=dtype))
+
+    def declare_state(self, name: str, *, kind: Kind = "sum", reset: bool = False) -> None:
+        """Declare a buffer already registered (a configured value, such as an initial α) as state of a
+        fixed shape: checked on load as ``kind``, zeroed by :meth:`reset` only with ``reset=True``."""
+        self._declared[name] = _Declared(tuple(getattr(self, name).shape), kind, reset)
 
     def _size(self, shape: Tuple[Dim, ...], num_classes: Optional[int] = None) -> Tuple[int, ...]:
         classes = self.num_classes if num_classes is None else num_classes
@@ -146,13 +151,9 @@ class Accumulator(nn.Module):
                 getattr(self, name).zero_()
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "Accumulator":
-        """``nn.Module``'s conversions, except that a float64 statistic stays float64 with its values: a
+        """``nn.Module``'s conversions, except that a float64 buffer stays float64 with its values: a
         conversion that changed its dtype is replaced by the original moved to the new device."""
-        kept = {
-            name: b
-            for name, b in self._buffers.items()
-            if name in self._declared and b is not None and b.dtype == torch.float64
-        }
+        kept = {name: b for name, b in self._buffers.items() if b is not None and b.dtype == torch.float64}
         super()._apply(fn, recurse)
         for name, original in kept.items():
             converted = self._buffers[name]

@@ -26,16 +26,18 @@ options derived from the state (its ``options``), from the tensors that function
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Dict, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._core.errors import expected, unknown_choice
+from .._core.errors import unknown_choice
 from .._core.numerics import compute_dtype
 from .._core.options import (
     ClassValues,
+    Options,
     Reduction,
     check_bool,
     check_choice,
@@ -47,12 +49,24 @@ from .._core.options import (
 )
 from .._core.reduction import reduce
 from .._core.registry import register
+from .._core.state import Accumulator, PerClass
 from .._core.targets import IndexTarget, SoftmaxTarget, num_valid, softmax_target
-from ..distributed import sync_sum_
 from ..losses.base import module_for
-from ..losses.cross_entropy import _torch_ignore, ce_from_prepared, cross_entropy_loss, index_term
-from ..losses.focal import _FocalDense, focal_from_prepared, focal_loss, focal_modulation, index_cross_entropy
-from ..weights import check_statistic
+from ..losses.cross_entropy import (
+    CrossEntropyOptions,
+    _torch_ignore,
+    ce_from_prepared,
+    cross_entropy_loss,
+    index_term,
+)
+from ..losses.focal import (
+    FocalOptions,
+    _FocalDense,
+    focal_from_prepared,
+    focal_loss,
+    focal_modulation,
+    index_cross_entropy,
+)
 
 Adapt = Literal["both", "alpha", "gamma"]
 ADAPT = ("both", "alpha", "gamma")
@@ -96,18 +110,23 @@ def difficulty_ce_loss(
     Raises:
         SegLossError: bad shapes, dtypes, target values or options.
     """
-    opts = check_difficulty_options(
+    opts = DifficultyCEOptions(
         alpha=alpha, gamma=gamma, detach=detach, ignore_index=ignore_index, reduction=reduction
     )
-    prepared = softmax_target(logits, target, ignore_index, log_terms=True, kernel_checks=True)
+    return _difficulty_ce(logits, target, opts)
+
+
+def _difficulty_ce(logits: Tensor, target: Tensor, opts: DifficultyCEOptions) -> Tensor:
+    """:func:`difficulty_ce_loss` on checked options (its module's forward too)."""
+    prepared = softmax_target(logits, target, opts.ignore_index, log_terms=True, kernel_checks=True)
     work = logits.to(compute_dtype(logits))
-    a, g = opts["alpha"], opts["gamma"]
-    fused = index_term(work, prepared, g, a, opts["detach"]) if isinstance(prepared, IndexTarget) else None
+    a, g, detach = opts.alpha, opts.gamma, opts.detach
+    fused = index_term(work, prepared, g, a, detach) if isinstance(prepared, IndexTarget) else None
     if fused is not None and isinstance(prepared, IndexTarget):
         loss, denominator = fused, prepared.num_valid()
     elif isinstance(prepared, IndexTarget):
-        ce = index_cross_entropy(work, prepared, ignore_index)
-        if opts["detach"]:
+        ce = index_cross_entropy(work, prepared, opts.ignore_index)
+        if detach:
             loss = (a + (1 - a) * torch.expm1(-ce.detach()).neg_().pow_(g)) * ce
         else:
             loss = a * ce + (1 - a) * focal_modulation(ce, g)
@@ -115,30 +134,37 @@ def difficulty_ce_loss(
     else:
         dense = prepared.dense.to(work.dtype)
         log_p = torch.log_softmax(work, dim=1)
-        if opts["detach"]:
+        if detach:
             weight = dense * (a + (1 - a) * torch.expm1(log_p.detach()).neg_().pow_(g))
             loss = -torch.where(dense > 0, weight * log_p, 0.0).sum(1)  # y = 0 at log p = -inf: 0; NaN stays
         else:
             ce = -torch.where(dense > 0, dense * log_p, 0.0).sum(1)
             loss = a * ce + (1 - a) * _FocalDense.apply(work, dense, None, g)
         denominator = dense.sum()  # Σ y in the compute dtype: float64 for a float64 loss
-    return reduce(loss, opts["reduction"], denominator)
+    return reduce(loss, opts.reduction, denominator)
 
 
-def check_difficulty_options(
-    *, alpha: float, gamma: float, detach: bool, ignore_index: Optional[int], reduction: str
-) -> Dict[str, Any]:
-    """Validate the options of :func:`difficulty_ce_loss` (shared with its module)."""
-    return {
-        "alpha": check_number("alpha", alpha, low=0.0, high=1.0),
-        "gamma": check_number("gamma", gamma, low=0.0),
-        "detach": check_bool("detach", detach),
-        "ignore_index": check_ignore_index(ignore_index),
-        "reduction": check_reduction(reduction),
-    }
+@dataclass(frozen=True, kw_only=True)
+class DifficultyCEOptions(Options):
+    """The options of :func:`difficulty_ce_loss` (and its module), checked once."""
+
+    alpha: float
+    gamma: float
+    detach: bool
+    ignore_index: Optional[int]
+    reduction: str
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            "alpha": check_number("alpha", self.alpha, low=0.0, high=1.0),
+            "gamma": check_number("gamma", self.gamma, low=0.0),
+            "detach": check_bool("detach", self.detach),
+            "ignore_index": check_ignore_index(self.ignore_index),
+            "reduction": check_reduction(self.reduction),
+        }
 
 
-DifficultyCELoss = module_for("DifficultyCELoss", difficulty_ce_loss, check_difficulty_options)
+DifficultyCELoss = module_for("DifficultyCELoss", difficulty_ce_loss, DifficultyCEOptions, _difficulty_ce)
 
 
 # --------------------------------------------------------------------------- pure helpers of the state
@@ -246,14 +272,14 @@ def argmax_hits(log_p: Tensor, ce: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- the stateful base
 
 
-class AdaptiveLoss(nn.Module):
+class AdaptiveLoss(Accumulator):
     """Base of the stateful losses (see the module docstring).
 
     A subclass sets ``function`` (the pure loss its state parameterises) and implements ``batch_sums``
-    (the batch's sums and counts, detached), :meth:`update` (fold them in) and :attr:`options` (the
-    function's options under the current state). Its statistics are buffers registered by
-    ``_register_state``; the per-class ones are sized at the first forward when ``num_classes`` is not
-    given, or by ``load_state_dict`` from the state dict.
+    (the batch's sums and counts, detached), :meth:`update` (fold them in) and ``checked_options`` (the
+    function's options under the current state). Its statistics are those of an
+    :class:`~seglosses._core.state.Accumulator`, declared with ``add_state``; the per-class ones are sized
+    at the first forward when ``num_classes`` is not given, or by ``load_state_dict`` from the state dict.
 
     **State dtype.** Every floating buffer (running means, recall, frequencies, confidence, counts, α^init)
     is float64 and stays float64: ``.half()``, ``.bfloat16()``, ``.float()``, ``.double()`` and
@@ -271,33 +297,13 @@ class AdaptiveLoss(nn.Module):
     """
 
     stateful: ClassVar[bool] = True
+    lazy_classes: ClassVar[bool] = True
     function: ClassVar[Callable[..., Tensor]]
 
     def __init__(self, num_classes: Optional[int], ignore_index: Optional[int], reduction: str) -> None:
-        super().__init__()
-        self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, low=2)
+        super().__init__(num_classes, min_classes=2)  # sync on by default: see fold()
         self.ignore_index = check_ignore_index(ignore_index)
         self.reduction = check_reduction(reduction)
-        self.sync, self.process_group = True, None  # see fold()
-        self._per_class: Dict[str, Tuple[int, int]] = {}  # name -> (rows, extra columns)
-        self._statistics: List[str] = []
-
-    def _register_state(
-        self, per_class: Dict[str, Tuple[torch.dtype, int, int]], scalars: Dict[str, torch.dtype]
-    ) -> None:
-        """Zero statistics: per-class buffers ``(rows, C + extra)`` (``rows = 0``: 1-D), with 0 columns
-        until C is known, and scalar buffers. Floating ones should be float64 (see the class docstring:
-        :meth:`_apply` keeps a float64 buffer float64)."""
-        for name, (dtype, rows, extra) in per_class.items():
-            self.register_buffer(name, torch.zeros(self._shape(rows, extra), dtype=dtype))
-            self._per_class[name] = (rows, extra)
-        for name, dtype in scalars.items():
-            self.register_buffer(name, torch.zeros((), dtype=dtype))
-        self._statistics += [*per_class, *scalars]
-
-    def _shape(self, rows: int, extra: int) -> Tuple[int, ...]:
-        columns = 0 if self.num_classes is None else self.num_classes + extra
-        return (rows, columns) if rows else (columns,)
 
     @property
     def smoothing(self) -> bool:
@@ -308,99 +314,20 @@ class AdaptiveLoss(nn.Module):
     def _prepare(self, logits: Tensor, target: Tensor) -> Tuple[Tensor, SoftmaxTarget]:
         """Check the inputs once, size the state to C; the logits in their compute dtype and the target."""
         prepared = softmax_target(logits, target, self.ignore_index, log_terms=True, smoothing=self.smoothing)
-        self._size_state(logits.shape[1], logits.device)
+        self.size_state(logits.shape[1], logits.device)
         return prepared.clean(logits.to(compute_dtype(logits))), prepared
 
-    def _size_state(self, num_classes: int, device: torch.device) -> None:
-        if not self._per_class:
-            return
-        if self.num_classes is None:
-            self._resize(num_classes, device)
-        elif num_classes != self.num_classes:
-            raise expected(
-                f"logits with C = {self.num_classes} classes (the loss's state)", f"C = {num_classes}"
-            )
-
-    def _resize(self, num_classes: int, device: Optional[torch.device] = None) -> None:
-        self.num_classes = num_classes
-        for name, (rows, extra) in self._per_class.items():
-            own = getattr(self, name)
-            setattr(
-                self,
-                name,
-                torch.zeros(self._shape(rows, extra), dtype=own.dtype, device=device or own.device),
-            )
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> AdaptiveLoss:
-        """``nn.Module``'s conversions (``.to``, ``.half()``, ``.double()``, ``.cuda()`` ...), except that a
-        float64 buffer stays float64 with its values: a conversion that changed its dtype is replaced by
-        the original moved to the new device (see the class docstring)."""
-        kept = {name: b for name, b in self._buffers.items() if b is not None and b.dtype == torch.float64}
-        super()._apply(fn, recurse)
-        for name, original in kept.items():
-            converted = self._buffers[name]
-            if converted is not None and converted.dtype != torch.float64:
-                self._buffers[name] = original.to(device=converted.device)
-        return self
-
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
-        """Check the statistics in ``state_dict`` (see the class docstring), then load them; a module whose
-        state is not sized yet takes C from the state dict's buffers."""
-        incoming = {
-            name: state_dict[prefix + name]
-            for name, own in self._buffers.items()
-            if own is not None and isinstance(state_dict.get(prefix + name), Tensor)
-        }
-        classes = self._check_state(incoming)
-        if self.num_classes is None and classes is not None:
-            self._resize(classes)
-        super()._load_from_state_dict(state_dict, prefix, *args)
-
-    def _check_state(self, incoming: Dict[str, Tensor]) -> Optional[int]:
-        """Raise :class:`SegLossError` for a statistic that does not fit this module or is not a valid
-        value (naming the buffer); the class count of the per-class ones, or None when there are none."""
-        owner = type(self).__name__
-        counts: Dict[str, int] = {}
-        for name, value in incoming.items():
-            if name in self._per_class:
-                counts[name] = self._check_per_class_shape(name, value)
-            elif value.shape != getattr(self, name).shape:
-                shape = tuple(getattr(self, name).shape)
-                raise expected(f"{owner}'s state {name!r} of shape {shape}", f"shape {tuple(value.shape)}")
-            if getattr(self, name).dtype == torch.bool:
-                _check_flags(owner, name, value)
-            else:
-                check_statistic(owner, name, value)
-        if len(set(counts.values())) > 1:
-            found = ", ".join(f"C = {c} in {name!r}" for name, c in counts.items())
-            raise expected(f"{owner}'s per-class state for one class count", found)
-        return next(iter(counts.values()), None)
-
-    def _check_per_class_shape(self, name: str, value: Tensor) -> int:
-        """The class count of a per-class statistic ``(rows, C + extra)``, checked against the module's."""
-        owner, (rows, extra) = type(self).__name__, self._per_class[name]
-        if self.num_classes is None:
-            shape = f"({rows}, C + {extra})" if rows else f"(C + {extra},)"
-        else:
-            shape = str(self._shape(rows, extra))
-        if value.ndim != (2 if rows else 1) or (rows and value.shape[0] != rows):
-            raise expected(f"{owner}'s state {name!r} of shape {shape}", f"shape {tuple(value.shape)}")
-        classes = int(value.shape[-1]) - extra
-        if classes < 2:
-            raise expected(f"{owner}'s state {name!r} for C >= 2 classes", f"C = {classes}")
-        if self.num_classes is not None and classes != self.num_classes:
-            raise expected(
-                f"a state for C = {self.num_classes} classes ({owner}'s num_classes)",
-                f"C = {classes} in {name!r}: load it into a {owner}(num_classes={classes}), or one made "
-                "with num_classes=None, which takes C from the state dict",
-            )
-        return classes
+    @property
+    def checked_options(self) -> Options:  # pragma: no cover - every subclass overrides it
+        """The options of ``function`` under the current state, as the options object its forward passes
+        on (the state's values as they are: checked at construction, not per forward)."""
+        raise NotImplementedError
 
     @property
-    def options(self) -> Dict[str, Any]:  # pragma: no cover - every subclass overrides it
+    def options(self) -> Dict[str, Any]:
         """The options of ``function`` under the current state: ``function(logits, target, **options)``
         is what the last forward computed (after its update)."""
-        raise NotImplementedError
+        return self.checked_options.as_dict()
 
     def update(self, sums: Tensor) -> None:  # pragma: no cover - every subclass overrides it
         """Fold one batch's sums and counts into the state: the only method that changes it."""
@@ -411,15 +338,8 @@ class AdaptiveLoss(nn.Module):
         a ``torch.distributed`` group is initialised (every rank must run the training forward), so every
         process holds the same state; set the attributes ``sync = False`` or ``process_group`` to change it.
         """
-        sums = sums.detach()  # statistics: never part of the loss's graph
-        if self.sync:
-            sync_sum_(sums, self.process_group)
+        (sums,) = self.synced(sums.detach())  # statistics: never part of the loss's graph
         self.update(sums)
-
-    def reset(self) -> None:
-        """Forget every statistic: the module is its static form again."""
-        for name in self._statistics:
-            getattr(self, name).zero_()
 
     def _config(self) -> Dict[str, Any]:
         return {
@@ -439,11 +359,11 @@ def _reject_unknown(module: nn.Module, unknown: Dict[str, Any]) -> None:
         raise unknown_choice(f"an option of {type(module).__name__}", name, known)
 
 
-def _check_flags(owner: str, name: str, value: Tensor) -> None:
-    """A bool statistic loaded from a state dict: bool, or numbers that are 0 or 1."""
-    if value.dtype != torch.bool and not bool(((value == 0) | (value == 1)).all()):
-        bad = value[(value != 0) & (value != 1)].unique()[:5].tolist()
-        raise expected(f"{owner}'s state {name!r} to hold flags (0 or 1)", f"values {bad}")
+def _focal_options(gamma: float, ignore_index: Optional[int], reduction: str) -> FocalOptions:
+    """The static options of :func:`focal_loss` that a focal module completes with its state's α (and γ)."""
+    return FocalOptions(
+        gamma=gamma, alpha=None, alpha_schedule=None, step=0.0, ignore_index=ignore_index, reduction=reduction
+    )
 
 
 def _momentum(momentum: float) -> float:
@@ -525,14 +445,18 @@ class AdaptiveFocalLoss(AdaptiveLoss):
             exact = alpha if isinstance(alpha, Tensor) else torch.as_tensor(alpha, dtype=torch.float64)
             initial = exact.detach().to(torch.float64).reshape(initial.shape).clone()
         self.register_buffer("alpha", initial)
-        self._register_state({"running": (torch.float64, 2, 1), "seen": (torch.bool, 0, 1)}, {})
+        if initial is not None:  # configured, checked on load, kept by reset()
+            self.declare_state("alpha", kind="sum", reset=False)
+        self.add_state("running", (2, PerClass(1)))
+        self.add_state("seen", (PerClass(1),), dtype=torch.bool, kind="flag")
+        self._static_options = _focal_options(self.gamma, self.ignore_index, self.reduction)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
         if not isinstance(prepared, IndexTarget):
             if self.training:
                 self.fold(self.batch_sums(work, prepared))
-            return focal_from_prepared(work, prepared, self.options)
+            return focal_from_prepared(work, prepared, self.checked_options)
         # F.cross_entropy in its two steps, so that the statistics reuse log p
         log_p = torch.log_softmax(work, 1)
         ce = F.nll_loss(
@@ -540,7 +464,7 @@ class AdaptiveFocalLoss(AdaptiveLoss):
         )
         if self.training:
             self.fold(self.batch_sums(work, prepared, log_p.detach(), ce.detach()))
-        return focal_from_prepared(work, prepared, self.options, ce=ce)
+        return focal_from_prepared(work, prepared, self.checked_options, ce=ce)
 
     def batch_sums(
         self,
@@ -590,13 +514,8 @@ class AdaptiveFocalLoss(AdaptiveLoss):
         return self.seen[-1]
 
     @property
-    def options(self) -> Dict[str, Any]:
-        return {
-            "gamma": self.current_gamma(),
-            "alpha": self.current_alpha(),
-            "ignore_index": self.ignore_index,
-            "reduction": self.reduction,
-        }
+    def checked_options(self) -> FocalOptions:
+        return self._static_options.with_values(gamma=self.current_gamma(), alpha=self.current_alpha())
 
     def current_alpha(self) -> Optional[Tensor]:
         """α(t): ``(C,)`` when α adapts (once C is known), else ``alpha`` as given."""
@@ -672,15 +591,16 @@ class ClassBalancedFocalLoss(AdaptiveLoss):
         if fixed is not None and self.num_classes is None:
             self.num_classes = check_int("num_classes (the length of counts)", fixed.numel(), low=2)
         self.fixed = fixed is not None
-        self._register_state({"counts": (torch.float64, 0, 0)}, {})
+        self.add_state("counts", (PerClass(),))
         if fixed is not None:
             self.counts.copy_(fixed)
+        self._static_options = _focal_options(self.gamma, self.ignore_index, self.reduction)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
         if self.training and not self.fixed:
             self.fold(self.batch_sums(work, prepared))
-        return focal_from_prepared(work, prepared, self.options)
+        return focal_from_prepared(work, prepared, self.checked_options)
 
     def batch_sums(self, work: Tensor, prepared: SoftmaxTarget) -> Tensor:
         """The batch's class counts ``(C,)`` over valid pixels."""
@@ -695,14 +615,9 @@ class ClassBalancedFocalLoss(AdaptiveLoss):
             super().reset()
 
     @property
-    def options(self) -> Dict[str, Any]:
+    def checked_options(self) -> FocalOptions:
         alpha = None if self.num_classes is None else class_balanced_alpha(self.counts, self.beta)
-        return {
-            "gamma": self.gamma,
-            "alpha": alpha,
-            "ignore_index": self.ignore_index,
-            "reduction": self.reduction,
-        }
+        return self._static_options.with_values(alpha=alpha)
 
     def _config(self) -> Dict[str, Any]:
         return {"beta": self.beta, "gamma": self.gamma, "fixed": self.fixed, **super()._config()}
@@ -749,13 +664,15 @@ class FrequencyFocalLoss(AdaptiveLoss):
         self.scale = check_number("scale", scale, low=0.0)
         self.gamma = check_number("gamma", gamma, low=0.0)
         self.momentum = _momentum(momentum)
-        self._register_state({"frequency": (torch.float64, 0, 0)}, {"frequency_seen": torch.bool})
+        self.add_state("frequency", (PerClass(),))
+        self.add_state("frequency_seen", dtype=torch.bool, kind="flag")
+        self._static_options = _focal_options(self.gamma, self.ignore_index, self.reduction)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
         if self.training:
             self.fold(self.batch_sums(work, prepared))
-        return focal_from_prepared(work, prepared, self.options)
+        return focal_from_prepared(work, prepared, self.checked_options)
 
     def batch_sums(self, work: Tensor, prepared: SoftmaxTarget) -> Tensor:
         """The batch's class counts ``(C,)`` over valid pixels."""
@@ -766,14 +683,9 @@ class FrequencyFocalLoss(AdaptiveLoss):
         fold_in(self.frequency, self.frequency_seen, sums, sums.sum(), self.momentum)
 
     @property
-    def options(self) -> Dict[str, Any]:
+    def checked_options(self) -> FocalOptions:
         alpha = None if self.num_classes is None else frequency_alpha(self.frequency, scale=self.scale)
-        return {
-            "gamma": self.gamma,
-            "alpha": alpha,
-            "ignore_index": self.ignore_index,
-            "reduction": self.reduction,
-        }
+        return self._static_options.with_values(alpha=alpha)
 
     def _config(self) -> Dict[str, Any]:
         return {"scale": self.scale, "gamma": self.gamma, "momentum": self.momentum, **super()._config()}
@@ -827,7 +739,12 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
             "target_confidence", target_confidence, low=0.0, high=1.0, low_open=True
         )
         self.momentum = _momentum(momentum)
-        self._register_state({}, {"confidence": torch.float64, "confidence_seen": torch.bool})
+        self.add_state("confidence")
+        self.add_state("confidence_seen", dtype=torch.bool, kind="flag")
+        self._static_options = CrossEntropyOptions(
+            weight=None, weight_schedule=None, step=0.0, label_smoothing=self.epsilon,
+            ignore_index=self.ignore_index, reduction=self.reduction,
+        )  # fmt: skip
 
     @property
     def smoothing(self) -> bool:
@@ -838,7 +755,7 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
         log_p = torch.log_softmax(work.detach(), 1)  # shared by the statistic and the loss
         if self.training:
             self.fold(self.batch_sums(work, prepared, log_p))
-        return ce_from_prepared(work, prepared, self.options, log_p=log_p)
+        return ce_from_prepared(work, prepared, self.checked_options, log_p=log_p)
 
     def batch_sums(self, work: Tensor, prepared: SoftmaxTarget, log_p: Optional[Tensor] = None) -> Tensor:
         """``(Σ max_c p_ic, count)`` over the batch's valid pixels, ``(2,)``; ``log_p``: the detached
@@ -860,12 +777,8 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
         return torch.where(self.confidence_seen, adapted, self.epsilon)
 
     @property
-    def options(self) -> Dict[str, Any]:
-        return {
-            "label_smoothing": self.current_epsilon(),
-            "ignore_index": self.ignore_index,
-            "reduction": self.reduction,
-        }
+    def checked_options(self) -> CrossEntropyOptions:
+        return self._static_options.with_values(label_smoothing=self.current_epsilon())
 
     def _config(self) -> Dict[str, Any]:
         return {

@@ -86,45 +86,11 @@ class LossModule(nn.Module):
         )
 
 
-class _LegacyOptions:  # TRANSITIONAL: removed when every loss has its Options
-    check: Any = None
-
-    def __init__(self, **options: Any) -> None:
-        checked = type(self).check(**options)
-        self._d = {**options, **{k: v for k, v in checked.items() if k in options}}
-
-    def as_dict(self) -> Dict[str, Any]:
-        return dict(self._d)
-
-    def tensor_fields(self) -> Dict[str, Tensor]:
-        return {k: v for k, v in self._d.items() if isinstance(v, Tensor)}
-
-    def with_values(self, **values: Any) -> Any:
-        new = object.__new__(type(self))
-        new._d = {**self._d, **values}
-        return new
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return self._d[name]
-
-
-def _legacy(function: Any, check: Any, base_or_none: Any, base: Any) -> Any:  # TRANSITIONAL
-    options_type = type("Legacy", (_LegacyOptions,), {"check": staticmethod(check)})
-    real_base = base_or_none if isinstance(base_or_none, type) else base
-
-    def implementation(*inputs: Any) -> Tensor:
-        return function(*inputs[:-1], **inputs[-1].as_dict())
-
-    return options_type, implementation, real_base
-
-
 def module_for(
     name: str,
     function: Callable[..., Tensor],
     options_type: Type[Options],
-    implementation: Callable[..., Tensor] = None,  # type: ignore[assignment]  # TRANSITIONAL
+    implementation: Callable[..., Tensor],
     base: Type[LossModule] = LossModule,
 ) -> Type[LossModule]:
     """Make the ``nn.Module`` class of a loss function; its constructor takes the function's options.
@@ -133,8 +99,6 @@ def module_for(
     checked options (the function is ``implementation(logits, target, options_type(**keywords))``).
     ``base`` may override ``forward`` (e.g. to take a third input); it must derive from LossModule.
     """
-    if not (isinstance(options_type, type) and issubclass(options_type, Options)):  # TRANSITIONAL, removed
-        options_type, implementation, base = _legacy(function, options_type, implementation, base)
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     params += list(keyword_options(function).values())
     namespace = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple, Union, cast
 
 import torch
@@ -13,6 +14,7 @@ from .._core.errors import expected
 from .._core.numerics import LeanFunction, binary_log_terms, compute_dtype, first_order_backward
 from .._core.options import (
     ClassValues,
+    Options,
     Reduction,
     channel_tensor,
     check_ignore_index,
@@ -80,7 +82,7 @@ def cross_entropy_loss(
     Raises:
         SegLossError: bad shapes, dtypes, target values, weights or options.
     """
-    opts = check_ce_options(
+    opts = CrossEntropyOptions(
         weight=weight,
         weight_schedule=weight_schedule,
         step=step,
@@ -88,43 +90,47 @@ def cross_entropy_loss(
         ignore_index=ignore_index,
         reduction=reduction,
     )
-    smoothing = isinstance(opts["label_smoothing"], Tensor) or opts["label_smoothing"] > 0
+    return _cross_entropy(logits, target, opts)
+
+
+def _cross_entropy(logits: Tensor, target: Tensor, opts: CrossEntropyOptions) -> Tensor:
+    """:func:`cross_entropy_loss` on checked options (its module's forward too)."""
+    smoothing = isinstance(opts.label_smoothing, Tensor) or opts.label_smoothing > 0
     prepared = softmax_target(  # an index target without smoothing goes to index_term
-        logits, target, ignore_index, log_terms=True, smoothing=smoothing, kernel_checks=not smoothing
+        logits, target, opts.ignore_index, log_terms=True, smoothing=smoothing, kernel_checks=not smoothing
     )
     return ce_from_prepared(logits.to(compute_dtype(logits)), prepared, opts)
 
 
 def ce_from_prepared(
-    work: Tensor, prepared: SoftmaxTarget, opts: Dict[str, Any], log_p: Optional[Tensor] = None
+    work: Tensor, prepared: SoftmaxTarget, opts: CrossEntropyOptions, log_p: Optional[Tensor] = None
 ) -> Tensor:
     """:func:`cross_entropy_loss` after its checks: ``work`` the logits in their compute dtype, ``prepared``
-    the checked target, ``opts`` the checked options (``weight``, ``weight_schedule`` and ``step`` may be
-    left out); ``log_p`` the detached ``log_softmax(work)`` when the caller has it (used by the tensor-ε
-    path)."""
-    w = opts.get("weight")
-    if w is not None and opts.get("weight_schedule") is not None:
-        w = scheduled_class_weights(w, opts["weight_schedule"], opts.get("step", 0.0))
+    the checked target, ``opts`` the checked options; ``log_p`` the detached ``log_softmax(work)`` when
+    the caller has it (used by the tensor-ε path)."""
+    w = cast(Optional[Tensor], opts.weight)
+    if w is not None and opts.weight_schedule is not None:
+        w = scheduled_class_weights(w, opts.weight_schedule, opts.step)
     w = class_tensor(w, work, "weight")
-    eps, reduction = opts["label_smoothing"], opts["reduction"]
+    eps, reduction = opts.label_smoothing, opts.reduction
     if isinstance(prepared, IndexTarget):
         # w_t per pixel, read at a clamped label (an unchecked label out of range reads a weight; its loss
         # is NaN): the denominator's and the fused term's factor
         pixel_w = None if w is None else torch.take(w, prepared.index().clamp(0, work.shape[1] - 1))
         denominator = _index_denominator(prepared, pixel_w, work.dtype) if reduction == "mean" else None
         if isinstance(eps, Tensor):  # the adaptive smoothing: its caller cleaned the logits
-            loss = _index_smoothed(work, prepared, w, eps.to(work.dtype), opts["ignore_index"], log_p)
+            loss = _index_smoothed(work, prepared, w, eps.to(work.dtype), opts.ignore_index, log_p)
             return reduce(loss, reduction, denominator)
         fused = index_term(work, prepared, 0.0) if not eps else None
         if fused is not None:  # class weights multiply the term (w_t (p - onehot) by autograd)
             return reduce(fused if pixel_w is None else fused * pixel_w, reduction, denominator)
         if w is not None and pixel_w is not None and w.requires_grad:  # torch's kernel refuses it
             if eps:
-                loss = _index_smoothed(work, prepared, w, work.new_tensor(eps), opts["ignore_index"])
+                loss = _index_smoothed(work, prepared, w, work.new_tensor(eps), opts.ignore_index)
             else:  # w_t · ce (0 at ignored pixels)
                 ce = F.cross_entropy(
                     prepared.clean(work), prepared.labels.long(),
-                    ignore_index=_torch_ignore(opts["ignore_index"]), reduction="none",
+                    ignore_index=_torch_ignore(opts.ignore_index), reduction="none",
                 )  # fmt: skip
                 loss = ce * pixel_w
             return reduce(loss, reduction, denominator)
@@ -135,7 +141,7 @@ def ce_from_prepared(
             prepared.clean(work),
             prepared.labels.long(),
             weight=w,
-            ignore_index=_torch_ignore(opts["ignore_index"]),
+            ignore_index=_torch_ignore(opts.ignore_index),
             reduction="mean" if own_mean else "none" if reduction == "none" else "sum",
             label_smoothing=eps,
         )
@@ -459,18 +465,23 @@ def binary_cross_entropy_loss(
         ignore_index: integer-target value whose elements count nowhere.
         reduction: ``none`` -> ``(N, C, *S)``; ``mean`` / ``sum`` -> scalar.
     """
-    opts = check_bce_options(
+    opts = BinaryCrossEntropyOptions(
         weight=weight,
         pos_weight=pos_weight,
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
         reduction=reduction,
     )
-    eps = opts["label_smoothing"]
-    prepared = binary_target(logits, target, ignore_index, log_terms=True, smoothing=eps > 0)
+    return _binary_cross_entropy(logits, target, opts)
+
+
+def _binary_cross_entropy(logits: Tensor, target: Tensor, opts: BinaryCrossEntropyOptions) -> Tensor:
+    """:func:`binary_cross_entropy_loss` on checked options (its module's forward too)."""
+    eps, reduction = opts.label_smoothing, opts.reduction
+    prepared = binary_target(logits, target, opts.ignore_index, log_terms=True, smoothing=eps > 0)
     logits = logits.to(compute_dtype(logits))
-    w = channel_tensor(class_tensor(opts["weight"], logits, "weight"), logits)
-    rho = channel_tensor(class_tensor(opts["pos_weight"], logits, "pos_weight"), logits)
+    w = channel_tensor(class_tensor(cast(Optional[Tensor], opts.weight), logits, "weight"), logits)
+    rho = channel_tensor(class_tensor(cast(Optional[Tensor], opts.pos_weight), logits, "pos_weight"), logits)
     y = prepared.dense if eps == 0 else prepared.dense * (1 - eps) + eps / 2
     if w is None:
         denominator = num_valid(prepared.valid, logits.shape)
@@ -572,23 +583,25 @@ def _fused_binary_ce(
     return loss if bool(loss.sum().isfinite()) else None
 
 
-def check_ce_options(
-    *,
-    weight: Optional[ClassValues],
-    weight_schedule: Optional[ScheduleLike],
-    step: float,
-    label_smoothing: Union[float, Tensor],
-    ignore_index: Optional[int],
-    reduction: str,
-) -> Dict[str, Any]:
-    """Validate the options of :func:`cross_entropy_loss` (shared with its module)."""
-    return {
-        "weight": class_values("weight", weight, allow_scalar=False),
-        **check_weight_schedule("weight", weight, weight_schedule, step),
-        "label_smoothing": check_smoothing(label_smoothing),
-        "ignore_index": check_ignore_index(ignore_index),
-        "reduction": check_reduction(reduction),
-    }
+@dataclass(frozen=True, kw_only=True)
+class CrossEntropyOptions(Options):
+    """The options of :func:`cross_entropy_loss` (and its module), checked once."""
+
+    weight: Optional[ClassValues]
+    weight_schedule: Optional[ScheduleLike]
+    step: float
+    label_smoothing: Union[float, Tensor]
+    ignore_index: Optional[int]
+    reduction: str
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            "weight": class_values("weight", self.weight, allow_scalar=False),
+            **check_weight_schedule("weight", self.weight, self.weight_schedule, self.step),
+            "label_smoothing": check_smoothing(self.label_smoothing),
+            "ignore_index": check_ignore_index(self.ignore_index),
+            "reduction": check_reduction(self.reduction),
+        }
 
 
 def check_weight_schedule(
@@ -613,28 +626,34 @@ def check_smoothing(label_smoothing: Union[float, Tensor]) -> Union[float, Tenso
     return cast(Tensor, class_values("label_smoothing", label_smoothing, high=1.0))
 
 
-def check_bce_options(
-    *,
-    weight: Optional[ClassValues],
-    pos_weight: Optional[ClassValues],
-    label_smoothing: float,
-    ignore_index: Optional[int],
-    reduction: str,
-) -> Dict[str, Any]:
-    """Validate the options of :func:`binary_cross_entropy_loss` (shared with its module)."""
-    return {
-        "weight": class_values("weight", weight),
-        "pos_weight": class_values("pos_weight", pos_weight),
-        "label_smoothing": check_number(
-            "label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True
-        ),
-        "ignore_index": check_ignore_index(ignore_index),
-        "reduction": check_reduction(reduction),
-    }
+@dataclass(frozen=True, kw_only=True)
+class BinaryCrossEntropyOptions(Options):
+    """The options of :func:`binary_cross_entropy_loss` (and its module), checked once."""
+
+    weight: Optional[ClassValues]
+    pos_weight: Optional[ClassValues]
+    label_smoothing: float
+    ignore_index: Optional[int]
+    reduction: str
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            "weight": class_values("weight", self.weight),
+            "pos_weight": class_values("pos_weight", self.pos_weight),
+            "label_smoothing": check_number(
+                "label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True
+            ),
+            "ignore_index": check_ignore_index(self.ignore_index),
+            "reduction": check_reduction(self.reduction),
+        }
 
 
-CrossEntropyLoss = module_for("CrossEntropyLoss", cross_entropy_loss, check_ce_options, ScheduledLossModule)
-BinaryCrossEntropyLoss = module_for("BinaryCrossEntropyLoss", binary_cross_entropy_loss, check_bce_options)
+CrossEntropyLoss = module_for(
+    "CrossEntropyLoss", cross_entropy_loss, CrossEntropyOptions, _cross_entropy, ScheduledLossModule
+)
+BinaryCrossEntropyLoss = module_for(
+    "BinaryCrossEntropyLoss", binary_cross_entropy_loss, BinaryCrossEntropyOptions, _binary_cross_entropy
+)
 
 register(
     "ce",

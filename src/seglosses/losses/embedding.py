@@ -69,6 +69,7 @@ from .._core.numerics import LeanFunction, compute_dtype, first_order_backward, 
 from .._core.options import check_bool, check_choice, check_ignore_index, check_int, check_number
 from .._core.reduction import reduce
 from .._core.registry import register
+from .._core.state import Accumulator
 from .._core.targets import check_class_indices, input_checks_enabled
 from ..distributed import (
     ProcessGroup,
@@ -77,7 +78,6 @@ from ..distributed import (
     check_process_group,
     is_distributed,
     row_start,
-    sync_sum_,
 )
 from ..ops.pairwise import Distance, joint_scale, row_blocks, safe_sqrt
 from ..sampling import SamplerOptions, Strategy, _sample_rows
@@ -1048,7 +1048,7 @@ def _center_value(sample: _Sample, centers: Tensor, reduction: str) -> Tensor:
     return _check_overflow(loss, "center_loss", x) if sample.checks else loss
 
 
-class CenterLoss(LossModule):
+class CenterLoss(LossModule, Accumulator):
     r"""Center loss with its centers ``(num_classes, dim)``, the tensor named ``centers``.
 
     The loss is :func:`center_loss` computed with the centers *before* this step's update (Wen et al.
@@ -1082,17 +1082,15 @@ class CenterLoss(LossModule):
         for name in options:
             if name not in known:
                 raise unknown_choice("an option of CenterLoss", name, known)
-        super().__init__(**options)
+        super().__init__(**options)  # LossModule's options; then the Accumulator's defaults (sync on)
         self.num_classes = check_int("num_classes", num_classes)
         self.dim = check_int("dim", dim)
         self.alpha = check_number("alpha", alpha, low=0.0, high=1.0)
         self.learn = check_choice("learn", learn, ("buffer", "parameter"))
-        self.sync, self.process_group = True, None  # see the class docstring
-        centers = torch.zeros(self.num_classes, self.dim)
         if self.learn == "parameter":
-            self.centers = nn.Parameter(centers)
-        else:
-            self.register_buffer("centers", centers)
+            self.centers = nn.Parameter(torch.zeros(self.num_classes, self.dim))
+        else:  # state: checked on load (finite), zeroed by reset(), float32
+            self.add_state("centers", (self.num_classes, self.dim), dtype=torch.float32, kind="value")
 
     # (embeddings, labels) where other losses take (logits, target); logits= feeds the sampler
     def forward(  # type: ignore[override]
@@ -1117,10 +1115,7 @@ class CenterLoss(LossModule):
         return loss
 
     def _learn(self, x: Tensor, y: Tensor, keep: Optional[Tensor]) -> None:
-        sums, counts = self.batch_statistics(x, y, keep)
-        if self.sync:  # every process applies the update of the whole distributed batch
-            sync_sum_(sums, self.process_group)
-            sync_sum_(counts, self.process_group)
+        sums, counts = self.synced(*self.batch_statistics(x, y, keep))  # the whole distributed batch's
         self.update_centers(sums, counts)
 
     def batch_statistics(self, x: Tensor, y: Tensor, keep: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:

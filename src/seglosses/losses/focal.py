@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union, cast
 
 import torch
@@ -19,6 +20,7 @@ from .._core.numerics import (
 )
 from .._core.options import (
     ClassValues,
+    Options,
     Reduction,
     channel_tensor,
     check_ignore_index,
@@ -198,7 +200,7 @@ def focal_loss(
         ignore_index: index-target value whose pixels count nowhere.
         reduction: ``none`` -> ``(N, *S)``; ``mean`` / ``sum`` -> scalar.
     """
-    opts = check_focal_options(
+    opts = FocalOptions(
         gamma=gamma,
         alpha=alpha,
         alpha_schedule=alpha_schedule,
@@ -206,8 +208,13 @@ def focal_loss(
         ignore_index=ignore_index,
         reduction=reduction,
     )
-    fused = not isinstance(opts["gamma"], Tensor)  # an index target then goes to index_term
-    prepared = softmax_target(logits, target, ignore_index, log_terms=True, kernel_checks=fused)
+    return _focal(logits, target, opts)
+
+
+def _focal(logits: Tensor, target: Tensor, opts: FocalOptions) -> Tensor:
+    """:func:`focal_loss` on checked options (its module's forward too)."""
+    fused = not isinstance(opts.gamma, Tensor)  # an index target then goes to index_term
+    prepared = softmax_target(logits, target, opts.ignore_index, log_terms=True, kernel_checks=fused)
     return focal_from_prepared(logits.to(compute_dtype(logits)), prepared, opts)
 
 
@@ -223,19 +230,18 @@ def index_cross_entropy(work: Tensor, prepared: IndexTarget, ignore_index: Optio
 
 
 def focal_from_prepared(
-    work: Tensor, prepared: SoftmaxTarget, opts: Dict[str, Any], ce: Optional[Tensor] = None
+    work: Tensor, prepared: SoftmaxTarget, opts: FocalOptions, ce: Optional[Tensor] = None
 ) -> Tensor:
     """:func:`focal_loss` after its checks: ``work`` the logits in their compute dtype, ``prepared`` the
-    checked target, ``opts`` the checked options (``alpha_schedule`` and ``step`` may be left out); ``ce``
-    the index path's :func:`index_cross_entropy`
+    checked target, ``opts`` the checked options; ``ce`` the index path's :func:`index_cross_entropy`
     when the caller already has it (the adaptive losses take their statistics from it)."""
-    a = opts["alpha"]
-    if a is not None and opts.get("alpha_schedule") is not None:
-        a = scheduled_class_weights(a, opts["alpha_schedule"], opts.get("step", 0.0))
+    a = cast(Optional[Tensor], opts.alpha)
+    if a is not None and opts.alpha_schedule is not None:
+        a = scheduled_class_weights(a, opts.alpha_schedule, opts.step)
     a = class_tensor(a, work, "alpha")
-    gamma = opts["gamma"]
+    gamma = cast(Union[float, Tensor], opts.gamma)
     if isinstance(gamma, Tensor):
-        gamma = class_tensor(gamma, work, "gamma")
+        gamma = cast(Tensor, class_tensor(gamma, work, "gamma"))  # a tensor in, a tensor out
     fused = None
     if isinstance(prepared, IndexTarget) and ce is None and not isinstance(gamma, Tensor):
         fused = index_term(work, prepared, float(gamma))  # 0 at ignored pixels
@@ -245,7 +251,7 @@ def focal_from_prepared(
             loss = loss * (torch.take(a, index_target.index()) if a.ndim else a)
         denominator = index_target.num_valid()
     elif isinstance(prepared, IndexTarget):  # the reference, or ce given
-        ce = index_cross_entropy(work, prepared, opts["ignore_index"]) if ce is None else ce
+        ce = index_cross_entropy(work, prepared, opts.ignore_index) if ce is None else ce
         index = prepared.index()
         # ce = 0 at ignored pixels, so their focal term and gradient are 0; γ = 0 is CE itself
         if isinstance(gamma, Tensor):
@@ -264,7 +270,7 @@ def focal_from_prepared(
             gamma_dense = channel_tensor(gamma, work) if isinstance(gamma, Tensor) else gamma
             loss = _FocalDense.apply(work, prepared.dense.to(work.dtype), alpha_dense, gamma_dense)
         denominator = prepared.dense.sum(dtype=work.dtype)  # Σ y, as cross-entropy: γ = 0 is CE
-    return reduce(loss, opts["reduction"], denominator)
+    return reduce(loss, opts.reduction, denominator)
 
 
 def _power(base: Tensor, neg_log: Tensor, gamma: float, out: Tensor) -> Tensor:
@@ -577,46 +583,50 @@ def binary_focal_loss(
         ignore_index: integer-target value whose elements count nowhere.
         reduction: ``none`` -> ``(N, C, *S)``; ``mean`` / ``sum`` -> scalar.
     """
-    opts = check_binary_focal_options(
-        gamma=gamma, alpha=alpha, ignore_index=ignore_index, reduction=reduction
-    )
-    prepared = binary_target(logits, target, ignore_index, log_terms=True)
+    opts = BinaryFocalOptions(gamma=gamma, alpha=alpha, ignore_index=ignore_index, reduction=reduction)
+    return _binary_focal(logits, target, opts)
+
+
+def _binary_focal(logits: Tensor, target: Tensor, opts: BinaryFocalOptions) -> Tensor:
+    """:func:`binary_focal_loss` on checked options (its module's forward too)."""
+    gamma, reduction = opts.gamma, opts.reduction
+    prepared = binary_target(logits, target, opts.ignore_index, log_terms=True)
     work = logits.to(compute_dtype(logits))
     y = prepared.dense.to(work.dtype)
-    a = channel_tensor(class_tensor(opts["alpha"], work, "alpha"), work)
-    summed = opts["reduction"] != "none"
-    loss = binary_term(work, y, prepared.valid, a, None if a is None else 1 - a, opts["gamma"])
+    a = channel_tensor(class_tensor(cast(Optional[Tensor], opts.alpha), work, "alpha"), work)
+    summed = reduction != "none"
+    loss = binary_term(work, y, prepared.valid, a, None if a is None else 1 - a, gamma)
     if loss is None:
-        loss = _fused_binary_focal(
-            work, target, y, prepared.valid, a, opts["gamma"], summed
-        )  # 0 where ignored
+        loss = _fused_binary_focal(work, target, y, prepared.valid, a, gamma, summed)  # 0 where ignored
     if loss is None:  # log space; ignored elements' logits replaced first, so a NaN there reaches nothing
         if prepared.valid is not None:
             work = work.masked_fill(~prepared.valid, 0.0)
-        positive, negative = binary_log_terms(work, y, opts["gamma"])
+        positive, negative = binary_log_terms(work, y, gamma)
         loss = -(positive + negative) if a is None else -(a * positive + (1 - a) * negative)
         if prepared.valid is not None:
             loss = loss.masked_fill(~prepared.valid, 0)
-    return reduce(loss, opts["reduction"], num_valid(prepared.valid, logits.shape))
+    return reduce(loss, reduction, num_valid(prepared.valid, logits.shape))
 
 
-def check_focal_options(
-    *,
-    gamma: Union[float, ClassValues],
-    alpha: Optional[ClassValues],
-    alpha_schedule: Optional[ScheduleLike],
-    step: float,
-    ignore_index: Optional[int],
-    reduction: str,
-) -> Dict[str, Any]:
-    """Validate the options of :func:`focal_loss` (shared with its module)."""
-    return {
-        "gamma": check_gamma(gamma),
-        "alpha": class_values("alpha", alpha),
-        **check_weight_schedule("alpha", alpha, alpha_schedule, step),
-        "ignore_index": check_ignore_index(ignore_index),
-        "reduction": check_reduction(reduction),
-    }
+@dataclass(frozen=True, kw_only=True)
+class FocalOptions(Options):
+    """The options of :func:`focal_loss` (and its module), checked once."""
+
+    gamma: Union[float, ClassValues]
+    alpha: Optional[ClassValues]
+    alpha_schedule: Optional[ScheduleLike]
+    step: float
+    ignore_index: Optional[int]
+    reduction: str
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            "gamma": check_gamma(self.gamma),
+            "alpha": class_values("alpha", self.alpha),
+            **check_weight_schedule("alpha", self.alpha, self.alpha_schedule, self.step),
+            "ignore_index": check_ignore_index(self.ignore_index),
+            "reduction": check_reduction(self.reduction),
+        }
 
 
 def check_gamma(gamma: Union[float, ClassValues]) -> Union[float, Tensor]:
@@ -630,20 +640,26 @@ def check_gamma(gamma: Union[float, ClassValues]) -> Union[float, Tensor]:
     return cast(Tensor, class_values("gamma", gamma))  # not None: gamma is a tensor or a sequence
 
 
-def check_binary_focal_options(
-    *, gamma: float, alpha: Optional[ClassValues], ignore_index: Optional[int], reduction: str
-) -> Dict[str, Any]:
-    """Validate the options of :func:`binary_focal_loss` (shared with its module)."""
-    return {
-        "gamma": check_number("gamma", gamma, low=0.0),
-        "alpha": class_values("alpha", alpha, high=1.0),
-        "ignore_index": check_ignore_index(ignore_index),
-        "reduction": check_reduction(reduction),
-    }
+@dataclass(frozen=True, kw_only=True)
+class BinaryFocalOptions(Options):
+    """The options of :func:`binary_focal_loss` (and its module), checked once."""
+
+    gamma: float
+    alpha: Optional[ClassValues]
+    ignore_index: Optional[int]
+    reduction: str
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            "gamma": check_number("gamma", self.gamma, low=0.0),
+            "alpha": class_values("alpha", self.alpha, high=1.0),
+            "ignore_index": check_ignore_index(self.ignore_index),
+            "reduction": check_reduction(self.reduction),
+        }
 
 
-FocalLoss = module_for("FocalLoss", focal_loss, check_focal_options, ScheduledLossModule)
-BinaryFocalLoss = module_for("BinaryFocalLoss", binary_focal_loss, check_binary_focal_options)
+FocalLoss = module_for("FocalLoss", focal_loss, FocalOptions, _focal, ScheduledLossModule)
+BinaryFocalLoss = module_for("BinaryFocalLoss", binary_focal_loss, BinaryFocalOptions, _binary_focal)
 
 register(
     "focal", FocalLoss, domain="softmax", description="softmax focal loss (Lin et al. 2017), α per class"
