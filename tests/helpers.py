@@ -65,3 +65,27 @@ def peak_extra_bytes(step) -> int:
         total += size
         peak = max(peak, total)
     return peak
+
+
+def smp_losses():
+    """``segmentation_models_pytorch.losses`` (installed with ``pip install --no-deps
+    segmentation-models-pytorch``), or None. The package's ``__init__`` imports its encoders, which need
+    torchvision (it does not import beside torch 2.13); its ``losses`` subpackage needs only torch and
+    numpy, so it is imported under an empty stand-in for the package when the real one fails."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("segmentation_models_pytorch")
+    if spec is None or spec.submodule_search_locations is None:
+        return None
+    try:
+        return importlib.import_module("segmentation_models_pytorch.losses")
+    except Exception:  # noqa: BLE001 - any import failure of the encoders: fall back to the stand-in
+        for name in [m for m in sys.modules if m.startswith("segmentation_models_pytorch")]:
+            del sys.modules[name]
+    package = types.ModuleType("segmentation_models_pytorch")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["segmentation_models_pytorch"] = package
+    return importlib.import_module("segmentation_models_pytorch.losses")

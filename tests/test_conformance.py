@@ -62,6 +62,8 @@ class LossConformance:
         n, c, *spatial = logits.shape
         if entry.kind == "region":
             return (c,) if batch else (n, c)
+        if entry.kind == "class":  # one loss per class over the batch (per image: (N, C))
+            return (c,)
         return (n, c, *spatial) if entry.domain == "binary" else (n, *spatial)
 
     @pytest.mark.parametrize("shape", SHAPES, ids=["1d", "2d", "3d"])

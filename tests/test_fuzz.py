@@ -259,6 +259,7 @@ class Context:
     rank: int  # spatial dims
     dim: int  # embedding channels D
     with_logits: bool = False  # embedding: logits= given (the hard / mix sampler needs them)
+    loss: str = ""  # the registered name, for the options valid for one loss only
 
 
 def _pick(draw, values: List[Any], bad: List[Any], validity: str = VALID) -> Tuple[Any, str]:
@@ -286,6 +287,8 @@ def draw_option(draw, name: str, default: Any, ctx: Context) -> Tuple[Any, str]:
     if name in ("batch", "include_background", "normalize", "detach", "squared"):
         return _pick(draw, [True, False], [1, "yes"])
     if name == "smooth":
+        if ctx.loss.endswith("mcc"):  # a square root in its denominator: smooth > 0
+            return _pick(draw, [1e-5, 1.0, 100.0], [0.0, -1.0, inf, nan])
         return _pick(draw, [0.0, 1e-5, 1.0, 100.0], [-1.0, inf, nan])
     if name == "weight":
         if draw(st.booleans()):
@@ -440,7 +443,7 @@ def cases(draw, name: str, *, nonfinite: bool = False, ignored: bool = False) ->
         target = draw(st.sampled_from(["labels", "labels", "single"] + ["out_of_range"] * (not nonfinite)))
         target_dtype = draw(st.sampled_from(["int64", "int32", "uint8"]))
         with_logits = draw(st.booleans())
-        ctx = Context(domain, classes, rank, dim, with_logits)
+        ctx = Context(domain, classes, rank, dim, with_logits, name)
     else:
         low = 1 if domain == "binary" or not nonfinite else 2
         classes = draw(st.one_of(st.integers(low, 4), st.integers(max(low, 5), 30)))
@@ -460,7 +463,7 @@ def cases(draw, name: str, *, nonfinite: bool = False, ignored: bool = False) ->
                                             ("int64", "int32", "uint8")))  # fmt: skip
         if target == "bool":
             target_dtype = "bool"
-        ctx = Context(domain, classes, rank, 0)
+        ctx = Context(domain, classes, rank, 0, loss=name)
     values = draw(
         st.sampled_from(["normal", "normal", "tiny", "large", "extreme", "equal", "perfect", "wrong"])
     )

@@ -11,7 +11,7 @@ import seglosses.functional as SF
 
 REQUIRED = set(
     "ce bce focal binary_focal dice binary_dice jaccard binary_jaccard tversky binary_tversky focal_tversky "
-    "binary_focal_tversky gdl".split()
+    "binary_focal_tversky gdl lovasz binary_lovasz mcc binary_mcc".split()
 )
 
 
@@ -21,7 +21,7 @@ def test_required_names_registered():
         assert (
             entry.description
             and entry.domain in ("softmax", "binary", "embedding")
-            and entry.kind in ("pixel", "region", "scalar")
+            and entry.kind in ("pixel", "region", "class", "scalar")
         )
 
 

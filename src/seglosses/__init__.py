@@ -35,16 +35,19 @@ from .losses.compound import CompoundLoss, create_loss
 from .losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss
 from .losses.embedding import CenterLoss, ContrastiveLoss, PixelInfoNCELoss, TripletLoss
 from .losses.focal import BinaryFocalLoss, FocalLoss
+from .losses.lovasz import BinaryLovaszLoss, LovaszLoss
 from .losses.overlap import (
     BinaryDiceLoss,
     BinaryFocalTverskyLoss,
     BinaryGeneralizedDiceLoss,
     BinaryJaccardLoss,
+    BinaryMCCLoss,
     BinaryTverskyLoss,
     DiceLoss,
     FocalTverskyLoss,
     GeneralizedDiceLoss,
     JaccardLoss,
+    MCCLoss,
     TverskyLoss,
 )
 from .ops.distance import distance_transform, signed_distance_map
@@ -80,6 +83,8 @@ __all__ = [
     "BinaryFocalTverskyLoss",
     "BinaryGeneralizedDiceLoss",
     "BinaryJaccardLoss",
+    "BinaryLovaszLoss",
+    "BinaryMCCLoss",
     "BinaryTverskyLoss",
     "ClassFrequency",
     "CompoundLoss",
@@ -89,6 +94,8 @@ __all__ = [
     "FocalTverskyLoss",
     "GeneralizedDiceLoss",
     "JaccardLoss",
+    "LovaszLoss",
+    "MCCLoss",
     "LossModule",
     "SegLossError",
     "TverskyLoss",

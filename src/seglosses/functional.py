@@ -26,16 +26,19 @@ from .losses.boundary import (
 from .losses.cross_entropy import binary_cross_entropy_loss, cross_entropy_loss
 from .losses.embedding import center_loss, contrastive_loss, pixel_info_nce_loss, triplet_loss
 from .losses.focal import binary_focal_loss, focal_loss
+from .losses.lovasz import binary_lovasz_loss, lovasz_loss
 from .losses.overlap import (
     binary_dice_loss,
     binary_focal_tversky_loss,
     binary_generalized_dice_loss,
     binary_jaccard_loss,
+    binary_mcc_loss,
     binary_tversky_loss,
     dice_loss,
     focal_tversky_loss,
     generalized_dice_loss,
     jaccard_loss,
+    mcc_loss,
     tversky_loss,
 )
 
@@ -54,6 +57,8 @@ __all__ = [
     "binary_focal_tversky_loss",
     "binary_generalized_dice_loss",
     "binary_jaccard_loss",
+    "binary_lovasz_loss",
+    "binary_mcc_loss",
     "binary_tversky_loss",
     "center_loss",
     "contrastive_loss",
@@ -64,6 +69,8 @@ __all__ = [
     "focal_tversky_loss",
     "generalized_dice_loss",
     "jaccard_loss",
+    "lovasz_loss",
+    "mcc_loss",
     "pixel_info_nce_loss",
     "triplet_loss",
     "tversky_loss",

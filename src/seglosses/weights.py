@@ -133,10 +133,8 @@ class ClassFrequency(Accumulator):
         values = target.reshape(-1)
         if self.ignore_index is not None:
             values = values[values != self.ignore_index]
-        check_class_indices(values, self.num_classes, "target")
-        (counts,) = self.synced(
-            torch.bincount(values.long(), minlength=self.num_classes).to(self.counts.device)
-        )
+        check_class_indices(values, self.classes, "target")
+        (counts,) = self.synced(torch.bincount(values.long(), minlength=self.classes).to(self.counts.device))
         self.counts += counts
 
     def compute(self) -> Tensor:

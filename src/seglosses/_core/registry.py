@@ -47,7 +47,7 @@ class LossEntry:
     domain: str  # "softmax" (index or dense target) or "binary" (target of the logits' shape)
     description: str
     minimal_spec: str = ""
-    kind: str = "pixel"  # "pixel" or "region": what reduction="none" returns
+    kind: str = "pixel"  # what reduction="none" returns: "pixel" per pixel, "region" (N, C), "class" (C,)
 
     @property
     def spec(self) -> str:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import ProcessGroup, check_process_group, sync_sum_
-from .errors import expected
+from .errors import SegLossError, expected
 from .options import check_bool, check_int
 
 
@@ -96,6 +96,14 @@ class Accumulator(nn.Module):
         through :meth:`reset` (a configured value, such as an initial α)."""
         self._declared[name] = _Declared(tuple(shape), kind, reset)
         self.register_buffer(name, torch.zeros(self._size(shape), dtype=dtype))
+
+    @property
+    def classes(self) -> int:
+        """The class count C, once known (a module made with ``num_classes=None`` learns it from its first
+        batch or a loaded state)."""
+        if self.num_classes is None:
+            raise SegLossError(f"{type(self).__name__} does not know its class count yet (no batch seen)")
+        return self.num_classes
 
     def declare_state(self, name: str, *, kind: Kind = "sum", reset: bool = False) -> None:
         """Declare a buffer already registered (a configured value, such as an initial α) as state of a

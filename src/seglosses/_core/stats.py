@@ -37,6 +37,23 @@ class Overlap(NamedTuple):
         return Overlap(self.tp[..., start:], self.fp[..., start:], self.fn[..., start:])
 
 
+class Confusion(NamedTuple):
+    """The overlap statistics and the true negatives ``TN = Σ (1 - p)(1 - y)``, each ``(N, C)``."""
+
+    tp: Tensor
+    fp: Tensor
+    fn: Tensor
+    tn: Tensor
+
+    def pooled(self) -> "Confusion":
+        """Sum over the batch: ``(N, C) -> (C,)``."""
+        return Confusion(*(t.sum(0) for t in self))
+
+    def select(self, start: int) -> "Confusion":
+        """Keep classes ``start:``."""
+        return Confusion(*(t[..., start:] for t in self))
+
+
 def valid_weights(valid: Tensor, dtype: torch.dtype) -> Tensor:
     """The valid mask ``(N, *S)`` as 1.0 / 0.0, flattened to ``(N, P)`` (see :func:`_numbers`)."""
     return _numbers(valid.flatten(1), dtype)

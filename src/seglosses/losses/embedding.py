@@ -1127,7 +1127,7 @@ class CenterLoss(LossModule, Accumulator):
         y = y if keep is None else y.masked_fill(~keep, 0)
         rows = x.to(dtype) if keep is None else x.to(dtype) * weight[:, None]
         sums = torch.zeros_like(self.centers).index_add_(0, y, rows)
-        return sums, self.centers.new_zeros(self.num_classes).index_add_(0, y, weight)
+        return sums, self.centers.new_zeros(self.classes).index_add_(0, y, weight)
 
     @torch.no_grad()
     def update_centers(self, sums: Tensor, counts: Tensor) -> None:

@@ -19,6 +19,7 @@ class mean, absent ones included (with the loss above), so that the loss is cont
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -41,6 +42,7 @@ from .._core.options import (
 from .._core.reduction import reduce_region
 from .._core.registry import register
 from .._core.stats import (
+    Confusion,
     Overlap,
     sigmoid_overlap_from_dense,
     softmax_overlap_from_dense,
@@ -88,8 +90,9 @@ def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary
     return softmax_overlap_from_dense(logits, soft.dense)
 
 
-PerClass = Callable[[Overlap, Dict[str, Optional[Tensor]]], Tensor]
-Statistics = Callable[[Tensor, Tensor, Optional[int], bool], Overlap]
+Stats = Union[Overlap, Confusion]  # Confusion adds the true negatives (MCC)
+PerClass = Callable[[Any, Dict[str, Optional[Tensor]]], Tensor]  # (Overlap or Confusion, class options)
+Statistics = Callable[[Tensor, Tensor, Optional[int], bool], Stats]
 
 
 def region_loss(
@@ -118,7 +121,7 @@ def region_loss(
     if opts.batch:
         stats = stats.pooled()
     if opts.sync:  # one all-reduce of (TP, FP, FN); its backward sums the gradients over ranks
-        stats = Overlap(*all_reduce_sum(torch.stack(stats), opts.process_group).unbind(0))
+        stats = type(stats)(*all_reduce_sum(torch.stack(stats), opts.process_group).unbind(0))
     weight = tensors["weight"] if weight_in_reduction else None
     return reduce_region(per_class(stats, tensors), opts.reduction, weight)
 
@@ -511,11 +514,108 @@ def binary_generalized_dice_loss(
     return _generalized_dice(logits, target, opts, binary=True)
 
 
-for _softmax in (dice_loss, jaccard_loss, tversky_loss, focal_tversky_loss, generalized_dice_loss):
+# --- Matthews correlation ----------------------------------------------------------------------------
+
+
+def _valid_pixels(
+    logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool
+) -> Union[int, Tensor]:
+    """The pixels that count per (sample, class): ``(N, C)`` for a binary integer target with
+    ``ignore_index``, ``(N, 1)`` for a softmax index target with it, else every pixel (an int)."""
+    spatial = math.prod(logits.shape[2:])
+    integer = not (target.is_floating_point() or target.dtype == torch.bool)
+    if ignore_index is None or not integer or (not binary and target.shape == logits.shape):
+        return spatial
+    kept = target != ignore_index
+    return kept.flatten(2).sum(-1) if binary else kept.flatten(1).sum(-1, keepdim=True)
+
+
+def _confusion(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Confusion:
+    """The overlap and the true negatives ``TN = Σ (1 - p)(1 - y) = valid - TP - FP - FN``."""
+    s = _overlap(logits, target, ignore_index, binary)
+    valid = _valid_pixels(logits, target, ignore_index, binary)
+    return Confusion(*s, valid - s.tp - s.fp - s.fn)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MCCOptions(RegionOptions):
+    """Region options with ``smooth > 0``: MCC's denominator is a square root that vanishes whenever one
+    of its four factors does (a one-pixel image, an empty class), where its gradient would be infinite."""
+
+    def checked(self) -> Dict[str, Any]:
+        smooth = check_number(
+            "smooth (MCC's denominator is a square root)", self.smooth, low=0.0, low_open=True
+        )
+        return {**super().checked(), "smooth": smooth}
+
+
+def _mcc(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) -> Tensor:
+    def per_class(s: Confusion, _: Dict[str, Optional[Tensor]]) -> Tensor:
+        tp, fp, fn, tn = (t.double() for t in s)  # products of pixel counts: float64 (no cancellation)
+        product = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+        mcc = (tp * tn - fp * fn) / (product.clamp_min(0) + opts.smooth).sqrt()  # rounding: TN a hair < 0
+        return torch.where((fp == 0) & (fn == 0), 0.0, 1 - mcc).to(s.tp.dtype)
+
+    return region_loss(logits, target, opts, binary, per_class, statistics=_confusion)
+
+
+def mcc_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    include_background: bool = True,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
+) -> Tensor:
+    r"""Matthews correlation loss ``1 - MCC`` per class (Abhishek & Hamarneh 2021), averaged over classes.
+
+    ``MCC = (TP·TN - FP·FN) / sqrt((TP + FP)(TP + FN)(TN + FP)(TN + FN) + s)`` on the soft statistics,
+    with ``TN = Σ (1 - p)(1 - y)`` over the valid pixels (``= valid - TP - FP - FN``). Unlike Dice it
+    counts the true negatives, so a background that dominates the image does not make every prediction
+    look good. A class with ``FP = FN = 0`` exactly is a perfect match (loss 0), whatever the product. A
+    class absent from the target (``TP = FN = 0``) has MCC 0, loss 1, for any prediction with ``FP > 0``
+    however small: MCC does not score an absent class; exclude it (``include_background=False``), pool
+    the batch (``batch=True``), or weight it 0.
+    Equal to MONAI's ``MCCLoss(softmax=True, to_onehot_y=True, smooth_dr=s)`` (its ``smooth_nr = 0``).
+    """
+    opts = MCCOptions(
+        include_background=include_background, batch=batch, smooth=smooth, weight=weight,
+        ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
+    )  # fmt: skip
+    return _mcc(logits, target, opts, binary=False)
+
+
+def binary_mcc_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
+) -> Tensor:
+    r"""Matthews correlation loss ``1 - MCC`` per sigmoid channel (see :func:`mcc_loss`); equal to MONAI's
+    ``MCCLoss(sigmoid=True, smooth_dr=s)``."""
+    opts = MCCOptions(
+        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        sync=sync, process_group=process_group,
+    )  # fmt: skip
+    return _mcc(logits, target, opts, binary=True)
+
+
+for _softmax in (dice_loss, jaccard_loss, tversky_loss, focal_tversky_loss, generalized_dice_loss, mcc_loss):
     _document(_softmax, binary=False)
 for _binary in (
     binary_dice_loss, binary_jaccard_loss, binary_tversky_loss, binary_focal_tversky_loss,
-    binary_generalized_dice_loss,
+    binary_generalized_dice_loss, binary_mcc_loss,
 ):  # fmt: skip
     _document(_binary, binary=True)
 
@@ -547,6 +647,7 @@ FocalTverskyLoss, BinaryFocalTverskyLoss = _modules(
 GeneralizedDiceLoss, BinaryGeneralizedDiceLoss = _modules(
     "GeneralizedDice", generalized_dice_loss, binary_generalized_dice_loss, RegionOptions, _generalized_dice
 )
+MCCLoss, BinaryMCCLoss = _modules("MCC", mcc_loss, binary_mcc_loss, MCCOptions, _mcc)
 
 for _name, _module, _domain, _text in (
     ("dice", DiceLoss, "softmax", "soft Dice loss per class, macro mean"),
@@ -559,5 +660,7 @@ for _name, _module, _domain, _text in (
     ("binary_focal_tversky", BinaryFocalTverskyLoss, "binary", "focal Tversky loss per sigmoid channel"),
     ("gdl", GeneralizedDiceLoss, "softmax", "generalised Dice loss (Sudre et al. 2017)"),
     ("binary_gdl", BinaryGeneralizedDiceLoss, "binary", "generalised Dice loss over sigmoid channels"),
+    ("mcc", MCCLoss, "softmax", "Matthews correlation loss 1 - MCC per class"),
+    ("binary_mcc", BinaryMCCLoss, "binary", "Matthews correlation loss per sigmoid channel"),
 ):
     register(_name, _module, domain=_domain, description=_text, kind="region")

@@ -77,7 +77,7 @@ class ConfusionMatrix(Accumulator):
             if info.min <= self.ignore_index <= info.max:
                 keep = target != self.ignore_index
         truth, predicted = target[keep].long(), labels[keep].long()
-        c = self.num_classes
+        c = self.classes
         check_class_indices(truth, c, "target")
         check_class_indices(predicted, c, "predicted")
         (counts,) = self.synced(torch.bincount(truth * c + predicted, minlength=c * c).to(self.matrix.device))
