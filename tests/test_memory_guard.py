@@ -4,7 +4,8 @@ Each softmax loss runs forward + backward once on a small input under the profil
 one-hot tensor (``one_hot``, ``scatter`` into a class dim) may run. The boundary family is exempt: its
 formulas need the per-class target maps themselves (distance maps, bands, region terms). So is Lovász:
 it sorts every class's errors, so it needs each class's mask in sorted order (a bool tensor), and it
-scatters its sorted weights back to the pixels (a permutation, not a one-hot).
+scatters its sorted weights back to the pixels (a permutation, not a one-hot). And TopK: the backward of
+``topk`` scatters the kept values' gradient into the pixel grid.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from helpers import ENTRIES, IGNORE, make_inputs
 from torch.profiler import ProfilerActivity, profile
 
-DENSE_BY_NATURE = {"boundary", "hausdorff_dt", "boundary_iou", "active_contour", "lovasz"}
+DENSE_BY_NATURE = {"boundary", "hausdorff_dt", "boundary_iou", "active_contour", "lovasz", "topk_ce"}
 ONE_HOT_OPS = {"aten::one_hot", "aten::scatter", "aten::scatter_", "aten::eye"}
 INDEX_LOSSES = [e for e in ENTRIES if e.domain == "softmax" and e.name not in DENSE_BY_NATURE]
 

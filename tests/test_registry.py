@@ -11,7 +11,7 @@ import seglosses.functional as SF
 
 REQUIRED = set(
     "ce bce focal binary_focal dice binary_dice jaccard binary_jaccard tversky binary_tversky focal_tversky "
-    "binary_focal_tversky gdl lovasz binary_lovasz mcc binary_mcc".split()
+    "binary_focal_tversky gdl lovasz binary_lovasz mcc binary_mcc topk_ce ohem_ce".split()
 )
 
 

@@ -35,6 +35,7 @@ from .losses.compound import CompoundLoss, create_loss
 from .losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss
 from .losses.embedding import CenterLoss, ContrastiveLoss, PixelInfoNCELoss, TripletLoss
 from .losses.focal import BinaryFocalLoss, FocalLoss
+from .losses.hard_pixels import OHEMCELoss, TopKCELoss
 from .losses.lovasz import BinaryLovaszLoss, LovaszLoss
 from .losses.overlap import (
     BinaryDiceLoss,
@@ -95,9 +96,11 @@ __all__ = [
     "GeneralizedDiceLoss",
     "JaccardLoss",
     "LovaszLoss",
+    "OHEMCELoss",
     "MCCLoss",
     "LossModule",
     "SegLossError",
+    "TopKCELoss",
     "TverskyLoss",
     "class_weights",
     "create_loss",

@@ -26,6 +26,7 @@ from .losses.boundary import (
 from .losses.cross_entropy import binary_cross_entropy_loss, cross_entropy_loss
 from .losses.embedding import center_loss, contrastive_loss, pixel_info_nce_loss, triplet_loss
 from .losses.focal import binary_focal_loss, focal_loss
+from .losses.hard_pixels import ohem_ce_loss, topk_ce_loss
 from .losses.lovasz import binary_lovasz_loss, lovasz_loss
 from .losses.overlap import (
     binary_dice_loss,
@@ -71,8 +72,10 @@ __all__ = [
     "jaccard_loss",
     "lovasz_loss",
     "mcc_loss",
+    "ohem_ce_loss",
     "pixel_info_nce_loss",
     "triplet_loss",
+    "topk_ce_loss",
     "tversky_loss",
 ]
 

@@ -1,0 +1,234 @@
+"""Cross-entropy on the hardest pixels only: TopK (nnU-Net) and online hard example mining (mmsegmentation).
+
+Both compute the per-pixel cross-entropy of :func:`~seglosses.functional.cross_entropy_loss` (class
+weights, ``ignore_index``) and keep a data-dependent subset of the valid pixels; the loss averages over
+the kept pixels. The subset is chosen on the device without reading a count on the host: TopK takes the
+largest ``⌊k · V / 100⌋`` losses of a row (``V`` its valid pixels) out of ``torch.topk`` with the bound
+for ``V = all pixels``; OHEM sorts ``p_t`` once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._core.numerics import safe_divide
+from .._core.options import (
+    ClassValues,
+    Options,
+    Reduction,
+    check_bool,
+    check_ignore_index,
+    check_int,
+    check_number,
+    check_reduction,
+    class_values,
+)
+from .._core.registry import register
+from ..ops.sort import descending_order
+from .base import module_for
+from .cross_entropy import cross_entropy_loss
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopKOptions(Options):
+    """``k`` (percent of the valid pixels kept, in ``(0, 100]``), ``per_image``, class weights, ignore,
+    reduction."""
+
+    k: float
+    per_image: bool
+    weight: Optional[ClassValues]
+    ignore_index: Optional[int]
+    reduction: str
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            "k": check_number(
+                "k (a percentage of the valid pixels)", self.k, low=0.0, high=100.0, low_open=True
+            ),
+            "per_image": check_bool("per_image", self.per_image),
+            "weight": class_values("weight", self.weight, allow_scalar=False),
+            "ignore_index": check_ignore_index(self.ignore_index),
+            "reduction": check_reduction(self.reduction),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class OHEMOptions(Options):
+    """``thresh`` (a probability in ``[0, 1]``), ``min_kept`` (pixels per image, ``>= 0``), class weights,
+    ignore, reduction."""
+
+    thresh: float
+    min_kept: int
+    weight: Optional[ClassValues]
+    ignore_index: Optional[int]
+    reduction: str
+
+    def checked(self) -> Dict[str, Any]:
+        return {
+            "thresh": check_number("thresh", self.thresh, low=0.0, high=1.0),
+            "min_kept": check_int("min_kept", self.min_kept, low=0),
+            "weight": class_values("weight", self.weight, allow_scalar=False),
+            "ignore_index": check_ignore_index(self.ignore_index),
+            "reduction": check_reduction(self.reduction),
+        }
+
+
+def _pixel_ce(
+    logits: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: Optional[int]
+) -> Tensor:
+    """The per-pixel CE ``(N, *S)`` (0 at ignored pixels) of :func:`cross_entropy_loss`."""
+    return cross_entropy_loss(logits, target, weight=weight, ignore_index=ignore_index, reduction="none")
+
+
+def _valid(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]:
+    """The valid pixels ``(N, *S)`` of an index target with ``ignore_index``, else None (all valid)."""
+    if ignore_index is None or target.shape == logits.shape:
+        return None
+    return target != ignore_index
+
+
+def _kept_sum(losses: Tensor, kept: Tensor, bound: int, with_mask: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """Sum of the ``kept`` largest values of each row ``(R, L)`` (``kept`` ``(R,)`` int64, at most ``bound``
+    and at most the row's valid count, so the ignored zeros are never needed); and, ``with_mask``, the
+    mask ``(R, L)`` of the pixels kept."""
+    top = losses.topk(min(bound, losses.shape[-1]), dim=-1, sorted=True)
+    rank = torch.arange(top.values.shape[-1], device=losses.device)
+    chosen = rank < kept[:, None]
+    total = torch.where(chosen, top.values, 0.0).sum(-1)
+    if not with_mask:
+        return total, None
+    return total, torch.zeros_like(losses, dtype=torch.bool).scatter_(-1, top.indices, chosen)
+
+
+def _topk_ce(logits: Tensor, target: Tensor, opts: TopKOptions) -> Tensor:
+    ce = _pixel_ce(logits, target, opts.weight, opts.ignore_index)
+    rows = ce.flatten(1) if opts.per_image else ce.reshape(1, -1)
+    valid = _valid(logits, target, opts.ignore_index)
+    length = rows.shape[-1]
+    counts = (
+        torch.full((rows.shape[0],), length, device=ce.device)
+        if valid is None
+        else (valid.flatten(1) if opts.per_image else valid.reshape(1, -1)).sum(-1)
+    )
+    kept = torch.where(counts > 0, (counts.double() * opts.k / 100).floor().long().clamp_min(1), 0)
+    bound = max(1, math.floor(length * opts.k / 100))  # the most any row keeps: known without a host read
+    total, mask = _kept_sum(rows, kept, bound, with_mask=opts.reduction == "none")
+    if mask is not None:
+        return torch.where(mask, rows, 0.0).view_as(ce)
+    if opts.reduction == "sum":
+        return total.sum()
+    if opts.per_image:  # each image's mean, then the mean over the images with a valid pixel
+        means = safe_divide(total, kept.to(total.dtype), 0.0)
+        return safe_divide(means.sum(), (kept > 0).sum().to(total.dtype), 0.0)
+    return safe_divide(total.sum(), kept.sum().to(total.dtype), 0.0)
+
+
+def _ohem_ce(logits: Tensor, target: Tensor, opts: OHEMOptions) -> Tensor:
+    ce = _pixel_ce(logits, target, opts.weight, opts.ignore_index)
+    valid = _valid(logits, target, opts.ignore_index)
+    if ce.numel() == 0:
+        return ce if opts.reduction == "none" else ce.sum()
+    with torch.no_grad():  # p_t = exp(-CE) unweighted (Π_c p_c^y_c for a soft target); no gradient
+        plain = ce if opts.weight is None else _pixel_ce(logits.detach(), target, None, opts.ignore_index)
+        p_true = torch.exp(-plain.detach()).flatten()
+        valid_flat = None if valid is None else valid.flatten()
+        keys = -p_true if valid_flat is None else torch.where(valid_flat, -p_true, -torch.inf)
+        order = descending_order(keys.unsqueeze(0))[0]  # ascending p_t, ignored pixels last
+        count = torch.as_tensor(p_true.numel() if valid_flat is None else valid_flat.sum(), device=ce.device)
+        index = torch.clamp(torch.as_tensor(opts.min_kept * logits.shape[0], device=ce.device), max=count - 1)
+        at = p_true.gather(0, order.gather(0, index.clamp_min(0).view(1)))[0]  # the index-th smallest p_t
+        floor = torch.where(count > 0, at, 0.0)
+        threshold = torch.clamp(floor, min=opts.thresh)
+        kept = ~(p_true >= threshold)  # below it; a NaN (non-finite logits, checks off) is kept: never hidden
+        if valid_flat is not None:
+            kept &= valid_flat
+        kept = kept.view_as(ce)
+    losses = torch.where(kept, ce, 0.0)
+    if opts.reduction == "none":
+        return losses
+    if opts.reduction == "sum":
+        return losses.sum()
+    return safe_divide(losses.sum(), kept.sum().to(losses.dtype), 0.0)
+
+
+def topk_ce_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    k: float = 10.0,
+    per_image: bool = False,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""TopK cross-entropy: the mean CE of the ``k`` % hardest valid pixels (nnU-Net's ``TopKLoss``).
+
+    With ``V`` valid pixels (of the batch, or of each image with ``per_image``), the ``max(1, ⌊k V / 100⌋)``
+    largest per-pixel losses ``L_i = -w_t log p_t`` are kept (ties: any of them; the sum is the same).
+
+    Args:
+        logits: ``(N, C, *S)``.
+        target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
+        k: the percentage kept, in ``(0, 100]``; ``k = 100`` is plain CE (unweighted).
+        per_image: keep each image's own ``k`` % and average the images' means (over images with a
+            valid pixel) instead of the batch's ``k`` %.
+        weight: class weights ``(C,)`` of the per-pixel CE (they change which pixels are hardest; ``mean``
+            still divides by the number kept).
+        ignore_index: target value whose pixels are never kept and not counted in ``V``.
+        reduction: ``none`` -> ``(N, *S)``, the kept pixels' CE and 0 elsewhere; ``sum``; ``mean``.
+
+    nnU-Net counts ignored pixels in ``V`` (they have loss 0); here they are not.
+    """
+    opts = TopKOptions(
+        k=k, per_image=per_image, weight=weight, ignore_index=ignore_index, reduction=reduction
+    )
+    return _topk_ce(logits, target, opts)
+
+
+def ohem_ce_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    thresh: float = 0.7,
+    min_kept: int = 100000,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Cross-entropy with online hard example mining (mmsegmentation's ``OHEMPixelSampler``).
+
+    The valid pixels whose true-class probability ``p_t`` is below ``max(thresh, p_(m))`` are kept, where
+    ``p_(m)`` is the ``m``-th smallest ``p_t`` of the batch (0-based, at most the last) and
+    ``m = min_kept · N``: at least ``min_kept`` pixels per image when there are that many. ``p_t`` is
+    the unweighted softmax probability; the selection carries no gradient.
+
+    Args:
+        logits: ``(N, C, *S)``.
+        target: class indices ``(N, *S)`` (or one-hot / soft ``(N, C, *S)``: ``p_t = exp(-CE)``, the
+            geometric mean ``Π_c p_c^{y_c}``).
+        thresh: the probability below which a pixel is hard, in ``[0, 1]``.
+        min_kept: pixels per image kept at least (``>= 0``).
+        weight: class weights ``(C,)`` of the per-pixel CE.
+        ignore_index: target value whose pixels are never kept.
+        reduction: ``none`` -> ``(N, *S)``, the kept pixels' CE and 0 elsewhere; ``sum``; ``mean`` over
+            the kept pixels (mmsegmentation divides by every pixel of the batch, kept or not, so its
+            value is this one times the kept fraction).
+    """
+    opts = OHEMOptions(
+        thresh=thresh, min_kept=min_kept, weight=weight, ignore_index=ignore_index, reduction=reduction
+    )
+    return _ohem_ce(logits, target, opts)
+
+
+TopKCELoss = module_for("TopKCELoss", topk_ce_loss, TopKOptions, _topk_ce)
+OHEMCELoss = module_for("OHEMCELoss", ohem_ce_loss, OHEMOptions, _ohem_ce)
+
+register("topk_ce", TopKCELoss, domain="softmax", description="mean CE of the k % hardest pixels (nnU-Net)")
+register("ohem_ce", OHEMCELoss, domain="softmax", description="CE with online hard example mining (mmseg)")
+
+__all__ = ["OHEMCELoss", "OHEMOptions", "TopKCELoss", "TopKOptions", "ohem_ce_loss", "topk_ce_loss"]
