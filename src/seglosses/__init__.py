@@ -33,6 +33,7 @@ from .losses.boundary import (
 )
 from .losses.compound import CompoundLoss, create_loss
 from .losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss
+from .losses.deep_supervision import DeepSupervision
 from .losses.embedding import CenterLoss, ContrastiveLoss, PixelInfoNCELoss, TripletLoss
 from .losses.focal import BinaryFocalLoss, FocalLoss
 from .losses.hard_pixels import OHEMCELoss, TopKCELoss
@@ -90,6 +91,7 @@ __all__ = [
     "ClassFrequency",
     "CompoundLoss",
     "CrossEntropyLoss",
+    "DeepSupervision",
     "DiceLoss",
     "FocalLoss",
     "FocalTverskyLoss",

@@ -13,6 +13,7 @@ from .._core.options import check_number
 from .._core.registry import Weight, build, get_entry, parse_spec
 from ..schedules import Schedule, ScheduleLike, as_schedule, check_step
 from .base import ScheduledLossModule, load_step, save_step
+from .deep_supervision import DeepSupervision
 
 
 class CompoundLoss(nn.Module):
@@ -141,6 +142,9 @@ def create_loss(spec: str, *, ignore_index: Optional[int] = None) -> nn.Module:
     names, bad syntax and bad options raise :class:`SegLossError`, naming the position and the known
     loss names.
     """
+    inner = _deep_supervised(spec)
+    if inner is not None:  # deep_supervision(<spec>): the wrapper around the inner spec's loss
+        return DeepSupervision(create_loss(inner, ignore_index=ignore_index))
     terms = parse_spec(spec)
     loss_domain(spec)  # a softmax and a binary loss cannot share one (logits, target) pair
     if ignore_index is not None:
@@ -157,8 +161,30 @@ def create_loss(spec: str, *, ignore_index: Optional[int] = None) -> nn.Module:
     return CompoundLoss(modules)
 
 
+def _deep_supervised(spec: str) -> Optional[str]:
+    """The inner spec of ``deep_supervision(<spec>)`` (the whole string, parentheses balanced), or None."""
+    text = spec.strip() if isinstance(spec, str) else ""
+    head = "deep_supervision("
+    if not (text.startswith(head) and text.endswith(")")):
+        return None
+    depth = 0
+    for position, char in enumerate(text[len(head) - 1 :], len(head) - 1):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0 and position != len(text) - 1:
+            return None  # "deep_supervision(ce) + dice": the wrapper is not the whole spec
+    inner = text[len(head) : -1].strip()
+    if not inner:
+        raise SegLossError(
+            "expected a loss spec inside deep_supervision(...), e.g. 'deep_supervision(ce + dice)'"
+        )
+    return inner
+
+
 def loss_domain(spec: str) -> str:
     """The input domain (``softmax`` or ``binary``) of a spec's losses; mixing them is an error."""
+    inner = _deep_supervised(spec)
+    if inner is not None:
+        return loss_domain(inner)
     domains = {get_entry(name).domain for _, name, _, _ in parse_spec(spec)}
     if len(domains) > 1:
         raise SegLossError(f"expected losses of one input domain in {spec!r}, got {sorted(domains)}")
