@@ -38,6 +38,7 @@ from .losses.embedding import CenterLoss, ContrastiveLoss, PixelInfoNCELoss, Tri
 from .losses.focal import BinaryFocalLoss, FocalLoss
 from .losses.hard_pixels import OHEMCELoss, TopKCELoss
 from .losses.lovasz import BinaryLovaszLoss, LovaszLoss
+from .losses.marginal import MarginalCELoss, MarginalDiceLoss
 from .losses.overlap import (
     BinaryDiceLoss,
     BinaryFocalTverskyLoss,
@@ -100,6 +101,8 @@ __all__ = [
     "LovaszLoss",
     "OHEMCELoss",
     "MCCLoss",
+    "MarginalCELoss",
+    "MarginalDiceLoss",
     "LossModule",
     "SegLossError",
     "TopKCELoss",

@@ -28,6 +28,7 @@ from .losses.embedding import center_loss, contrastive_loss, pixel_info_nce_loss
 from .losses.focal import binary_focal_loss, focal_loss
 from .losses.hard_pixels import ohem_ce_loss, topk_ce_loss
 from .losses.lovasz import binary_lovasz_loss, lovasz_loss
+from .losses.marginal import marginal_ce_loss, marginal_dice_loss
 from .losses.overlap import (
     binary_dice_loss,
     binary_focal_tversky_loss,
@@ -71,6 +72,8 @@ __all__ = [
     "generalized_dice_loss",
     "jaccard_loss",
     "lovasz_loss",
+    "marginal_ce_loss",
+    "marginal_dice_loss",
     "mcc_loss",
     "ohem_ce_loss",
     "pixel_info_nce_loss",
