@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from helpers import IGNORE, make_inputs
 
+import seglosses as sl
 import seglosses.functional as SF
 
 
@@ -232,3 +233,29 @@ def test_float16_dice_on_512_image_matches_float32():
         abs(binary_half.item() - SF.binary_dice_loss(logits[:, :1], target[:, None].clamp_max(1)).item())
         <= 1e-3
     )
+
+
+def test_log_cosh_dice_is_log_cosh_of_each_class_dice_loss_and_scales_its_gradient_by_tanh():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 3, (2, 6, 6), generator=g)
+    dice = sl.dice_loss(logits, target, reduction="none")
+    torch.testing.assert_close(sl.log_cosh_dice_loss(logits, target), torch.cosh(dice).log().mean())
+    # d/dz log cosh(d) = tanh(d) · dd/dz, class by class
+    one = sl.log_cosh_dice_loss(logits, target, reduction="none")[0, 1]
+    grad = torch.autograd.grad(one, logits)[0]
+    expected = torch.tanh(dice[0, 1]) * torch.autograd.grad(dice[0, 1], logits)[0]
+    torch.testing.assert_close(grad, expected)
+
+
+def test_penalty_gdl_by_its_formula():
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 4, (3, 5, 5), generator=g)
+    gdl = sl.generalized_dice_loss(logits, target, reduction="none").mean(-1)  # each sample's loss
+    torch.testing.assert_close(sl.penalty_gdl_loss(logits, target), (gdl / (1 + 2.5 * (1 - gdl))).mean())
+    torch.testing.assert_close(
+        sl.penalty_gdl_loss(logits, target, k=0.0), sl.generalized_dice_loss(logits, target)
+    )
+    with pytest.raises(sl.SegLossError, match="k"):
+        sl.PenaltyGDLLoss(k=-1.0)

@@ -94,8 +94,9 @@ class DeepSupervision(nn.Module):
 
     def set_step(self, step: float) -> None:
         """Pass the step to the wrapped loss's schedules (a no-op for a loss without them)."""
-        if hasattr(self.loss, "set_step"):
-            self.loss.set_step(step)
+        set_step = getattr(self.loss, "set_step", None)
+        if callable(set_step):
+            set_step(step)
 
     def extra_repr(self) -> str:
         return f"weights={self.weights if self.weights is not None else 'nnU-Net (1/2^i, lowest 0)'}"

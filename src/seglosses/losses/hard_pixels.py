@@ -79,7 +79,7 @@ class OHEMOptions(Options):
 
 
 def _pixel_ce(
-    logits: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: Optional[int]
+    logits: Tensor, target: Tensor, weight: Optional[ClassValues], ignore_index: Optional[int]
 ) -> Tensor:
     """The per-pixel CE ``(N, *S)`` (0 at ignored pixels) of :func:`cross_entropy_loss`."""
     return cross_entropy_loss(logits, target, weight=weight, ignore_index=ignore_index, reduction="none")

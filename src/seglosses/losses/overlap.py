@@ -444,19 +444,24 @@ def binary_focal_tversky_loss(
 # --- Generalised Dice --------------------------------------------------------------------------------
 
 
+def _gdl_terms(s: Overlap, weight: Optional[Tensor], smooth: float) -> Tensor:
+    """The generalised Dice loss split into class terms ``(N, C)`` whose class mean is the sample's loss."""
+    volume = s.tp + s.fn  # Σ y_c
+    present = volume > 0
+    rarest = torch.where(present, volume, torch.inf).amin(-1, keepdim=True)
+    rarest = torch.where(torch.isinf(rarest), 1.0, rarest)
+    # Sudre's 1 / (Σ y_c)^2, scaled so the rarest present class has weight 1 (the ratio is unchanged);
+    # absent classes get that largest weight, as MONAI does, so predicting them is penalised.
+    w = torch.where(present, (rarest / torch.where(present, volume, 1.0)) ** 2, 1.0).detach()
+    if weight is not None:
+        w = w * weight
+    den = (w * (2 * s.tp + s.fp + s.fn)).sum(-1, keepdim=True) + smooth
+    return safe_divide(s.tp.shape[-1] * w * (s.fp + s.fn), den, 0.0)
+
+
 def _generalized_dice(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) -> Tensor:
     def per_class(s: Overlap, tensors: Dict[str, Optional[Tensor]]) -> Tensor:
-        volume = s.tp + s.fn  # Σ y_c
-        present = volume > 0
-        rarest = torch.where(present, volume, torch.inf).amin(-1, keepdim=True)
-        rarest = torch.where(torch.isinf(rarest), 1.0, rarest)
-        # Sudre's 1 / (Σ y_c)^2, scaled so the rarest present class has weight 1 (the ratio is unchanged);
-        # absent classes get that largest weight, as MONAI does, so predicting them is penalised.
-        w = torch.where(present, (rarest / torch.where(present, volume, 1.0)) ** 2, 1.0).detach()
-        if tensors["weight"] is not None:
-            w = w * tensors["weight"]
-        den = (w * (2 * s.tp + s.fp + s.fn)).sum(-1, keepdim=True) + opts.smooth
-        return safe_divide(s.tp.shape[-1] * w * (s.fp + s.fn), den, 0.0)
+        return _gdl_terms(s, tensors["weight"], opts.smooth)
 
     return region_loss(logits, target, opts, binary, per_class, weight_in_reduction=False)
 
@@ -512,6 +517,129 @@ def binary_generalized_dice_loss(
         sync=sync, process_group=process_group,
     )  # fmt: skip
     return _generalized_dice(logits, target, opts, binary=True)
+
+
+# --- Log-cosh Dice and penalty GDL ---------------------------------------------------------------------
+
+
+def _log_cosh_dice(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) -> Tensor:
+    return region_loss(
+        logits, target, opts, binary, lambda s, _: torch.cosh(1 - dice_score(s, opts.smooth)).log()
+    )
+
+
+def log_cosh_dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    include_background: bool = True,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
+) -> Tensor:
+    r"""Log-cosh Dice loss ``log(cosh(1 - Dice_c))`` per class, then the class mean (Jadon 2020).
+
+    A smoothed Dice loss: ``log cosh x ≈ x²/2`` near 0 and ``≈ |x| - log 2`` for large ``x``, with the
+    gradient of Dice scaled by ``tanh(1 - Dice_c)``. Jadon applies ``log cosh`` to the class-averaged Dice
+    loss; here it is applied per class, before the mean, as focal Tversky applies its exponent.
+    """
+    opts = RegionOptions(
+        include_background=include_background, batch=batch, smooth=smooth, weight=weight,
+        ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
+    )  # fmt: skip
+    return _log_cosh_dice(logits, target, opts, binary=False)
+
+
+def binary_log_cosh_dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
+) -> Tensor:
+    r"""Log-cosh Dice loss ``log(cosh(1 - Dice_c))`` per sigmoid channel (see :func:`log_cosh_dice_loss`)."""
+    opts = RegionOptions(
+        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        sync=sync, process_group=process_group,
+    )  # fmt: skip
+    return _log_cosh_dice(logits, target, opts, binary=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PenaltyGDLOptions(RegionOptions):
+    """Region options plus the penalty ``k >= 0``."""
+
+    k: float
+
+    def checked(self) -> Dict[str, Any]:
+        return {**super().checked(), "k": check_number("k", self.k, low=0.0)}
+
+
+def _penalty_gdl(logits: Tensor, target: Tensor, opts: PenaltyGDLOptions, binary: bool) -> Tensor:
+    def per_class(s: Overlap, tensors: Dict[str, Optional[Tensor]]) -> Tensor:
+        terms = _gdl_terms(s, tensors["weight"], opts.smooth)
+        loss = terms.mean(-1, keepdim=True)  # the sample's generalised Dice loss
+        return terms / (1 + opts.k * (1 - loss))
+
+    return region_loss(logits, target, opts, binary, per_class, weight_in_reduction=False)
+
+
+def penalty_gdl_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    k: float = 2.5,
+    include_background: bool = True,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
+) -> Tensor:
+    r"""Penalty generalised Dice loss ``L_GD / (1 + k (1 - L_GD))`` per sample (Yang et al. 2019, k = 2.5).
+
+    ``L_GD`` is :func:`generalized_dice_loss`; the penalty lowers the loss of good predictions relative
+    to bad ones, which emphasises the false positives and negatives left. ``k = 0`` is the generalised
+    Dice loss. ``none`` gives the class terms of :func:`generalized_dice_loss` scaled by
+    ``1 / (1 + k (1 - L_GD))``, so their class mean is the sample's loss.
+    """
+    opts = PenaltyGDLOptions(
+        k=k, include_background=include_background, batch=batch, smooth=smooth, weight=weight,
+        ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
+    )  # fmt: skip
+    return _penalty_gdl(logits, target, opts, binary=False)
+
+
+def binary_penalty_gdl_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    k: float = 2.5,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    weight: Optional[ClassValues] = None,
+    ignore_index: Optional[int] = None,
+    reduction: Reduction = "mean",
+    sync: bool = False,
+    process_group: Optional[ProcessGroup] = None,
+) -> Tensor:
+    r"""Penalty generalised Dice loss over sigmoid channels (see :func:`penalty_gdl_loss`)."""
+    opts = PenaltyGDLOptions(
+        k=k, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        sync=sync, process_group=process_group,
+    )  # fmt: skip
+    return _penalty_gdl(logits, target, opts, binary=True)
 
 
 # --- Matthews correlation ----------------------------------------------------------------------------
@@ -611,11 +739,14 @@ def binary_mcc_loss(
     return _mcc(logits, target, opts, binary=True)
 
 
-for _softmax in (dice_loss, jaccard_loss, tversky_loss, focal_tversky_loss, generalized_dice_loss, mcc_loss):
+for _softmax in (
+    dice_loss, jaccard_loss, tversky_loss, focal_tversky_loss, generalized_dice_loss, mcc_loss,
+    log_cosh_dice_loss, penalty_gdl_loss,
+):  # fmt: skip
     _document(_softmax, binary=False)
 for _binary in (
     binary_dice_loss, binary_jaccard_loss, binary_tversky_loss, binary_focal_tversky_loss,
-    binary_generalized_dice_loss, binary_mcc_loss,
+    binary_generalized_dice_loss, binary_mcc_loss, binary_log_cosh_dice_loss, binary_penalty_gdl_loss,
 ):  # fmt: skip
     _document(_binary, binary=True)
 
@@ -648,6 +779,12 @@ GeneralizedDiceLoss, BinaryGeneralizedDiceLoss = _modules(
     "GeneralizedDice", generalized_dice_loss, binary_generalized_dice_loss, RegionOptions, _generalized_dice
 )
 MCCLoss, BinaryMCCLoss = _modules("MCC", mcc_loss, binary_mcc_loss, MCCOptions, _mcc)
+LogCoshDiceLoss, BinaryLogCoshDiceLoss = _modules(
+    "LogCoshDice", log_cosh_dice_loss, binary_log_cosh_dice_loss, RegionOptions, _log_cosh_dice
+)
+PenaltyGDLLoss, BinaryPenaltyGDLLoss = _modules(
+    "PenaltyGDL", penalty_gdl_loss, binary_penalty_gdl_loss, PenaltyGDLOptions, _penalty_gdl
+)
 
 for _name, _module, _domain, _text in (
     ("dice", DiceLoss, "softmax", "soft Dice loss per class, macro mean"),
@@ -662,5 +799,9 @@ for _name, _module, _domain, _text in (
     ("binary_gdl", BinaryGeneralizedDiceLoss, "binary", "generalised Dice loss over sigmoid channels"),
     ("mcc", MCCLoss, "softmax", "Matthews correlation loss 1 - MCC per class"),
     ("binary_mcc", BinaryMCCLoss, "binary", "Matthews correlation loss per sigmoid channel"),
+    ("log_cosh_dice", LogCoshDiceLoss, "softmax", "log-cosh Dice loss per class (Jadon 2020)"),
+    ("binary_log_cosh_dice", BinaryLogCoshDiceLoss, "binary", "log-cosh Dice loss per sigmoid channel"),
+    ("penalty_gdl", PenaltyGDLLoss, "softmax", "penalty generalised Dice loss (Yang et al. 2019)"),
+    ("binary_penalty_gdl", BinaryPenaltyGDLLoss, "binary", "penalty generalised Dice over sigmoid channels"),
 ):
     register(_name, _module, domain=_domain, description=_text, kind="region")
