@@ -45,7 +45,7 @@ class Pixels:
     keep: Optional[Tensor] = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class SamplerOptions(Options):
     """The sampler's options (see :func:`sample_pixels`), shared by every embedding loss; checked once
     when the object is made."""

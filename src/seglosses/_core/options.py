@@ -26,7 +26,7 @@ ClassValues = Union[float, Sequence[float], Tensor]
 _O = TypeVar("_O", bound="Options")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class Options:
     """The typed, frozen options of a loss, validated once when the object is made.
 
@@ -34,7 +34,8 @@ class Options:
     overrides :meth:`checked`, which returns every field's validated, normalised value (numbers as
     floats, per-class values as tensors, choices as given) or raises a :class:`SegLossError`. The loss
     function builds one per call from its keywords; its module builds one at construction and keeps its
-    tensor fields as buffers.
+    tensor fields as buffers. Options compare by identity (``eq=False``: a tensor field has no truth
+    value).
     """
 
     def __post_init__(self) -> None:

@@ -144,7 +144,7 @@ def _difficulty_ce(logits: Tensor, target: Tensor, opts: DifficultyCEOptions) ->
     return reduce(loss, opts.reduction, denominator)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DifficultyCEOptions(Options):
     """The options of :func:`difficulty_ce_loss` (and its module), checked once."""
 

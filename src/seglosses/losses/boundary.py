@@ -103,7 +103,7 @@ def _spatial_sum(values: Tensor) -> Tensor:
     return values.flatten(2).sum(-1)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ClassOptions(Options):
     """The options the boundary, Hausdorff and active contour losses share; binary losses keep every
     channel whatever ``include_background`` says."""
@@ -167,7 +167,7 @@ class DistanceMapTransform:
 # --- surface (boundary) loss -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BoundaryOptions(ClassOptions):
     """The options of the distance-based losses: the shared ones plus the pixel ``spacing`` of the maps."""
 
@@ -292,7 +292,7 @@ def _distance_fields(masks: Tensor, spacing: Spacing) -> Tensor:
     return fields * mixed.view(*mixed.shape, *[1] * rank)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class HausdorffOptions(BoundaryOptions):
     """Boundary options plus the distance exponent ``alpha`` (``> 0``)."""
 
@@ -365,7 +365,7 @@ def binary_hausdorff_dt_loss(
 # --- boundary-IoU loss -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BoundaryIoUOptions(RegionOptions):
     """Region options plus the band width ``dilation_ratio`` (relative to the image diagonal, ``>= 0``)."""
 
@@ -486,7 +486,7 @@ def _contour_sums(
     return _spatial_sum(length), _spatial_sum(grid.float()), _spatial_sum(region), _spatial_sum(valid.float())
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ActiveContourOptions(ClassOptions):
     """The shared options plus the region weight ``lam`` (``>= 0``), ``normalize`` and ``batch``."""
 

@@ -583,7 +583,7 @@ def _fused_binary_ce(
     return loss if bool(loss.sum().isfinite()) else None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class CrossEntropyOptions(Options):
     """The options of :func:`cross_entropy_loss` (and its module), checked once."""
 
@@ -626,7 +626,7 @@ def check_smoothing(label_smoothing: Union[float, Tensor]) -> Union[float, Tenso
     return cast(Tensor, class_values("label_smoothing", label_smoothing, high=1.0))
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BinaryCrossEntropyOptions(Options):
     """The options of :func:`binary_cross_entropy_loss` (and its module), checked once."""
 

@@ -94,7 +94,7 @@ _SQUARED, _COSINE = Distance("squared_euclidean"), Distance("cosine")
 # --- shared steps ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class EmbeddingOptions(SamplerOptions):
     """The options every embedding loss takes: ``ignore_index``, ``reduction`` and the sampler's."""
 
@@ -169,7 +169,7 @@ def _check_overflow(loss: Tensor, name: str, x: Tensor) -> Tensor:
     return loss
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class PoolOptions(EmbeddingOptions):
     """Embedding options plus ``sync`` and ``process_group``: the options of the losses over pairs of
     pixels (whose pool of rows ``sync`` gathers across processes)."""
@@ -415,7 +415,7 @@ def _contrastive_block(
     return squared, _same_label(y, pool.y, rows), counted
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ContrastiveOptions(PoolOptions):
     """The options of :func:`contrastive_loss` (shared with its module)."""
 
@@ -598,7 +598,7 @@ def _info_nce_block(
     return logits, positive, negative, lse, count
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class InfoNCEOptions(PoolOptions):
     """The options of :func:`pixel_info_nce_loss` (shared with its module)."""
 
@@ -846,7 +846,7 @@ def _window_sum(
     return total, mined.detach(), nonzero.detach()
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class TripletOptions(PoolOptions):
     """The options of :func:`triplet_loss` (shared with its module)."""
 

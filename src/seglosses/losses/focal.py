@@ -608,7 +608,7 @@ def _binary_focal(logits: Tensor, target: Tensor, opts: BinaryFocalOptions) -> T
     return reduce(loss, reduction, num_valid(prepared.valid, logits.shape))
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FocalOptions(Options):
     """The options of :func:`focal_loss` (and its module), checked once."""
 
@@ -640,7 +640,7 @@ def check_gamma(gamma: Union[float, ClassValues]) -> Union[float, Tensor]:
     return cast(Tensor, class_values("gamma", gamma))  # not None: gamma is a tensor or a sequence
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BinaryFocalOptions(Options):
     """The options of :func:`binary_focal_loss` (and its module), checked once."""
 

@@ -34,7 +34,7 @@ from .base import module_for
 from .cross_entropy import cross_entropy_loss
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class TopKOptions(Options):
     """``k`` (percent of the valid pixels kept, in ``(0, 100]``), ``per_image``, class weights, ignore,
     reduction."""
@@ -57,7 +57,7 @@ class TopKOptions(Options):
         }
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class OHEMOptions(Options):
     """``thresh`` (a probability in ``[0, 1]``), ``min_kept`` (pixels per image, ``>= 0``), class weights,
     ignore, reduction."""

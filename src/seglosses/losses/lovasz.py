@@ -18,13 +18,13 @@ sorts of the reference implementations.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, Dict, Literal, Optional, Sequence, Tuple, Union, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._core.errors import expected
@@ -38,7 +38,7 @@ from .base import module_for
 Classes = Union[Literal["present", "all"], Sequence[int]]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class LovaszOptions(Options):
     """Options of the Lovász losses: the classes averaged (softmax only), per-image rows, ignore_index,
     reduction."""
@@ -85,17 +85,23 @@ def lovasz_weights(
     ``truth`` the ground truth ``g`` in ``[0, 1]`` (0 where a pixel does not count; a soft value counts
     fractionally); ``valid_count`` the number of pixels that count per row (an int, or a tensor that
     broadcasts against ``(R, 1)``); ``nonnegative``: the keys are ``>= 0`` or ``-inf``. With
-    ``a_k = Σ_{j<=k} g_(j)`` and ``n_k = min(k, valid)``: ``J_k = n_k / (G + n_k - a_k)``, and
-    ``w_(k) = J_k - J_{k-1}``.
+    ``a_k = Σ_{j<=k} g_(j)``: ``J_k = k / (G + k - a_k)`` and ``w_(k) = J_k - J_{k-1}`` up to the valid
+    count, 0 after it.
     """
     order = descending_order(keys, nonnegative=nonnegative)
-    ahead = truth.gather(-1, order).cumsum(-1, dtype=keys.dtype)
-    n = torch.arange(1, keys.shape[-1] + 1, device=keys.device, dtype=keys.dtype)
-    if not isinstance(valid_count, int) or valid_count < keys.shape[-1]:
-        n = torch.minimum(n, torch.as_tensor(valid_count, device=keys.device, dtype=keys.dtype))
-    # G + n - a >= n >= 1 where n >= 1; where n = 0 (a row with no valid pixel) a, G and J are 0
-    jaccard = (n.clamp_min(1.0) + ahead[..., -1:]).sub_(ahead).reciprocal_().mul_(n)
-    steps = jaccard - F.pad(jaccard[..., :-1], (1, 0))
+    g = truth.gather(-1, order).to(keys.dtype)
+    before = g.cumsum(-1).sub_(g)  # a_{k-1}
+    total = before[..., -1:] + g[..., -1:]  # G
+    ahead_count = torch.arange(keys.shape[-1], device=keys.device, dtype=keys.dtype)  # k - 1
+    # J_k - J_{k-1} = (G - a_{k-1} + (k-1) g_k) / (D_k (D_k + 1 - g_k)), D_k = G + k - 1 - a_{k-1}: every term
+    # non-negative, no difference of nearly equal numbers (exact counts in float32 up to 2^24 pixels a row)
+    steps = (ahead_count * g).add_(total).sub_(before)
+    d = (ahead_count + total).sub_(before)
+    steps.div_((d + 1).sub_(g).mul_(d))
+    steps[..., 0] = torch.where(total[..., 0] > 0, steps[..., 0], 1.0)  # no foreground: D_1 = 0, J_1 = 1
+    if not isinstance(valid_count, int) or valid_count < keys.shape[-1]:  # the ignored pixels, sorted last
+        count = torch.as_tensor(valid_count, device=keys.device)
+        steps.masked_fill_(ahead_count >= count, 0.0)
     return torch.empty_like(steps).scatter_(-1, order, steps)
 
 
@@ -150,7 +156,8 @@ def _lovasz_softmax(logits: Tensor, target: Tensor, opts: LovaszOptions) -> Tens
 
 
 def _minus_inf_where_not(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """``0`` where ``mask``, ``-inf`` elsewhere (added to keys: cheaper than a broadcast masked fill)."""
+    """``0`` where ``mask``, ``-inf`` elsewhere, in ``mask``'s (broadcastable) shape: added to the keys,
+    it sends the pixels that do not count to the end of the sort."""
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -torch.inf)
 
 
@@ -175,10 +182,10 @@ def _selected(classes: Union[str, Tuple[int, ...]], y: Tensor, c: int) -> Tensor
     """Which rows' classes enter the mean: ``(C,)`` or ``(N, C)`` bool (``y`` is 0 where ignored)."""
     if classes == "present":
         return y.sum(-1) > 0
-    mask = torch.ones(c, dtype=torch.bool, device=y.device)
-    if isinstance(classes, tuple):
-        mask = torch.zeros_like(mask)
-        mask[list(classes)] = True
+    labels = torch.arange(c, device=y.device)
+    mask = torch.ones_like(labels, dtype=torch.bool)
+    if isinstance(classes, tuple):  # comparisons with Python ints: no host-to-device copy
+        mask = functools.reduce(torch.logical_or, [labels == k for k in classes])
     return mask.expand(y.shape[:-1])
 
 

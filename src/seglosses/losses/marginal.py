@@ -53,7 +53,7 @@ def _check_label_sets(label_sets: Optional[LabelSets]) -> CheckedSets:
     return tuple(tuple(int(c) for c in members) for members in sets)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class MarginalCEOptions(CrossEntropyOptions):
     """Cross-entropy options (over the annotated labels, without a weight schedule) and the ``label_sets``."""
 
@@ -65,7 +65,7 @@ class MarginalCEOptions(CrossEntropyOptions):
         return {**super().checked(), "label_sets": _check_label_sets(self.label_sets)}
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class MarginalDiceOptions(RegionOptions):
     """Region options (over the annotated labels) and the ``label_sets``."""
 

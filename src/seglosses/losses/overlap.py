@@ -126,7 +126,7 @@ def region_loss(
     return reduce_region(per_class(stats, tensors), opts.reduction, weight)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class RegionOptions(Options):
     """The options every region loss shares (see the module docstring); binary losses keep class 0."""
 
@@ -155,7 +155,7 @@ class RegionOptions(Options):
         }
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class TverskyOptions(RegionOptions):
     """Region options plus the Tversky weights: ``alpha`` on FP, ``beta`` on FN."""
 
@@ -171,7 +171,7 @@ class TverskyOptions(RegionOptions):
         return {**super().checked(), "alpha": alpha, "beta": beta}
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FocalTverskyOptions(TverskyOptions):
     """Tversky options plus the focal exponent ``gamma`` (a scalar or one per class, ``> 0``)."""
 
@@ -574,7 +574,7 @@ def binary_log_cosh_dice_loss(
     return _log_cosh_dice(logits, target, opts, binary=True)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class PenaltyGDLOptions(RegionOptions):
     """Region options plus the penalty ``k >= 0``."""
 
@@ -665,7 +665,7 @@ def _confusion(logits: Tensor, target: Tensor, ignore_index: Optional[int], bina
     return Confusion(*s, valid - s.tp - s.fp - s.fn)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class MCCOptions(RegionOptions):
     """Region options with ``smooth > 0``: MCC's denominator is a square root that vanishes whenever one
     of its four factors does (a one-pixel image, an empty class), where its gradient would be infinite."""

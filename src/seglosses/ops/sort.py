@@ -2,14 +2,14 @@
 
 Reference: ``torch.argsort(stable=True, descending=True)`` (any device, any float dtype). Fused eager-CPU
 implementation (float32 keys): each key's order-preserving 32-bit image and its column index packed into
-one int64 and sorted with numpy's vectorised sort, several times faster than torch's CPU sort on this
-size. Both give the same permutation: decreasing keys, equal keys in increasing index order (``-0.0``
-equals ``0.0``).
+one int64, sorted with numpy's vectorised sort, the rows spread over torch's intra-op threads. Both give
+the same permutation: decreasing keys, equal keys in increasing index order (``-0.0`` equals ``0.0``).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,8 +22,9 @@ from .._core.backend import fused_cpu
 
 def descending_order(keys: Tensor, *, nonnegative: bool = False) -> Tensor:
     """Indices ``(R, L)`` (int64) that sort each row of ``keys`` ``(R, L)`` in decreasing order, equal keys in
-    increasing index order; no gradient. Keys must not be NaN (``-inf`` sorts last); ``nonnegative``
-    promises keys that are ``>= +0.0`` or ``-inf`` (a cheaper packing)."""
+    increasing index order; no gradient. Keys must not be NaN (``-inf`` sorts last). ``nonnegative``
+    promises keys that are ``+0.0`` or more, or ``-inf`` (``abs()`` of anything, masked with ``-inf``):
+    their bits are in order as they are. A ``-0.0`` key breaks the promise (it would sort last)."""
     keys = keys.detach()
     packable = keys.dtype == torch.float32 and keys.ndim >= 1 and keys.shape[-1] < 2**31
     if fused_cpu(keys) and packable and sys.byteorder == "little":
@@ -63,3 +64,7 @@ def _sort_rows(rows: np.ndarray) -> None:
 @functools.lru_cache(maxsize=None)
 def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="seglosses-sort")
+
+
+# a forked child (DataLoader workers, multiprocessing) inherits the pool but not its threads: start afresh
+os.register_at_fork(after_in_child=_pool.cache_clear)
