@@ -67,11 +67,15 @@ def test_spec_string_and_steps_reach_the_wrapped_loss():
 
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if e.domain == "softmax"], ids=lambda e: e.name)
 def test_every_softmax_loss_can_be_deep_supervised(entry):
-    zs = scales(2, size=8)
+    if getattr(entry.module, "stateful", False):
+        with pytest.raises(sl.SegLossError, match="running statistics"):
+            sl.DeepSupervision(entry.module())
+        return
+    zs = scales(3, size=8)  # default weights (2/3, 1/3, 0): two scales computed
     target = torch.randint(0, 3, (2, 8, 8))
     loss = sl.DeepSupervision(entry.module())(zs, target)
     loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(zs[0].grad).all()
+    assert torch.isfinite(loss) and torch.isfinite(zs[0].grad).all() and torch.isfinite(zs[1].grad).all()
 
 
 @pytest.mark.parametrize(
@@ -101,3 +105,22 @@ def test_equals_monai():
     inner = monai_losses.DiceLoss(to_onehot_y=True, softmax=True)
     theirs = monai_losses.DeepSupervisionLoss(inner, weights=weights)(zs, target[:, None].float())
     torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("deep_supervision(ce) + dice", "wrap the whole spec once"),
+        ("0.5*deep_supervision(ce)", "wrap the whole spec once"),
+        ("deep_supervision(deep_supervision(ce))", "nested"),
+        ("deep_supervision()", "a loss spec inside"),
+    ],
+)
+def test_misplaced_wrappers_in_specs_raise(spec, message):
+    with pytest.raises(sl.SegLossError, match=message):
+        sl.create_loss(spec)
+
+
+def test_an_unreduced_loss_is_refused():
+    with pytest.raises(sl.SegLossError, match="reduces to a scalar"):
+        sl.DeepSupervision(sl.DiceLoss(reduction="none"))

@@ -142,3 +142,13 @@ def test_every_stateful_class_uses_the_one_base():
     ]
     classes += [sl.CenterLoss]
     assert all(issubclass(cls, Accumulator) for cls in classes)
+
+
+@pytest.mark.parametrize("cls", [sl.AdaptiveFocalLoss, sl.FrequencyFocalLoss, sl.ClassBalancedFocalLoss])
+def test_a_state_saved_before_the_first_batch_loads_and_stays_lazy(cls):
+    """An epoch-0 checkpoint: the per-class statistics have 0 columns; loading them keeps C unknown."""
+    restored = cls()
+    restored.load_state_dict(cls().state_dict())
+    assert restored.num_classes is None
+    restored(torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4)))
+    assert restored.num_classes == 3

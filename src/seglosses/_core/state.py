@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar, Dict, Literal, Optional, Tuple, Unio
 import torch
 from torch import Tensor, nn
 
-from ..distributed import ProcessGroup, check_process_group, sync_sum_
+from ..distributed import ProcessGroup, check_process_group, is_distributed, sync_sum_
 from .errors import SegLossError, expected
 from .options import check_bool, check_int
 
@@ -141,7 +141,7 @@ class Accumulator(nn.Module):
     def synced(self, *contributions: Tensor) -> Tuple[Tensor, ...]:
         """The batch's ``contributions`` summed over the processes when ``sync`` is on (a no-op outside a
         process group), one all-reduce per dtype: what every process then adds to its state."""
-        if not self.sync:
+        if not (self.sync and is_distributed(self.process_group)):
             return contributions
         result = list(contributions)
         for dtype in dict.fromkeys(c.dtype for c in contributions):  # the same order on every process
@@ -189,6 +189,8 @@ class Accumulator(nn.Module):
         counts: Dict[str, int] = {}
         for name, value in incoming.items():
             declared = self._declared[name]
+            if name in self._per_class and self.num_classes is None and value.numel() == 0:
+                continue  # saved before its first batch: C is still unknown, the module stays lazy
             if name in self._per_class:
                 counts[name] = self._check_per_class_shape(name, declared.shape, value)
             elif value.shape != getattr(self, name).shape:

@@ -38,12 +38,13 @@ class Overlap(NamedTuple):
 
 
 class Confusion(NamedTuple):
-    """The overlap statistics and the true negatives ``TN = Σ (1 - p)(1 - y)``, each ``(N, C)``."""
+    """The overlap statistics and the valid pixels, each ``(N, C)``: the true negatives are
+    ``Σ (1 - p)(1 - y) = valid - TP - FP - FN``."""
 
     tp: Tensor
     fp: Tensor
     fn: Tensor
-    tn: Tensor
+    valid: Tensor
 
     def pooled(self) -> "Confusion":
         """Sum over the batch: ``(N, C) -> (C,)``."""

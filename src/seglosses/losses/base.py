@@ -42,6 +42,12 @@ class LossModule(nn.Module):
         for name in options:
             if name not in known:
                 raise unknown_option(type(self).__name__, name, known, names=_domain_names(type(self)))
+        missing = [name for name, p in known.items() if p.default is p.empty and name not in options]
+        if missing:
+            raise SegLossError(
+                f"expected {type(self).__name__} to be given {', '.join(missing)} (no default), got none: "
+                f"pass {missing[0]}=..."
+            )
         options = {name: options.get(name, p.default) for name, p in known.items()}
         checked = type(self).options_type(**options)
         self._tensor_options: List[str] = []

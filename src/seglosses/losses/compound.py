@@ -145,6 +145,11 @@ def create_loss(spec: str, *, ignore_index: Optional[int] = None) -> nn.Module:
     inner = _deep_supervised(spec)
     if inner is not None:  # deep_supervision(<spec>): the wrapper around the inner spec's loss
         return DeepSupervision(create_loss(inner, ignore_index=ignore_index))
+    if isinstance(spec, str) and "deep_supervision" in spec:
+        raise SegLossError(
+            "expected deep_supervision(...) to wrap the whole spec once, e.g. 'deep_supervision(ce + dice)', "
+            f"got {spec!r}: the wrapper sums the scales; weight the terms inside it"
+        )
     terms = parse_spec(spec)
     loss_domain(spec)  # a softmax and a binary loss cannot share one (logits, target) pair
     if ignore_index is not None:
@@ -173,6 +178,8 @@ def _deep_supervised(spec: str) -> Optional[str]:
         if depth == 0 and position != len(text) - 1:
             return None  # "deep_supervision(ce) + dice": the wrapper is not the whole spec
     inner = text[len(head) : -1].strip()
+    if "deep_supervision" in inner:
+        raise SegLossError(f"expected one deep_supervision(...) around the spec, got it nested in {spec!r}")
     if not inner:
         raise SegLossError(
             "expected a loss spec inside deep_supervision(...), e.g. 'deep_supervision(ce + dice)'"

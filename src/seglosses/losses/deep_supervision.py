@@ -67,6 +67,16 @@ class DeepSupervision(nn.Module):
         super().__init__()
         if not isinstance(loss, nn.Module):
             raise expected("loss to be a loss module (e.g. seglosses.create_loss('ce + dice'))", show(loss))
+        if getattr(loss, "reduction", "mean") == "none":
+            raise expected(
+                "a loss that reduces to a scalar (scales have different shapes)", "reduction='none'"
+            )
+        if _stateful(loss):
+            raise expected(
+                "a loss without running statistics (an adaptive loss would update them once per scale, from "
+                "resized targets): wrap its static form, or supervise the top scale with it and add it alone",
+                type(loss).__name__,
+            )
         self.loss = loss
         self.weights = None if weights is None else _check_weights(weights)
 
@@ -100,6 +110,11 @@ class DeepSupervision(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weights={self.weights if self.weights is not None else 'nnU-Net (1/2^i, lowest 0)'}"
+
+
+def _stateful(loss: nn.Module) -> bool:
+    """Whether ``loss`` or a term of it keeps statistics that each forward updates."""
+    return any(getattr(module, "stateful", False) for module in loss.modules())
 
 
 def _check_weights(weights: Sequence[float]) -> Tuple[float, ...]:

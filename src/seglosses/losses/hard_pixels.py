@@ -31,7 +31,7 @@ from .._core.options import (
 from .._core.registry import register
 from ..ops.sort import descending_order
 from .base import module_for
-from .cross_entropy import cross_entropy_loss
+from .cross_entropy import CrossEntropyOptions, _cross_entropy
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -78,11 +78,17 @@ class OHEMOptions(Options):
         }
 
 
+_PIXEL_CE = CrossEntropyOptions(
+    weight=None, weight_schedule=None, step=0.0, label_smoothing=0.0, ignore_index=None, reduction="none"
+)
+
+
 def _pixel_ce(
     logits: Tensor, target: Tensor, weight: Optional[ClassValues], ignore_index: Optional[int]
 ) -> Tensor:
-    """The per-pixel CE ``(N, *S)`` (0 at ignored pixels) of :func:`cross_entropy_loss`."""
-    return cross_entropy_loss(logits, target, weight=weight, ignore_index=ignore_index, reduction="none")
+    """The per-pixel CE ``(N, *S)`` (0 at ignored pixels) of :func:`cross_entropy_loss`, with the weights and
+    ignore value already checked (by this loss's options)."""
+    return _cross_entropy(logits, target, _PIXEL_CE.with_values(weight=weight, ignore_index=ignore_index))
 
 
 def _valid(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]:
@@ -111,7 +117,7 @@ def _topk_ce(logits: Tensor, target: Tensor, opts: TopKOptions) -> Tensor:
     valid = _valid(logits, target, opts.ignore_index)
     length = rows.shape[-1]
     counts = (
-        torch.full((rows.shape[0],), length, device=ce.device)
+        torch.full((rows.shape[0],), length, device=ce.device)  # a fill: no host-to-device copy
         if valid is None
         else (valid.flatten(1) if opts.per_image else valid.reshape(1, -1)).sum(-1)
     )
@@ -139,8 +145,8 @@ def _ohem_ce(logits: Tensor, target: Tensor, opts: OHEMOptions) -> Tensor:
         valid_flat = None if valid is None else valid.flatten()
         keys = -p_true if valid_flat is None else torch.where(valid_flat, -p_true, -torch.inf)
         order = descending_order(keys.unsqueeze(0))[0]  # ascending p_t, ignored pixels last
-        count = torch.as_tensor(p_true.numel() if valid_flat is None else valid_flat.sum(), device=ce.device)
-        index = torch.clamp(torch.as_tensor(opts.min_kept * logits.shape[0], device=ce.device), max=count - 1)
+        count = torch.full((), p_true.numel(), device=ce.device) if valid_flat is None else valid_flat.sum()
+        index = (count - 1).clamp(max=min(opts.min_kept * logits.shape[0], 2**62))  # Python bound: no copy
         at = p_true.gather(0, order.gather(0, index.clamp_min(0).view(1)))[0]  # the index-th smallest p_t
         floor = torch.where(count > 0, at, 0.0)
         threshold = torch.clamp(floor, min=opts.thresh)

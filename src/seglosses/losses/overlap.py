@@ -659,10 +659,12 @@ def _valid_pixels(
 
 
 def _confusion(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Confusion:
-    """The overlap and the true negatives ``TN = Σ (1 - p)(1 - y) = valid - TP - FP - FN``."""
+    """The overlap and the valid pixels per (sample, class), ``(N, C)``: ``TN = valid - TP - FP - FN``."""
     s = _overlap(logits, target, ignore_index, binary)
     valid = _valid_pixels(logits, target, ignore_index, binary)
-    return Confusion(*s, valid - s.tp - s.fp - s.fn)
+    if isinstance(valid, int):  # a fill, not a copy from the host
+        return Confusion(*s, torch.full_like(s.tp, float(valid)))
+    return Confusion(*s, valid.to(s.tp.dtype).expand_as(s.tp))
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -679,7 +681,8 @@ class MCCOptions(RegionOptions):
 
 def _mcc(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) -> Tensor:
     def per_class(s: Confusion, _: Dict[str, Optional[Tensor]]) -> Tensor:
-        tp, fp, fn, tn = (t.double() for t in s)  # products of pixel counts: float64 (no cancellation)
+        tp, fp, fn, valid = (t.double() for t in s)  # products of pixel counts: in float64
+        tn = valid - tp - fp - fn
         product = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
         mcc = (tp * tn - fp * fn) / (product.clamp_min(0) + opts.smooth).sqrt()  # rounding: TN a hair < 0
         return torch.where((fp == 0) & (fn == 0), 0.0, 1 - mcc).to(s.tp.dtype)
@@ -705,7 +708,9 @@ def mcc_loss(
     ``MCC = (TP·TN - FP·FN) / sqrt((TP + FP)(TP + FN)(TN + FP)(TN + FN) + s)`` on the soft statistics,
     with ``TN = Σ (1 - p)(1 - y)`` over the valid pixels (``= valid - TP - FP - FN``). Unlike Dice it
     counts the true negatives, so a background that dominates the image does not make every prediction
-    look good. A class with ``FP = FN = 0`` exactly is a perfect match (loss 0), whatever the product. A
+    look good. A class with ``FP = FN = 0`` exactly is a perfect match (loss 0), whatever the product
+    (exactly: whether a saturated softmax rounds to 0 depends on the dtype, so the rule can hold in float32
+    and not in float64, as in MONAI). A
     class absent from the target (``TP = FN = 0``) has MCC 0, loss 1, for any prediction with ``FP > 0``
     however small: MCC does not score an absent class; exclude it (``include_background=False``), pool
     the batch (``batch=True``), or weight it 0.
