@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type
 
@@ -126,7 +127,27 @@ def module_for(
     return type(name, (base,), namespace)
 
 
-__all__ = ["LossModule", "SegLossError", "keyword_options", "module_for"]
+def module_pair(
+    name: str,
+    softmax: Callable[..., Tensor],
+    binary: Callable[..., Tensor],
+    options_type: Type[Options],
+    implementation: Callable[..., Tensor],
+    base: Type[LossModule] = LossModule,
+) -> Tuple[Type[LossModule], Type[LossModule]]:
+    """The module classes ``{name}Loss`` and ``Binary{name}Loss`` of a loss with a softmax and a sigmoid
+    form, both computed by ``implementation(..., options, binary=False / True)``."""
+    return (
+        module_for(
+            f"{name}Loss", softmax, options_type, functools.partial(implementation, binary=False), base
+        ),
+        module_for(
+            f"Binary{name}Loss", binary, options_type, functools.partial(implementation, binary=True), base
+        ),
+    )
+
+
+__all__ = ["LossModule", "SegLossError", "keyword_options", "module_for", "module_pair"]
 
 
 class ScheduledLossModule(LossModule):

@@ -15,7 +15,6 @@ device; precompute target maps once with :func:`target_distance_maps` / :class:`
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple, Union
@@ -50,7 +49,7 @@ from .._core.targets import (
 )
 from ..ops.bands import band_width, boundary_band
 from ..ops.distance import Spacing, check_spacing, sample_extremes, signed_distance_map, two_sided_distance
-from .base import LossModule, module_for
+from .base import LossModule, module_pair
 from .overlap import RegionOptions, Statistics, jaccard_score, region_loss
 
 _LENGTH_EPS = 1e-8  # inside the square root of the active contour's length term (Chen et al.)
@@ -579,35 +578,18 @@ class _WithMaps(LossModule):
         return type(self).implementation(logits, target, dist_maps, self.checked_options)
 
 
-BoundaryLoss = module_for(
-    "BoundaryLoss", boundary_loss, BoundaryOptions, functools.partial(_surface, binary=False), _WithMaps
+BoundaryLoss, BinaryBoundaryLoss = module_pair(
+    "Boundary", boundary_loss, binary_boundary_loss, BoundaryOptions, _surface, _WithMaps
 )
-BinaryBoundaryLoss = module_for(
-    "BinaryBoundaryLoss", binary_boundary_loss, BoundaryOptions, functools.partial(_surface, binary=True),
-    _WithMaps,
-)  # fmt: skip
-HausdorffDTLoss = module_for(
-    "HausdorffDTLoss", hausdorff_dt_loss, HausdorffOptions, functools.partial(_hausdorff, binary=False)
+HausdorffDTLoss, BinaryHausdorffDTLoss = module_pair(
+    "HausdorffDT", hausdorff_dt_loss, binary_hausdorff_dt_loss, HausdorffOptions, _hausdorff
 )
-BinaryHausdorffDTLoss = module_for(
-    "BinaryHausdorffDTLoss", binary_hausdorff_dt_loss, HausdorffOptions,
-    functools.partial(_hausdorff, binary=True),
-)  # fmt: skip
-BoundaryIoULoss = module_for(
-    "BoundaryIoULoss", boundary_iou_loss, BoundaryIoUOptions, functools.partial(_boundary_iou, binary=False)
+BoundaryIoULoss, BinaryBoundaryIoULoss = module_pair(
+    "BoundaryIoU", boundary_iou_loss, binary_boundary_iou_loss, BoundaryIoUOptions, _boundary_iou
 )
-BinaryBoundaryIoULoss = module_for(
-    "BinaryBoundaryIoULoss", binary_boundary_iou_loss, BoundaryIoUOptions,
-    functools.partial(_boundary_iou, binary=True),
-)  # fmt: skip
-ActiveContourLoss = module_for(
-    "ActiveContourLoss", active_contour_loss, ActiveContourOptions,
-    functools.partial(_active_contour, binary=False),
-)  # fmt: skip
-BinaryActiveContourLoss = module_for(
-    "BinaryActiveContourLoss", binary_active_contour_loss, ActiveContourOptions,
-    functools.partial(_active_contour, binary=True),
-)  # fmt: skip
+ActiveContourLoss, BinaryActiveContourLoss = module_pair(
+    "ActiveContour", active_contour_loss, binary_active_contour_loss, ActiveContourOptions, _active_contour
+)
 
 for _name, _module, _domain, _kind, _text in (
     ("boundary", BoundaryLoss, "softmax", "pixel", "surface loss mean(φ_G · p) on signed distance maps"),

@@ -88,6 +88,8 @@ def lovasz_weights(
     ``a_k = Σ_{j<=k} g_(j)``: ``J_k = k / (G + k - a_k)`` and ``w_(k) = J_k - J_{k-1}`` up to the valid
     count, 0 after it.
     """
+    if keys.shape[-1] == 0:  # no pixels (an empty batch)
+        return torch.zeros_like(keys)
     order = descending_order(keys, nonnegative=nonnegative)
     g = truth.gather(-1, order).to(keys.dtype)
     before = g.cumsum(-1).sub_(g)  # a_{k-1}

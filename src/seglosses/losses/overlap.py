@@ -18,7 +18,6 @@ class mean, absent ones included (with the loss above), so that the loss is cont
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -50,7 +49,7 @@ from .._core.stats import (
 )
 from .._core.targets import IndexTarget, check_binary_target, input_checks_enabled, softmax_target
 from ..distributed import ProcessGroup, all_reduce_sum, check_process_group
-from .base import module_for
+from .base import module_pair
 
 
 def _ratio(num: Tensor, den: Tensor, smooth: float) -> Tensor:
@@ -756,38 +755,24 @@ for _binary in (
     _document(_binary, binary=True)
 
 
-def _modules(
-    name: str,
-    softmax: Callable[..., Tensor],
-    binary: Callable[..., Tensor],
-    options: type,
-    loss: Callable[..., Tensor],
-) -> Tuple[type, type]:
-    """The softmax and binary module classes of one region loss ``loss(logits, target, opts, binary)``."""
-    return (
-        module_for(f"{name}Loss", softmax, options, functools.partial(loss, binary=False)),
-        module_for(f"Binary{name}Loss", binary, options, functools.partial(loss, binary=True)),
-    )
-
-
-DiceLoss, BinaryDiceLoss = _modules("Dice", dice_loss, binary_dice_loss, RegionOptions, _dice)
-JaccardLoss, BinaryJaccardLoss = _modules(
+DiceLoss, BinaryDiceLoss = module_pair("Dice", dice_loss, binary_dice_loss, RegionOptions, _dice)
+JaccardLoss, BinaryJaccardLoss = module_pair(
     "Jaccard", jaccard_loss, binary_jaccard_loss, RegionOptions, _jaccard
 )
-TverskyLoss, BinaryTverskyLoss = _modules(
+TverskyLoss, BinaryTverskyLoss = module_pair(
     "Tversky", tversky_loss, binary_tversky_loss, TverskyOptions, _tversky
 )
-FocalTverskyLoss, BinaryFocalTverskyLoss = _modules(
+FocalTverskyLoss, BinaryFocalTverskyLoss = module_pair(
     "FocalTversky", focal_tversky_loss, binary_focal_tversky_loss, FocalTverskyOptions, _focal_tversky
 )
-GeneralizedDiceLoss, BinaryGeneralizedDiceLoss = _modules(
+GeneralizedDiceLoss, BinaryGeneralizedDiceLoss = module_pair(
     "GeneralizedDice", generalized_dice_loss, binary_generalized_dice_loss, RegionOptions, _generalized_dice
 )
-MCCLoss, BinaryMCCLoss = _modules("MCC", mcc_loss, binary_mcc_loss, MCCOptions, _mcc)
-LogCoshDiceLoss, BinaryLogCoshDiceLoss = _modules(
+MCCLoss, BinaryMCCLoss = module_pair("MCC", mcc_loss, binary_mcc_loss, MCCOptions, _mcc)
+LogCoshDiceLoss, BinaryLogCoshDiceLoss = module_pair(
     "LogCoshDice", log_cosh_dice_loss, binary_log_cosh_dice_loss, RegionOptions, _log_cosh_dice
 )
-PenaltyGDLLoss, BinaryPenaltyGDLLoss = _modules(
+PenaltyGDLLoss, BinaryPenaltyGDLLoss = module_pair(
     "PenaltyGDL", penalty_gdl_loss, binary_penalty_gdl_loss, PenaltyGDLOptions, _penalty_gdl
 )
 
