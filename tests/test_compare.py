@@ -396,9 +396,9 @@ def test_image_stats_by_hand():
 def test_sigkilled_cli_resumes_to_the_uninterrupted_result(tmp_path, nuclei):
     """The real command, SIGKILLed after its first checkpoint, finishes on the next start with the
     results of an uninterrupted run."""
-    argv = [
+    argv = [  # 8 epochs: a window of several epochs while the first checkpoint exists (3 was a race)
         "--epochs",
-        "3",
+        "8",
         "--steps",
         "2",
         "--seeds",
@@ -426,7 +426,7 @@ def test_sigkilled_cli_resumes_to_the_uninterrupted_result(tmp_path, nuclei):
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     runs = json.loads((out / "results.json").read_text())["runs"]
-    settings = Settings(epochs=3, steps_per_epoch=2, batch_size=2, patch=32, width=4)
+    settings = Settings(epochs=8, steps_per_epoch=2, batch_size=2, patch=32, width=4)
     whole = compare(["ce", "dice"], [0], settings, nuclei, tmp_path / "whole")
     for run, reference in zip(runs, whole):
         assert run["stats"] == reference.stats and run["history"] == reference.history

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 import seglosses as sl
 from seglosses._core.registry import build
-from seglosses.distributed import all_gather, all_reduce_sum
+from seglosses.distributed import all_gather, all_reduce_sum, exit_spawned_worker
 from seglosses.metrics import BoundaryIoU, ConfusionMatrix, HausdorffDistance
 
 pytestmark = pytest.mark.slow  # spawns processes: a few seconds each
@@ -193,6 +193,7 @@ def worker(rank: int, world: int, init_file: str, checks: list, errors) -> None:
     finally:
         dist.barrier()
         dist.destroy_process_group()
+    exit_spawned_worker()  # reached on success only: a failure above propagates to spawn
 
 
 @pytest.mark.parametrize("world", [2, 3])

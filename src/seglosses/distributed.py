@@ -15,7 +15,9 @@ code written for several processes costs nothing on one.
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+import os
+import sys
+from typing import Any, List, NoReturn, Tuple
 
 import torch
 import torch.distributed as dist
@@ -115,6 +117,17 @@ def sync_sum_(tensor: Tensor, group: ProcessGroup = None) -> Tensor:
     if is_distributed(group):
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return tensor
+
+
+def exit_spawned_worker() -> NoReturn:
+    """End a worker process started by ``torch.multiprocessing`` after its work succeeded and its process
+    group was destroyed: flush the standard streams and leave with ``os._exit(0)``. The interpreter's own
+    teardown is skipped on purpose: there, gloo's threads sometimes abort a finished process ("terminate
+    called without an active exception", SIGABRT), which ``spawn`` reports as a failure. Call it only
+    when every file the worker wrote is closed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def rank_and_size(group: ProcessGroup = None) -> Tuple[int, int]:

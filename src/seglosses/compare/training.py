@@ -37,7 +37,7 @@ from torch import Tensor
 from .._core.errors import SegLossError, expected
 from .._core.registry import get_entry, parse_spec
 from ..data import IGNORE, DataSet
-from ..distributed import rank_and_size, sync_sum_
+from ..distributed import exit_spawned_worker, rank_and_size, sync_sum_
 from ..losses.compound import create_loss
 from ..metrics.boundary import boundary_iou_counts
 from ..metrics.hausdorff import hausdorff_terms
@@ -551,6 +551,7 @@ def _worker(rank: int, init_file: str, events: Any, args: RunArgs) -> None:
     finally:
         dist.barrier()
         dist.destroy_process_group()
+    exit_spawned_worker()  # success: every result file is written and closed (atomic writes)
 
 
 def _spawn(specs: Sequence[str], seeds: Sequence[int], settings: Settings, data: DataSet, out: OutputFolder,
