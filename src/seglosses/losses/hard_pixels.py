@@ -29,6 +29,7 @@ from .._core.options import (
     class_values,
 )
 from .._core.registry import register
+from .._core.targets import _valid_mask
 from ..ops.sort import descending_order
 from .base import module_for
 from .cross_entropy import CrossEntropyOptions, _cross_entropy
@@ -93,9 +94,7 @@ def _pixel_ce(
 
 def _valid(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]:
     """The valid pixels ``(N, *S)`` of an index target with ``ignore_index``, else None (all valid)."""
-    if ignore_index is None or target.shape == logits.shape:
-        return None
-    return target != ignore_index
+    return None if target.shape == logits.shape else _valid_mask(target, ignore_index)
 
 
 def _kept_sum(losses: Tensor, kept: Tensor, bound: int, with_mask: bool) -> Tuple[Tensor, Optional[Tensor]]:

@@ -47,7 +47,13 @@ from .._core.stats import (
     softmax_overlap_from_dense,
     softmax_overlap_from_index,
 )
-from .._core.targets import IndexTarget, check_binary_target, input_checks_enabled, softmax_target
+from .._core.targets import (
+    IndexTarget,
+    _valid_mask,
+    check_binary_target,
+    input_checks_enabled,
+    softmax_target,
+)
 from ..distributed import ProcessGroup, all_reduce_sum, check_process_group
 from .base import module_pair
 
@@ -649,11 +655,11 @@ def _valid_pixels(
 ) -> Union[int, Tensor]:
     """The pixels that count per (sample, class): ``(N, C)`` for a binary integer target with
     ``ignore_index``, ``(N, 1)`` for a softmax index target with it, else every pixel (an int)."""
-    spatial = math.prod(logits.shape[2:])
     integer = not (target.is_floating_point() or target.dtype == torch.bool)
-    if ignore_index is None or not integer or (not binary and target.shape == logits.shape):
-        return spatial
-    kept = target != ignore_index
+    dense = not binary and target.shape == logits.shape
+    kept = _valid_mask(target, ignore_index) if integer and not dense else None  # the checks' own mask
+    if kept is None:
+        return math.prod(logits.shape[2:])
     return kept.flatten(2).sum(-1) if binary else kept.flatten(1).sum(-1, keepdim=True)
 
 
