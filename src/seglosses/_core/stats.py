@@ -7,6 +7,14 @@ For probabilities ``p`` and a target ``y`` over the valid pixels ``V``::
 With an index target no one-hot tensor is built: ``TP`` takes ``p`` at the target class and adds it
 into a per-(sample, class) table, ``Σ p`` is a reduction, and the backward is fused
 (:class:`_SoftmaxIndexSums`).
+
+Two other forms of the same three numbers (MONAI's ``compute_tp_fp_fn``), in plain torch:
+
+* ``squared`` (the V-Net denominator, Milletari et al. 2016): ``TP = Σ p y``, ``FP = Σ p² - TP``,
+  ``FN = Σ y² - TP``, so that ``2 TP + FP + FN = Σ p² + Σ y²``;
+* ``soft_label`` (Wang & Blaschko 2023): ``TP = (Σ p + Σ y - Σ |p - y|) / 2``, ``FP = Σ p - TP``,
+  ``FN = Σ y - TP``, whose Dice is largest at ``p = y`` for a soft target too. For a hard target
+  (``y`` in {0, 1}) it is the plain form, which is then computed instead.
 """
 
 from __future__ import annotations
@@ -292,14 +300,20 @@ def softmax_overlap_from_index(
     valid: Optional[Tensor],
     ignore_index: Optional[int] = None,
     prepared: Optional[IndexTarget] = None,
+    *,
+    squared: bool = False,
 ) -> Overlap:
     """Statistics ``(N, C)`` from logits (softmax over C) and an index target ``(N, *S)``.
 
     ``labels`` are the class indices in any integer dtype; at ignored pixels (``valid`` False) they may
     hold anything, ``ignore_index`` say. Half-precision logits are computed in float32. No one-hot of the
-    logits' size is built.
+    logits' size is built. ``squared``: the V-Net form (module docstring; ``Σ y² = Σ y`` for a hard
+    target), by :func:`_index_sums_reference`.
     """
     dtype = compute_dtype(logits)
+    if squared:
+        tp, square_sum, counts = _index_sums_reference(logits, labels, valid, dtype, squared=True)
+        return Overlap(tp, square_sum - tp, counts - tp)
     chosen = implementation(logits)
     if chosen == "triton":
         tp, prob_sum, counts = _triton_index_sums(logits, labels, ignore_index, prepared)
@@ -327,11 +341,11 @@ def _triton_index_sums(
 
 
 def _index_sums_reference(
-    logits: Tensor, labels: Tensor, valid: Optional[Tensor], dtype: torch.dtype
+    logits: Tensor, labels: Tensor, valid: Optional[Tensor], dtype: torch.dtype, squared: bool = False
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """``(TP, Σp, Σy)`` per (sample, class) as :class:`_SoftmaxIndexSums` gives them, in plain
     differentiable torch (``gather`` of ``p_t`` and ``scatter_add`` into the class table; the reference
-    that ``torch.func`` transforms use)."""
+    that ``torch.func`` transforms use); ``Σp²`` in place of ``Σp`` with ``squared``."""
     n, c = logits.shape[:2]
     flat = logits.flatten(2).to(dtype)
     index = class_labels(labels, valid)
@@ -343,7 +357,8 @@ def _index_sums_reference(
     keep = probs.new_ones(index.shape) if valid is None else valid_weights(valid, dtype)
     table = probs.new_zeros(n, c)
     tp = table.scatter_add(1, index, probs.gather(1, index.unsqueeze(1)).squeeze(1))
-    return tp, probs.sum(-1), table.scatter_add(1, index, keep)
+    prob_sum = (probs * probs).sum(-1) if squared else probs.sum(-1)
+    return tp, prob_sum, table.scatter_add(1, index, keep)
 
 
 _SIGMOID_PARTS = 4  # the dense sigmoid statistics' temporaries are a quarter of the logits' size
@@ -461,7 +476,13 @@ class _SigmoidDenseSums(torch.autograd.Function):
 
 
 def sigmoid_overlap_from_dense(
-    logits: Tensor, target: Tensor, valid: Optional[Tensor], *, finite: bool = False
+    logits: Tensor,
+    target: Tensor,
+    valid: Optional[Tensor],
+    *,
+    finite: bool = False,
+    squared: bool = False,
+    soft_label: bool = False,
 ) -> Overlap:
     """Statistics ``(N, C)`` of ``p = σ(z)`` per element and a dense target of the logits' shape.
 
@@ -470,14 +491,17 @@ def sigmoid_overlap_from_dense(
     a ``+inf`` logit gives NaN statistics (it is invalid, SPEC section 6). The closed-form backward of
     :class:`_SigmoidDenseSums` builds no logits-sized temporary. A target that requires a gradient takes
     :func:`overlap_from_dense` (autograd through both inputs). ``finite``: the caller's data checks have
-    found no NaN or ``+inf`` logit (saves a read of the logits).
+    found no NaN or ``+inf`` logit (saves a read of the logits). ``squared``, ``soft_label``: the other
+    forms of the module docstring, by :func:`overlap_from_dense`.
     """
     dtype = compute_dtype(logits)
-    chosen = "reference" if target.requires_grad else implementation(logits)
+    soft_label = soft_label and target.is_floating_point()  # a hard target: the plain form, the same numbers
+    plain = not (target.requires_grad or squared or soft_label)
+    chosen = implementation(logits) if plain else "reference"
     if chosen == "reference":  # autograd through both inputs
         dense = target.to(dtype) if valid is None else target.to(dtype).masked_fill(~valid, 0)
         clean = logits if valid is None else logits.masked_fill(~valid, 0.0)  # NaN there: no NaN gradient
-        return overlap_from_dense(sigmoid_f32(clean), dense, valid)
+        return overlap_from_dense(sigmoid_f32(clean), dense, valid, squared=squared, soft_label=soft_label)
     if chosen == "triton":
         tp, prob_sum, y_sum = _triton_sigmoid_sums(logits, target, valid).unbind(-1)
     else:
@@ -498,10 +522,15 @@ def _triton_sigmoid_sums(logits: Tensor, target: Tensor, valid: Optional[Tensor]
     return triton_sigmoid.sigmoid_region_sums(flat, rows(target), mask, valid is not None)
 
 
-def softmax_overlap_from_dense(logits: Tensor, target: Tensor) -> Overlap:
+def softmax_overlap_from_dense(
+    logits: Tensor, target: Tensor, *, squared: bool = False, soft_label: bool = False
+) -> Overlap:
     """Statistics ``(N, C)`` from logits (softmax over C) and a one-hot / soft target ``(N, C, *S)``: the
     Triton kernel ``seglosses::softmax_dense_sums`` when the backend picks it (and the target needs no
-    gradient), else :func:`overlap_from_dense` of the softmax."""
+    gradient), else :func:`overlap_from_dense` of the softmax (the only way for the ``squared`` and
+    ``soft_label`` forms)."""
+    if squared or soft_label:
+        return overlap_from_dense(softmax_f32(logits), target, squared=squared, soft_label=soft_label)
     if implementation(logits) == "triton" and not target.requires_grad:
         from ..ops import triton_softmax
 
@@ -513,15 +542,30 @@ def softmax_overlap_from_dense(logits: Tensor, target: Tensor) -> Overlap:
     return overlap_from_dense(softmax_f32(logits), target)
 
 
-def overlap_from_dense(probs: Tensor, target: Tensor, valid: Optional[Tensor] = None) -> Overlap:
-    """Statistics from probabilities and a dense target of the same shape ``(N, C, *S)``.
+def overlap_from_dense(
+    probs: Tensor,
+    target: Tensor,
+    valid: Optional[Tensor] = None,
+    *,
+    squared: bool = False,
+    soft_label: bool = False,
+) -> Overlap:
+    """Statistics from probabilities and a dense target of the same shape ``(N, C, *S)``, in the plain,
+    ``squared`` or ``soft_label`` form (module docstring; ``squared`` makes ``soft_label`` moot: both give
+    ``TP = Σ p y``).
 
     ``valid`` (same shape, or None) masks elements out; the target must already be 0 there.
     """
-    n, c = probs.shape[:2]
     flat_p = probs.flatten(2)
     flat_y = target.flatten(2).to(flat_p.dtype)
     if valid is not None:  # where, not a product: a NaN at an ignored element must not reach the sums
         flat_p = torch.where(valid.flatten(2), flat_p, 0.0)
-    tp = (flat_p * flat_y).sum(-1)
-    return Overlap(tp, flat_p.sum(-1) - tp, flat_y.sum(-1) - tp)
+    if squared:
+        tp = (flat_p * flat_y).sum(-1)
+        return Overlap(tp, (flat_p * flat_p).sum(-1) - tp, (flat_y * flat_y).sum(-1) - tp)
+    prob_sum, target_sum = flat_p.sum(-1), flat_y.sum(-1)
+    if soft_label:
+        tp = (prob_sum + target_sum - (flat_p - flat_y).abs().sum(-1)) / 2
+    else:
+        tp = (flat_p * flat_y).sum(-1)
+    return Overlap(tp, prob_sum - tp, target_sum - tp)

@@ -18,6 +18,7 @@ class mean, absent ones included (with the loss above), so that the loss is cont
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -83,16 +84,38 @@ def tversky_score(s: Overlap, smooth: float, alpha: float, beta: float) -> Tenso
     return _ratio(s.tp + smooth, s.tp + alpha * s.fp + beta * s.fn + smooth, smooth)
 
 
-def _overlap(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Overlap:
-    """Statistics ``(N, C)`` from logits: softmax over classes, or sigmoid per channel for ``binary``."""
+def score_loss(score: Tensor, log_loss: bool) -> Tensor:
+    """``1 - score``, or ``-log(score)`` with ``log_loss`` (smp's option; with ``s > 0`` every score is
+    positive, and one that rounds to 0 counts as the dtype's smallest normal number, a finite loss)."""
+    if not log_loss:
+        return 1 - score
+    return -score.clamp_min(torch.finfo(score.dtype).tiny).log()
+
+
+def _overlap(
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: Optional[int],
+    binary: bool,
+    *,
+    squared: bool = False,
+    soft_label: bool = False,
+) -> Overlap:
+    """Statistics ``(N, C)`` from logits: softmax over classes, or sigmoid per channel for ``binary``; in
+    the plain, ``squared`` or ``soft_label`` form (:mod:`seglosses._core.stats`)."""
     if binary:  # the target as given: the statistics convert it a part at a time
         checks = input_checks_enabled()  # read once: the checks below and the shortcut rely on one answer
         valid = check_binary_target(logits, target, ignore_index, checks=checks)  # checked: no NaN, no +inf
-        return sigmoid_overlap_from_dense(logits, target, valid, finite=checks)
-    soft = softmax_target(logits, target, ignore_index, kernel_checks=True)
-    if isinstance(soft, IndexTarget):
-        return softmax_overlap_from_index(logits, soft.labels, soft.valid, soft.ignore_index, soft)
-    return softmax_overlap_from_dense(logits, soft.dense)
+        return sigmoid_overlap_from_dense(
+            logits, target, valid, finite=checks, squared=squared, soft_label=soft_label
+        )
+    # the Triton kernel of the plain form may count the data checks; the other forms do not call it
+    soft = softmax_target(logits, target, ignore_index, kernel_checks=not squared)
+    if isinstance(soft, IndexTarget):  # a hard target: soft_label is the plain form
+        return softmax_overlap_from_index(
+            logits, soft.labels, soft.valid, soft.ignore_index, soft, squared=squared
+        )
+    return softmax_overlap_from_dense(logits, soft.dense, squared=squared, soft_label=soft_label)
 
 
 Stats = Union[Overlap, Confusion]  # Confusion adds the true negatives (MCC)
@@ -108,16 +131,22 @@ def region_loss(
     per_class: PerClass,
     class_options: Tuple[str, ...] = (),
     weight_in_reduction: bool = True,
-    statistics: Statistics = _overlap,
+    statistics: Optional[Statistics] = None,
 ) -> Tensor:
     """Prepare -> statistics -> per-class loss -> reduce, shared by every region loss.
 
     ``per_class(stats, tensors)`` gets the statistics and the per-class options named in
     ``class_options`` (and ``weight``), already checked against C and cut to the kept classes.
     ``statistics(logits, target, ignore_index, binary)`` gives the ``(N, C)`` overlap (default: of the
-    probabilities; the boundary-IoU loss passes that of their boundary bands).
+    probabilities, in the form ``opts.squared`` / ``opts.soft_label`` ask for; the boundary-IoU loss
+    passes that of their boundary bands).
     """
-    stats = statistics(logits, target, opts.ignore_index, binary)
+    if statistics is None:
+        stats: Stats = _overlap(
+            logits, target, opts.ignore_index, binary, squared=opts.squared, soft_label=opts.soft_label
+        )
+    else:
+        stats = statistics(logits, target, opts.ignore_index, binary)
     names = ("weight", *class_options)
     tensors = {name: class_tensor(getattr(opts, name), stats.tp, name) for name in names}
     if not binary and not opts.include_background:
@@ -143,13 +172,24 @@ class RegionOptions(Options):
     reduction: str
     sync: bool = False
     process_group: Optional[ProcessGroup] = None
+    soft_label: bool = False  # the statistics' forms and -log(score): only the losses that take them
+    squared: bool = False
+    log_loss: bool = False
 
     def checked(self) -> Dict[str, Any]:
         if check_bool("sync", self.sync) and not self.batch:
             raise expected(
                 "batch=True with sync=True (only pooled statistics are summed over processes)", True
             )
+        if check_bool("log_loss", self.log_loss) and self.smooth == 0:
+            raise expected(
+                "smooth > 0 with log_loss=True (-log(score) is infinite where a score is 0; the default "
+                "smooth=1e-5 keeps every score positive)",
+                self.smooth,
+            )
         return {
+            "soft_label": check_bool("soft_label", self.soft_label),
+            "squared": check_bool("squared", self.squared),
             "include_background": check_bool("include_background", self.include_background),
             "batch": check_bool("batch", self.batch),
             "process_group": check_process_group(self.process_group),
@@ -194,7 +234,7 @@ _SHARED_DOC = """
         logits: ``(N, C, *S)``, one to three spatial dims.
         target: {target}{background}
         batch: pool TP / FP / FN over the batch: one loss per class.
-        smooth: ``s >= 0`` added to numerator and denominator.
+        smooth: ``s >= 0`` added to numerator and denominator.{forms}
         weight: per-class weights ``(C,)`` of the class mean.
         ignore_index: target value whose pixels count nowhere.
         sync: with ``batch=True``, sum TP / FP / FN over the processes of ``process_group`` (default:
@@ -205,22 +245,34 @@ _SHARED_DOC = """
             ``sum`` -> its sum; ``mean`` -> its sum over ``N · Σ_c w_c`` (``N · C`` without weights),
             the (weighted) class mean averaged over samples.
 """
+_FORMS_DOC = """
+        soft_label: ``TP = (Σ p + Σ y - Σ |p - y|) / 2``, ``FP = Σ p - TP``, ``FN = Σ y - TP``: for a soft
+            target the loss is then smallest at ``p = y`` (Wang & Blaschko 2023; MONAI's ``soft_label``,
+            smp's form); the same numbers for a hard target.
+        squared: the V-Net denominator (Milletari et al. 2016): ``FP = Σ p² - TP``, ``FN = Σ y² - TP``, so
+            Dice is ``(2 TP + s) / (Σ p² + Σ y² + s)`` (MONAI's ``squared_pred``); ``soft_label`` is moot.
+        log_loss: ``-log(score)`` instead of ``1 - score`` per class (smp's ``log_loss``); needs ``s > 0``.
+            These three forms compute in plain torch, not the fused kernels of the default form."""
 _SOFTMAX_TARGET = "class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``; ``p = softmax(z)``."
 _BINARY_TARGET = "the logits' shape; bool, integer or float in ``[0, 1]``; ``p = sigmoid(z)`` per channel."
 
 
 def _document(function: Callable[..., Tensor], binary: bool) -> Callable[..., Tensor]:
     background = "" if binary else "\n        include_background: keep class 0."
+    forms = _FORMS_DOC if "log_loss" in inspect.signature(function).parameters else ""
+    target = _BINARY_TARGET if binary else _SOFTMAX_TARGET
     function.__doc__ = (
         (function.__doc__ or "").rstrip()
         + "\n"
-        + _SHARED_DOC.format(target=_BINARY_TARGET if binary else _SOFTMAX_TARGET, background=background)
+        + _SHARED_DOC.format(target=target, background=background, forms=forms)
     )
     return function
 
 
 def _dice(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) -> Tensor:
-    return region_loss(logits, target, opts, binary, lambda s, _: 1 - dice_score(s, opts.smooth))
+    return region_loss(
+        logits, target, opts, binary, lambda s, _: score_loss(dice_score(s, opts.smooth), opts.log_loss)
+    )
 
 
 def dice_loss(
@@ -230,6 +282,9 @@ def dice_loss(
     include_background: bool = True,
     batch: bool = False,
     smooth: float = 1e-5,
+    soft_label: bool = False,
+    squared: bool = False,
+    log_loss: bool = False,
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
@@ -242,8 +297,9 @@ def dice_loss(
     With ``I = Σ y p``, ``U = Σ y + Σ p`` (one class), ``∂L/∂p_i = -(2 y_i (U + s) - (2 I + s)) / (U + s)^2``.
     """
     opts = RegionOptions(
-        include_background=include_background, batch=batch, smooth=smooth, weight=weight,
-        ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
+        include_background=include_background, batch=batch, smooth=smooth, soft_label=soft_label,
+        squared=squared, log_loss=log_loss, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        sync=sync, process_group=process_group,
     )  # fmt: skip
     return _dice(logits, target, opts, binary=False)
 
@@ -254,6 +310,9 @@ def binary_dice_loss(
     *,
     batch: bool = False,
     smooth: float = 1e-5,
+    soft_label: bool = False,
+    squared: bool = False,
+    log_loss: bool = False,
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
@@ -262,8 +321,9 @@ def binary_dice_loss(
 ) -> Tensor:
     r"""Soft Dice loss per sigmoid channel, ``1 - (2 TP + s) / (2 TP + FP + FN + s)``, channel mean."""
     opts = RegionOptions(
-        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
-        sync=sync, process_group=process_group,
+        batch=batch, smooth=smooth, soft_label=soft_label, squared=squared, log_loss=log_loss,
+        weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync,
+        process_group=process_group,
     )  # fmt: skip
     return _dice(logits, target, opts, binary=True)
 
@@ -272,7 +332,9 @@ def binary_dice_loss(
 
 
 def _jaccard(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) -> Tensor:
-    return region_loss(logits, target, opts, binary, lambda s, _: 1 - jaccard_score(s, opts.smooth))
+    return region_loss(
+        logits, target, opts, binary, lambda s, _: score_loss(jaccard_score(s, opts.smooth), opts.log_loss)
+    )
 
 
 def jaccard_loss(
@@ -282,6 +344,9 @@ def jaccard_loss(
     include_background: bool = True,
     batch: bool = False,
     smooth: float = 1e-5,
+    soft_label: bool = False,
+    squared: bool = False,
+    log_loss: bool = False,
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
@@ -293,8 +358,9 @@ def jaccard_loss(
     For ``s = 0``, ``Dice = 2 IoU / (1 + IoU)`` class by class.
     """
     opts = RegionOptions(
-        include_background=include_background, batch=batch, smooth=smooth, weight=weight,
-        ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
+        include_background=include_background, batch=batch, smooth=smooth, soft_label=soft_label,
+        squared=squared, log_loss=log_loss, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        sync=sync, process_group=process_group,
     )  # fmt: skip
     return _jaccard(logits, target, opts, binary=False)
 
@@ -305,6 +371,9 @@ def binary_jaccard_loss(
     *,
     batch: bool = False,
     smooth: float = 1e-5,
+    soft_label: bool = False,
+    squared: bool = False,
+    log_loss: bool = False,
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
@@ -313,8 +382,9 @@ def binary_jaccard_loss(
 ) -> Tensor:
     r"""Soft Jaccard (IoU) loss per sigmoid channel, ``1 - (TP + s) / (TP + FP + FN + s)``."""
     opts = RegionOptions(
-        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
-        sync=sync, process_group=process_group,
+        batch=batch, smooth=smooth, soft_label=soft_label, squared=squared, log_loss=log_loss,
+        weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync,
+        process_group=process_group,
     )  # fmt: skip
     return _jaccard(logits, target, opts, binary=True)
 
@@ -324,7 +394,7 @@ def binary_jaccard_loss(
 
 def _tversky(logits: Tensor, target: Tensor, opts: TverskyOptions, binary: bool) -> Tensor:
     def per_class(s: Overlap, _: Dict[str, Optional[Tensor]]) -> Tensor:
-        return 1 - tversky_score(s, opts.smooth, opts.alpha, opts.beta)
+        return score_loss(tversky_score(s, opts.smooth, opts.alpha, opts.beta), opts.log_loss)
 
     return region_loss(logits, target, opts, binary, per_class)
 
@@ -338,6 +408,9 @@ def tversky_loss(
     include_background: bool = True,
     batch: bool = False,
     smooth: float = 1e-5,
+    soft_label: bool = False,
+    squared: bool = False,
+    log_loss: bool = False,
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
@@ -352,7 +425,8 @@ def tversky_loss(
     """
     opts = TverskyOptions(
         alpha=alpha, beta=beta, include_background=include_background, batch=batch, smooth=smooth,
-        weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
+        soft_label=soft_label, squared=squared, log_loss=log_loss, weight=weight, ignore_index=ignore_index,
+        reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
     return _tversky(logits, target, opts, binary=False)
 
@@ -365,6 +439,9 @@ def binary_tversky_loss(
     beta: float = 0.7,
     batch: bool = False,
     smooth: float = 1e-5,
+    soft_label: bool = False,
+    squared: bool = False,
+    log_loss: bool = False,
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
@@ -373,8 +450,9 @@ def binary_tversky_loss(
 ) -> Tensor:
     r"""Tversky loss per sigmoid channel, ``1 - (TP + s) / (TP + α FP + β FN + s)`` (α on FP, β on FN)."""
     opts = TverskyOptions(
-        alpha=alpha, beta=beta, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index,
-        reduction=reduction, sync=sync, process_group=process_group,
+        alpha=alpha, beta=beta, batch=batch, smooth=smooth, soft_label=soft_label, squared=squared,
+        log_loss=log_loss, weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync,
+        process_group=process_group,
     )  # fmt: skip
     return _tversky(logits, target, opts, binary=True)
 
@@ -387,7 +465,8 @@ def _focal_tversky(logits: Tensor, target: Tensor, opts: FocalTverskyOptions, bi
         index = tversky_score(s, opts.smooth, opts.alpha, opts.beta)
         gamma = tensors["gamma"]
         assert gamma is not None  # a required option, checked by FocalTverskyOptions
-        return safe_pow((1 - index).clamp_min(0), gamma)  # rounding can push TI a hair past 1
+        loss = score_loss(index, opts.log_loss).clamp_min(0)  # rounding can push TI a hair past 1
+        return safe_pow(loss, gamma)
 
     return region_loss(logits, target, opts, binary, per_class, class_options=("gamma",))
 
@@ -402,6 +481,9 @@ def focal_tversky_loss(
     include_background: bool = True,
     batch: bool = False,
     smooth: float = 1e-5,
+    soft_label: bool = False,
+    squared: bool = False,
+    log_loss: bool = False,
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
@@ -417,8 +499,8 @@ def focal_tversky_loss(
     """
     opts = FocalTverskyOptions(
         alpha=alpha, beta=beta, gamma=gamma, include_background=include_background, batch=batch,
-        smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync,
-        process_group=process_group,
+        smooth=smooth, soft_label=soft_label, squared=squared, log_loss=log_loss, weight=weight,
+        ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
     return _focal_tversky(logits, target, opts, binary=False)
 
@@ -432,6 +514,9 @@ def binary_focal_tversky_loss(
     gamma: Union[float, ClassValues] = 0.75,
     batch: bool = False,
     smooth: float = 1e-5,
+    soft_label: bool = False,
+    squared: bool = False,
+    log_loss: bool = False,
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
@@ -440,8 +525,9 @@ def binary_focal_tversky_loss(
 ) -> Tensor:
     r"""Focal Tversky loss ``(1 - TI_c)^γ`` per sigmoid channel (see :func:`focal_tversky_loss`)."""
     opts = FocalTverskyOptions(
-        alpha=alpha, beta=beta, gamma=gamma, batch=batch, smooth=smooth, weight=weight,
-        ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
+        alpha=alpha, beta=beta, gamma=gamma, batch=batch, smooth=smooth, soft_label=soft_label,
+        squared=squared, log_loss=log_loss, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        sync=sync, process_group=process_group,
     )  # fmt: skip
     return _focal_tversky(logits, target, opts, binary=True)
 
@@ -466,7 +552,14 @@ def _gdl_terms(s: Overlap, weight: Optional[Tensor], smooth: float) -> Tensor:
 
 def _generalized_dice(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) -> Tensor:
     def per_class(s: Overlap, tensors: Dict[str, Optional[Tensor]]) -> Tensor:
-        return _gdl_terms(s, tensors["weight"], opts.smooth)
+        terms = _gdl_terms(s, tensors["weight"], opts.smooth)
+        if not opts.log_loss:
+            return terms
+        # -log(score) = -log(1 - L): the class terms scaled by -log(1 - L) / L (1 at L = 0); L that
+        # rounds to 1 (a score below the dtype's eps) counts as 1 - eps
+        loss = terms.mean(-1, keepdim=True)
+        below_one = loss.clamp_max(1 - torch.finfo(loss.dtype).eps)
+        return terms * safe_divide(-torch.log1p(-below_one), loss, 1.0)
 
     return region_loss(logits, target, opts, binary, per_class, weight_in_reduction=False)
 
@@ -478,6 +571,9 @@ def generalized_dice_loss(
     include_background: bool = True,
     batch: bool = False,
     smooth: float = 1e-5,
+    soft_label: bool = False,
+    squared: bool = False,
+    log_loss: bool = False,
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
@@ -495,11 +591,13 @@ def generalized_dice_loss(
 
     The loss is one ratio across classes. Its unreduced form ``(N, C)`` splits it into class terms
     ``C · w_c (FP_c + FN_c) / (Σ_k w_k (2 TP_k + FP_k + FN_k) + s)`` whose class mean is the sample's loss,
-    so ``mean`` gives the mean over samples of the loss above, as for every region loss.
+    so ``mean`` gives the mean over samples of the loss above, as for every region loss. With
+    ``log_loss`` the sample's loss is ``-log(1 - L)`` and its class terms are scaled by ``-log(1 - L) / L``.
     """
     opts = RegionOptions(
-        include_background=include_background, batch=batch, smooth=smooth, weight=weight,
-        ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
+        include_background=include_background, batch=batch, smooth=smooth, soft_label=soft_label,
+        squared=squared, log_loss=log_loss, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        sync=sync, process_group=process_group,
     )  # fmt: skip
     return _generalized_dice(logits, target, opts, binary=False)
 
@@ -510,6 +608,9 @@ def binary_generalized_dice_loss(
     *,
     batch: bool = False,
     smooth: float = 1e-5,
+    soft_label: bool = False,
+    squared: bool = False,
+    log_loss: bool = False,
     weight: Optional[ClassValues] = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
@@ -518,8 +619,9 @@ def binary_generalized_dice_loss(
 ) -> Tensor:
     r"""Generalised Dice loss over sigmoid channels (see :func:`generalized_dice_loss`)."""
     opts = RegionOptions(
-        batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
-        sync=sync, process_group=process_group,
+        batch=batch, smooth=smooth, soft_label=soft_label, squared=squared, log_loss=log_loss,
+        weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync,
+        process_group=process_group,
     )  # fmt: skip
     return _generalized_dice(logits, target, opts, binary=True)
 
