@@ -36,6 +36,9 @@ class LossModule(nn.Module):
     function: ClassVar[Callable[..., Tensor]]
     options_type: ClassVar[Type[Options]]
     implementation: ClassVar[Callable[..., Tensor]]
+    #: the keyword inputs this loss takes as a term of a compound, besides ``(logits, target)``: name ->
+    #: whether it is required (the embedding losses' ``embeddings``, the surface losses' ``dist_maps``)
+    term_inputs: ClassVar[Dict[str, bool]] = {}
 
     def __init__(self, **options: Any) -> None:
         super().__init__()
@@ -85,6 +88,11 @@ class LossModule(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return type(self).implementation(logits, target, self.checked_options)
+
+    def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
+        """The loss as a term of a :class:`~seglosses.CompoundLoss`: ``inputs`` holds the compound's keyword
+        inputs that :attr:`term_inputs` names (every required one is there)."""
+        return self(logits, target)
 
     def extra_repr(self) -> str:
         return ", ".join(

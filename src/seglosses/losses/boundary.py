@@ -572,10 +572,16 @@ def binary_active_contour_loss(
 
 
 class _WithMaps(LossModule):
-    """A surface-loss module: ``forward(logits, target, dist_maps=None)``."""
+    """A surface-loss module: ``forward(logits, target, dist_maps=None)``; in a compound,
+    ``criterion(logits, target, dist_maps=maps)``."""
+
+    term_inputs = {"dist_maps": False}
 
     def forward(self, logits: Tensor, target: Tensor, dist_maps: Optional[Tensor] = None) -> Tensor:
         return type(self).implementation(logits, target, dist_maps, self.checked_options)
+
+    def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
+        return self(logits, target, inputs.get("dist_maps"))
 
 
 BoundaryLoss, BinaryBoundaryLoss = module_pair(

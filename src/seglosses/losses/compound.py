@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,7 @@ from .._core.errors import SegLossError, expected, show
 from .._core.options import check_number
 from .._core.registry import Weight, build, get_entry, parse_spec
 from ..schedules import Schedule, ScheduleLike, as_schedule, check_step
-from .base import ScheduledLossModule, load_step, save_step
+from .base import LossModule, ScheduledLossModule, load_step, save_step
 from .deep_supervision import DeepSupervision
 
 
@@ -25,6 +25,14 @@ class CompoundLoss(nn.Module):
     ``CompoundLoss([(alpha, "dice", DiceLoss()), (1 - alpha, "boundary", BoundaryLoss())])``.
     :meth:`set_step` also sets the step of every term with schedules of its own (``ce`` with
     ``weight_schedule``), and the step is part of :meth:`state_dict` when anything is scheduled.
+
+    **Inputs beyond (logits, target).** A term that takes more than the logits and the target names its
+    inputs (``term_inputs``), and the compound passes each term its own:
+    ``create_loss("ce + 0.1*info_nce")(logits, labels, embeddings=e)`` gives the embedding loss ``e``
+    (and the logits, when its sampler reads them), ``create_loss("dice + 0.5*boundary")(logits, target,
+    dist_maps=maps)`` gives the surface loss its precomputed distance maps. A missing required input
+    raises, naming the term; an input no term takes raises too. A compound of embedding losses alone
+    is called as each of them is, ``(embeddings, labels)``.
 
     After each forward, for logging: :attr:`last_terms` maps each term's label (its text in the spec) to its
     detached unweighted value, :attr:`last_weights` to the weight it was given, :attr:`last_total` is the
@@ -42,6 +50,8 @@ class CompoundLoss(nn.Module):
         for label, module in zip(self.labels, self.losses):
             if getattr(module, "reduction", "mean") == "none":
                 raise SegLossError(f"expected term {label!r} to reduce to a scalar, got reduction='none'")
+        # embedding losses alone take (embeddings, labels) positionally, as each of them does
+        self._embeddings_only = all(_inputs_of(m).get("embeddings", False) for m in self.losses)
         self._step = 0.0
         self.last_terms: Dict[str, Tensor] = {}
         self.last_weights: Dict[str, float] = {}
@@ -65,9 +75,28 @@ class CompoundLoss(nn.Module):
         """Each term's weight at the current step."""
         return [w(self._step) if isinstance(w, Schedule) else w for w in self.weights]
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    @property
+    def term_inputs(self) -> Dict[str, bool]:
+        """The keyword inputs the terms take: name -> whether some term requires it."""
+        if self._embeddings_only:
+            return {}
+        inputs: Dict[str, bool] = {}
+        for loss in self.losses:
+            for name, required in _inputs_of(loss).items():
+                inputs[name] = inputs.get(name, False) or required
+        return inputs
+
+    def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
+        return self(logits, target, **inputs)
+
+    def forward(self, logits: Tensor, target: Tensor, **inputs: Tensor) -> Tensor:
+        """``Σ_k w_k L_k``; ``inputs`` are the keyword inputs of the terms that take more than
+        ``(logits, target)`` (the class docstring)."""
+        self._check_inputs(inputs)
         weights = self.current_weights()
-        values = [loss(logits, target) for loss in self.losses]
+        values = [
+            self._term(label, loss, logits, target, inputs) for label, loss in zip(self.labels, self.losses)
+        ]
         total = values[0] * weights[0]
         for weight, value in zip(weights[1:], values[1:]):
             total = total + weight * value
@@ -75,6 +104,32 @@ class CompoundLoss(nn.Module):
         self.last_weights = dict(zip(self.labels, weights))
         self.last_total = total.detach()
         return total
+
+    def _check_inputs(self, inputs: Dict[str, Tensor]) -> None:
+        taken = self.term_inputs
+        for name in inputs:
+            if name not in taken:
+                takes = ", ".join(f"{n}=" for n in taken) or "no keyword input"
+                raise SegLossError(
+                    f"expected only the keyword inputs this loss's terms take ({takes}), got {name}=: "
+                    f"no term of {self.extra_repr()!r} takes it"
+                )
+
+    def _term(
+        self, label: str, loss: nn.Module, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]
+    ) -> Tensor:
+        """One term's value, given the inputs it takes (a plain module: ``loss(logits, target)``)."""
+        wanted = _inputs_of(loss)
+        if self._embeddings_only or not wanted:
+            return loss(logits, target)
+        for name, required in wanted.items():
+            if required and name not in inputs:
+                raise SegLossError(
+                    f"expected {name}= for term {label!r} ({type(loss).__name__} takes {name}), got none: "
+                    f"call the loss as criterion(logits, target, {name}=...)"
+                )
+        given = {name: inputs[name] for name in wanted if name in inputs}
+        return cast(LossModule, loss).forward_term(logits, target, given)
 
     def logs(self) -> Dict[str, float]:
         """The last forward as floats (one host sync): ``loss`` (the total), ``loss/<label>`` (each term's
@@ -116,6 +171,11 @@ def _weight(weight: Union[Weight, ScheduleLike]) -> Weight:
             got += " that requires grad (pass a number: the weights are not differentiated)"
         raise expected("each term's weight to be a finite real number or a schedule", got)
     return check_number("each term's weight", weight)
+
+
+def _inputs_of(loss: nn.Module) -> Dict[str, bool]:
+    """The keyword inputs a term takes besides ``(logits, target)`` (none for a plain module)."""
+    return dict(getattr(loss, "term_inputs", {}))
 
 
 def _text(weight: Weight) -> str:
@@ -193,8 +253,19 @@ def loss_domain(spec: str) -> str:
     if inner is not None:
         return loss_domain(inner)
     domains = {get_entry(name).domain for _, name, _, _ in parse_spec(spec)}
+    if domains == {"embedding"}:
+        return "embedding"
+    domains.discard("embedding")  # an embedding term takes the index target as its labels: softmax only
     if len(domains) > 1:
         raise SegLossError(f"expected losses of one input domain in {spec!r}, got {sorted(domains)}")
+    if domains == {"binary"} and any(
+        get_entry(name).domain == "embedding" for _, name, _, _ in parse_spec(spec)
+    ):
+        raise SegLossError(
+            f"expected embedding losses beside softmax losses only in {spec!r}, got binary ones: an "
+            "embedding loss takes labels (N, *S), a binary loss a target of the logits' shape; use the "
+            "softmax forms"
+        )
     return domains.pop()
 
 

@@ -1048,7 +1048,26 @@ def _center_value(sample: _Sample, centers: Tensor, reduction: str) -> Tensor:
     return _check_overflow(loss, "center_loss", x) if sample.checks else loss
 
 
-class CenterLoss(LossModule, Accumulator):
+class _EmbeddingModule(LossModule):
+    """An embedding-loss module: ``forward(embeddings, labels, *, logits=None)``. As a term of a compound
+    with pixel losses, ``criterion(logits, labels, embeddings=e)`` calls it as ``loss(e, labels,
+    logits=logits)``, the logits only for a sampler that reads them (``hard`` / ``mix``: the misclassified
+    pixels first)."""
+
+    term_inputs = {"embeddings": True}
+
+    # (embeddings, labels) where other losses take (logits, target); logits= feeds the sampler
+    def forward(  # type: ignore[override]
+        self, embeddings: Tensor, labels: Tensor, *, logits: Optional[Tensor] = None
+    ) -> Tensor:
+        return type(self).implementation(embeddings, labels, logits, self.checked_options)
+
+    def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
+        reads_logits = cast(EmbeddingOptions, self.checked_options).strategy != "random"
+        return self(inputs["embeddings"], target, logits=logits if reads_logits else None)
+
+
+class CenterLoss(_EmbeddingModule, Accumulator):
     r"""Center loss with its centers ``(num_classes, dim)``, the tensor named ``centers``.
 
     The loss is :func:`center_loss` computed with the centers *before* this step's update (Wen et al.
@@ -1150,16 +1169,6 @@ def _primal(tensor: Tensor) -> Tensor:
 
 
 # --- modules and registry ----------------------------------------------------------------------------
-
-
-class _EmbeddingModule(LossModule):
-    """An embedding-loss module: ``forward(embeddings, labels, *, logits=None)``."""
-
-    # (embeddings, labels) where other losses take (logits, target); logits= feeds the sampler
-    def forward(  # type: ignore[override]
-        self, embeddings: Tensor, labels: Tensor, *, logits: Optional[Tensor] = None
-    ) -> Tensor:
-        return type(self).implementation(embeddings, labels, logits, self.checked_options)
 
 
 _Module = _EmbeddingModule
