@@ -25,10 +25,12 @@ from .losses.boundary import (
     BinaryBoundaryIoULoss,
     BinaryBoundaryLoss,
     BinaryHausdorffDTLoss,
+    BoundaryBandTransform,
     BoundaryIoULoss,
     BoundaryLoss,
     DistanceMapTransform,
     HausdorffDTLoss,
+    target_boundary_bands,
     target_distance_maps,
 )
 from .losses.compound import CompoundLoss, create_loss
@@ -80,6 +82,7 @@ __all__ = [
     "BinaryBoundaryIoULoss",
     "BinaryBoundaryLoss",
     "BinaryHausdorffDTLoss",
+    "BoundaryBandTransform",
     "BoundaryIoULoss",
     "BoundaryLoss",
     "DistanceMapTransform",
@@ -126,6 +129,7 @@ __all__ = [
     "set_backend",
     "set_input_checks",
     "signed_distance_map",
+    "target_boundary_bands",
     "target_distance_maps",
     *_functional_all,
 ]

@@ -63,6 +63,16 @@ def _prepare(
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Probabilities and dense target ``(N, C, *S)`` in the compute dtype, both 0 at ignored pixels
     (background for every class), and the valid mask broadcastable to them, or None."""
+    probs, masks, valid = _probabilities(logits, target, ignore_index, binary, masks=True)
+    assert masks is not None
+    return probs, masks, valid
+
+
+def _probabilities(
+    logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool, masks: bool
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """:func:`_prepare`; with ``masks=False`` no dense form of an index target is made (None)."""
+    dense: Optional[Tensor]
     if binary:
         prepared = binary_target(logits, target, ignore_index)  # its dense target is 0 at ignored pixels
         probs, dense, valid = sigmoid_f32(logits), prepared.dense, prepared.valid
@@ -71,7 +81,7 @@ def _prepare(
         probs = softmax_f32(logits)
         if isinstance(soft, DenseTarget):
             return probs, soft.dense.to(probs.dtype), None
-        dense = _target_masks(soft, logits.shape[1], 0).to(probs.dtype)  # ignored: background
+        dense = _target_masks(soft, logits.shape[1], 0).to(probs.dtype) if masks else None  # ignored: 0
         valid = None if soft.valid is None else soft.valid.unsqueeze(1)
     if valid is None:
         return probs, dense, None
@@ -177,21 +187,22 @@ class BoundaryOptions(ClassOptions):
         return {**super().checked(), "spacing": check_spacing(self.spacing)}
 
 
-def _check_maps(dist_maps: Tensor, logits: Tensor) -> Tensor:
-    """Shape, dtype and device of precomputed maps; with the input checks on, also finite values (a NaN
-    or ±inf distance is no distance; with the checks off it makes the loss non-finite, never finite).
-    The maps keep their graph: a map that requires grad gets ``∂L/∂φ = p`` (SPEC section 6)."""
+def _check_maps(dist_maps: Tensor, logits: Tensor, name: str = "dist_maps") -> Tensor:
+    """Shape, dtype and device of precomputed maps (``name``: the argument, for the messages); with the
+    input checks on, also finite values (a NaN or ±inf distance is no distance; with the checks off it
+    makes the loss non-finite, never finite). The maps keep their graph: a map that requires grad gets
+    ``∂L/∂φ = p`` (SPEC section 6)."""
     if not isinstance(dist_maps, Tensor) or not dist_maps.is_floating_point():
-        raise expected("dist_maps as a floating-point tensor", getattr(dist_maps, "dtype", type(dist_maps)))
+        raise expected(f"{name} as a floating-point tensor", getattr(dist_maps, "dtype", type(dist_maps)))
     if dist_maps.shape != logits.shape:
         shape = tuple(dist_maps.shape)
-        raise expected(f"dist_maps of the logits' shape {tuple(logits.shape)}", f"shape {shape}")
+        raise expected(f"{name} of the logits' shape {tuple(logits.shape)}", f"shape {shape}")
     if dist_maps.device != logits.device:
-        raise expected(f"dist_maps on the logits' device {logits.device}", f"device {dist_maps.device}")
+        raise expected(f"{name} on the logits' device {logits.device}", f"device {dist_maps.device}")
     if input_checks_enabled() and dist_maps.numel() and not bool(torch.isfinite(dist_maps).all()):
         nan, inf = int(torch.isnan(dist_maps).sum()), int(torch.isinf(dist_maps).sum())
         parts = [f"{nan} NaN"] * bool(nan) + [f"{inf} ±inf"] * bool(inf)
-        raise expected("finite dist_maps", " and ".join(parts))
+        raise expected(f"finite {name}", " and ".join(parts))
     return dist_maps
 
 
@@ -375,20 +386,89 @@ class BoundaryIoUOptions(RegionOptions):
         return {**super().checked(), "dilation_ratio": ratio}
 
 
-def _band_statistics(ratio: float) -> Statistics:
+def target_boundary_bands(
+    target: Tensor,
+    num_classes: Optional[int] = None,
+    *,
+    dilation_ratio: float = 0.02,
+    ignore_index: Optional[int] = None,
+) -> Tensor:
+    """The target's boundary bands ``B(y) = y - erode(y)`` ``(N, C, *S)``, as :func:`boundary_iou_loss`
+    computes them on the fly: what the loss needs of the target alone.
+
+    ``target``: class indices ``(N, *S)`` with ``num_classes`` (ignored pixels background for every
+    class), or a dense target ``(N, C, *S)`` without it (one-hot or soft for the softmax loss, the
+    binary loss's target; an integer one may hold ``ignore_index``). The band width comes from the
+    spatial shape, so compute the bands of the patch the loss sees (crop the target first). Float64 for
+    a float64 target, else float32 (a hard target's bands are 0 / 1, exact in either). Pass the result as
+    ``bands``: the loss then computes only the prediction's band.
+    """
+    ratio = check_number("dilation_ratio", dilation_ratio, low=0.0)
+    ignore_index = check_ignore_index(ignore_index)
+    if not isinstance(target, Tensor):
+        raise expected("target as a tensor", type(target).__name__)
+    dtype = torch.float64 if target.dtype == torch.float64 else torch.float32
+    if num_classes is not None:
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise expected("an integer index target (N, *S) with num_classes", target.dtype)
+        valid = None if ignore_index is None else target != ignore_index
+        masks = _target_masks(IndexTarget(target, valid), check_int("num_classes", num_classes), 0).to(dtype)
+    else:
+        if target.ndim < 3:
+            raise expected(
+                "a dense target (N, C, *S) (or class indices with num_classes)", tuple(target.shape)
+            )
+        masks = target.to(dtype)
+        if ignore_index is not None and not (target.is_floating_point() or target.dtype == torch.bool):
+            masks = masks.masked_fill(target == ignore_index, 0.0)
+    return boundary_band(masks, band_width(ratio, masks.shape[2:]))
+
+
+class BoundaryBandTransform:
+    """Dataset transform: a label map ``(*S)`` -> its boundary bands ``(C, *S)`` for
+    :func:`boundary_iou_loss` (:func:`target_boundary_bands` of one sample; the band width comes from
+    ``(*S)``, so apply it to the patch the loss sees).
+
+    Example:
+        >>> transform = BoundaryBandTransform(num_classes=2, dilation_ratio=0.0)
+        >>> transform(torch.tensor([[0, 1, 1, 1, 0]]))[1]
+        tensor([[0., 1., 0., 1., 0.]])
+    """
+
+    def __init__(self, num_classes: int, *, dilation_ratio: float = 0.02, ignore_index: Optional[int] = None):
+        self.num_classes = check_int("num_classes", num_classes)
+        self.dilation_ratio = check_number("dilation_ratio", dilation_ratio, low=0.0)
+        self.ignore_index = check_ignore_index(ignore_index)
+
+    def __call__(self, labels: Tensor) -> Tensor:
+        bands = target_boundary_bands(
+            labels.unsqueeze(0), self.num_classes, dilation_ratio=self.dilation_ratio,
+            ignore_index=self.ignore_index,
+        )  # fmt: skip
+        return bands[0]
+
+
+def _band_statistics(ratio: float, bands: Optional[Tensor]) -> Statistics:
     def statistics(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Overlap:
         """Overlap of the soft bands: ``I = Σ B(p) B(y)``, ``FP = Σ B(p) - I``, ``FN = Σ B(y) - I``."""
-        probs, dense, _ = _prepare(logits, target, ignore_index, binary)
+        probs, dense, _ = _probabilities(logits, target, ignore_index, binary, masks=bands is None)
         width = band_width(ratio, logits.shape[2:])
-        band_p, band_y = boundary_band(probs, width), boundary_band(dense, width)
+        if bands is None:
+            assert dense is not None
+            band_y = boundary_band(dense, width)
+        else:
+            band_y = _check_maps(bands, logits, "bands").to(probs.dtype)
+        band_p = boundary_band(probs, width)
         intersection = _spatial_sum(band_p * band_y)
         return Overlap(intersection, _spatial_sum(band_p) - intersection, _spatial_sum(band_y) - intersection)
 
     return statistics
 
 
-def _boundary_iou(logits: Tensor, target: Tensor, opts: BoundaryIoUOptions, binary: bool) -> Tensor:
-    statistics = _band_statistics(opts.dilation_ratio)
+def _boundary_iou(
+    logits: Tensor, target: Tensor, bands: Optional[Tensor], opts: BoundaryIoUOptions, binary: bool
+) -> Tensor:
+    statistics = _band_statistics(opts.dilation_ratio, bands)
     return region_loss(
         logits, target, opts, binary, lambda s, _: 1 - jaccard_score(s, opts.smooth), statistics=statistics
     )
@@ -397,6 +477,7 @@ def _boundary_iou(logits: Tensor, target: Tensor, opts: BoundaryIoUOptions, bina
 def boundary_iou_loss(
     logits: Tensor,
     target: Tensor,
+    bands: Optional[Tensor] = None,
     *,
     dilation_ratio: float = 0.02,
     include_background: bool = True,
@@ -418,6 +499,9 @@ def boundary_iou_loss(
     Args:
         logits: ``(N, C, *S)``.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
+        bands: the target's bands ``(N, C, *S)`` precomputed by :func:`target_boundary_bands` (or
+            :class:`BoundaryBandTransform` per sample) with the same ``dilation_ratio`` and
+            ``ignore_index``; None computes them on the fly, about half the loss's time.
         dilation_ratio: ``r >= 0``, the band width relative to the image diagonal.
         include_background, batch, smooth, weight, ignore_index: as the region losses
             (:func:`seglosses.functional.dice_loss`).
@@ -428,12 +512,13 @@ def boundary_iou_loss(
         dilation_ratio=dilation_ratio, include_background=include_background, batch=batch, smooth=smooth,
         weight=weight, ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
-    return _boundary_iou(logits, target, opts, binary=False)
+    return _boundary_iou(logits, target, bands, opts, binary=False)
 
 
 def binary_boundary_iou_loss(
     logits: Tensor,
     target: Tensor,
+    bands: Optional[Tensor] = None,
     *,
     dilation_ratio: float = 0.02,
     batch: bool = False,
@@ -447,7 +532,7 @@ def binary_boundary_iou_loss(
         dilation_ratio=dilation_ratio, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index,
         reduction=reduction,
     )  # fmt: skip
-    return _boundary_iou(logits, target, opts, binary=True)
+    return _boundary_iou(logits, target, bands, opts, binary=True)
 
 
 # --- active contour loss -----------------------------------------------------------------------------
@@ -571,6 +656,19 @@ def binary_active_contour_loss(
 # --- modules and registry ----------------------------------------------------------------------------
 
 
+class _WithBands(LossModule):
+    """A boundary-IoU module: ``forward(logits, target, bands=None)``; in a compound,
+    ``criterion(logits, target, bands=bands)``."""
+
+    term_inputs = {"bands": False}
+
+    def forward(self, logits: Tensor, target: Tensor, bands: Optional[Tensor] = None) -> Tensor:
+        return type(self).implementation(logits, target, bands, self.checked_options)
+
+    def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
+        return self(logits, target, inputs.get("bands"))
+
+
 class _WithMaps(LossModule):
     """A surface-loss module: ``forward(logits, target, dist_maps=None)``; in a compound,
     ``criterion(logits, target, dist_maps=maps)``."""
@@ -591,7 +689,7 @@ HausdorffDTLoss, BinaryHausdorffDTLoss = module_pair(
     "HausdorffDT", hausdorff_dt_loss, binary_hausdorff_dt_loss, HausdorffOptions, _hausdorff
 )
 BoundaryIoULoss, BinaryBoundaryIoULoss = module_pair(
-    "BoundaryIoU", boundary_iou_loss, binary_boundary_iou_loss, BoundaryIoUOptions, _boundary_iou
+    "BoundaryIoU", boundary_iou_loss, binary_boundary_iou_loss, BoundaryIoUOptions, _boundary_iou, _WithBands
 )
 ActiveContourLoss, BinaryActiveContourLoss = module_pair(
     "ActiveContour", active_contour_loss, binary_active_contour_loss, ActiveContourOptions, _active_contour
