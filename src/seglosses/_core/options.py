@@ -47,8 +47,11 @@ class Options:
         return {}
 
     def as_dict(self) -> Dict[str, Any]:
-        """Field name -> value (not a deep copy: tensors are shared)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Field name -> value (not a deep copy: tensors are shared), without the fields of one call's
+        inputs (:func:`call_input`)."""
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("input")
+        }
 
     def tensor_fields(self) -> Dict[str, Tensor]:
         """The fields that hold tensors (a module's buffers)."""
@@ -64,6 +67,13 @@ class Options:
                 raise TypeError(f"{type(self).__name__} has no option {name!r}")
             object.__setattr__(new, name, value)
         return new
+
+
+def call_input() -> Any:
+    """A field of an options class that carries one call's input (a weight map) from the function or the
+    module's forward to the loss: None by default, set with :meth:`Options.with_values`, never an option
+    (not in :meth:`Options.as_dict`, not a buffer)."""
+    return dataclasses.field(default=None, metadata={"input": True})
 
 
 def _data_checks_enabled() -> bool:

@@ -302,18 +302,20 @@ def softmax_overlap_from_index(
     prepared: Optional[IndexTarget] = None,
     *,
     squared: bool = False,
+    weight: Optional[Tensor] = None,
 ) -> Overlap:
     """Statistics ``(N, C)`` from logits (softmax over C) and an index target ``(N, *S)``.
 
     ``labels`` are the class indices in any integer dtype; at ignored pixels (``valid`` False) they may
     hold anything, ``ignore_index`` say. Half-precision logits are computed in float32. No one-hot of the
     logits' size is built. ``squared``: the V-Net form (module docstring; ``Σ y² = Σ y`` for a hard
-    target), by :func:`_index_sums_reference`.
+    target); ``weight``: per-pixel weights ``ω`` ``(N, *S)`` in every sum. Both by
+    :func:`_index_sums_reference`.
     """
     dtype = compute_dtype(logits)
-    if squared:
-        tp, square_sum, counts = _index_sums_reference(logits, labels, valid, dtype, squared=True)
-        return Overlap(tp, square_sum - tp, counts - tp)
+    if squared or weight is not None:
+        tp, prob_sum, counts = _index_sums_reference(logits, labels, valid, dtype, squared, weight)
+        return Overlap(tp, prob_sum - tp, counts - tp)
     chosen = implementation(logits)
     if chosen == "triton":
         tp, prob_sum, counts = _triton_index_sums(logits, labels, ignore_index, prepared)
@@ -341,11 +343,17 @@ def _triton_index_sums(
 
 
 def _index_sums_reference(
-    logits: Tensor, labels: Tensor, valid: Optional[Tensor], dtype: torch.dtype, squared: bool = False
+    logits: Tensor,
+    labels: Tensor,
+    valid: Optional[Tensor],
+    dtype: torch.dtype,
+    squared: bool = False,
+    weight: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """``(TP, Σp, Σy)`` per (sample, class) as :class:`_SoftmaxIndexSums` gives them, in plain
     differentiable torch (``gather`` of ``p_t`` and ``scatter_add`` into the class table; the reference
-    that ``torch.func`` transforms use); ``Σp²`` in place of ``Σp`` with ``squared``."""
+    that ``torch.func`` transforms use); ``Σp²`` in place of ``Σp`` with ``squared``; every term times
+    the pixel's weight with ``weight`` ``(N, *S)``."""
     n, c = logits.shape[:2]
     flat = logits.flatten(2).to(dtype)
     index = class_labels(labels, valid)
@@ -355,10 +363,14 @@ def _index_sums_reference(
     if valid is not None:
         probs = torch.where(valid.flatten(1).unsqueeze(1), probs, 0.0)
     keep = probs.new_ones(index.shape) if valid is None else valid_weights(valid, dtype)
+    p_true = probs.gather(1, index.unsqueeze(1)).squeeze(1)
+    powers = probs * probs if squared else probs
+    if weight is not None:  # (N, *S) -> (N, P)
+        omega = weight.flatten(1).to(dtype)
+        keep, p_true, powers = keep * omega, p_true * omega, powers * omega.unsqueeze(1)
     table = probs.new_zeros(n, c)
-    tp = table.scatter_add(1, index, probs.gather(1, index.unsqueeze(1)).squeeze(1))
-    prob_sum = (probs * probs).sum(-1) if squared else probs.sum(-1)
-    return tp, prob_sum, table.scatter_add(1, index, keep)
+    tp = table.scatter_add(1, index, p_true)
+    return tp, powers.sum(-1), table.scatter_add(1, index, keep)
 
 
 _SIGMOID_PARTS = 4  # the dense sigmoid statistics' temporaries are a quarter of the logits' size
@@ -483,6 +495,7 @@ def sigmoid_overlap_from_dense(
     finite: bool = False,
     squared: bool = False,
     soft_label: bool = False,
+    weight: Optional[Tensor] = None,
 ) -> Overlap:
     """Statistics ``(N, C)`` of ``p = σ(z)`` per element and a dense target of the logits' shape.
 
@@ -492,16 +505,18 @@ def sigmoid_overlap_from_dense(
     :class:`_SigmoidDenseSums` builds no logits-sized temporary. A target that requires a gradient takes
     :func:`overlap_from_dense` (autograd through both inputs). ``finite``: the caller's data checks have
     found no NaN or ``+inf`` logit (saves a read of the logits). ``squared``, ``soft_label``: the other
-    forms of the module docstring, by :func:`overlap_from_dense`.
+    forms of the module docstring; ``weight``: per-element weights broadcastable to the logits; these
+    by :func:`overlap_from_dense`.
     """
     dtype = compute_dtype(logits)
     soft_label = soft_label and target.is_floating_point()  # a hard target: the plain form, the same numbers
-    plain = not (target.requires_grad or squared or soft_label)
+    plain = not (target.requires_grad or squared or soft_label or weight is not None)
     chosen = implementation(logits) if plain else "reference"
     if chosen == "reference":  # autograd through both inputs
         dense = target.to(dtype) if valid is None else target.to(dtype).masked_fill(~valid, 0)
         clean = logits if valid is None else logits.masked_fill(~valid, 0.0)  # NaN there: no NaN gradient
-        return overlap_from_dense(sigmoid_f32(clean), dense, valid, squared=squared, soft_label=soft_label)
+        probs = sigmoid_f32(clean)
+        return overlap_from_dense(probs, dense, valid, squared=squared, soft_label=soft_label, weight=weight)
     if chosen == "triton":
         tp, prob_sum, y_sum = _triton_sigmoid_sums(logits, target, valid).unbind(-1)
     else:
@@ -523,14 +538,23 @@ def _triton_sigmoid_sums(logits: Tensor, target: Tensor, valid: Optional[Tensor]
 
 
 def softmax_overlap_from_dense(
-    logits: Tensor, target: Tensor, *, squared: bool = False, soft_label: bool = False
+    logits: Tensor,
+    target: Tensor,
+    *,
+    squared: bool = False,
+    soft_label: bool = False,
+    valid: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
 ) -> Overlap:
     """Statistics ``(N, C)`` from logits (softmax over C) and a one-hot / soft target ``(N, C, *S)``: the
     Triton kernel ``seglosses::softmax_dense_sums`` when the backend picks it (and the target needs no
     gradient), else :func:`overlap_from_dense` of the softmax (the only way for the ``squared`` and
-    ``soft_label`` forms)."""
-    if squared or soft_label:
-        return overlap_from_dense(softmax_f32(logits), target, squared=squared, soft_label=soft_label)
+    ``soft_label`` forms, a ``valid`` mask ``(N, 1, *S)`` and per-pixel weights)."""
+    if squared or soft_label or valid is not None or weight is not None:
+        if valid is not None:  # a NaN or inf there must reach neither the sums nor a gradient
+            logits, target = logits.masked_fill(~valid, 0.0), target.masked_fill(~valid, 0)
+        probs = softmax_f32(logits)
+        return overlap_from_dense(probs, target, valid, squared=squared, soft_label=soft_label, weight=weight)
     if implementation(logits) == "triton" and not target.requires_grad:
         from ..ops import triton_softmax
 
@@ -549,23 +573,29 @@ def overlap_from_dense(
     *,
     squared: bool = False,
     soft_label: bool = False,
+    weight: Optional[Tensor] = None,
 ) -> Overlap:
     """Statistics from probabilities and a dense target of the same shape ``(N, C, *S)``, in the plain,
     ``squared`` or ``soft_label`` form (module docstring; ``squared`` makes ``soft_label`` moot: both give
     ``TP = Σ p y``).
 
-    ``valid`` (same shape, or None) masks elements out; the target must already be 0 there.
+    ``valid`` (broadcastable, or None) masks elements out; the target must already be 0 there.
+    ``weight`` (broadcastable, or None): every element's terms times its weight ``ω``, e.g.
+    ``TP = Σ ω p y``, ``Σ p² -> Σ ω p²``, ``Σ |p - y| -> Σ ω |p - y|``.
     """
     flat_p = probs.flatten(2)
     flat_y = target.flatten(2).to(flat_p.dtype)
     if valid is not None:  # where, not a product: a NaN at an ignored element must not reach the sums
         flat_p = torch.where(valid.flatten(2), flat_p, 0.0)
+    omega = None if weight is None else weight.flatten(2).to(flat_p.dtype)
+
+    def total(terms: Tensor) -> Tensor:  # the sum over the pixels, each term times its ω
+        return (terms if omega is None else omega * terms).sum(-1)
+
+    tp = total(flat_p * flat_y)
     if squared:
-        tp = (flat_p * flat_y).sum(-1)
-        return Overlap(tp, (flat_p * flat_p).sum(-1) - tp, (flat_y * flat_y).sum(-1) - tp)
-    prob_sum, target_sum = flat_p.sum(-1), flat_y.sum(-1)
+        return Overlap(tp, total(flat_p * flat_p) - tp, total(flat_y * flat_y) - tp)
+    prob_sum, target_sum = total(flat_p), total(flat_y)
     if soft_label:
-        tp = (prob_sum + target_sum - (flat_p - flat_y).abs().sum(-1)) / 2
-    else:
-        tp = (flat_p * flat_y).sum(-1)
+        tp = (prob_sum + target_sum - total((flat_p - flat_y).abs())) / 2
     return Overlap(tp, prob_sum - tp, target_sum - tp)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .._core.errors import SegLossError, expected, unknown_option
 from .._core.options import Options, keyword_options
+from .._core.pixel_weights import pixel_weights
 from .._core.registry import domain_names, loss_name
 from ..schedules import check_step
 
@@ -101,6 +102,30 @@ class LossModule(nn.Module):
         )
 
 
+class PixelWeightedModule(LossModule):
+    """A loss module whose forward also takes a per-pixel ``weight_map`` and a ``mask`` ``(N, *S)``
+    (:mod:`seglosses._core.pixel_weights`): ``forward(logits, target, weight_map=None, mask=None)``, in a
+    compound ``criterion(logits, target, weight_map=w, mask=m)``. Its options carry them into the loss
+    for the one call (``pixel_weights``)."""
+
+    term_inputs = {"weight_map": False, "mask": False}
+
+    def forward(  # type: ignore[override]
+        self,
+        logits: Tensor,
+        target: Tensor,
+        weight_map: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        options = self.checked_options
+        if weight_map is not None or mask is not None:
+            options = options.with_values(pixel_weights=pixel_weights(logits, weight_map, mask))
+        return type(self).implementation(logits, target, options)
+
+    def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
+        return self(logits, target, inputs.get("weight_map"), inputs.get("mask"))
+
+
 def module_for(
     name: str,
     function: Callable[..., Tensor],
@@ -155,7 +180,14 @@ def module_pair(
     )
 
 
-__all__ = ["LossModule", "SegLossError", "keyword_options", "module_for", "module_pair"]
+__all__ = [
+    "LossModule",
+    "PixelWeightedModule",
+    "SegLossError",
+    "keyword_options",
+    "module_for",
+    "module_pair",
+]
 
 
 class ScheduledLossModule(LossModule):
@@ -205,3 +237,7 @@ def load_step(
     load(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
     if scheduled and key in unexpected_keys:
         unexpected_keys.remove(key)
+
+
+class ScheduledPixelWeightedModule(PixelWeightedModule, ScheduledLossModule):
+    """A :class:`ScheduledLossModule` whose forward also takes ``weight_map`` and ``mask``."""

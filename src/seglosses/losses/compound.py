@@ -31,8 +31,9 @@ class CompoundLoss(nn.Module):
     ``create_loss("ce + 0.1*info_nce")(logits, labels, embeddings=e)`` gives the embedding loss ``e``
     (and the logits, when its sampler reads them), ``create_loss("dice + 0.5*boundary")(logits, target,
     dist_maps=maps)`` gives the surface loss its precomputed distance maps. A missing required input
-    raises, naming the term; an input no term takes raises too. A compound of embedding losses alone
-    is called as each of them is, ``(embeddings, labels)``.
+    raises, naming the term; an input no term takes raises too. A per-pixel ``weight_map=`` or ``mask=``
+    goes to every term, and every term must take it. A compound of embedding losses alone is called as
+    each of them is, ``(embeddings, labels)``.
 
     After each forward, for logging: :attr:`last_terms` maps each term's label (its text in the spec) to its
     detached unweighted value, :attr:`last_weights` to the weight it was given, :attr:`last_total` is the
@@ -108,6 +109,15 @@ class CompoundLoss(nn.Module):
     def _check_inputs(self, inputs: Dict[str, Tensor]) -> None:
         taken = self.term_inputs
         for name in inputs:
+            if name in _EVERY_TERM:  # a weight map or mask left out of one term would be silently wrong
+                for label, loss in zip(self.labels, self.losses):
+                    if name not in _inputs_of(loss):
+                        raise SegLossError(
+                            f"expected every term to take {name}= (it weighs the whole loss), got term "
+                            f"{label!r} ({type(loss).__name__}), which does not: leave it out of the "
+                            f"compound, or apply {name} to the other terms yourself"
+                        )
+                continue
             if name not in taken:
                 takes = ", ".join(f"{n}=" for n in taken) or "no keyword input"
                 raise SegLossError(
@@ -171,6 +181,9 @@ def _weight(weight: Union[Weight, ScheduleLike]) -> Weight:
             got += " that requires grad (pass a number: the weights are not differentiated)"
         raise expected("each term's weight to be a finite real number or a schedule", got)
     return check_number("each term's weight", weight)
+
+
+_EVERY_TERM = ("weight_map", "mask")  # inputs that change what the whole loss means: every term takes them
 
 
 def _inputs_of(loss: nn.Module) -> Dict[str, bool]:

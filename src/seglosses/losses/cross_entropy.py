@@ -16,6 +16,7 @@ from .._core.options import (
     ClassValues,
     Options,
     Reduction,
+    call_input,
     channel_tensor,
     check_ignore_index,
     check_number,
@@ -23,24 +24,28 @@ from .._core.options import (
     class_tensor,
     class_values,
 )
+from .._core.pixel_weights import PixelWeights, pixel_weights, weighted_pixel_loss
 from .._core.reduction import reduce
 from .._core.registry import register
 from .._core.stats import class_labels, row_gather, row_scatter_add, valid_weights
 from .._core.targets import (
     IndexTarget,
     SoftmaxTarget,
+    _valid_mask,
     binary_target,
     defer_kernel_checks,
     num_valid,
     softmax_target,
 )
 from ..schedules import ScheduleLike, as_schedule, check_step, scheduled_class_weights
-from .base import ScheduledLossModule, module_for
+from .base import PixelWeightedModule, ScheduledPixelWeightedModule, module_for
 
 
 def cross_entropy_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     weight: Optional[ClassValues] = None,
     weight_schedule: Optional[ScheduleLike] = None,
@@ -69,6 +74,9 @@ def cross_entropy_loss(
     Args:
         logits: ``(N, C, *S)``, ``C >= 2``, one to three spatial dims.
         target: class indices ``(N, *S)`` (integer) or one-hot / soft probabilities ``(N, C, *S)``.
+        weight_map: per-pixel weights ``(N, *S)``, ``>= 0``: the loss sums ``ω_i L_i`` and ``mean``
+            divides by the valid pixels' summed ``ω_i w_{y_i}``.
+        mask: ``(N, *S)`` bool, True where a pixel counts (the general form of ``ignore_index``).
         weight: per-class weights ``(C,)``, non-negative.
         weight_schedule: a schedule ``s`` with values in ``[0, 1]`` (a
             :class:`~seglosses.schedules.Schedule` or its spec string) moving ``weight`` to
@@ -83,6 +91,7 @@ def cross_entropy_loss(
         SegLossError: bad shapes, dtypes, target values, weights or options.
     """
     opts = CrossEntropyOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         weight=weight,
         weight_schedule=weight_schedule,
         step=step,
@@ -95,11 +104,35 @@ def cross_entropy_loss(
 
 def _cross_entropy(logits: Tensor, target: Tensor, opts: CrossEntropyOptions) -> Tensor:
     """:func:`cross_entropy_loss` on checked options (its module's forward too)."""
+    if opts.pixel_weights is not None:
+        return weighted_pixel_loss(_cross_entropy, _ce_shares, logits, target, opts, binary=False)
     smoothing = isinstance(opts.label_smoothing, Tensor) or opts.label_smoothing > 0
     prepared = softmax_target(  # an index target without smoothing goes to index_term
         logits, target, opts.ignore_index, log_terms=True, smoothing=smoothing, kernel_checks=not smoothing
     )
     return ce_from_prepared(logits.to(compute_dtype(logits)), prepared, opts)
+
+
+def _class_weights(opts: CrossEntropyOptions, work: Tensor) -> Optional[Tensor]:
+    """The class weights ``(C,)`` at the current step (``weight_schedule``), in ``work``'s dtype, or None."""
+    w = cast(Optional[Tensor], opts.weight)
+    if w is not None and opts.weight_schedule is not None:
+        w = scheduled_class_weights(w, opts.weight_schedule, opts.step)
+    return class_tensor(w, work, "weight")
+
+
+def _ce_shares(logits: Tensor, target: Tensor, opts: CrossEntropyOptions) -> Tensor:
+    """Each pixel's share of ``mean``'s denominator ``(N, *S)``: ``w_{y_i}`` (1 without class weights) at a
+    valid pixel and 0 at an ignored one; ``Σ_c w_c y_ic`` for a one-hot / soft target (a checked target)."""
+    work = logits.to(compute_dtype(logits))
+    w = _class_weights(opts, work)
+    if target.shape == logits.shape:
+        dense = target.to(work.dtype)
+        return dense.sum(1) if w is None else torch.einsum("nc...,c->n...", dense, w)
+    valid = _valid_mask(target, opts.ignore_index)
+    index = target.long() if valid is None else target.long().masked_fill(~valid, 0)
+    shares = work.new_ones(index.shape) if w is None else torch.take(w, index)
+    return shares if valid is None else shares * valid
 
 
 def ce_from_prepared(
@@ -108,10 +141,7 @@ def ce_from_prepared(
     """:func:`cross_entropy_loss` after its checks: ``work`` the logits in their compute dtype, ``prepared``
     the checked target, ``opts`` the checked options; ``log_p`` the detached ``log_softmax(work)`` when
     the caller has it (used by the tensor-ε path)."""
-    w = cast(Optional[Tensor], opts.weight)
-    if w is not None and opts.weight_schedule is not None:
-        w = scheduled_class_weights(w, opts.weight_schedule, opts.step)
-    w = class_tensor(w, work, "weight")
+    w = _class_weights(opts, work)
     eps, reduction = opts.label_smoothing, opts.reduction
     if isinstance(prepared, IndexTarget):
         # w_t per pixel, read at a clamped label (an unchecked label out of range reads a weight; its loss
@@ -442,6 +472,8 @@ def _index_denominator(
 def binary_cross_entropy_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     weight: Optional[ClassValues] = None,
     pos_weight: Optional[ClassValues] = None,
@@ -459,6 +491,9 @@ def binary_cross_entropy_loss(
     Args:
         logits: ``(N, C, *S)``.
         target: same shape; bool, integer (``ignore_index`` allowed) or float in ``[0, 1]``.
+        weight_map: per-pixel weights ``(N, *S)``, ``>= 0``, on every channel: the loss sums
+            ``ω_i L_ic`` and ``mean`` divides by the valid elements' summed ``ω_i w_c``.
+        mask: ``(N, *S)`` bool, True where a pixel counts (the general form of ``ignore_index``).
         weight: per-channel weights ``(C,)`` or a scalar.
         pos_weight: per-channel weight of the positive term ``(C,)`` or a scalar, ``>= 0``.
         label_smoothing: ``ε`` in ``[0, 1)``.
@@ -466,6 +501,7 @@ def binary_cross_entropy_loss(
         reduction: ``none`` -> ``(N, C, *S)``; ``mean`` / ``sum`` -> scalar.
     """
     opts = BinaryCrossEntropyOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         weight=weight,
         pos_weight=pos_weight,
         label_smoothing=label_smoothing,
@@ -477,6 +513,8 @@ def binary_cross_entropy_loss(
 
 def _binary_cross_entropy(logits: Tensor, target: Tensor, opts: BinaryCrossEntropyOptions) -> Tensor:
     """:func:`binary_cross_entropy_loss` on checked options (its module's forward too)."""
+    if opts.pixel_weights is not None:
+        return weighted_pixel_loss(_binary_cross_entropy, _bce_shares, logits, target, opts, binary=True)
     eps, reduction = opts.label_smoothing, opts.reduction
     prepared = binary_target(logits, target, opts.ignore_index, log_terms=True, smoothing=eps > 0)
     logits = logits.to(compute_dtype(logits))
@@ -507,6 +545,20 @@ def _binary_cross_entropy(logits: Tensor, target: Tensor, opts: BinaryCrossEntro
     if prepared.valid is not None:
         loss = loss.masked_fill(~prepared.valid, 0)
     return reduce(loss, reduction, denominator)
+
+
+def _bce_shares(logits: Tensor, target: Tensor, opts: BinaryCrossEntropyOptions) -> Tensor:
+    """Each element's share of ``mean``'s denominator ``(N, C, *S)``: its channel weight (1 without) at a
+    valid element, 0 at an ignored one."""
+    work = logits.to(compute_dtype(logits))
+    w = channel_tensor(class_tensor(cast(Optional[Tensor], opts.weight), work, "weight"), work)
+    shares = torch.ones_like(work) if w is None else w.expand_as(work)
+    valid = (
+        None
+        if target.is_floating_point() or target.dtype == torch.bool
+        else _valid_mask(target, opts.ignore_index)
+    )
+    return shares if valid is None else shares * valid
 
 
 def dense_term(
@@ -593,6 +645,7 @@ class CrossEntropyOptions(Options):
     label_smoothing: Union[float, Tensor]
     ignore_index: Optional[int]
     reduction: str
+    pixel_weights: Optional[PixelWeights] = call_input()  # a call's weight map and mask
 
     def checked(self) -> Dict[str, Any]:
         return {
@@ -635,6 +688,7 @@ class BinaryCrossEntropyOptions(Options):
     label_smoothing: float
     ignore_index: Optional[int]
     reduction: str
+    pixel_weights: Optional[PixelWeights] = call_input()  # a call's weight map and mask
 
     def checked(self) -> Dict[str, Any]:
         return {
@@ -649,10 +703,14 @@ class BinaryCrossEntropyOptions(Options):
 
 
 CrossEntropyLoss = module_for(
-    "CrossEntropyLoss", cross_entropy_loss, CrossEntropyOptions, _cross_entropy, ScheduledLossModule
+    "CrossEntropyLoss", cross_entropy_loss, CrossEntropyOptions, _cross_entropy, ScheduledPixelWeightedModule
 )
 BinaryCrossEntropyLoss = module_for(
-    "BinaryCrossEntropyLoss", binary_cross_entropy_loss, BinaryCrossEntropyOptions, _binary_cross_entropy
+    "BinaryCrossEntropyLoss",
+    binary_cross_entropy_loss,
+    BinaryCrossEntropyOptions,
+    _binary_cross_entropy,
+    PixelWeightedModule,
 )
 
 register(

@@ -22,6 +22,7 @@ from .._core.options import (
     ClassValues,
     Options,
     Reduction,
+    call_input,
     channel_tensor,
     check_ignore_index,
     check_number,
@@ -29,12 +30,20 @@ from .._core.options import (
     class_tensor,
     class_values,
 )
+from .._core.pixel_weights import PixelWeights, pixel_weights, weighted_pixel_loss
 from .._core.reduction import reduce
 from .._core.registry import register
 from .._core.stats import even_parts
-from .._core.targets import IndexTarget, SoftmaxTarget, binary_target, num_valid, softmax_target
+from .._core.targets import (
+    IndexTarget,
+    SoftmaxTarget,
+    _valid_mask,
+    binary_target,
+    num_valid,
+    softmax_target,
+)
 from ..schedules import ScheduleLike, scheduled_class_weights
-from .base import ScheduledLossModule, module_for
+from .base import PixelWeightedModule, ScheduledPixelWeightedModule, module_for
 from .cross_entropy import binary_term, check_weight_schedule, dense_term, focal_factor, index_term
 
 
@@ -162,6 +171,8 @@ class _FocalDense(LeanFunction):
 def focal_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     gamma: Union[float, ClassValues] = 2.0,
     alpha: Optional[ClassValues] = None,
@@ -192,6 +203,9 @@ def focal_loss(
     Args:
         logits: ``(N, C, *S)``, ``C >= 2``.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
+        weight_map: per-pixel weights ``(N, *S)``, ``>= 0``: the loss sums ``ω_i L_i`` and ``mean``
+            divides by the valid pixels' summed ``ω_i`` (``Σ_i ω_i Σ_c y_ic`` for a soft target).
+        mask: ``(N, *S)`` bool, True where a pixel counts (the general form of ``ignore_index``).
         gamma: focusing parameter ``γ >= 0``, or one per class ``(C,)`` (the adaptive-γ form).
         alpha: None, a scalar (every class alike, which only rescales the loss) or one non-negative
             value per class ``(C,)`` (the class-balancing form).
@@ -201,6 +215,7 @@ def focal_loss(
         reduction: ``none`` -> ``(N, *S)``; ``mean`` / ``sum`` -> scalar.
     """
     opts = FocalOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         gamma=gamma,
         alpha=alpha,
         alpha_schedule=alpha_schedule,
@@ -213,9 +228,29 @@ def focal_loss(
 
 def _focal(logits: Tensor, target: Tensor, opts: FocalOptions) -> Tensor:
     """:func:`focal_loss` on checked options (its module's forward too)."""
+    if opts.pixel_weights is not None:
+        return weighted_pixel_loss(_focal, _pixel_shares, logits, target, opts, binary=False)
     fused = not isinstance(opts.gamma, Tensor)  # an index target then goes to index_term
     prepared = softmax_target(logits, target, opts.ignore_index, log_terms=True, kernel_checks=fused)
     return focal_from_prepared(logits.to(compute_dtype(logits)), prepared, opts)
+
+
+def _pixel_shares(logits: Tensor, target: Tensor, opts: FocalOptions) -> Tensor:
+    """Each pixel's share of ``mean``'s denominator ``(N, *S)``: 1 at a valid pixel, 0 at an ignored one;
+    ``Σ_c y_ic`` for a one-hot / soft target (as cross-entropy: γ = 0 is CE)."""
+    dtype = compute_dtype(logits)
+    if target.shape == logits.shape:
+        return target.to(dtype).sum(1)
+    valid = _valid_mask(target, opts.ignore_index)
+    return torch.ones(target.shape, dtype=dtype, device=logits.device) if valid is None else valid.to(dtype)
+
+
+def _element_shares(logits: Tensor, target: Tensor, opts: BinaryFocalOptions) -> Tensor:
+    """Each element's share of ``mean``'s denominator ``(N, C, *S)``: 1 where valid, 0 where ignored."""
+    dtype = compute_dtype(logits)
+    integer = not (target.is_floating_point() or target.dtype == torch.bool)
+    valid = _valid_mask(target, opts.ignore_index) if integer else None
+    return torch.ones(logits.shape, dtype=dtype, device=logits.device) if valid is None else valid.to(dtype)
 
 
 def index_cross_entropy(work: Tensor, prepared: IndexTarget, ignore_index: Optional[int]) -> Tensor:
@@ -552,6 +587,8 @@ def _fused_binary_focal(
 def binary_focal_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     gamma: float = 2.0,
     alpha: Optional[ClassValues] = None,
@@ -578,17 +615,25 @@ def binary_focal_loss(
     Args:
         logits: ``(N, C, *S)``.
         target: same shape; bool, integer (``ignore_index`` allowed) or float in ``[0, 1]``.
+        weight_map: per-pixel weights ``(N, *S)``, ``>= 0``, on every channel: the loss sums
+            ``ω_i L_ic`` and ``mean`` divides by the valid elements' summed ``ω_i``.
+        mask: ``(N, *S)`` bool, True where a pixel counts (the general form of ``ignore_index``).
         gamma: ``γ >= 0``.
         alpha: None, a scalar in ``[0, 1]`` or one value per channel.
         ignore_index: integer-target value whose elements count nowhere.
         reduction: ``none`` -> ``(N, C, *S)``; ``mean`` / ``sum`` -> scalar.
     """
-    opts = BinaryFocalOptions(gamma=gamma, alpha=alpha, ignore_index=ignore_index, reduction=reduction)
+    opts = BinaryFocalOptions(
+        gamma=gamma, alpha=alpha, ignore_index=ignore_index, reduction=reduction,
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+    )  # fmt: skip
     return _binary_focal(logits, target, opts)
 
 
 def _binary_focal(logits: Tensor, target: Tensor, opts: BinaryFocalOptions) -> Tensor:
     """:func:`binary_focal_loss` on checked options (its module's forward too)."""
+    if opts.pixel_weights is not None:
+        return weighted_pixel_loss(_binary_focal, _element_shares, logits, target, opts, binary=True)
     gamma, reduction = opts.gamma, opts.reduction
     prepared = binary_target(logits, target, opts.ignore_index, log_terms=True)
     work = logits.to(compute_dtype(logits))
@@ -618,6 +663,7 @@ class FocalOptions(Options):
     step: float
     ignore_index: Optional[int]
     reduction: str
+    pixel_weights: Optional[PixelWeights] = call_input()  # a call's weight map and mask
 
     def checked(self) -> Dict[str, Any]:
         return {
@@ -648,6 +694,7 @@ class BinaryFocalOptions(Options):
     alpha: Optional[ClassValues]
     ignore_index: Optional[int]
     reduction: str
+    pixel_weights: Optional[PixelWeights] = call_input()  # a call's weight map and mask
 
     def checked(self) -> Dict[str, Any]:
         return {
@@ -658,8 +705,10 @@ class BinaryFocalOptions(Options):
         }
 
 
-FocalLoss = module_for("FocalLoss", focal_loss, FocalOptions, _focal, ScheduledLossModule)
-BinaryFocalLoss = module_for("BinaryFocalLoss", binary_focal_loss, BinaryFocalOptions, _binary_focal)
+FocalLoss = module_for("FocalLoss", focal_loss, FocalOptions, _focal, ScheduledPixelWeightedModule)
+BinaryFocalLoss = module_for(
+    "BinaryFocalLoss", binary_focal_loss, BinaryFocalOptions, _binary_focal, PixelWeightedModule
+)
 
 register(
     "focal", FocalLoss, domain="softmax", description="softmax focal loss (Lin et al. 2017), α per class"

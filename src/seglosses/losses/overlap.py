@@ -27,11 +27,12 @@ import torch
 from torch import Tensor
 
 from .._core.errors import expected
-from .._core.numerics import safe_divide, safe_pow
+from .._core.numerics import compute_dtype, safe_divide, safe_pow
 from .._core.options import (
     ClassValues,
     Options,
     Reduction,
+    call_input,
     check_bool,
     check_ignore_index,
     check_number,
@@ -39,6 +40,7 @@ from .._core.options import (
     class_tensor,
     class_values,
 )
+from .._core.pixel_weights import PixelWeights, pixel_weights
 from .._core.reduction import reduce_region
 from .._core.registry import register
 from .._core.stats import (
@@ -56,7 +58,7 @@ from .._core.targets import (
     softmax_target,
 )
 from ..distributed import ProcessGroup, all_reduce_sum, check_process_group
-from .base import module_pair
+from .base import PixelWeightedModule, module_pair
 
 
 def _ratio(num: Tensor, den: Tensor, smooth: float) -> Tensor:
@@ -100,22 +102,34 @@ def _overlap(
     *,
     squared: bool = False,
     soft_label: bool = False,
+    pixels: Optional[PixelWeights] = None,
 ) -> Overlap:
     """Statistics ``(N, C)`` from logits: softmax over classes, or sigmoid per channel for ``binary``; in
-    the plain, ``squared`` or ``soft_label`` form (:mod:`seglosses._core.stats`)."""
+    the plain, ``squared`` or ``soft_label`` form (:mod:`seglosses._core.stats`), with a weight map and
+    a mask (``pixels``) when given."""
+    weight = None if pixels is None else pixels.weight
     if binary:  # the target as given: the statistics convert it a part at a time
         checks = input_checks_enabled()  # read once: the checks below and the shortcut rely on one answer
         valid = check_binary_target(logits, target, ignore_index, checks=checks)  # checked: no NaN, no +inf
+        if pixels is not None:
+            valid = pixels.dense_valid(valid, logits.shape)
+            weight = pixels.dense_weight()
         return sigmoid_overlap_from_dense(
-            logits, target, valid, finite=checks, squared=squared, soft_label=soft_label
+            logits, target, valid, finite=checks, squared=squared, soft_label=soft_label, weight=weight
         )
     # the Triton kernel of the plain form may count the data checks; the other forms do not call it
-    soft = softmax_target(logits, target, ignore_index, kernel_checks=not squared)
+    plain = not squared and pixels is None
+    soft = softmax_target(logits, target, ignore_index, kernel_checks=plain)
     if isinstance(soft, IndexTarget):  # a hard target: soft_label is the plain form
+        valid = soft.valid if pixels is None else pixels.index_valid(soft.valid)
         return softmax_overlap_from_index(
-            logits, soft.labels, soft.valid, soft.ignore_index, soft, squared=squared
+            logits, soft.labels, valid, soft.ignore_index, soft, squared=squared, weight=weight
         )
-    return softmax_overlap_from_dense(logits, soft.dense, squared=squared, soft_label=soft_label)
+    mask = None if pixels is None or pixels.mask is None else pixels.mask.unsqueeze(1)
+    return softmax_overlap_from_dense(
+        logits, soft.dense, squared=squared, soft_label=soft_label, valid=mask,
+        weight=None if pixels is None else pixels.dense_weight(),
+    )  # fmt: skip
 
 
 Stats = Union[Overlap, Confusion]  # Confusion adds the true negatives (MCC)
@@ -143,9 +157,10 @@ def region_loss(
     """
     if statistics is None:
         stats: Stats = _overlap(
-            logits, target, opts.ignore_index, binary, squared=opts.squared, soft_label=opts.soft_label
-        )
-    else:
+            logits, target, opts.ignore_index, binary, squared=opts.squared, soft_label=opts.soft_label,
+            pixels=opts.pixel_weights,
+        )  # fmt: skip
+    else:  # statistics of a loss's own: they apply opts.pixel_weights if its function takes a weight map
         stats = statistics(logits, target, opts.ignore_index, binary)
     names = ("weight", *class_options)
     tensors = {name: class_tensor(getattr(opts, name), stats.tp, name) for name in names}
@@ -175,6 +190,7 @@ class RegionOptions(Options):
     soft_label: bool = False  # the statistics' forms and -log(score): only the losses that take them
     squared: bool = False
     log_loss: bool = False
+    pixel_weights: Optional[PixelWeights] = call_input()  # a call's weight map and mask
 
     def checked(self) -> Dict[str, Any]:
         if check_bool("sync", self.sync) and not self.batch:
@@ -278,6 +294,8 @@ def _dice(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) -> 
 def dice_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     include_background: bool = True,
     batch: bool = False,
@@ -297,6 +315,7 @@ def dice_loss(
     With ``I = Σ y p``, ``U = Σ y + Σ p`` (one class), ``∂L/∂p_i = -(2 y_i (U + s) - (2 I + s)) / (U + s)^2``.
     """
     opts = RegionOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         include_background=include_background, batch=batch, smooth=smooth, soft_label=soft_label,
         squared=squared, log_loss=log_loss, weight=weight, ignore_index=ignore_index, reduction=reduction,
         sync=sync, process_group=process_group,
@@ -307,6 +326,8 @@ def dice_loss(
 def binary_dice_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     batch: bool = False,
     smooth: float = 1e-5,
@@ -321,6 +342,7 @@ def binary_dice_loss(
 ) -> Tensor:
     r"""Soft Dice loss per sigmoid channel, ``1 - (2 TP + s) / (2 TP + FP + FN + s)``, channel mean."""
     opts = RegionOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         batch=batch, smooth=smooth, soft_label=soft_label, squared=squared, log_loss=log_loss,
         weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync,
         process_group=process_group,
@@ -340,6 +362,8 @@ def _jaccard(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) 
 def jaccard_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     include_background: bool = True,
     batch: bool = False,
@@ -358,6 +382,7 @@ def jaccard_loss(
     For ``s = 0``, ``Dice = 2 IoU / (1 + IoU)`` class by class.
     """
     opts = RegionOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         include_background=include_background, batch=batch, smooth=smooth, soft_label=soft_label,
         squared=squared, log_loss=log_loss, weight=weight, ignore_index=ignore_index, reduction=reduction,
         sync=sync, process_group=process_group,
@@ -368,6 +393,8 @@ def jaccard_loss(
 def binary_jaccard_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     batch: bool = False,
     smooth: float = 1e-5,
@@ -382,6 +409,7 @@ def binary_jaccard_loss(
 ) -> Tensor:
     r"""Soft Jaccard (IoU) loss per sigmoid channel, ``1 - (TP + s) / (TP + FP + FN + s)``."""
     opts = RegionOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         batch=batch, smooth=smooth, soft_label=soft_label, squared=squared, log_loss=log_loss,
         weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync,
         process_group=process_group,
@@ -402,6 +430,8 @@ def _tversky(logits: Tensor, target: Tensor, opts: TverskyOptions, binary: bool)
 def tversky_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 0.3,
     beta: float = 0.7,
@@ -424,6 +454,7 @@ def tversky_loss(
     index with the letters swapped (section 2.3.2); its ``α, β`` are this function's ``beta, alpha``.
     """
     opts = TverskyOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         alpha=alpha, beta=beta, include_background=include_background, batch=batch, smooth=smooth,
         soft_label=soft_label, squared=squared, log_loss=log_loss, weight=weight, ignore_index=ignore_index,
         reduction=reduction, sync=sync, process_group=process_group,
@@ -434,6 +465,8 @@ def tversky_loss(
 def binary_tversky_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 0.3,
     beta: float = 0.7,
@@ -450,6 +483,7 @@ def binary_tversky_loss(
 ) -> Tensor:
     r"""Tversky loss per sigmoid channel, ``1 - (TP + s) / (TP + α FP + β FN + s)`` (α on FP, β on FN)."""
     opts = TverskyOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         alpha=alpha, beta=beta, batch=batch, smooth=smooth, soft_label=soft_label, squared=squared,
         log_loss=log_loss, weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync,
         process_group=process_group,
@@ -474,6 +508,8 @@ def _focal_tversky(logits: Tensor, target: Tensor, opts: FocalTverskyOptions, bi
 def focal_tversky_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 0.3,
     beta: float = 0.7,
@@ -498,6 +534,7 @@ def focal_tversky_loss(
     taken as 0 there.
     """
     opts = FocalTverskyOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         alpha=alpha, beta=beta, gamma=gamma, include_background=include_background, batch=batch,
         smooth=smooth, soft_label=soft_label, squared=squared, log_loss=log_loss, weight=weight,
         ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
@@ -508,6 +545,8 @@ def focal_tversky_loss(
 def binary_focal_tversky_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 0.3,
     beta: float = 0.7,
@@ -525,6 +564,7 @@ def binary_focal_tversky_loss(
 ) -> Tensor:
     r"""Focal Tversky loss ``(1 - TI_c)^γ`` per sigmoid channel (see :func:`focal_tversky_loss`)."""
     opts = FocalTverskyOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         alpha=alpha, beta=beta, gamma=gamma, batch=batch, smooth=smooth, soft_label=soft_label,
         squared=squared, log_loss=log_loss, weight=weight, ignore_index=ignore_index, reduction=reduction,
         sync=sync, process_group=process_group,
@@ -567,6 +607,8 @@ def _generalized_dice(logits: Tensor, target: Tensor, opts: RegionOptions, binar
 def generalized_dice_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     include_background: bool = True,
     batch: bool = False,
@@ -595,6 +637,7 @@ def generalized_dice_loss(
     ``log_loss`` the sample's loss is ``-log(1 - L)`` and its class terms are scaled by ``-log(1 - L) / L``.
     """
     opts = RegionOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         include_background=include_background, batch=batch, smooth=smooth, soft_label=soft_label,
         squared=squared, log_loss=log_loss, weight=weight, ignore_index=ignore_index, reduction=reduction,
         sync=sync, process_group=process_group,
@@ -605,6 +648,8 @@ def generalized_dice_loss(
 def binary_generalized_dice_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     batch: bool = False,
     smooth: float = 1e-5,
@@ -619,6 +664,7 @@ def binary_generalized_dice_loss(
 ) -> Tensor:
     r"""Generalised Dice loss over sigmoid channels (see :func:`generalized_dice_loss`)."""
     opts = RegionOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         batch=batch, smooth=smooth, soft_label=soft_label, squared=squared, log_loss=log_loss,
         weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync,
         process_group=process_group,
@@ -638,6 +684,8 @@ def _log_cosh_dice(logits: Tensor, target: Tensor, opts: RegionOptions, binary: 
 def log_cosh_dice_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     include_background: bool = True,
     batch: bool = False,
@@ -655,6 +703,7 @@ def log_cosh_dice_loss(
     loss; here it is applied per class, before the mean, as focal Tversky applies its exponent.
     """
     opts = RegionOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         include_background=include_background, batch=batch, smooth=smooth, weight=weight,
         ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -664,6 +713,8 @@ def log_cosh_dice_loss(
 def binary_log_cosh_dice_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     batch: bool = False,
     smooth: float = 1e-5,
@@ -675,6 +726,7 @@ def binary_log_cosh_dice_loss(
 ) -> Tensor:
     r"""Log-cosh Dice loss ``log(cosh(1 - Dice_c))`` per sigmoid channel (see :func:`log_cosh_dice_loss`)."""
     opts = RegionOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
         sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -703,6 +755,8 @@ def _penalty_gdl(logits: Tensor, target: Tensor, opts: PenaltyGDLOptions, binary
 def penalty_gdl_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     k: float = 2.5,
     include_background: bool = True,
@@ -722,6 +776,7 @@ def penalty_gdl_loss(
     ``1 / (1 + k (1 - L_GD))``, so their class mean is the sample's loss.
     """
     opts = PenaltyGDLOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         k=k, include_background=include_background, batch=batch, smooth=smooth, weight=weight,
         ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -731,6 +786,8 @@ def penalty_gdl_loss(
 def binary_penalty_gdl_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     k: float = 2.5,
     batch: bool = False,
@@ -743,6 +800,7 @@ def binary_penalty_gdl_loss(
 ) -> Tensor:
     r"""Penalty generalised Dice loss over sigmoid channels (see :func:`penalty_gdl_loss`)."""
     opts = PenaltyGDLOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         k=k, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
         sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -753,22 +811,50 @@ def binary_penalty_gdl_loss(
 
 
 def _valid_pixels(
-    logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool
+    logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool, pixels: Optional[PixelWeights]
 ) -> Union[int, Tensor]:
     """The pixels that count per (sample, class): ``(N, C)`` for a binary integer target with
-    ``ignore_index``, ``(N, 1)`` for a softmax index target with it, else every pixel (an int)."""
+    ``ignore_index``, ``(N, 1)`` for a softmax index target with it, else every pixel (an int); with a
+    weight map or mask, their summed weights ``Σ ω`` over the valid pixels, ``(N, C)`` or ``(N, 1)``."""
     integer = not (target.is_floating_point() or target.dtype == torch.bool)
     dense = not binary and target.shape == logits.shape
     kept = _valid_mask(target, ignore_index) if integer and not dense else None  # the checks' own mask
+    if pixels is not None:
+        return _weighted_valid(logits, kept, binary, pixels)
     if kept is None:
         return math.prod(logits.shape[2:])
     return kept.flatten(2).sum(-1) if binary else kept.flatten(1).sum(-1, keepdim=True)
 
 
-def _confusion(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Confusion:
+def _weighted_valid(logits: Tensor, kept: Optional[Tensor], binary: bool, pixels: PixelWeights) -> Tensor:
+    """``Σ ω`` over the valid pixels: ``(N, C)`` for a binary loss (``kept`` of the logits' shape),
+    ``(N, 1)`` for a softmax one (``kept`` ``(N, *S)``)."""
+    if binary:
+        shape, kept, weight = logits.shape, pixels.dense_valid(kept, logits.shape), pixels.dense_weight()
+    else:
+        shape, kept, weight = (
+            torch.Size((logits.shape[0], *logits.shape[2:])),
+            pixels.index_valid(kept),
+            pixels.weight,
+        )
+    dtype = compute_dtype(logits)
+    ones = torch.ones((), dtype=dtype, device=logits.device)
+    counted = (ones if weight is None else weight.to(dtype)).expand(shape)
+    if kept is not None:
+        counted = torch.where(kept, counted, 0.0)
+    return counted.flatten(2).sum(-1) if binary else counted.flatten(1).sum(-1, keepdim=True)
+
+
+def _confusion(
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: Optional[int],
+    binary: bool,
+    pixels: Optional[PixelWeights] = None,
+) -> Confusion:
     """The overlap and the valid pixels per (sample, class), ``(N, C)``: ``TN = valid - TP - FP - FN``."""
-    s = _overlap(logits, target, ignore_index, binary)
-    valid = _valid_pixels(logits, target, ignore_index, binary)
+    s = _overlap(logits, target, ignore_index, binary, pixels=pixels)
+    valid = _valid_pixels(logits, target, ignore_index, binary, pixels)
     if isinstance(valid, int):  # a fill, not a copy from the host
         return Confusion(*s, torch.full_like(s.tp, float(valid)))
     return Confusion(*s, valid.to(s.tp.dtype).expand_as(s.tp))
@@ -794,12 +880,17 @@ def _mcc(logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool) -> T
         mcc = (tp * tn - fp * fn) / (product.clamp_min(0) + opts.smooth).sqrt()  # rounding: TN a hair < 0
         return torch.where((fp == 0) & (fn == 0), 0.0, 1 - mcc).to(s.tp.dtype)
 
-    return region_loss(logits, target, opts, binary, per_class, statistics=_confusion)
+    def statistics(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Confusion:
+        return _confusion(logits, target, ignore_index, binary, opts.pixel_weights)
+
+    return region_loss(logits, target, opts, binary, per_class, statistics=statistics)
 
 
 def mcc_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     include_background: bool = True,
     batch: bool = False,
@@ -824,6 +915,7 @@ def mcc_loss(
     Equal to MONAI's ``MCCLoss(softmax=True, to_onehot_y=True, smooth_dr=s)`` (its ``smooth_nr = 0``).
     """
     opts = MCCOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         include_background=include_background, batch=batch, smooth=smooth, weight=weight,
         ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -833,6 +925,8 @@ def mcc_loss(
 def binary_mcc_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     batch: bool = False,
     smooth: float = 1e-5,
@@ -845,6 +939,7 @@ def binary_mcc_loss(
     r"""Matthews correlation loss ``1 - MCC`` per sigmoid channel (see :func:`mcc_loss`); equal to MONAI's
     ``MCCLoss(sigmoid=True, smooth_dr=s)``."""
     opts = MCCOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
         sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -863,25 +958,47 @@ for _binary in (
     _document(_binary, binary=True)
 
 
-DiceLoss, BinaryDiceLoss = module_pair("Dice", dice_loss, binary_dice_loss, RegionOptions, _dice)
+DiceLoss, BinaryDiceLoss = module_pair(
+    "Dice", dice_loss, binary_dice_loss, RegionOptions, _dice, PixelWeightedModule
+)
 JaccardLoss, BinaryJaccardLoss = module_pair(
-    "Jaccard", jaccard_loss, binary_jaccard_loss, RegionOptions, _jaccard
+    "Jaccard", jaccard_loss, binary_jaccard_loss, RegionOptions, _jaccard, PixelWeightedModule
 )
 TverskyLoss, BinaryTverskyLoss = module_pair(
-    "Tversky", tversky_loss, binary_tversky_loss, TverskyOptions, _tversky
+    "Tversky", tversky_loss, binary_tversky_loss, TverskyOptions, _tversky, PixelWeightedModule
 )
 FocalTverskyLoss, BinaryFocalTverskyLoss = module_pair(
-    "FocalTversky", focal_tversky_loss, binary_focal_tversky_loss, FocalTverskyOptions, _focal_tversky
+    "FocalTversky",
+    focal_tversky_loss,
+    binary_focal_tversky_loss,
+    FocalTverskyOptions,
+    _focal_tversky,
+    PixelWeightedModule,
 )
 GeneralizedDiceLoss, BinaryGeneralizedDiceLoss = module_pair(
-    "GeneralizedDice", generalized_dice_loss, binary_generalized_dice_loss, RegionOptions, _generalized_dice
+    "GeneralizedDice",
+    generalized_dice_loss,
+    binary_generalized_dice_loss,
+    RegionOptions,
+    _generalized_dice,
+    PixelWeightedModule,
 )
-MCCLoss, BinaryMCCLoss = module_pair("MCC", mcc_loss, binary_mcc_loss, MCCOptions, _mcc)
+MCCLoss, BinaryMCCLoss = module_pair("MCC", mcc_loss, binary_mcc_loss, MCCOptions, _mcc, PixelWeightedModule)
 LogCoshDiceLoss, BinaryLogCoshDiceLoss = module_pair(
-    "LogCoshDice", log_cosh_dice_loss, binary_log_cosh_dice_loss, RegionOptions, _log_cosh_dice
+    "LogCoshDice",
+    log_cosh_dice_loss,
+    binary_log_cosh_dice_loss,
+    RegionOptions,
+    _log_cosh_dice,
+    PixelWeightedModule,
 )
 PenaltyGDLLoss, BinaryPenaltyGDLLoss = module_pair(
-    "PenaltyGDL", penalty_gdl_loss, binary_penalty_gdl_loss, PenaltyGDLOptions, _penalty_gdl
+    "PenaltyGDL",
+    penalty_gdl_loss,
+    binary_penalty_gdl_loss,
+    PenaltyGDLOptions,
+    _penalty_gdl,
+    PixelWeightedModule,
 )
 
 for _name, _module, _domain, _text in (
