@@ -165,3 +165,17 @@ def test_dense_target_with_empty_rows_gamma_zero_is_still_cross_entropy():
     torch.testing.assert_close(
         SF.focal_loss(logits, one_hot, gamma=0.0), SF.cross_entropy_loss(logits, one_hot)
     )
+
+
+@pytest.mark.parametrize("gamma", [[0.5, 0.5, 0.5], [0.0, 0.0, 0.0], 0.5, 0.0])
+def test_double_backward_is_finite_with_ignored_pixels(gamma):
+    """The reference of the focal modulation (what a double backward differentiates) is the constant 0
+    where ce = 0: the second derivative of u^γ there is infinite for γ < 2, times ce's zero derivative
+    at an ignored pixel it was NaN (a per-class γ takes that path)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 3, 2, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    target = torch.randint(0, 3, (1, 2, 3), generator=g)
+    target[0, 0, 0] = 255
+    assert torch.autograd.gradgradcheck(
+        lambda z: SF.focal_loss(z, target, gamma=gamma, ignore_index=255), (logits,)
+    )

@@ -89,9 +89,14 @@ class _FocalModulation(LeanFunction):
     def reference(
         ctx: Any, ce: Tensor, _: Tensor, gamma_tensor: Optional[Tensor]
     ) -> Tuple[Tuple[Any, ...], Tensor]:
-        """``(1 - p_t)^γ · ce`` by autograd (what a double backward differentiates)."""
+        """``(1 - p_t)^γ · ce`` by autograd (what a double backward differentiates). At ``ce = 0`` (an
+        ignored pixel, or ``p_t = 1`` exactly) the term is 0 and ``u^γ``'s derivatives for ``γ < 2`` are
+        infinite, but ``ce``'s own derivatives in the logits vanish there (a constant, or ``p = onehot``):
+        the term is taken as the constant 0 there, so no ``0 · inf`` makes a NaN."""
         gamma = ctx.gamma if gamma_tensor is None else gamma_tensor
-        return (ce, None), (-torch.expm1(-ce)) ** gamma * ce
+        positive = ce > 0
+        safe = torch.where(positive, ce, 1.0)
+        return (ce, None), torch.where(positive, (-torch.expm1(-safe)) ** gamma * safe, 0.0)
 
     @staticmethod
     @first_order_backward("focal_loss", lambda *a: _FocalModulation.reference(*a))
