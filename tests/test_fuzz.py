@@ -316,6 +316,8 @@ def draw_option(draw, name: str, default: Any, ctx: Context) -> Tuple[Any, str]:
         return _pick(draw, [0.0, 0.25, 0.5, 1.0, 3.0], [-0.5, nan], UNKNOWN)
     if name == "beta":
         return _pick(draw, [0.0, 0.3, 0.7, 0.9999, 1.0, 2.0], [-1.0, nan], UNKNOWN)
+    if name == "lam" and ctx.loss.endswith("unified_focal"):  # a convex mix: λ in [0, 1]
+        return _pick(draw, [0.0, 0.3, 1.0], [-0.1, 1.5, nan])
     if name in ("dilation_ratio", "lam", "scale", "margin"):
         return _pick(draw, [0.0, 0.02, 0.5, 1.0, 10.0], [-1.0, nan])
     if name == "spacing":

@@ -33,6 +33,7 @@ from .losses.boundary import (
     target_boundary_bands,
     target_distance_maps,
 )
+from .losses.combo import BinaryComboLoss, ComboLoss
 from .losses.compound import CompoundLoss, create_loss
 from .losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss
 from .losses.deep_supervision import DeepSupervision
@@ -59,6 +60,9 @@ from .losses.overlap import (
     PenaltyGDLLoss,
     TverskyLoss,
 )
+from .losses.sensitivity import BinarySensitivitySpecificityLoss, SensitivitySpecificityLoss
+from .losses.unified_focal import BinaryUnifiedFocalLoss, UnifiedFocalLoss
+from .losses.wasserstein import GWDLoss
 from .ops.distance import distance_transform, signed_distance_map
 from .schedules import Schedule, as_schedule
 from .weights import ClassFrequency, class_weights
@@ -66,6 +70,13 @@ from .weights import ClassFrequency, class_weights
 __version__ = "0.1.0"
 
 __all__ = [
+    "BinaryComboLoss",
+    "BinarySensitivitySpecificityLoss",
+    "BinaryUnifiedFocalLoss",
+    "ComboLoss",
+    "GWDLoss",
+    "SensitivitySpecificityLoss",
+    "UnifiedFocalLoss",
     "ActiveContourLoss",
     "AdaptiveFocalLoss",
     "AdaptiveSmoothingCELoss",

@@ -23,6 +23,7 @@ from .losses.boundary import (
     boundary_loss,
     hausdorff_dt_loss,
 )
+from .losses.combo import binary_combo_loss, combo_loss
 from .losses.cross_entropy import binary_cross_entropy_loss, cross_entropy_loss
 from .losses.embedding import center_loss, contrastive_loss, pixel_info_nce_loss, triplet_loss
 from .losses.focal import binary_focal_loss, focal_loss
@@ -47,8 +48,18 @@ from .losses.overlap import (
     penalty_gdl_loss,
     tversky_loss,
 )
+from .losses.sensitivity import binary_sensitivity_specificity_loss, sensitivity_specificity_loss
+from .losses.unified_focal import binary_unified_focal_loss, unified_focal_loss
+from .losses.wasserstein import gwdl_loss
 
 __all__ = [
+    "binary_combo_loss",
+    "binary_sensitivity_specificity_loss",
+    "binary_unified_focal_loss",
+    "combo_loss",
+    "gwdl_loss",
+    "sensitivity_specificity_loss",
+    "unified_focal_loss",
     "active_contour_loss",
     "binary_active_contour_loss",
     "binary_boundary_iou_loss",

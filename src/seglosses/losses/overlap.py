@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Protocol, Tuple, TypeVar, Union, cast
 
 import torch
 from torch import Tensor
@@ -132,7 +132,25 @@ def _overlap(
     )  # fmt: skip
 
 
-Stats = Union[Overlap, Confusion]  # Confusion adds the true negatives (MCC)
+_S = TypeVar("_S", bound="Stats")
+
+
+class Stats(Protocol):
+    """What :func:`region_loss` needs of a loss's statistics: a named tuple of ``(N, C)`` tensors
+    (:class:`~seglosses._core.stats.Overlap`, :class:`~seglosses._core.stats.Confusion`, a loss's own)
+    with ``tp`` (or another ``(N, C)`` tensor under that name: it gives the class count), the batch sum
+    ``pooled()`` and the class cut ``select(start)``."""
+
+    @property
+    def tp(self) -> Tensor: ...
+
+    def pooled(self: _S) -> _S: ...
+
+    def select(self: _S, start: int) -> _S: ...
+
+    def __iter__(self) -> Iterator[Tensor]: ...
+
+
 PerClass = Callable[[Any, Dict[str, Optional[Tensor]]], Tensor]  # (Overlap or Confusion, class options)
 Statistics = Callable[[Tensor, Tensor, Optional[int], bool], Stats]
 
@@ -170,7 +188,9 @@ def region_loss(
     if opts.batch:
         stats = stats.pooled()
     if opts.sync:  # one all-reduce of (TP, FP, FN); its backward sums the gradients over ranks
-        stats = type(stats)(*all_reduce_sum(torch.stack(stats), opts.process_group).unbind(0))
+        stats = cast(Any, type(stats))(
+            *all_reduce_sum(torch.stack(list(stats)), opts.process_group).unbind(0)
+        )
     weight = tensors["weight"] if weight_in_reduction else None
     return reduce_region(per_class(stats, tensors), opts.reduction, weight)
 
