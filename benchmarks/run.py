@@ -146,6 +146,13 @@ def _monai() -> Iterator[RefEntry]:
     yield "jaccard", "monai DiceLoss(jaccard)", indexed(M.DiceLoss(jaccard=True, **soft))
     yield "tversky", "monai TverskyLoss", indexed(M.TverskyLoss(alpha=0.3, beta=0.7, **soft))
     yield "gdl", "monai GeneralizedDiceLoss", indexed(M.GeneralizedDiceLoss(**soft))
+    yield "mcc", "monai MCCLoss", indexed(M.MCCLoss(**soft))
+
+    def gwdl(x: Tensor, t: Tensor) -> Tensor:  # every confusion costs 1, as gwdl's default matrix
+        matrix = 1 - torch.eye(x.shape[1])
+        return M.GeneralizedWassersteinDiceLoss(dist_matrix=matrix, weighting_mode="default")(x, t)
+
+    yield "gwdl", "monai GeneralizedWassersteinDiceLoss", gwdl
     focal = M.FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0)
     yield "focal", "monai FocalLoss", indexed(focal)
     # binary: a sigmoid per channel, target (N, C, *S) of 0 / 1
