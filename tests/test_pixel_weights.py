@@ -11,10 +11,8 @@ from helpers import IGNORE
 import seglosses as sl
 
 REGION = ["dice", "jaccard", "tversky", "focal_tversky", "gdl", "mcc", "log_cosh_dice", "penalty_gdl"]
-PIXEL = ["ce", "focal"]
-BINARY_PIXEL = ["bce", "binary_focal"]
-SOFTMAX = REGION + PIXEL
-BINARY = [f"binary_{name}" for name in REGION] + BINARY_PIXEL
+SOFTMAX = REGION + ["marginal_dice", "ce", "focal", "marginal_ce"]
+BINARY = [f"binary_{name}" for name in REGION] + ["bce", "binary_focal"]
 
 
 def logit(p):

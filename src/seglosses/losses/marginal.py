@@ -21,9 +21,10 @@ from torch import Tensor
 
 from .._core.errors import expected, show
 from .._core.options import ClassValues, Reduction
+from .._core.pixel_weights import pixel_weights
 from .._core.registry import register
 from ..distributed import ProcessGroup
-from .base import module_for
+from .base import PixelWeightedModule, module_for
 from .cross_entropy import CrossEntropyOptions, _cross_entropy
 from .overlap import RegionOptions, _dice
 
@@ -108,6 +109,8 @@ def _marginal_dice(logits: Tensor, target: Tensor, opts: MarginalDiceOptions) ->
 def marginal_ce_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     label_sets: Optional[LabelSets] = None,
     weight: Optional[ClassValues] = None,
@@ -123,10 +126,11 @@ def marginal_ce_loss(
             ``(N, J, *S)``.
         label_sets: ``J`` lists of model classes, one per annotated label, partitioning ``range(C)``;
             None (default): every class its own label, plain cross-entropy.
-        weight, label_smoothing, ignore_index, reduction: as :func:`cross_entropy_loss`, over the ``J``
-            annotated labels.
+        weight_map, mask, weight, label_smoothing, ignore_index, reduction: as
+            :func:`cross_entropy_loss`, over the ``J`` annotated labels.
     """
     opts = MarginalCEOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         label_sets=label_sets, weight=weight, label_smoothing=label_smoothing, ignore_index=ignore_index,
         reduction=reduction,
     )  # fmt: skip
@@ -136,6 +140,8 @@ def marginal_ce_loss(
 def marginal_dice_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     label_sets: Optional[LabelSets] = None,
     include_background: bool = True,
@@ -155,18 +161,24 @@ def marginal_dice_loss(
         target: annotated labels ``(N, *S)`` in ``[0, J)`` or one-hot / soft ``(N, J, *S)``.
         label_sets: ``J`` lists of model classes, one per annotated label, partitioning ``range(C)``;
             None (default): every class its own label, plain Dice.
-        include_background, batch, smooth, weight, ignore_index, reduction, sync, process_group: as
-            :func:`dice_loss`, over the ``J`` labels (``include_background=False`` drops label 0).
+        weight_map, mask, include_background, batch, smooth, weight, ignore_index, reduction, sync,
+            process_group: as :func:`dice_loss`, over the ``J`` labels (``include_background=False``
+            drops label 0).
     """
     opts = MarginalDiceOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         label_sets=label_sets, include_background=include_background, batch=batch, smooth=smooth,
         weight=weight, ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
     return _marginal_dice(logits, target, opts)
 
 
-MarginalCELoss = module_for("MarginalCELoss", marginal_ce_loss, MarginalCEOptions, _marginal_ce)
-MarginalDiceLoss = module_for("MarginalDiceLoss", marginal_dice_loss, MarginalDiceOptions, _marginal_dice)
+MarginalCELoss = module_for(
+    "MarginalCELoss", marginal_ce_loss, MarginalCEOptions, _marginal_ce, PixelWeightedModule
+)
+MarginalDiceLoss = module_for(
+    "MarginalDiceLoss", marginal_dice_loss, MarginalDiceOptions, _marginal_dice, PixelWeightedModule
+)
 
 for _name, _module, _kind in (
     ("marginal_ce", MarginalCELoss, "pixel"),
