@@ -27,6 +27,7 @@ SHAPES = [(2, 3, 7), (2, 3, 5, 6), (1, 3, 3, 4, 5)]
 # SPEC section 4: the surface loss is negative at a perfect prediction, the active contour keeps its length
 PERFECT_NOT_ZERO = {"boundary", "binary_boundary", "active_contour", "binary_active_contour"}
 PERFECT_NOT_ZERO |= {"adaptive_smoothing_ce"}  # label smoothing: a perfect prediction still costs ε
+PERFECT_NOT_ZERO |= {"region_wise", "binary_region_wise"}  # -D / max D inside the class: negative there
 
 
 def is_stateful(entry) -> bool:

@@ -37,9 +37,25 @@ from .losses.combo import BinaryComboLoss, ComboLoss
 from .losses.compound import CompoundLoss, create_loss
 from .losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss
 from .losses.deep_supervision import DeepSupervision
+from .losses.distance_weighted import (
+    BinaryBoundaryDoULoss,
+    BinaryDistanceCELoss,
+    BinaryRegionWiseLoss,
+    BoundaryDoULoss,
+    DistanceCELoss,
+    RegionWiseLoss,
+    boundary_penalty_maps,
+    rectified_region_maps,
+)
 from .losses.embedding import CenterLoss, ContrastiveLoss, PixelInfoNCELoss, TripletLoss
 from .losses.focal import BinaryFocalLoss, FocalLoss
 from .losses.hard_pixels import OHEMCELoss, TopKCELoss
+from .losses.hausdorff_er import (
+    BinaryHausdorffERLoss,
+    BinaryLogHausdorffDTLoss,
+    HausdorffERLoss,
+    LogHausdorffDTLoss,
+)
 from .losses.lovasz import BinaryLovaszLoss, LovaszLoss
 from .losses.marginal import MarginalCELoss, MarginalDiceLoss
 from .losses.overlap import (
@@ -70,6 +86,18 @@ from .weights import ClassFrequency, class_weights
 __version__ = "0.1.0"
 
 __all__ = [
+    "BinaryBoundaryDoULoss",
+    "BinaryDistanceCELoss",
+    "BinaryHausdorffERLoss",
+    "BinaryLogHausdorffDTLoss",
+    "BinaryRegionWiseLoss",
+    "BoundaryDoULoss",
+    "DistanceCELoss",
+    "HausdorffERLoss",
+    "LogHausdorffDTLoss",
+    "RegionWiseLoss",
+    "boundary_penalty_maps",
+    "rectified_region_maps",
     "BinaryComboLoss",
     "BinarySensitivitySpecificityLoss",
     "BinaryUnifiedFocalLoss",

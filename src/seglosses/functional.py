@@ -25,9 +25,23 @@ from .losses.boundary import (
 )
 from .losses.combo import binary_combo_loss, combo_loss
 from .losses.cross_entropy import binary_cross_entropy_loss, cross_entropy_loss
+from .losses.distance_weighted import (
+    binary_boundary_dou_loss,
+    binary_distance_ce_loss,
+    binary_region_wise_loss,
+    boundary_dou_loss,
+    distance_ce_loss,
+    region_wise_loss,
+)
 from .losses.embedding import center_loss, contrastive_loss, pixel_info_nce_loss, triplet_loss
 from .losses.focal import binary_focal_loss, focal_loss
 from .losses.hard_pixels import ohem_ce_loss, topk_ce_loss
+from .losses.hausdorff_er import (
+    binary_hausdorff_er_loss,
+    binary_log_hausdorff_dt_loss,
+    hausdorff_er_loss,
+    log_hausdorff_dt_loss,
+)
 from .losses.lovasz import binary_lovasz_loss, lovasz_loss
 from .losses.marginal import marginal_ce_loss, marginal_dice_loss
 from .losses.overlap import (
@@ -53,6 +67,16 @@ from .losses.unified_focal import binary_unified_focal_loss, unified_focal_loss
 from .losses.wasserstein import gwdl_loss
 
 __all__ = [
+    "binary_boundary_dou_loss",
+    "binary_distance_ce_loss",
+    "binary_hausdorff_er_loss",
+    "binary_log_hausdorff_dt_loss",
+    "binary_region_wise_loss",
+    "boundary_dou_loss",
+    "distance_ce_loss",
+    "hausdorff_er_loss",
+    "log_hausdorff_dt_loss",
+    "region_wise_loss",
     "binary_combo_loss",
     "binary_sensitivity_specificity_loss",
     "binary_unified_focal_loss",

@@ -126,8 +126,9 @@ def marginal_ce_loss(
             ``(N, J, *S)``.
         label_sets: ``J`` lists of model classes, one per annotated label, partitioning ``range(C)``;
             None (default): every class its own label, plain cross-entropy.
-        weight_map, mask, weight, label_smoothing, ignore_index, reduction: as
-            :func:`cross_entropy_loss`, over the ``J`` annotated labels.
+        weight_map, mask: as :func:`cross_entropy_loss`.
+        weight, label_smoothing, ignore_index, reduction: as :func:`cross_entropy_loss`, over the ``J``
+            annotated labels.
     """
     opts = MarginalCEOptions(
         pixel_weights=pixel_weights(logits, weight_map, mask),
@@ -161,9 +162,9 @@ def marginal_dice_loss(
         target: annotated labels ``(N, *S)`` in ``[0, J)`` or one-hot / soft ``(N, J, *S)``.
         label_sets: ``J`` lists of model classes, one per annotated label, partitioning ``range(C)``;
             None (default): every class its own label, plain Dice.
-        weight_map, mask, include_background, batch, smooth, weight, ignore_index, reduction, sync,
-            process_group: as :func:`dice_loss`, over the ``J`` labels (``include_background=False``
-            drops label 0).
+        weight_map, mask: as :func:`dice_loss`.
+        include_background, batch, smooth, weight, ignore_index, reduction, sync, process_group: as
+            :func:`dice_loss`, over the ``J`` labels (``include_background=False`` drops label 0).
     """
     opts = MarginalDiceOptions(
         pixel_weights=pixel_weights(logits, weight_map, mask),
