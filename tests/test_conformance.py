@@ -30,6 +30,13 @@ PERFECT_NOT_ZERO |= {"adaptive_smoothing_ce"}  # label smoothing: a perfect pred
 PERFECT_NOT_ZERO |= {"region_wise", "binary_region_wise"}  # -D / max D inside the class: negative there
 
 
+def drops_background(entry) -> bool:
+    """A softmax region loss whose default leaves class 0 out (``include_background=False``, as the
+    paper of ``skeleton_recall``): its ``none`` has ``C - 1`` classes."""
+    parameter = inspect.signature(entry.module).parameters.get("include_background")
+    return entry.domain == "softmax" and parameter is not None and parameter.default is False
+
+
 def is_stateful(entry) -> bool:
     return bool(getattr(entry.module, "stateful", False))
 
@@ -62,6 +69,7 @@ class LossConformance:
     def expected_none_shape(entry, logits: torch.Tensor, batch: bool = False):
         n, c, *spatial = logits.shape
         if entry.kind == "region":
+            c -= drops_background(entry)
             return (c,) if batch else (n, c)
         if entry.kind == "class":  # one loss per class over the batch (per image: (N, C))
             return (c,)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 # the boundary family depends on where pixels are (distances, bands, neighbours), and the surface loss
 # is negative inside the target by design (SPEC section 4)
-SPATIAL = {"boundary", "hausdorff_dt", "boundary_iou", "active_contour"}
+SPATIAL = {"boundary", "hausdorff_dt", "boundary_iou", "active_contour", "skeleton_recall"}
 SPATIAL |= {f"binary_{name}" for name in SPATIAL}
 NEGATIVE_ALLOWED = {"boundary", "binary_boundary"}
 

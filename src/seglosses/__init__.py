@@ -33,6 +33,7 @@ from .losses.boundary import (
     target_boundary_bands,
     target_distance_maps,
 )
+from .losses.cldice import BinaryClDiceLoss, BinaryDiceClDiceLoss, ClDiceLoss, DiceClDiceLoss
 from .losses.combo import BinaryComboLoss, ComboLoss
 from .losses.compound import CompoundLoss, create_loss
 from .losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss
@@ -77,15 +78,31 @@ from .losses.overlap import (
     TverskyLoss,
 )
 from .losses.sensitivity import BinarySensitivitySpecificityLoss, SensitivitySpecificityLoss
+from .losses.skeleton_recall import (
+    BinarySkeletonRecallLoss,
+    SkeletonRecallLoss,
+    SkeletonTransform,
+    target_skeletons,
+)
 from .losses.unified_focal import BinaryUnifiedFocalLoss, UnifiedFocalLoss
 from .losses.wasserstein import GWDLoss
 from .ops.distance import distance_transform, signed_distance_map
+from .ops.skeleton import skeletonize
 from .schedules import Schedule, as_schedule
 from .weights import ClassFrequency, class_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BinaryClDiceLoss",
+    "BinaryDiceClDiceLoss",
+    "ClDiceLoss",
+    "DiceClDiceLoss",
+    "BinarySkeletonRecallLoss",
+    "SkeletonRecallLoss",
+    "SkeletonTransform",
+    "skeletonize",
+    "target_skeletons",
     "BinaryBoundaryDoULoss",
     "BinaryDistanceCELoss",
     "BinaryHausdorffERLoss",

@@ -23,6 +23,7 @@ from .losses.boundary import (
     boundary_loss,
     hausdorff_dt_loss,
 )
+from .losses.cldice import binary_cldice_loss, binary_dice_cldice_loss, cldice_loss, dice_cldice_loss
 from .losses.combo import binary_combo_loss, combo_loss
 from .losses.cross_entropy import binary_cross_entropy_loss, cross_entropy_loss
 from .losses.distance_weighted import (
@@ -63,10 +64,17 @@ from .losses.overlap import (
     tversky_loss,
 )
 from .losses.sensitivity import binary_sensitivity_specificity_loss, sensitivity_specificity_loss
+from .losses.skeleton_recall import binary_skeleton_recall_loss, skeleton_recall_loss
 from .losses.unified_focal import binary_unified_focal_loss, unified_focal_loss
 from .losses.wasserstein import gwdl_loss
 
 __all__ = [
+    "binary_cldice_loss",
+    "binary_dice_cldice_loss",
+    "cldice_loss",
+    "dice_cldice_loss",
+    "binary_skeleton_recall_loss",
+    "skeleton_recall_loss",
     "binary_boundary_dou_loss",
     "binary_distance_ce_loss",
     "binary_hausdorff_er_loss",
