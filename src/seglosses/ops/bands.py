@@ -74,22 +74,29 @@ def _doubling_steps(extent: int, length: int) -> List[Tuple[int, int]]:
 
 
 class _RunningMin(torch.autograd.Function):
-    """:func:`running_min` with a closed-form backward: each step keeps, per element, whether the left
-    operand was the smaller (one byte), and the backward sends each gradient back to that side, step by
-    step in reverse (ties to the left: one valid subgradient, where autograd through ``torch.minimum``
-    splits ties in halves at several times the cost). Eager only (:func:`~seglosses._core.backend.
-    implementation`); a double backward differentiates the reference."""
+    """:func:`running_min` with a closed-form backward: the forward keeps, per output, where in its window
+    the minimum is (an int16 offset, carried through the doubling steps), and the backward adds each
+    gradient there with one ``scatter_add_`` (ties go to the leftmost candidate of each step: one valid
+    subgradient, where autograd through ``torch.minimum`` splits ties in halves at several times the cost).
+    Eager only (:func:`~seglosses._core.backend.implementation`); a double backward differentiates the
+    reference."""
 
     @staticmethod
     def forward(ctx: Any, values: Tensor, axis: int, length: int) -> Tensor:
-        m, masks = values, []
-        steps = _doubling_steps(values.shape[axis], length)
-        for offset, size in steps:
-            left, right = m.narrow(axis, 0, size), m.narrow(axis, offset, size)
-            masks.append(left <= right)
+        m: Tensor = values
+        offset: Optional[Tensor] = None  # m[i] = values[i + offset[i]] along the axis
+        for shift, size in _doubling_steps(values.shape[axis], length):
+            left, right = m.narrow(axis, 0, size), m.narrow(axis, shift, size)
+            take_left = left <= right
+            if offset is None:
+                offset = torch.where(take_left, 0, shift).to(torch.int16 if length < 2**15 else torch.int32)
+            else:
+                offset = torch.where(
+                    take_left, offset.narrow(axis, 0, size), offset.narrow(axis, shift, size) + shift
+                )
             m = torch.minimum(left, right)
-        ctx.axis, ctx.length, ctx.steps = axis, length, steps
-        ctx.save_for_backward(values, *masks)
+        ctx.axis, ctx.length = axis, length
+        ctx.save_for_backward(values, offset)
         return m
 
     @staticmethod
@@ -99,17 +106,12 @@ class _RunningMin(torch.autograd.Function):
     @staticmethod
     @first_order_backward("the boundary bands' erosion", lambda *a: _RunningMin.reference(*a))
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None, None]:
-        values, *masks = ctx.saved_tensors
+        values, offset = ctx.saved_tensors
         axis = ctx.axis
-        extents = [values.shape[axis]] + [size for _, size in ctx.steps[:-1]]
-        for (offset, size), mask, extent in zip(reversed(ctx.steps), reversed(masks), reversed(extents)):
-            shape = list(grad.shape)
-            shape[axis] = extent
-            before = grad.new_zeros(shape)
-            torch.mul(grad, mask, out=before.narrow(axis, 0, size))
-            before.narrow(axis, offset, size).add_(grad.masked_fill(mask, 0.0))
-            grad = before
-        return grad, None, None
+        shape = [1] * grad.ndim
+        shape[axis] = grad.shape[axis]
+        position = torch.arange(grad.shape[axis], device=grad.device).view(shape) + offset.long()
+        return grad.new_zeros(values.shape).scatter_add_(axis, position, grad), None, None
 
 
 def boundary_band(values: Tensor, width: int) -> Tensor:
