@@ -159,3 +159,16 @@ def test_bad_weight_maps_and_masks_are_refused():
         sl.cross_entropy_loss(logits, labels, weight_map=torch.ones(2, 5, 6, dtype=torch.long))
     with pytest.raises(sl.SegLossError, match="mask as a bool tensor"):
         sl.focal_loss(logits, labels, mask=mask.long())
+
+
+def test_bad_weights_on_a_deferring_device_raise_later(monkeypatch):
+    """On CUDA the weight map's values are checked without a host synchronisation (the CPU stands in here,
+    as in tests/test_deferred_checks.py): the call returns, the next flush raises."""
+    from seglosses._core import deferred
+
+    monkeypatch.setattr(deferred, "DEFERRED_DEVICES", ("cpu",))
+    logits, labels, weights, _ = inputs()
+    weights[0, 0, 0] = -1.0
+    sl.dice_loss(logits, labels, weights)  # no host read: the verdict is pending
+    with pytest.raises(sl.SegLossError, match="1 negative or non-finite values.*deferred input check"):
+        sl.flush_input_checks()

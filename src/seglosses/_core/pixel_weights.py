@@ -20,7 +20,8 @@ from typing import Any, Callable, List, NamedTuple, Optional, Tuple, cast
 import torch
 from torch import Tensor
 
-from .errors import expected
+from .deferred import defer, deferred
+from .errors import SegLossError, expected
 from .numerics import compute_dtype
 from .reduction import reduce
 from .targets import input_checks_enabled
@@ -83,12 +84,28 @@ def pixel_weights(
         if not weight_map.is_floating_point():
             raise expected("weight_map as a floating-point tensor", weight_map.dtype)
         if input_checks_enabled() and weight_map.numel():
-            bad = ~torch.isfinite(weight_map) | (weight_map < 0)
-            if bool(bad.any()):
-                raise expected(
-                    "weight_map values finite and >= 0", f"{int(bad.sum())} negative or non-finite values"
-                )
+            _check_weight_values(weight_map)
     return PixelWeights(checked[0], checked[1])
+
+
+def _check_weight_values(weight_map: Tensor) -> None:
+    """Raise unless every weight is finite and ``>= 0``: at once on the CPU, deferred on CUDA (no host
+    synchronisation; :mod:`seglosses._core.deferred`)."""
+    bad = (~torch.isfinite(weight_map) | (weight_map < 0)).sum()
+
+    def verdict(values: List[float]) -> Optional[str]:
+        if values[0] == 0:
+            return None
+        return (
+            f"expected weight_map values finite and >= 0, got {int(values[0])} negative or non-finite values"
+        )
+
+    if deferred(weight_map.device):
+        defer([bad], verdict)
+        return
+    problem = verdict([float(bad)])
+    if problem is not None:
+        raise SegLossError(problem)
 
 
 def weighted_pixel_loss(
