@@ -163,12 +163,13 @@ def test_bad_weight_maps_and_masks_are_refused():
 
 def test_bad_weights_on_a_deferring_device_raise_later(monkeypatch):
     """On CUDA the weight map's values are checked without a host synchronisation (the CPU stands in here,
-    as in tests/test_deferred_checks.py): the call returns, the next flush raises."""
+    as in tests/test_deferred_checks.py): the verdict is queued and raised by the first later check that
+    finds it ready (here the same call's target check, whose copy is already on the host) or a flush."""
     from seglosses._core import deferred
 
     monkeypatch.setattr(deferred, "DEFERRED_DEVICES", ("cpu",))
     logits, labels, weights, _ = inputs()
     weights[0, 0, 0] = -1.0
-    sl.dice_loss(logits, labels, weights)  # no host read: the verdict is pending
     with pytest.raises(sl.SegLossError, match="1 negative or non-finite values.*deferred input check"):
+        sl.dice_loss(logits, labels, weights)
         sl.flush_input_checks()
