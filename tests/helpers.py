@@ -77,6 +77,8 @@ def smp_losses():
     import sys
     import types
 
+    if "segmentation_models_pytorch.losses" in sys.modules:  # imported already (the stand-in has no spec)
+        return sys.modules["segmentation_models_pytorch.losses"]
     spec = importlib.util.find_spec("segmentation_models_pytorch")
     if spec is None or spec.submodule_search_locations is None:
         return None

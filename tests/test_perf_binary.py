@@ -27,6 +27,7 @@ def fused_at_every_size(monkeypatch):
     numerics.FUSED_MIN elements take torch's kernels and the plain references)."""
     monkeypatch.setattr(numerics, "FUSED_MIN", 0)
 
+
 REGION = {
     "binary_dice": SF.binary_dice_loss,
     "binary_jaccard": SF.binary_jaccard_loss,
@@ -55,8 +56,10 @@ def _target(kind, shape, seed=0):
     return hard.masked_fill(~valid, IGNORE), valid
 
 
-def _reference_overlap(logits, target, valid, finite=False):
-    """The formula the fused statistics replace: sigmoid_f32, the target as numbers zeroed where ignored."""
+def _reference_overlap(logits, target, valid, finite=False, squared=False, soft_label=False, weight=None):
+    """The formula the fused statistics replace: sigmoid_f32, the target as numbers zeroed where ignored
+    (the plain form only: the other forms and weights never take the fused path)."""
+    assert not squared and not soft_label and weight is None
     dense = target.to(compute_dtype(logits))
     if valid is not None:
         dense = dense.masked_fill(~valid, 0)

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 # the boundary family depends on where pixels are (distances, bands, neighbours), and the surface loss
 # is negative inside the target by design (SPEC section 4)
-SPATIAL = {"boundary", "hausdorff_dt", "boundary_iou", "active_contour", "skeleton_recall"}
+SPATIAL = {"boundary", "hausdorff_dt", "boundary_iou", "active_contour", "skeleton_recall", "cldice"}
+SPATIAL |= {"dice_cldice", "cbdice", "hausdorff_er", "log_hausdorff_dt", "boundary_dou", "region_wise"}
+SPATIAL |= {"distance_ce"}  # each reads where pixels are (distances, erosions, skeletons)
 SPATIAL |= {f"binary_{name}" for name in SPATIAL}
 NEGATIVE_ALLOWED = {"boundary", "binary_boundary"}
 
@@ -53,6 +55,7 @@ def test_invariant_to_permuting_pixels(case):
         flat_target = target.reshape(n, -1)[..., perm]
     else:
         flat_target = target.reshape(n, c, -1)[..., perm]
+
     def loss():  # a fresh module per call: a stateful loss folds in each training-mode batch
         return entry.module(ignore_index=IGNORE, reduction="none" if entry.kind == "region" else "mean")
 

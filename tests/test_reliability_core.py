@@ -316,7 +316,8 @@ def test_the_functions_answer_unknown_and_missing_arguments_with_a_seglosses_err
         SF.dice_loss(z, t, softmax=True)
     with pytest.raises(sl.SegLossError, match="did you mean 'smooth'"):
         sl.dice_loss(z, t, smoth=1.0)
-    with pytest.raises(sl.SegLossError, match=r"focal_loss\(logits, target, \*, gamma.*missing .*'target'"):
+    signature = r"focal_loss\(logits, target, weight_map, mask, \*, gamma"
+    with pytest.raises(sl.SegLossError, match=signature + r".*missing .*'target'"):
         SF.focal_loss(z)
     compiled = torch.compile(SF.dice_loss, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(z, t), SF.dice_loss(z, t))

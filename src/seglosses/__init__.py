@@ -33,6 +33,7 @@ from .losses.boundary import (
     target_boundary_bands,
     target_distance_maps,
 )
+from .losses.cbdice import BinaryCbDiceLoss, CbDiceLoss, CbDiceMapTransform, target_cbdice_maps
 from .losses.cldice import BinaryClDiceLoss, BinaryDiceClDiceLoss, ClDiceLoss, DiceClDiceLoss
 from .losses.combo import BinaryComboLoss, ComboLoss
 from .losses.compound import CompoundLoss, create_loss
@@ -94,6 +95,10 @@ from .weights import ClassFrequency, class_weights
 __version__ = "0.1.0"
 
 __all__ = [
+    "BinaryCbDiceLoss",
+    "CbDiceLoss",
+    "CbDiceMapTransform",
+    "target_cbdice_maps",
     "BinaryClDiceLoss",
     "BinaryDiceClDiceLoss",
     "ClDiceLoss",

@@ -23,6 +23,7 @@ from .losses.boundary import (
     boundary_loss,
     hausdorff_dt_loss,
 )
+from .losses.cbdice import binary_cbdice_loss, cbdice_loss
 from .losses.cldice import binary_cldice_loss, binary_dice_cldice_loss, cldice_loss, dice_cldice_loss
 from .losses.combo import binary_combo_loss, combo_loss
 from .losses.cross_entropy import binary_cross_entropy_loss, cross_entropy_loss
@@ -69,6 +70,8 @@ from .losses.unified_focal import binary_unified_focal_loss, unified_focal_loss
 from .losses.wasserstein import gwdl_loss
 
 __all__ = [
+    "binary_cbdice_loss",
+    "cbdice_loss",
     "binary_cldice_loss",
     "binary_dice_cldice_loss",
     "cldice_loss",

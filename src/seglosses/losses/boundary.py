@@ -431,8 +431,8 @@ class BoundaryBandTransform:
 
     Example:
         >>> transform = BoundaryBandTransform(num_classes=2, dilation_ratio=0.0)
-        >>> transform(torch.tensor([[0, 1, 1, 1, 0]]))[1]
-        tensor([[0., 1., 0., 1., 0.]])
+        >>> transform(torch.tensor([0, 1, 1, 1, 0]))[1]  # a 1-D label map: the band is the run's ends
+        tensor([0., 1., 0., 1., 0.])
     """
 
     def __init__(self, num_classes: int, *, dilation_ratio: float = 0.02, ignore_index: Optional[int] = None):
