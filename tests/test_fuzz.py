@@ -883,7 +883,15 @@ def test_torch_func_grad_equals_autograd(name, data):
     module.eval()
     grad = torch.func.grad(lambda z: _forward(module, z, target, extra).sum())(x.detach())
     tolerance = TOLERANCE[x.dtype]
+    if case.loss.removeprefix("binary_") in FLOAT32_DISTANCES:
+        tolerance = max(tolerance, TOLERANCE[torch.float32])
     torch.testing.assert_close(grad, plain[1], rtol=tolerance, atol=tolerance)
+
+
+# Losses whose distance maps are float32 and come from another exact transform under torch.func (its
+# torch path) than in eager mode on the CPU (the edt package or scipy): the two round differently
+# (measured 5e-8 relative on hausdorff_dt's gradient in float64).
+FLOAT32_DISTANCES = {"boundary", "hausdorff_dt", "log_hausdorff_dt", "region_wise", "distance_ce", "cbdice"}
 
 
 # one generated case per loss and run (a compile costs about a second; test_reliability_specs.py
