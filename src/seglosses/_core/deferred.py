@@ -64,6 +64,21 @@ def defer(statistics: List[Tensor], verdict: Verdict) -> None:
         _raise_ready(wait_for_oldest=True)
 
 
+def check_count(count: Tensor, problem: Callable[[int], str]) -> None:
+    """Raise ``SegLossError(problem(n))`` if the 0-d device count ``n`` of bad values is not 0: read at once
+    where reading is free (the CPU), deferred where it would stall the host (CUDA; see the module)."""
+
+    def verdict(values: List[float]) -> Optional[str]:
+        return None if values[0] == 0 else problem(int(values[0]))
+
+    if deferred(count.device):
+        defer([count], verdict)
+        return
+    message = verdict([float(count)])
+    if message is not None:
+        raise SegLossError(message)
+
+
 def raise_ready() -> None:
     """Raise for the first finished pending check that found a problem (no waiting)."""
     _raise_ready(wait_for_oldest=False)

@@ -20,8 +20,8 @@ from typing import Any, Callable, List, NamedTuple, Optional, Tuple, cast
 import torch
 from torch import Tensor
 
-from .deferred import defer, deferred
-from .errors import SegLossError, expected
+from .deferred import check_count
+from .errors import expected
 from .numerics import compute_dtype
 from .reduction import reduce
 from .targets import input_checks_enabled
@@ -89,23 +89,11 @@ def pixel_weights(
 
 
 def _check_weight_values(weight_map: Tensor) -> None:
-    """Raise unless every weight is finite and ``>= 0``: at once on the CPU, deferred on CUDA (no host
-    synchronisation; :mod:`seglosses._core.deferred`)."""
+    """Raise unless every weight is finite and ``>= 0`` (deferred on CUDA: no host synchronisation)."""
     bad = (~torch.isfinite(weight_map) | (weight_map < 0)).sum()
-
-    def verdict(values: List[float]) -> Optional[str]:
-        if values[0] == 0:
-            return None
-        return (
-            f"expected weight_map values finite and >= 0, got {int(values[0])} negative or non-finite values"
-        )
-
-    if deferred(weight_map.device):
-        defer([bad], verdict)
-        return
-    problem = verdict([float(bad)])
-    if problem is not None:
-        raise SegLossError(problem)
+    check_count(
+        bad, lambda n: f"expected weight_map values finite and >= 0, got {n} negative or non-finite values"
+    )
 
 
 def weighted_pixel_loss(

@@ -29,6 +29,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .._core.deferred import check_count
 from .._core.errors import expected
 from .._core.numerics import safe_divide, sigmoid_f32, softmax_f32
 from .._core.options import ClassValues, Reduction, check_bool, check_ignore_index, check_int
@@ -189,11 +190,10 @@ def _check_skeletons(skeletons: Tensor, logits: Tensor) -> Tensor:
     if skeletons.device != logits.device:
         raise expected(f"skeletons on the logits' device {logits.device}", f"device {skeletons.device}")
     if skeletons.dtype != torch.bool and input_checks_enabled() and skeletons.numel():
-        inside = (skeletons >= 0) & (skeletons <= 1)  # False for NaN
-        if not bool(inside.all()):
-            raise expected(
-                "skeletons with values in [0, 1] (a mask)", f"{int((~inside).sum())} values outside"
-            )
+        outside = (~((skeletons >= 0) & (skeletons <= 1))).sum()  # NaN is outside; deferred on CUDA
+        check_count(
+            outside, lambda n: f"expected skeletons with values in [0, 1] (a mask), got {n} values outside"
+        )
     return skeletons
 
 
