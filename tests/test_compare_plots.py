@@ -205,3 +205,11 @@ def test_grey_or_rgb_rescales():
     np.testing.assert_allclose(grey_or_rgb(np.array([[[2.0, 4.0]], [[9.0, 9.0]]])), [[[0, 0, 0], [1, 1, 1]]])
     np.testing.assert_allclose(grey_or_rgb(np.arange(6.0).reshape(3, 1, 2))[0, 1], [0.2, 0.6, 1.0])
     assert np.all(grey_or_rgb(np.ones((1, 2, 2))) == 0)
+
+
+def test_twenty_losses_get_twenty_colours():
+    """With more than ten losses the colours do not repeat (tab10, then tab20's light shades)."""
+    from seglosses.compare.plots import _loss_colour
+
+    colours = {tuple(_loss_colour(k)) for k in range(20)}
+    assert len(colours) == 20

@@ -1,6 +1,7 @@
 """The comparison's figures as PNG bytes: learning curves, per-class Dice and prediction overlays.
 
-Every loss keeps one colour in every figure (matplotlib's ``tab10`` by its position in the comparison).
+Every loss keeps one colour in every figure (matplotlib's ``tab10`` by its position in the comparison, then
+``tab20``'s light shades: twenty distinct colours).
 matplotlib is imported inside the functions, so the package imports without it; figures are drawn on a
 :class:`matplotlib.figure.Figure` (no pyplot state) and saved by the Agg renderer.
 
@@ -339,9 +340,13 @@ def _grid(panels: int) -> Tuple[int, int]:
 
 
 def _loss_colour(k: int) -> Any:
+    """``tab10`` for the first ten losses, then the light shades of the same hues (``tab20``'s odd
+    entries): twenty distinct colours, the first ten as before."""
     from matplotlib import colormaps
 
-    return colormaps["tab10"](k % 10)
+    if k % 20 < 10:
+        return colormaps["tab10"](k % 10)
+    return colormaps["tab20"](2 * (k % 10) + 1)
 
 
 def _class_colour(k: int) -> str:
