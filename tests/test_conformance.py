@@ -55,6 +55,21 @@ def for_gradcheck(entry, logits: Tensor, target: Tensor, **options):
     return loss
 
 
+def takes_weight_maps(entry) -> bool:
+    """Whether the loss takes ``weight_map=`` and ``mask=`` (issue 19, item 9)."""
+    return "weight_map" in getattr(entry.module, "term_inputs", {})
+
+
+def skip_unless_weighted(entry) -> None:
+    if not takes_weight_maps(entry):
+        pytest.skip(f"{entry.name} takes no weight_map / mask")
+
+
+def spatial_shape(logits: Tensor) -> Tuple[int, ...]:
+    """``(N, *S)``: the shape of a weight map or mask for ``logits`` ``(N, C, *S)``."""
+    return (logits.shape[0], *logits.shape[2:])
+
+
 class LossConformance:
     """Checks every registered loss passes; see the module docstring."""
 
@@ -186,6 +201,43 @@ class LossConformance:
         assert torch.isfinite(half) and grad.dtype == dtype and torch.isfinite(grad).all()
         tolerance = 2e-3 if dtype == torch.float16 else 1.5e-2  # 11 vs 8 mantissa bits
         torch.testing.assert_close(half.float(), single.detach(), atol=tolerance, rtol=tolerance)
+
+    def test_weight_maps_of_ones_change_nothing(self, entry):
+        """``weight_map`` of ones and a ``mask`` of every pixel give the loss without them (issue 19)."""
+        skip_unless_weighted(entry)
+        logits, target = self.inputs(entry)
+        ones = torch.ones(spatial_shape(logits), dtype=logits.dtype)
+        for reduction in ("mean", "none"):
+            plain = entry.module(reduction=reduction)(logits, target)
+            weighted = entry.module(reduction=reduction)(logits, target, weight_map=ones)
+            masked = entry.module(reduction=reduction)(logits, target, mask=ones.bool())
+            torch.testing.assert_close(weighted, plain)
+            torch.testing.assert_close(masked, plain)
+
+    def test_mask_is_ignore_index(self, entry):
+        """``mask`` False at a pixel is that pixel set to ``ignore_index``: value and gradient."""
+        skip_unless_weighted(entry)
+        logits, target = self.inputs(entry)
+        mask = torch.rand(spatial_shape(logits), generator=torch.Generator().manual_seed(7)) > 0.3
+        ignored = target.masked_fill(~(mask if entry.domain == "softmax" else mask.unsqueeze(1)), IGNORE)
+        for reduction in ("mean", "none"):
+            masked = entry.module(ignore_index=IGNORE, reduction=reduction)(logits, target, mask=mask)
+            expected = entry.module(ignore_index=IGNORE, reduction=reduction)(logits, ignored)
+            torch.testing.assert_close(masked, expected)
+        (masked_grad,) = torch.autograd.grad(masked.sum(), logits)
+        (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
+        torch.testing.assert_close(masked_grad, expected_grad)
+
+    def test_weighted_gradcheck(self, entry):
+        skip_unless_weighted(entry)
+        logits, target = self.inputs(entry, (2, 3, 3, 4), scale=1.0)
+        g = torch.Generator().manual_seed(8)
+        weights = torch.rand(spatial_shape(logits), generator=g, dtype=torch.float64) + 0.1
+        mask = torch.rand(spatial_shape(logits), generator=g) > 0.25
+        loss = for_gradcheck(entry, logits, target)
+        assert torch.autograd.gradcheck(
+            lambda z: loss(z, target, weight_map=weights, mask=mask), (logits,), eps=1e-6, atol=1e-5
+        )
 
     def test_bad_option_raises(self, entry):
         with pytest.raises(sl.SegLossError, match="reduction"):

@@ -117,13 +117,56 @@ class PixelWeightedModule(LossModule):
         weight_map: Optional[Tensor] = None,
         mask: Optional[Tensor] = None,
     ) -> Tensor:
+        return type(self).implementation(logits, target, self.weighted_options(logits, weight_map, mask))
+
+    def weighted_options(
+        self, logits: Tensor, weight_map: Optional[Tensor], mask: Optional[Tensor]
+    ) -> Options:
+        """The checked options carrying one call's checked ``weight_map`` and ``mask`` (if any)."""
         options = self.checked_options
         if weight_map is not None or mask is not None:
             options = options.with_values(pixel_weights=pixel_weights(logits, weight_map, mask))
-        return type(self).implementation(logits, target, options)
+        return options
 
     def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
         return self(logits, target, inputs.get("weight_map"), inputs.get("mask"))
+
+
+class PrecomputedInputModule(PixelWeightedModule):
+    """A loss module whose forward also takes an optional precomputed part of the target (the surface
+    losses' ``dist_maps``, boundary IoU's ``bands``, ...) before ``weight_map`` and ``mask``.
+
+    A subclass names that input in :attr:`precomputed_input` and defines
+    ``forward(logits, target, <name>=None, weight_map=None, mask=None)`` as one call of :meth:`call`, so
+    that the input keeps its name in ``help()`` and as a keyword; in a compound it is
+    ``criterion(logits, target, <name>=...)``. The implementation is
+    ``implementation(logits, target, precomputed, options)``.
+    """
+
+    precomputed_input: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = getattr(cls, "precomputed_input", None)
+        if name is not None:
+            cls.term_inputs = {name: False, **PixelWeightedModule.term_inputs}
+
+    def call(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        precomputed: Optional[Tensor],
+        weight_map: Optional[Tensor],
+        mask: Optional[Tensor],
+    ) -> Tensor:
+        """The loss on one call's inputs (what ``forward`` does)."""
+        options = self.weighted_options(logits, weight_map, mask)
+        return type(self).implementation(logits, target, precomputed, options)
+
+    def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
+        return self.call(
+            logits, target, inputs.get(self.precomputed_input), inputs.get("weight_map"), inputs.get("mask")
+        )
 
 
 def module_for(
@@ -183,6 +226,7 @@ def module_pair(
 __all__ = [
     "LossModule",
     "PixelWeightedModule",
+    "PrecomputedInputModule",
     "SegLossError",
     "keyword_options",
     "module_for",

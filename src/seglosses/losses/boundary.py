@@ -50,7 +50,7 @@ from .._core.targets import (
 )
 from ..ops.bands import band_width, boundary_band
 from ..ops.distance import Spacing, check_spacing, sample_extremes, signed_distance_map, two_sided_distance
-from .base import LossModule, module_pair
+from .base import PrecomputedInputModule, module_pair
 from .overlap import RegionOptions, Statistics, jaccard_score, region_loss
 
 _LENGTH_EPS = 1e-8  # inside the square root of the active contour's length term (Chen et al.)
@@ -656,30 +656,36 @@ def binary_active_contour_loss(
 # --- modules and registry ----------------------------------------------------------------------------
 
 
-class _WithBands(LossModule):
-    """A boundary-IoU module: ``forward(logits, target, bands=None)``; in a compound,
-    ``criterion(logits, target, bands=bands)``."""
+class _WithBands(PrecomputedInputModule):
+    """A boundary-IoU module: ``forward(logits, target, bands=None, weight_map=None, mask=None)``."""
 
-    term_inputs = {"bands": False}
+    precomputed_input = "bands"
 
-    def forward(self, logits: Tensor, target: Tensor, bands: Optional[Tensor] = None) -> Tensor:
-        return type(self).implementation(logits, target, bands, self.checked_options)
+    def forward(  # type: ignore[override]
+        self,
+        logits: Tensor,
+        target: Tensor,
+        bands: Optional[Tensor] = None,
+        weight_map: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        return self.call(logits, target, bands, weight_map, mask)
 
-    def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
-        return self(logits, target, inputs.get("bands"))
 
+class _WithMaps(PrecomputedInputModule):
+    """A surface-loss module: ``forward(logits, target, dist_maps=None, weight_map=None, mask=None)``."""
 
-class _WithMaps(LossModule):
-    """A surface-loss module: ``forward(logits, target, dist_maps=None)``; in a compound,
-    ``criterion(logits, target, dist_maps=maps)``."""
+    precomputed_input = "dist_maps"
 
-    term_inputs = {"dist_maps": False}
-
-    def forward(self, logits: Tensor, target: Tensor, dist_maps: Optional[Tensor] = None) -> Tensor:
-        return type(self).implementation(logits, target, dist_maps, self.checked_options)
-
-    def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
-        return self(logits, target, inputs.get("dist_maps"))
+    def forward(  # type: ignore[override]
+        self,
+        logits: Tensor,
+        target: Tensor,
+        dist_maps: Optional[Tensor] = None,
+        weight_map: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        return self.call(logits, target, dist_maps, weight_map, mask)
 
 
 BoundaryLoss, BinaryBoundaryLoss = module_pair(

@@ -81,7 +81,7 @@ from .._core.reduction import reduce_region
 from .._core.registry import register
 from .._core.targets import IndexTarget, SoftmaxTarget, input_checks_enabled
 from ..ops.distance import distance_transform
-from .base import LossModule, module_pair
+from .base import PrecomputedInputModule, module_pair
 from .boundary import _target_masks
 from .cldice import _cldice_terms
 from .overlap import RegionOptions
@@ -433,17 +433,20 @@ _document(cbdice_loss, binary=False)
 _document(binary_cbdice_loss, binary=True)
 
 
-class _WithCbDiceMaps(LossModule):
-    """A cbDice module: ``forward(logits, target, cbdice_maps=None)``; in a compound,
-    ``criterion(logits, target, cbdice_maps=...)``."""
+class _WithCbDiceMaps(PrecomputedInputModule):
+    """A cbDice module: ``forward(logits, target, cbdice_maps=None, weight_map=None, mask=None)``."""
 
-    term_inputs = {"cbdice_maps": False}
+    precomputed_input = "cbdice_maps"
 
-    def forward(self, logits: Tensor, target: Tensor, cbdice_maps: Optional[Tensor] = None) -> Tensor:
-        return type(self).implementation(logits, target, cbdice_maps, self.checked_options)
-
-    def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
-        return self(logits, target, inputs.get("cbdice_maps"))
+    def forward(  # type: ignore[override]
+        self,
+        logits: Tensor,
+        target: Tensor,
+        cbdice_maps: Optional[Tensor] = None,
+        weight_map: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        return self.call(logits, target, cbdice_maps, weight_map, mask)
 
 
 CbDiceLoss, BinaryCbDiceLoss = module_pair(

@@ -44,7 +44,7 @@ from .._core.targets import (
 )
 from ..distributed import ProcessGroup
 from ..ops.skeleton import dilate_cross, skeletonize
-from .base import LossModule, module_pair
+from .base import PrecomputedInputModule, module_pair
 from .boundary import _target_masks
 from .overlap import RegionOptions, Statistics, region_loss
 
@@ -329,17 +329,20 @@ def binary_skeleton_recall_loss(
     return _skeleton_recall(logits, target, skeletons, opts, binary=True)
 
 
-class _WithSkeletons(LossModule):
-    """A Skeleton Recall module: ``forward(logits, target, skeletons=None)``; in a compound,
-    ``criterion(logits, target, skeletons=...)``."""
+class _WithSkeletons(PrecomputedInputModule):
+    """A Skeleton Recall module: ``forward(logits, target, skeletons=None, weight_map=None, mask=None)``."""
 
-    term_inputs = {"skeletons": False}
+    precomputed_input = "skeletons"
 
-    def forward(self, logits: Tensor, target: Tensor, skeletons: Optional[Tensor] = None) -> Tensor:
-        return type(self).implementation(logits, target, skeletons, self.checked_options)
-
-    def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
-        return self(logits, target, inputs.get("skeletons"))
+    def forward(  # type: ignore[override]
+        self,
+        logits: Tensor,
+        target: Tensor,
+        skeletons: Optional[Tensor] = None,
+        weight_map: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        return self.call(logits, target, skeletons, weight_map, mask)
 
 
 SkeletonRecallLoss, BinarySkeletonRecallLoss = module_pair(
