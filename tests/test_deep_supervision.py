@@ -53,6 +53,35 @@ def test_dense_targets_are_area_averaged_and_ignore_survives_resizing():
     assert resize_target(target, (4, 4), index=True)[0, 0, 0] == IGNORE
 
 
+def test_weight_maps_are_area_averaged_and_masks_nearest_resized():
+    """Per scale, ``loss(z_i, y_i, weight_map=avg_pool(ω), mask=mask[centres])`` (issue 19, item 9)."""
+    zs = scales()
+    g = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 3, (2, 16, 16), generator=g)
+    weight_map = torch.rand(2, 16, 16, generator=g, dtype=torch.float64) * 3
+    mask = torch.rand(2, 16, 16, generator=g) > 0.3
+    weights = [0.5, 0.3, 0.2]
+    loss = sl.DeepSupervision(sl.create_loss("ce + dice"), weights=weights)(zs, target, weight_map, mask)
+    expected = 0
+    for i, (w, z) in enumerate(zip(weights, zs)):
+        f = 2**i
+        centres = (slice(None), slice(f // 2, None, f), slice(f // 2, None, f))
+        scaled_weights = F.avg_pool2d(weight_map.unsqueeze(1), f).squeeze(1) if f > 1 else weight_map
+        term = sl.create_loss("ce + dice")(z, target[centres], weight_map=scaled_weights, mask=mask[centres])
+        expected = expected + w * term
+    torch.testing.assert_close(loss, expected)
+    per_scale = [resize_target(weight_map, tuple(z.shape[2:]), index=True) for z in zs]
+    given = sl.DeepSupervision(sl.create_loss("ce + dice"), weights=weights)(zs, target, per_scale, mask)
+    torch.testing.assert_close(given, loss)  # lists are used as given
+
+
+def test_a_wrong_number_of_weight_maps_raises():
+    zs = scales()
+    target = torch.randint(0, 3, (2, 16, 16))
+    with pytest.raises(sl.SegLossError, match="one weight_map per scale"):
+        sl.DeepSupervision(sl.DiceLoss())(zs, target, [torch.ones(2, 16, 16)])
+
+
 def test_spec_string_and_steps_reach_the_wrapped_loss():
     wrapper = sl.create_loss(
         "deep_supervision(linear(start=1, end=0, steps=10)*ce + dice)", ignore_index=IGNORE

@@ -466,6 +466,37 @@ class TestEmbeddingConformance:
         expected = call_function(entry, module, x, labels, ignore_index=IGNORE)
         torch.testing.assert_close(module(x, labels), expected)
 
+    def test_mask_is_ignore_index(self, entry):
+        """``mask=`` (the labels' shape) is ``ignore_index`` at the pixels it leaves out, for the module,
+        the function and a compound with a pixel loss; with and without an ignore_index (issue 19)."""
+        x, labels = make_embeddings((2, 3, 6, 6), ignore_fraction=0.2)
+        mask = torch.rand(labels.shape, generator=torch.Generator().manual_seed(3)) > 0.3
+        module = build(entry, ignore_index=IGNORE)
+        expected = module(x, labels.masked_fill(~mask, IGNORE))
+        torch.testing.assert_close(module(x, labels, mask=mask), expected)
+        function = call_function(entry, module, x, labels, ignore_index=IGNORE, mask=mask)
+        torch.testing.assert_close(function, expected)
+        valid = labels != IGNORE
+        plain = build(entry)  # no ignore_index: the masked pixels are dropped all the same
+        torch.testing.assert_close(plain(x, labels.where(valid, 0), mask=mask & valid), expected)
+        compound = sl.CompoundLoss(
+            [(1.0, "dice", sl.DiceLoss(ignore_index=IGNORE)), (0.5, entry.name, module)]
+        )
+        logits = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+        total = compound(logits, labels, embeddings=x, mask=mask)
+        dice = sl.dice_loss(logits, labels.masked_fill(~mask, IGNORE), ignore_index=IGNORE)
+        torch.testing.assert_close(total, dice + 0.5 * expected)
+
+    def test_bad_masks_and_weight_maps_raise(self, entry):
+        x, labels = make_embeddings((2, 3, 6, 6))
+        with pytest.raises(sl.SegLossError, match="mask as a bool tensor"):
+            build(entry)(x, labels, mask=torch.ones(labels.shape))
+        with pytest.raises(sl.SegLossError, match=r"mask of the labels' shape \(2, 6, 6\)"):
+            build(entry)(x, labels, mask=torch.ones(2, 3, 3, dtype=torch.bool))
+        compound = sl.CompoundLoss([(1.0, "dice", sl.DiceLoss()), (0.5, entry.name, build(entry))])
+        with pytest.raises(sl.SegLossError, match="every term to take weight_map="):
+            compound(torch.randn(2, 4, 6, 6), labels, embeddings=x, weight_map=torch.ones(2, 6, 6))
+
     def test_module_passes_sampler_options_and_logits(self, entry):
         x, labels = make_embeddings((2, 3, 6, 6), ignore_fraction=0.2)
         logits = torch.randn(2, 4, 12, 12, dtype=torch.float64)

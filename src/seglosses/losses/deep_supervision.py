@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .._core.errors import expected, show
 
 Scales = Union[Tensor, Sequence[Tensor]]
+PerScale = Union[Tensor, Sequence[Tensor]]
 
 
 def default_weights(n: int) -> List[float]:
@@ -58,7 +59,10 @@ class DeepSupervision(nn.Module):
     resolution first (one tensor: the plain loss); ``target`` at the highest resolution, resized to each
     scale once per call (nearest for index and integer targets, area for floating ones: see
     :func:`resize_target`), or a list of targets, one per scale, used as given (nnU-Net's data loader
-    makes them). Equal to nnU-Net's ``DeepSupervisionWrapper`` given the same weights and targets, and to
+    makes them). ``weight_map`` ``(N, *S)`` and ``mask`` ``(N, *S)`` (optional; passed on only when
+    given, so the loss must take them: every registered loss does) are resized like the target: the
+    weight map by area (each coarse pixel the mean weight of the pixels it covers), the mask by nearest;
+    or given as lists, one per scale. Equal to nnU-Net's ``DeepSupervisionWrapper`` given the same weights and targets, and to
     MONAI's ``DeepSupervisionLoss(weights=...)`` (it resizes targets by ``nearest-exact`` too; its
     default weights differ: ``max(0.5^i, 1/16)``, unnormalised).
     """
@@ -88,16 +92,25 @@ class DeepSupervision(nn.Module):
             raise expected(f"one weight per scale ({len(self.weights)} weights)", f"{n} scales")
         return list(self.weights)
 
-    def forward(self, logits: Scales, target: Union[Tensor, Sequence[Tensor]]) -> Tensor:
+    def forward(
+        self,
+        logits: Scales,
+        target: PerScale,
+        weight_map: Optional[PerScale] = None,
+        mask: Optional[PerScale] = None,
+    ) -> Tensor:
         if isinstance(logits, Tensor):
-            return self.loss(logits, target)
+            return self.loss(logits, target, **_given(weight_map=weight_map, mask=mask))
         scales = _check_scales(logits)
-        targets = _targets(scales, target)
+        targets = _per_scale(scales, target, "target")
+        weight_maps = _per_scale(scales, weight_map, "weight_map")
+        masks = _per_scale(scales, mask, "mask")
         total: Optional[Tensor] = None
-        for weight, z, y in zip(self.scale_weights(len(scales)), scales, targets):
+        for i, (weight, z) in enumerate(zip(self.scale_weights(len(scales)), scales)):
             if weight == 0:
                 continue
-            term = weight * self.loss(z, y)
+            inputs = _given(weight_map=weight_maps[i], mask=masks[i])
+            term = weight * self.loss(z, targets[i], **inputs)
             total = term if total is None else total + term
         assert total is not None  # the weights are not all 0
         return total
@@ -138,20 +151,27 @@ def _check_scales(logits: Sequence[Tensor]) -> List[Tensor]:
     return scales
 
 
-def _targets(scales: List[Tensor], target: Union[Tensor, Sequence[Tensor]]) -> List[Tensor]:
-    """One target per scale: the given list, or the target resized (each size once)."""
-    if not isinstance(target, Tensor):
-        given = list(target)
+def _given(**inputs: Optional[Tensor]) -> Dict[str, Tensor]:
+    """The inputs that were given (a loss that takes no weight map is not handed ``weight_map=None``)."""
+    return {name: value for name, value in inputs.items() if value is not None}
+
+
+def _per_scale(scales: List[Tensor], value: Optional[PerScale], name: str) -> List[Optional[Tensor]]:
+    """One ``value`` per scale: the given list, or the tensor resized to each scale (each size once)."""
+    if value is None:
+        return [None] * len(scales)
+    if not isinstance(value, Tensor):
+        given = list(value)
         if len(given) != len(scales):
-            raise expected(f"one target per scale ({len(scales)})", f"{len(given)} targets")
+            raise expected(f"one {name} per scale ({len(scales)})", f"{len(given)} of them")
         return given
-    index = target.ndim == scales[0].ndim - 1
+    index = value.ndim == scales[0].ndim - 1
     cache: Dict[Tuple[int, ...], Tensor] = {}
-    resized = []
+    resized: List[Optional[Tensor]] = []
     for z in scales:
         size = tuple(z.shape[2:])
         if size not in cache:
-            cache[size] = resize_target(target, size, index)
+            cache[size] = resize_target(value, size, index)
         resized.append(cache[size])
     return resized
 

@@ -9,6 +9,12 @@ loss's own formula over pairs or triplets of those rows, pairs across images inc
 ``sum`` (``reduction="none"`` raises: there is no per-pixel value). A pixel is never its own positive.
 With no valid pair, anchor or triplet the loss is 0, attached to the graph.
 
+**Masks and weight maps.** ``mask=`` (bool, the labels' shape; True where a pixel counts) is the
+general form of ``ignore_index``: a pixel outside it is never sampled. The embedding losses take no
+``weight_map=``: a weight as a multiplicity (a pixel counted ``ω`` times) would make a pixel its own
+positive, which the pair losses exclude, so there is no weighted form that keeps their formulas; a
+compound with a pixel loss called with ``weight_map=`` raises, naming the embedding term.
+
 Pairwise work runs in row blocks of about ``ops.pairwise.BLOCK_ELEMENTS`` entries and is recomputed in
 backward (closed-form for contrastive and InfoNCE, mining under ``no_grad`` for hard triplets, per-block
 autograd for batch-all / semi-hard triplets), so forward+backward memory is ``O(M·(D + B))``, never
@@ -66,7 +72,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .._core.errors import SegLossError, expected, unknown_choice
 from .._core.numerics import LeanFunction, compute_dtype, first_order_backward, tracing, transformed
-from .._core.options import check_bool, check_choice, check_ignore_index, check_int, check_number
+from .._core.options import call_input, check_bool, check_choice, check_ignore_index, check_int, check_number
+from .._core.pixel_weights import _mask_as_ignore
 from .._core.reduction import reduce
 from .._core.registry import register
 from .._core.state import Accumulator
@@ -100,6 +107,7 @@ class EmbeddingOptions(SamplerOptions):
 
     ignore_index: Optional[int]
     reduction: EmbeddingReduction
+    mask: Optional[Tensor] = call_input()
 
     def checked(self) -> Dict[str, Any]:
         return {
@@ -150,11 +158,26 @@ def _sampled(
     without caps, every pixel is a row and the ignored ones are flagged, not gathered (static shapes)."""
     _check_vmap(name, opts)
     checks = input_checks_enabled()
-    pixels = _sample_rows(
-        embeddings, labels, logits, opts.ignore_index, opts, checks=checks, masked=tracing()
-    )
+    labels, ignore_index = _masked_labels(labels, opts.mask, opts.ignore_index)
+    pixels = _sample_rows(embeddings, labels, logits, ignore_index, opts, checks=checks, masked=tracing())
     x = pixels.x
     return _Sample(x.to(compute_dtype(x)), pixels.y, pixels.keep, checks)
+
+
+def _masked_labels(
+    labels: Tensor, mask: Optional[Tensor], ignore_index: Optional[int]
+) -> Tuple[Tensor, Optional[int]]:
+    """The labels with the pixels outside ``mask`` (bool, the labels' shape) set to ``ignore_index`` (-1
+    when there is none): a masked pixel is never sampled, as an ignored one."""
+    if mask is None:
+        return labels, ignore_index
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise expected("mask as a bool tensor (True where a pixel counts)", getattr(mask, "dtype", mask))
+    if not isinstance(labels, Tensor) or mask.shape != labels.shape or mask.device != labels.device:
+        got = f"shape {tuple(mask.shape)} on {mask.device}"
+        raise expected(f"mask of the labels' shape {tuple(labels.shape)} on {labels.device}", got)
+    folded, value, _ = _mask_as_ignore(labels, mask, ignore_index)
+    return folded, value
 
 
 def _check_overflow(loss: Tensor, name: str, x: Tensor) -> Tensor:
@@ -453,6 +476,7 @@ def contrastive_loss(
     labels: Tensor,
     logits: Optional[Tensor] = None,
     *,
+    mask: Optional[Tensor] = None,
     margin: float = 1.0,
     normalize: bool = False,
     ignore_index: Optional[int] = None,
@@ -482,6 +506,8 @@ def contrastive_loss(
             :func:`~seglosses.sampling.sample_pixels`, which also documents the sampler's options).
         margin: ``m >= 0``, the distance beyond which negatives cost nothing.
         normalize: L2-normalise embeddings first.
+        mask: bool, the labels' shape: True where a pixel counts; the others are never sampled
+            (the general form of ``ignore_index``).
         ignore_index: label value never sampled.
         reduction: ``mean`` / ``sum`` -> scalar (``none`` raises).
         sync: in a ``torch.distributed`` group, pair this process's pixels with the sampled pixels of
@@ -499,7 +525,7 @@ def contrastive_loss(
         tensor(8.4167)
     """
     opts = ContrastiveOptions(
-        margin=margin, normalize=normalize, ignore_index=ignore_index, reduction=reduction,
+        margin=margin, normalize=normalize, mask=mask, ignore_index=ignore_index, reduction=reduction,
         strategy=strategy, max_per_class=max_per_class, max_total=max_total, hard_fraction=hard_fraction,
         generator=generator, sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -626,6 +652,7 @@ def pixel_info_nce_loss(
     labels: Tensor,
     logits: Optional[Tensor] = None,
     *,
+    mask: Optional[Tensor] = None,
     temperature: float = 0.1,
     ignore_index: Optional[int] = None,
     reduction: EmbeddingReduction = "mean",
@@ -656,6 +683,8 @@ def pixel_info_nce_loss(
         logits: segmentation logits for the ``hard`` / ``mix`` sampler (see
             :func:`~seglosses.sampling.sample_pixels` for the sampler's options).
         temperature: ``τ > 0``.
+        mask: bool, the labels' shape: True where a pixel counts; the others are never sampled
+            (the general form of ``ignore_index``).
         ignore_index: label value never sampled.
         reduction: ``mean`` / ``sum`` -> scalar (``none`` raises).
         sync: in a ``torch.distributed`` group, pair this process's pixels with the sampled pixels of
@@ -673,7 +702,7 @@ def pixel_info_nce_loss(
         True
     """
     opts = InfoNCEOptions(
-        temperature=temperature, ignore_index=ignore_index, reduction=reduction, strategy=strategy,
+        temperature=temperature, mask=mask, ignore_index=ignore_index, reduction=reduction, strategy=strategy,
         max_per_class=max_per_class, max_total=max_total, hard_fraction=hard_fraction,
         generator=generator, sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -889,6 +918,7 @@ def triplet_loss(
     labels: Tensor,
     logits: Optional[Tensor] = None,
     *,
+    mask: Optional[Tensor] = None,
     margin: float = 0.2,
     mining: Mining = "hard",
     squared: bool = False,
@@ -934,6 +964,8 @@ def triplet_loss(
         squared: use ``d²`` instead of ``d``.
         normalize: L2-normalise embeddings first.
         average: ``all`` or ``nonzero`` (what ``mean`` divides by).
+        mask: bool, the labels' shape: True where a pixel counts; the others are never sampled
+            (the general form of ``ignore_index``).
         ignore_index: label value never sampled.
         reduction: ``mean`` / ``sum`` -> scalar (``none`` raises).
         sync: in a ``torch.distributed`` group, pair this process's pixels with the sampled pixels of
@@ -955,7 +987,8 @@ def triplet_loss(
     """
     opts = TripletOptions(
         margin=margin, mining=mining, squared=squared, normalize=normalize, average=average,
-        ignore_index=ignore_index, reduction=reduction, strategy=strategy, max_per_class=max_per_class,
+        mask=mask, ignore_index=ignore_index, reduction=reduction, strategy=strategy,
+        max_per_class=max_per_class,
         max_total=max_total, hard_fraction=hard_fraction, generator=generator, sync=sync,
         process_group=process_group,
     )  # fmt: skip
@@ -989,6 +1022,7 @@ def center_loss(
     centers: Tensor,
     logits: Optional[Tensor] = None,
     *,
+    mask: Optional[Tensor] = None,
     ignore_index: Optional[int] = None,
     reduction: EmbeddingReduction = "mean",
     strategy: Strategy = "random",
@@ -1009,6 +1043,8 @@ def center_loss(
         centers: ``(K, D)``, one center per class.
         logits: segmentation logits for the ``hard`` / ``mix`` sampler (see
             :func:`~seglosses.sampling.sample_pixels` for the sampler's options).
+        mask: bool, the labels' shape: True where a pixel counts; the others are never sampled
+            (the general form of ``ignore_index``).
         ignore_index: label value never sampled.
         reduction: ``mean`` / ``sum`` -> scalar (``none`` raises).
 
@@ -1022,7 +1058,8 @@ def center_loss(
         tensor(0.5000)
     """
     opts = EmbeddingOptions(
-        ignore_index=ignore_index, reduction=reduction, strategy=strategy, max_per_class=max_per_class,
+        mask=mask, ignore_index=ignore_index, reduction=reduction, strategy=strategy,
+        max_per_class=max_per_class,
         max_total=max_total, hard_fraction=hard_fraction, generator=generator,
     )  # fmt: skip
     return _center_value(_sampled(embeddings, labels, logits, opts, "center_loss"), centers, opts.reduction)
@@ -1049,22 +1086,33 @@ def _center_value(sample: _Sample, centers: Tensor, reduction: str) -> Tensor:
 
 
 class _EmbeddingModule(LossModule):
-    """An embedding-loss module: ``forward(embeddings, labels, *, logits=None)``. As a term of a compound
-    with pixel losses, ``criterion(logits, labels, embeddings=e)`` calls it as ``loss(e, labels,
-    logits=logits)``, the logits only for a sampler that reads them (``hard`` / ``mix``: the misclassified
-    pixels first)."""
+    """An embedding-loss module: ``forward(embeddings, labels, *, logits=None, mask=None)``. As a term of a
+    compound with pixel losses, ``criterion(logits, labels, embeddings=e, mask=m)`` calls it as
+    ``loss(e, labels, logits=logits, mask=m)``, the logits only for a sampler that reads them (``hard`` /
+    ``mix``: the misclassified pixels first)."""
 
-    term_inputs = {"embeddings": True}
+    term_inputs = {"embeddings": True, "mask": False}
 
     # (embeddings, labels) where other losses take (logits, target); logits= feeds the sampler
     def forward(  # type: ignore[override]
-        self, embeddings: Tensor, labels: Tensor, *, logits: Optional[Tensor] = None
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        *,
+        logits: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
     ) -> Tensor:
-        return type(self).implementation(embeddings, labels, logits, self.checked_options)
+        return type(self).implementation(embeddings, labels, logits, self.masked_options(mask))
+
+    def masked_options(self, mask: Optional[Tensor]) -> EmbeddingOptions:
+        """The checked options carrying one call's ``mask`` (if any)."""
+        options = cast(EmbeddingOptions, self.checked_options)
+        return options if mask is None else options.with_values(mask=mask)
 
     def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
         reads_logits = cast(EmbeddingOptions, self.checked_options).strategy != "random"
-        return self(inputs["embeddings"], target, logits=logits if reads_logits else None)
+        logits_for_sampler = logits if reads_logits else None
+        return self(inputs["embeddings"], target, logits=logits_for_sampler, mask=inputs.get("mask"))
 
 
 class CenterLoss(_EmbeddingModule, Accumulator):
@@ -1113,10 +1161,15 @@ class CenterLoss(_EmbeddingModule, Accumulator):
 
     # (embeddings, labels) where other losses take (logits, target); logits= feeds the sampler
     def forward(  # type: ignore[override]
-        self, embeddings: Tensor, labels: Tensor, *, logits: Optional[Tensor] = None
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        *,
+        logits: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
     ) -> Tensor:
         """``½ mean ‖x_i - c_{y_i}‖²`` with the current centers, then the update (training, buffers)."""
-        options = cast(EmbeddingOptions, self.checked_options)
+        options = self.masked_options(mask)
         sample = _sampled(embeddings, labels, logits, options, "CenterLoss")
         loss = _center_value(sample, self.centers, options.reduction)
         if self.training and self.learn == "buffer":
