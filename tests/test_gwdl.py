@@ -431,3 +431,97 @@ def test_matrix_path_under_torch_func_and_double_backward(weighting):
     assert torch.autograd.gradgradcheck(
         lambda x: loss(x, small_y), (z[:1, :, :2, :2].clone().requires_grad_(),)
     )
+
+
+# --- weight maps and masks (issue 19, item 9) ---------------------------------------------------------
+
+
+def test_weight_map_by_hand():
+    """M = M3, pixels (p, y, ω): a = ((0.1, 0.7, 0.2), 1, 2), b = ((0.6, 0.3, 0.1), 0, 0.5),
+    c = ((0.2, 0.2, 0.6), 2, 3). ε_a = 0.1 + 0.5·0.2 = 0.2, ε_b = 0.3 + 0.1 = 0.4, ε_c = 0.2 + 0.5·0.2 = 0.3.
+    default: TP = Σ ω α (1 - ε) = 2·0.8 + 3·0.7 = 3.7 (b is background), E = Σ ω ε = 0.4 + 0.2 + 0.9 = 1.5,
+    L = E / (2 TP + E) = 1.5 / 8.9.
+    gdl: weighted volumes V = (0.5, 2, 3), α = 1 / (V + 1) = (2/3, 1/3, 1/4):
+    TP = 2·(1/3)·0.8 + 0.5·(2/3)·0.6 + 3·(1/4)·0.7, E = 2·(1/3)·0.2 + 0.5·(2/3)·0.4 + 3·(1/4)·0.3,
+    L = E / (2 TP + E)."""
+    z = probabilities_as_logits([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    y = torch.tensor([[1, 0, 2]])
+    w = torch.tensor([[2.0, 0.5, 3.0]], dtype=torch.float64)
+    loss = functools.partial(gwdl_loss, z, y, w, dist_matrix=M3, smooth=0.0)
+    assert loss().item() == pytest.approx(1.5 / 8.9, rel=1e-12)
+    tp = 2 * (1 / 3) * 0.8 + 0.5 * (2 / 3) * 0.6 + 3 * (1 / 4) * 0.7
+    error = 2 * (1 / 3) * 0.2 + 0.5 * (2 / 3) * 0.4 + 3 * (1 / 4) * 0.3
+    assert loss(weighting="gdl").item() == pytest.approx(error / (2 * tp + error), rel=1e-12)
+    # without a matrix (M = 1 - I): ε = 1 - p_y = (0.3, 0.4, 0.4), TP = 2·0.7 + 3·0.6, E = 0.6 + 0.2 + 1.2
+    plain = gwdl_loss(z, y, w, smooth=0.0).item()
+    assert plain == pytest.approx(2.0 / (2 * (2 * 0.7 + 3 * 0.6) + 2.0), rel=1e-12)
+
+
+def _repeated(logits, target, counts):
+    """Every pixel of the batch repeated ``counts`` times, side by side in one long row: one sample."""
+    rows_z, rows_y = [], []
+    for n in range(logits.shape[0]):
+        k = counts[n].flatten()
+        rows_z.append(logits[n].flatten(1).repeat_interleave(k, dim=1))
+        rows_y.append(target[n].flatten(target.ndim - 3).repeat_interleave(k, dim=-1))
+    return torch.cat(rows_z, 1)[None], torch.cat(rows_y, -1)[None]
+
+
+@pytest.mark.parametrize("weighting", ["default", "gdl"])
+@pytest.mark.parametrize("dist", [None, M3], ids=["identity", "matrix"])
+@pytest.mark.parametrize("dense", [False, True], ids=["index", "soft"])
+def test_integer_weights_repeat_the_pixel(weighting, dist, dense):
+    """ω ∈ {0, 1, 2, 3} is the loss with each pixel repeated ω times (pooled over the batch): R, V and
+    the gdl volumes are sums over pixels, and ε_i is the pixel's own."""
+    z, y = make_inputs("softmax", (2, 3, 4, 5), seed=11)
+    if dense:
+        y = torch.softmax(torch.randn(2, 3, 4, 5, dtype=torch.float64), 1)
+    counts = torch.randint(0, 4, (2, 4, 5), generator=torch.Generator().manual_seed(12))
+    loss = GWDLoss(dist_matrix=dist, weighting=weighting, batch=True)
+    torch.testing.assert_close(loss(z, y, weight_map=counts.double()), loss(*_repeated(z, y, counts)))
+
+
+@pytest.mark.parametrize("dist", [None, M3], ids=["identity", "matrix"])
+def test_mask_on_a_soft_target_drops_the_pixels(dist):
+    """A soft target's masked pixels count nowhere: the loss of the kept pixels alone; a NaN logit there
+    (data checks off) reaches neither value nor gradient."""
+    z, _ = make_inputs("softmax", (1, 3, 4, 6), seed=13)
+    soft = torch.softmax(torch.randn(1, 3, 4, 6, dtype=torch.float64), 1)
+    mask = torch.zeros(1, 4, 6, dtype=torch.bool)
+    mask[..., 3:] = True
+    poisoned = z.detach().clone()
+    poisoned[..., :3] = torch.nan
+    poisoned.requires_grad_()
+    for weighting in ("default", "gdl"):
+        with sl.input_checks(False):
+            value = gwdl_loss(poisoned, soft, mask=mask, dist_matrix=dist, weighting=weighting)
+        expected = gwdl_loss(z[..., 3:], soft[..., 3:], dist_matrix=dist, weighting=weighting)
+        torch.testing.assert_close(value, expected)
+        (grad,) = torch.autograd.grad(value, poisoned)
+        assert torch.isfinite(grad).all() and (grad[..., :3] == 0).all()
+
+
+@pytest.mark.parametrize("weighting", ["default", "gdl"])
+def test_unit_weights_equal_monai(weighting):
+    """ω = 1 everywhere (and a mask of every pixel) is still MONAI's loss, value and gradient."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 4, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    target = balanced_target((3, 4, 4), g)
+    dist = random_matrix(4, g)
+    ones = torch.ones(3, 4, 4, dtype=torch.float64)
+    ours = gwdl_loss(logits, target, ones, ones.bool(), dist_matrix=dist, weighting=weighting)
+    theirs = monai_gwdl(dist, weighting)(logits, target)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+    grads = [torch.autograd.grad(v, logits)[0] for v in (ours, theirs)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-14)
+
+
+def test_weighted_module_function_and_compound_agree():
+    z, y = make_inputs("softmax", (2, 3, 5, 6), seed=14)
+    g = torch.Generator().manual_seed(15)
+    w = torch.rand(2, 5, 6, generator=g, dtype=torch.float64)
+    m = torch.rand(2, 5, 6, generator=g) > 0.3
+    value = GWDLoss(dist_matrix=M3)(z, y, w, m)
+    torch.testing.assert_close(value, gwdl_loss(z, y, w, m, dist_matrix=M3))
+    expected = sl.dice_loss(z, y, w, m) + 0.5 * gwdl_loss(z, y, w, m)
+    torch.testing.assert_close(sl.create_loss("dice + 0.5*gwdl")(z, y, weight_map=w, mask=m), expected)

@@ -438,3 +438,134 @@ def test_modules_equal_functions_and_specs_build_them():
     assert isinstance(sl.create_loss("sensitivity_specificity(r=0.1)"), SensitivitySpecificityLoss)
     assert isinstance(sl.create_loss("combo(alpha=0.5, beta=0.7) + 0.5*dice"), torch.nn.Module)
     assert isinstance(sl.create_loss("binary_combo"), BinaryComboLoss)
+
+
+# --- weight maps and masks (issue 19, item 9) ----------------------------------------------------------
+
+P4, Y4, W4 = [0.8, 0.3, 0.6, 0.1], [1, 0, 1, 0], [2.0, 0.5, 1.0, 3.0]
+
+
+def test_binary_ss_with_a_weight_map_by_hand():
+    """p = (0.8, 0.3, 0.6, 0.1), y = (1, 0, 1, 0), ω = (2, 0.5, 1, 3), r = 0.25, s = 0:
+    sens = (2·0.2² + 1·0.4²) / (2 + 1) = 0.24 / 3, spec = (0.5·0.3² + 3·0.1²) / (0.5 + 3) = 0.075 / 3.5,
+    L = 0.25 · 0.24 / 3 + 0.75 · 0.075 / 3.5."""
+    z, y, w = logit(P4).view(1, 1, 4), torch.tensor([[Y4]]), torch.tensor([W4], dtype=torch.float64)
+    value = binary_sensitivity_specificity_loss(z, y, w, r=0.25, smooth=0.0)
+    assert value.item() == pytest.approx(0.25 * 0.24 / 3 + 0.75 * 0.075 / 3.5, rel=1e-12)
+
+
+def test_binary_combo_with_a_weight_map_by_hand():
+    """The pixels above, α = β = 0.5, s = 0: Σ ω = 6.5,
+    mBCE = -[2·0.5 log 0.8 + 0.5·0.5 log 0.7 + 1·0.5 log 0.6 + 3·0.5 log 0.9] / 6.5;
+    TP = 2·0.8 + 0.6 = 2.2, Σ ω p = 1.6 + 0.15 + 0.6 + 0.3 = 2.65, Σ ω y = 3: Dice = 4.4 / 5.65;
+    L = 0.5 mBCE + 0.5 (1 - 4.4 / 5.65)."""
+    z, y, w = logit(P4).view(1, 1, 4), torch.tensor([[Y4]]), torch.tensor([W4], dtype=torch.float64)
+    log = math.log
+    mbce = -(1.0 * log(0.8) + 0.25 * log(0.7) + 0.5 * log(0.6) + 1.5 * log(0.9)) / 6.5
+    expected = 0.5 * mbce + 0.5 * (1 - 4.4 / 5.65)
+    assert binary_combo_loss(z, y, w, smooth=0.0).item() == pytest.approx(expected, rel=1e-12)
+
+
+def weighted_references(p, y, w, r, alpha, beta, s):
+    """The two losses' weighted forms on dense ``(N, C, P)`` with ``ω`` ``(N, 1, P)``: every sum over
+    pixels times ω, the cross-entropy's mean over Σ ω."""
+    error = (y - p) ** 2
+    ss = r * (w * error * y).sum(-1) / ((w * y).sum(-1) + s)
+    ss = ss + (1 - r) * (w * error * (1 - y)).sum(-1) / ((w * (1 - y)).sum(-1) + s)
+    mbce = -(w * (beta * y * p.log() + (1 - beta) * (1 - y) * (1 - p).log())).sum(-1) / w.sum(-1)
+    tp = (w * p * y).sum(-1)
+    dice = (2 * tp + s) / ((w * p).sum(-1) + (w * y).sum(-1) + s)
+    return ss, alpha * mbce + (1 - alpha) * (1 - dice)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["softmax", "binary"])
+def test_weighted_losses_equal_the_weighted_references(binary):
+    logits, target = inputs(31)
+    g = torch.Generator().manual_seed(32)
+    w = torch.rand(2, 5, 6, generator=g, dtype=torch.float64)
+    if binary:
+        target = torch.rand(logits.shape, generator=g, dtype=torch.float64)  # soft, per channel
+        p, ss_loss, combo = torch.sigmoid(logits), binary_sensitivity_specificity_loss, binary_combo_loss
+    else:
+        target = one_hot(target, 3)
+        p, ss_loss, combo = torch.softmax(logits, 1), sensitivity_specificity_loss, combo_loss
+    ss, cb = weighted_references(
+        p.flatten(2), target.flatten(2), w.flatten(1)[:, None], r=0.3, alpha=0.4, beta=0.7, s=1e-5
+    )
+    torch.testing.assert_close(ss_loss(logits, target, w, r=0.3, reduction="none"), ss)
+    torch.testing.assert_close(combo(logits, target, w, alpha=0.4, beta=0.7, reduction="none"), cb)
+
+
+def _repeated(logits, target, counts):
+    """Every pixel of the batch repeated ``counts`` times, side by side in one long row: one sample."""
+    rows_z, rows_y = [], []
+    for n in range(logits.shape[0]):
+        k = counts[n].flatten()
+        rows_z.append(logits[n].flatten(1).repeat_interleave(k, dim=1))
+        rows_y.append(target[n].flatten(target.ndim - 3).repeat_interleave(k, dim=-1))
+    return torch.cat(rows_z, 1)[None], torch.cat(rows_y, -1)[None]
+
+
+@pytest.mark.parametrize("kind", ["index", "soft", "binary", "binary_soft"])
+@pytest.mark.parametrize("name", ["sensitivity_specificity", "combo"])
+def test_integer_weights_repeat_the_pixel(name, kind):
+    """ω ∈ {0, 1, 2, 3} is the loss with each pixel repeated ω times (pooled over the batch): every
+    statistic is a sum over pixels (the cross-entropy's count too)."""
+    logits, target = inputs(33, (2, 3, 4, 5), ignore=0.2 if kind == "index" else 0.0)
+    g = torch.Generator().manual_seed(34)
+    if kind == "soft":
+        target = torch.softmax(torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64), 1)
+    elif kind == "binary":
+        target = torch.randint(0, 2, logits.shape, generator=g)
+    elif kind == "binary_soft":
+        target = torch.rand(logits.shape, generator=g, dtype=torch.float64)
+    counts = torch.randint(0, 4, (2, 4, 5), generator=g)
+    loss = sl.create_loss(f"binary_{name}" if kind.startswith("binary") else name)
+    loss = type(loss)(batch=True, ignore_index=IGNORE)
+    weighted = loss(logits, target, weight_map=counts.double())
+    torch.testing.assert_close(weighted, loss(*_repeated(logits, target, counts)))
+
+
+@pytest.mark.parametrize("loss", SOFTMAX + BINARY, ids=lambda f: f.__name__)
+def test_mask_on_a_soft_target_drops_the_pixels(loss):
+    """A soft target's masked pixels count nowhere: the loss of the kept pixels alone; a NaN logit there
+    (data checks off) reaches neither value nor gradient."""
+    logits, _ = inputs(35, (1, 3, 4, 6))
+    g = torch.Generator().manual_seed(36)
+    if loss in BINARY:
+        soft = torch.rand(1, 3, 4, 6, generator=g, dtype=torch.float64)
+    else:
+        soft = torch.softmax(torch.randn(1, 3, 4, 6, generator=g, dtype=torch.float64), 1)
+    mask = torch.zeros(1, 4, 6, dtype=torch.bool)
+    mask[..., 3:] = True
+    poisoned = logits.detach().clone()
+    poisoned[..., :3] = torch.nan
+    poisoned.requires_grad_()
+    with sl.input_checks(False):
+        value = loss(poisoned, soft, mask=mask)
+    torch.testing.assert_close(value, loss(logits[..., 3:], soft[..., 3:]))
+    (gradient,) = torch.autograd.grad(value, poisoned)
+    assert torch.isfinite(gradient).all() and (gradient[..., :3] == 0).all()
+
+
+def test_weighted_modules_functions_and_compounds_agree():
+    logits, target = inputs(37)
+    g = torch.Generator().manual_seed(38)
+    w = torch.rand(2, 5, 6, generator=g, dtype=torch.float64)
+    m = torch.rand(2, 5, 6, generator=g) > 0.3
+    binary_target = one_hot(target, 3)
+    pairs = [
+        (SensitivitySpecificityLoss, sensitivity_specificity_loss, target, "sensitivity_specificity"),
+        (ComboLoss, combo_loss, target, "combo"),
+        (BinarySensitivitySpecificityLoss, binary_sensitivity_specificity_loss, binary_target,
+         "binary_sensitivity_specificity"),
+        (BinaryComboLoss, binary_combo_loss, binary_target, "binary_combo"),
+    ]  # fmt: skip
+    for module, function, y, name in pairs:
+        option = "r" if "sensitivity" in name else "alpha"
+        value = module(**{option: 0.3})(logits, y, w, m)
+        torch.testing.assert_close(value, function(logits, y, w, m, **{option: 0.3}))
+        dice = "binary_dice" if name.startswith("binary") else "dice"
+        expected = getattr(sl, f"{dice}_loss")(logits, y, w, m) + value
+        criterion = sl.create_loss(f"{dice} + {name}({option}=0.3)")
+        torch.testing.assert_close(criterion(logits, y, weight_map=w, mask=m), expected)

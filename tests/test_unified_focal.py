@@ -392,3 +392,97 @@ def test_registered_with_the_paper():
         assert entries[name].domain == domain and entries[name].kind == "region"
         assert "Yeung et al. 2022" in entries[name].description
     assert isinstance(sl.create_loss("unified_focal(delta=0.7, lam=0.3)"), UnifiedFocalLoss)
+
+
+# --- weight maps and masks (issue 19, item 9) -------------------------------------------------------------
+
+
+def test_weight_map_by_hand():
+    """C = 2, δ = 0.6, γ = 0.5, λ = 0.5, s = 0; pixels p_1 = (0.8, 0.3, 0.6), y = (1, 0, 1), ω = (2, 0.5, 1),
+    so p_0 = (0.2, 0.7, 0.4) and Σ ω = 3.5.
+    L_aF = [2·0.6·(-log 0.8) + 0.5·0.4·0.3^0.5·(-log 0.7) + 1·0.6·(-log 0.6)] / 3.5.
+    Background: TP = 0.5·0.7, FP = 2·0.2 + 1·0.4, FN = 0.5·0.3; foreground: TP = 2·0.8 + 0.6, FP = 0.5·0.3,
+    FN = 2·0.2 + 0.4; mTI = TP / (TP + 0.6 FN + 0.4 FP); L_aFT = [(1 - mTI_0) + (1 - mTI_1)^0.5] / 2."""
+    p1 = torch.tensor([0.8, 0.3, 0.6], dtype=torch.float64)
+    z = torch.stack([torch.zeros(3, dtype=torch.float64), logit(p1.tolist())])[None]  # (1, 2, 3)
+    y = torch.tensor([[1, 0, 1]])
+    w = torch.tensor([[2.0, 0.5, 1.0]], dtype=torch.float64)
+    focal = (2 * 0.6 * -math.log(0.8) + 0.5 * 0.4 * 0.3**0.5 * -math.log(0.7) + 0.6 * -math.log(0.6)) / 3.5
+    tp0, fp0, fn0 = 0.5 * 0.7, 2 * 0.2 + 0.4, 0.5 * 0.3
+    tp1, fp1, fn1 = 2 * 0.8 + 0.6, 0.5 * 0.3, 2 * 0.2 + 0.4
+    mti0, mti1 = tp0 / (tp0 + 0.6 * fn0 + 0.4 * fp0), tp1 / (tp1 + 0.6 * fn1 + 0.4 * fp1)
+    expected = 0.5 * focal + 0.5 * ((1 - mti0) + (1 - mti1) ** 0.5) / 2
+    options = dict(delta=0.6, gamma=0.5, lam=0.5, smooth=0.0)
+    assert unified_focal_loss(z, y, w, **options).item() == pytest.approx(expected, rel=1e-12)
+    # the binary form on the logit of class 1 is the same two-class problem
+    binary = binary_unified_focal_loss(z[:, 1:], y[:, None], w, **options)
+    assert binary.item() == pytest.approx(expected, rel=1e-12)
+
+
+def _repeated(logits, target, counts):
+    """Every pixel of the batch repeated ``counts`` times, side by side in one long row: one sample."""
+    rows_z, rows_y = [], []
+    for n in range(logits.shape[0]):
+        k = counts[n].flatten()
+        rows_z.append(logits[n].flatten(1).repeat_interleave(k, dim=1))
+        rows_y.append(target[n].flatten(target.ndim - 3).repeat_interleave(k, dim=-1))
+    return torch.cat(rows_z, 1)[None], torch.cat(rows_y, -1)[None]
+
+
+@pytest.mark.parametrize("kind", ["index", "soft", "binary", "binary_soft"])
+def test_integer_weights_repeat_the_pixel(kind):
+    """ω ∈ {0, 1, 2, 3} is the loss with each pixel repeated ω times (pooled over the batch): the focal
+    part's weighted mean and the weighted Tversky statistics are the repeated ones."""
+    logits, target = random_inputs((2, 3, 4, 5), seed=21)
+    g = torch.Generator().manual_seed(22)
+    if kind == "soft":
+        target = torch.softmax(torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64), 1)
+    elif kind == "binary":
+        target = torch.randint(0, 2, logits.shape, generator=g)
+    elif kind == "binary_soft":
+        target = torch.rand(logits.shape, generator=g, dtype=torch.float64)
+    counts = torch.randint(0, 4, (2, 4, 5), generator=g)
+    loss = BinaryUnifiedFocalLoss(batch=True) if kind.startswith("binary") else UnifiedFocalLoss(batch=True)
+    weighted = loss(logits, target, weight_map=counts.double())
+    torch.testing.assert_close(weighted, loss(*_repeated(logits, target, counts)))
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["softmax", "binary"])
+def test_mask_on_a_soft_target_drops_the_pixels(binary):
+    """A soft target's masked pixels count nowhere: the loss of the kept pixels alone; a NaN logit there
+    (data checks off) reaches neither value nor gradient."""
+    logits, _ = random_inputs((1, 3, 4, 6), seed=23)
+    g = torch.Generator().manual_seed(24)
+    if binary:
+        soft, loss = torch.rand(1, 3, 4, 6, generator=g, dtype=torch.float64), binary_unified_focal_loss
+    else:
+        soft = torch.softmax(torch.randn(1, 3, 4, 6, generator=g, dtype=torch.float64), 1)
+        loss = unified_focal_loss
+    mask = torch.zeros(1, 4, 6, dtype=torch.bool)
+    mask[..., 3:] = True
+    poisoned = logits.detach().clone()
+    poisoned[..., :3] = torch.nan
+    poisoned.requires_grad_()
+    with sl.input_checks(False):
+        value = loss(poisoned, soft, mask=mask)
+    torch.testing.assert_close(value, loss(logits[..., 3:], soft[..., 3:]))
+    (gradient,) = torch.autograd.grad(value, poisoned)
+    assert torch.isfinite(gradient).all() and (gradient[..., :3] == 0).all()
+
+
+def test_weighted_module_function_and_compound_agree():
+    logits, target = random_inputs((2, 3, 5, 6), seed=25)
+    g = torch.Generator().manual_seed(26)
+    w = torch.rand(2, 5, 6, generator=g, dtype=torch.float64)
+    m = torch.rand(2, 5, 6, generator=g) > 0.3
+    value = UnifiedFocalLoss(lam=0.3)(logits, target, w, m)
+    torch.testing.assert_close(value, unified_focal_loss(logits, target, w, m, lam=0.3))
+    criterion = sl.create_loss("dice + unified_focal(lam=0.3)")
+    expected = sl.dice_loss(logits, target, w, m) + value
+    torch.testing.assert_close(criterion(logits, target, weight_map=w, mask=m), expected)
+    binary_target = one_hot(target, 3)
+    value = BinaryUnifiedFocalLoss()(logits, binary_target, w, m)
+    torch.testing.assert_close(value, binary_unified_focal_loss(logits, binary_target, w, m))
+    criterion = sl.create_loss("binary_dice + binary_unified_focal")
+    expected = sl.binary_dice_loss(logits, binary_target, w, m) + value
+    torch.testing.assert_close(criterion(logits, binary_target, weight_map=w, mask=m), expected)

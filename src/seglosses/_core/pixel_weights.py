@@ -115,7 +115,7 @@ def weighted_pixel_loss(
     loss is per channel ``(N, C, *S)``, and ``ω`` applies to every channel.
     """
     pixels = cast(PixelWeights, opts.pixel_weights)
-    target, ignore_index, mask = _mask_as_ignore(target, pixels.mask, opts.ignore_index)
+    target, ignore_index, mask = mask_as_ignore(target, pixels.mask, opts.ignore_index, binary=binary)
     if mask is not None:
         logits = logits.masked_fill(~mask.unsqueeze(1), 0.0)
     unweighted = opts.with_values(reduction="none", ignore_index=ignore_index, pixel_weights=None)
@@ -130,22 +130,52 @@ def weighted_pixel_loss(
     return reduce(loss, opts.reduction, shares.sum(dtype=compute_dtype(loss)))
 
 
-def _mask_as_ignore(
-    target: Tensor, mask: Optional[Tensor], ignore_index: Optional[int]
+def mask_as_ignore(
+    target: Tensor, mask: Optional[Tensor], ignore_index: Optional[int], *, binary: bool
 ) -> Tuple[Tensor, Optional[int], Optional[Tensor]]:
-    """``(target, ignore_index, mask left)``: an integer target with the masked pixels set to
-    ``ignore_index`` (-1 when there is none, in a dtype that holds it), nothing left of the mask; a
-    floating or bool target as it is, with the mask."""
+    """``(target, ignore_index, mask left)``: an integer index target ``(N, *S)`` (or, for a ``binary``
+    loss, an integer target of the logits' shape) with the masked pixels set to ``ignore_index`` (-1
+    when there is none, in a dtype that holds it), nothing left of the mask; any other target (floating,
+    bool, or a softmax loss's integer one-hot, which cannot hold an ignore value) as it is, with the
+    mask."""
     if mask is None or not isinstance(target, Tensor):
         return target, ignore_index, mask
     if target.is_floating_point() or target.dtype == torch.bool:
+        return target, ignore_index, mask
+    dense = target.ndim != mask.ndim
+    if dense and not binary:
         return target, ignore_index, mask
     value = -1 if ignore_index is None else ignore_index
     info = torch.iinfo(target.dtype)
     if not info.min <= value <= info.max:
         target = target.long()
-    where = mask if target.ndim == mask.ndim else mask.unsqueeze(1)  # a binary target (N, C, *S)
+    where = mask.unsqueeze(1) if dense else mask
     return target.masked_fill(~where, value), value, None
 
 
-__all__ = ["PixelWeights", "pixel_weights", "weighted_pixel_loss"]
+def pixel_inputs(
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: Optional[int],
+    pixels: Optional[PixelWeights],
+    *,
+    binary: bool,
+) -> Tuple[Tensor, Tensor, Optional[int], Optional[Tensor]]:
+    """``(logits, target, ignore_index, ω)`` of a loss with its own statistics and a weight map or mask.
+
+    The mask is ``ignore_index`` where the target can hold it (:func:`mask_as_ignore`), folded in before
+    anything is computed from the target. Elsewhere the masked pixels get weight 0 and logits 0 (a NaN
+    there reaches neither value nor gradient). ``ω`` ``(N, *S)`` in the logits' compute dtype, or None
+    when neither a weight map nor a mask is left to apply."""
+    if pixels is None:
+        return logits, target, ignore_index, None
+    target, ignore_index, mask = mask_as_ignore(target, pixels.mask, ignore_index, binary=binary)
+    omega = None if pixels.weight is None else pixels.weight.to(compute_dtype(logits))
+    if mask is not None:
+        logits = logits.masked_fill(~mask.unsqueeze(1), 0.0)
+        kept = mask.to(compute_dtype(logits))
+        omega = kept if omega is None else torch.where(mask, omega, 0.0)
+    return logits, target, ignore_index, omega
+
+
+__all__ = ["PixelWeights", "mask_as_ignore", "pixel_inputs", "pixel_weights", "weighted_pixel_loss"]

@@ -21,6 +21,10 @@ The per-(sample, class) quantities travel together (:class:`UnifiedStats`): the 
 :mod:`seglosses._core.stats`, the number of valid pixels and each class's sum of focal terms, so that
 ``batch=True`` pools all of them over the batch (the focal part becomes the mean over the batch's valid
 pixels) and ``reduction="none"`` gives ``(N, C)`` terms whose class mean is each sample's loss.
+
+**Weight maps and masks.** A weight map ``ω`` ``(N, *S)`` weights every one of those sums: the focal part
+is the weighted mean ``Σ_i ω_i (terms) / Σ_i ω_i`` over the valid pixels and the Tversky statistics are
+``TP = Σ ω p y``, ``FP = Σ ω p (1 - y)``, ``FN = Σ ω (1 - p) y``; a mask is ``ignore_index``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torch import Tensor
 
 from .._core.numerics import binary_log_terms, compute_dtype, safe_divide, safe_pow
 from .._core.options import ClassValues, Reduction, check_number
+from .._core.pixel_weights import PixelWeights, pixel_inputs, pixel_weights
 from .._core.reduction import reduce_region
 from .._core.registry import register
 from .._core.stats import (
@@ -50,7 +55,7 @@ from .._core.targets import (
     input_checks_enabled,
     softmax_target,
 )
-from .base import module_pair
+from .base import PixelWeightedModule, module_pair
 from .focal import focal_modulation, index_cross_entropy
 from .overlap import RegionOptions, tversky_score
 
@@ -99,8 +104,11 @@ class UnifiedFocalOptions(RegionOptions):
 # --- the focal part: per-(sample, class) sums of the pixel terms ------------------------------------------
 
 
-def _softmax_focal_sums(work: Tensor, prepared: SoftmaxTarget, opts: UnifiedFocalOptions) -> Tensor:
-    """``Σ_i y_ic w_c (1 - p_ic)^{γ_c} (-log p_ic)`` per (sample, class), ``(N, C)``, over valid pixels.
+def _softmax_focal_sums(
+    work: Tensor, prepared: SoftmaxTarget, opts: UnifiedFocalOptions, omega: Optional[Tensor] = None
+) -> Tensor:
+    """``Σ_i y_ic w_c (1 - p_ic)^{γ_c} (-log p_ic)`` per (sample, class), ``(N, C)``, over valid pixels
+    (each pixel's term times its weight ``ω_i`` with ``omega`` ``(N, *S)``).
 
     An index target takes the per-pixel cross-entropy ``-log p_t`` (no one-hot of the logits' size) and
     adds each pixel's term into its class's entry; a dense target computes the class terms ``(N, C, *S)``.
@@ -109,10 +117,12 @@ def _softmax_focal_sums(work: Tensor, prepared: SoftmaxTarget, opts: UnifiedFoca
     n, c = work.shape[:2]
     delta, gamma = opts.delta, opts.gamma
     if isinstance(prepared, IndexTarget):
-        ce = index_cross_entropy(work, prepared, opts.ignore_index)  # (N, *S), 0 at ignored pixels
+        ce = index_cross_entropy(work, prepared, prepared.ignore_index)  # (N, *S), 0 where ignored
         index = prepared.index()
         background = index == 0 if prepared.valid is None else (index == 0) & prepared.valid
         terms = torch.where(background, (1 - delta) * _suppressed(ce, background, gamma), delta * ce)
+        if omega is not None:  # finite terms (0 at ignored pixels): a product
+            terms = terms * omega
         table = terms.new_zeros(n, c)
         return table.scatter_add(1, index.flatten(1), terms.flatten(1))
     y = prepared.dense.to(work.dtype)
@@ -120,6 +130,8 @@ def _softmax_focal_sums(work: Tensor, prepared: SoftmaxTarget, opts: UnifiedFoca
     background = y[:, 0] > 0
     first = torch.where(background, y[:, 0] * (1 - delta) * _suppressed(ce[:, 0], background, gamma), 0.0)
     rest = delta * y[:, 1:] * ce[:, 1:]
+    if omega is not None:  # finite terms: ce is 0 where the target has no mass
+        first, rest = first * omega, rest * omega.unsqueeze(1)
     return torch.cat([first.flatten(1).sum(-1, keepdim=True), rest.flatten(2).sum(-1)], dim=1)
 
 
@@ -133,10 +145,17 @@ def _suppressed(ce: Tensor, where: Tensor, gamma: float) -> Tensor:
     return focal_modulation(torch.where(where, ce, 1.0), gamma)
 
 
-def _binary_focal_sums(work: Tensor, y: Tensor, valid: Optional[Tensor], opts: UnifiedFocalOptions) -> Tensor:
+def _binary_focal_sums(
+    work: Tensor,
+    y: Tensor,
+    valid: Optional[Tensor],
+    opts: UnifiedFocalOptions,
+    omega: Optional[Tensor] = None,
+) -> Tensor:
     """``Σ_i [δ y (-log p) + (1 - δ)(1 - y) p^γ (-log(1 - p))]`` per (sample, channel), ``(N, C)``, with
     ``p = σ(z)``, in log space (:func:`~seglosses._core.numerics.binary_log_terms`, ``p^γ = exp(γ log p)``):
-    finite values and gradients at saturated logits, 0 for a ``-inf`` logit with target 0."""
+    finite values and gradients at saturated logits, 0 for a ``-inf`` logit with target 0. With ``omega``
+    ``(N, *S)`` each pixel's terms (every channel's) times its weight."""
     if valid is not None:  # a NaN or inf at an ignored element reaches nothing
         work = work.masked_fill(~valid, 0.0)
     positive, negative = binary_log_terms(work, y)
@@ -145,44 +164,65 @@ def _binary_focal_sums(work: Tensor, y: Tensor, valid: Optional[Tensor], opts: U
     terms = -(opts.delta * positive + (1 - opts.delta) * negative)
     if valid is not None:
         terms = terms.masked_fill(~valid, 0.0)
+    if omega is not None:  # 0 · (-log 0) where ω = 0 is 0, not NaN
+        w = omega.unsqueeze(1).to(terms.dtype)
+        terms = torch.where(w > 0, terms, 0.0) * w
     return terms.flatten(2).sum(-1)
 
 
 # --- statistics -------------------------------------------------------------------------------------------
 
 
-def _counts(valid: Optional[Tensor], like: Tensor, pixels: int, binary: bool) -> Tensor:
+def _counts(
+    valid: Optional[Tensor], like: Tensor, pixels: int, binary: bool, omega: Optional[Tensor] = None
+) -> Tensor:
     """The valid pixels per (sample, class) as numbers, ``(N, C)``: per element for a binary target, per
-    sample for a softmax one (``valid`` ``(N, *S)``), every pixel without a mask."""
+    sample for a softmax one (``valid`` ``(N, *S)``), every pixel without a mask; their summed weights
+    ``Σ ω`` with ``omega`` ``(N, *S)``."""
+    if omega is not None:  # binary: (N, 1, *S), the same for every channel
+        w = omega.to(like.dtype).unsqueeze(1) if binary else omega.to(like.dtype)
+        counted = w if valid is None else torch.where(valid, w, 0.0)
+        counts = counted.flatten(2 if binary else 1).sum(-1)
+        return counts.expand_as(like) if binary else counts.unsqueeze(-1).expand_as(like)
     if valid is None:
         return torch.full_like(like, float(pixels))
     counts = valid.flatten(2 if binary else 1).sum(-1, dtype=like.dtype)
     return counts if binary else counts.unsqueeze(-1).expand_as(like)
 
 
-def _softmax_stats(logits: Tensor, target: Tensor, opts: UnifiedFocalOptions) -> UnifiedStats:
-    prepared = softmax_target(logits, target, opts.ignore_index, log_terms=True)
+def _softmax_stats(
+    logits: Tensor, target: Tensor, opts: UnifiedFocalOptions, pixels: Optional[PixelWeights] = None
+) -> UnifiedStats:
+    ignore_index = opts.ignore_index
+    logits, target, ignore_index, omega = pixel_inputs(logits, target, ignore_index, pixels, binary=False)
+    prepared = softmax_target(logits, target, ignore_index, log_terms=True)
     work = logits.to(compute_dtype(logits))
-    focal = _softmax_focal_sums(work, prepared, opts)
+    focal = _softmax_focal_sums(work, prepared, opts, omega)
     if isinstance(prepared, IndexTarget):
         s = softmax_overlap_from_index(
-            logits, prepared.labels, prepared.valid, prepared.ignore_index, prepared
+            logits, prepared.labels, prepared.valid, prepared.ignore_index, prepared, weight=omega
         )
         valid = prepared.valid
     else:
-        s, valid = softmax_overlap_from_dense(logits, prepared.dense), None
-    counts = _counts(valid, s.tp, math.prod(logits.shape[2:]), binary=False)
+        weight = None if omega is None else omega.unsqueeze(1)
+        s, valid = softmax_overlap_from_dense(logits, prepared.dense, weight=weight), None
+    counts = _counts(valid, s.tp, math.prod(logits.shape[2:]), False, omega)
     return UnifiedStats(*s, counts, focal.to(s.tp.dtype))
 
 
-def _binary_stats(logits: Tensor, target: Tensor, opts: UnifiedFocalOptions) -> UnifiedStats:
+def _binary_stats(
+    logits: Tensor, target: Tensor, opts: UnifiedFocalOptions, pixels: Optional[PixelWeights] = None
+) -> UnifiedStats:
+    ignore_index = opts.ignore_index
+    logits, target, ignore_index, omega = pixel_inputs(logits, target, ignore_index, pixels, binary=True)
     checks = input_checks_enabled()  # read once: the checks and the statistics' shortcut rely on one answer
-    valid = check_binary_target(logits, target, opts.ignore_index, checks=checks, log_terms=True)
-    s = sigmoid_overlap_from_dense(logits, target, valid, finite=checks)
+    valid = check_binary_target(logits, target, ignore_index, checks=checks, log_terms=True)
+    weight = None if omega is None else omega.unsqueeze(1)  # every channel
+    s = sigmoid_overlap_from_dense(logits, target, valid, finite=checks, weight=weight)
     work = logits.to(compute_dtype(logits))
     y = target.to(work.dtype) if valid is None else target.to(work.dtype).masked_fill(~valid, 0.0)
-    focal = _binary_focal_sums(work, y, valid, opts)
-    counts = _counts(valid, s.tp, math.prod(logits.shape[2:]), binary=True)
+    focal = _binary_focal_sums(work, y, valid, opts, omega)
+    counts = _counts(valid, s.tp, math.prod(logits.shape[2:]), True, omega)
     return UnifiedStats(*s, counts, focal.to(s.tp.dtype))
 
 
@@ -212,7 +252,8 @@ def _per_class(s: UnifiedStats, opts: UnifiedFocalOptions, binary: bool) -> Tens
 
 def _unified_focal(logits: Tensor, target: Tensor, opts: UnifiedFocalOptions, binary: bool) -> Tensor:
     """Prepare -> statistics (pooled with ``batch``) -> per-class terms -> reduce."""
-    s = _binary_stats(logits, target, opts) if binary else _softmax_stats(logits, target, opts)
+    compute = _binary_stats if binary else _softmax_stats
+    s = compute(logits, target, opts, opts.pixel_weights)
     if opts.batch:
         s = s.pooled()
     return reduce_region(_per_class(s, opts, binary), opts.reduction)
@@ -222,6 +263,11 @@ _SHARED_DOC = """
     Args:
         logits: ``(N, C, *S)``, one to three spatial dims{classes}.
         target: {target}
+        weight_map: ``ω`` ``(N, *S)``, non-negative per-pixel weights{every}: the focal part is the weighted
+            mean ``Σ ω · terms / Σ ω`` over the valid pixels, the Tversky statistics ``TP = Σ ω p y``,
+            ``FP = Σ ω p (1 - y)``, ``FN = Σ ω (1 - p) y``{tn}; an integer ``ω`` counts the pixel ``ω`` times.
+        mask: ``(N, *S)`` bool, True where a pixel counts: ``ignore_index`` at the others (a soft target's
+            masked pixels count nowhere either).
         delta: ``δ`` in ``[0, 1]``, the foreground's weight: ``δ`` on its cross-entropy (``1 - δ`` on the
             background's) and on false negatives in ``mTI`` (``1 - δ`` on false positives).
         gamma: ``γ`` in ``[0, 1)``: the background's focal suppression ``(1 - p)^γ`` and the foreground's
@@ -247,6 +293,8 @@ _SHARED_DOC = """
 def unified_focal_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     delta: float = 0.6,
     gamma: float = 0.5,
@@ -282,6 +330,7 @@ def unified_focal_loss(
     (``smooth = 1e-7``, its epsilon). A dense target counts every pixel as valid.
     """
     opts = UnifiedFocalOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         delta=delta, gamma=gamma, lam=lam, batch=batch, smooth=smooth,
         ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
@@ -291,6 +340,8 @@ def unified_focal_loss(
 def binary_unified_focal_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     delta: float = 0.6,
     gamma: float = 0.5,
@@ -320,6 +371,7 @@ def binary_unified_focal_loss(
     them an ``ε = 1e-7`` false positive each; here they are dropped.
     """
     opts = UnifiedFocalOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         delta=delta, gamma=gamma, lam=lam, batch=batch, smooth=smooth,
         ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
@@ -337,7 +389,13 @@ def _document(function: Any, binary: bool) -> None:
     function.__doc__ = (
         (function.__doc__ or "").rstrip()
         + "\n"
-        + _SHARED_DOC.format(classes=classes, target=target, ignore=ignore)
+        + _SHARED_DOC.format(
+            classes=classes,
+            target=target,
+            ignore=ignore,
+            every=" (the same for every channel)" if binary else "",
+            tn=" (``TN = Σ ω - TP - FP - FN``)" if binary else "",
+        )
     )
 
 
@@ -345,7 +403,12 @@ _document(unified_focal_loss, binary=False)
 _document(binary_unified_focal_loss, binary=True)
 
 UnifiedFocalLoss, BinaryUnifiedFocalLoss = module_pair(
-    "UnifiedFocal", unified_focal_loss, binary_unified_focal_loss, UnifiedFocalOptions, _unified_focal
+    "UnifiedFocal",
+    unified_focal_loss,
+    binary_unified_focal_loss,
+    UnifiedFocalOptions,
+    _unified_focal,
+    PixelWeightedModule,
 )
 
 register(

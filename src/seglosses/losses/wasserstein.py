@@ -17,6 +17,10 @@ confusion matrix ``S_lc = Σ_i y_il p_ic`` (true class ``l``, predicted class ``
 into the row of its label (one ``scatter_add`` with the labels broadcast over the classes, a view), a
 dense target is one batched matrix product. Without a matrix (``M = 1 - I``) ``R = FN`` and
 ``V = TP + FN``, the statistics the overlap losses share (:mod:`seglosses._core.stats`).
+
+**Weight maps and masks.** A weight map ``ω`` ``(N, *S)`` weights every sum over pixels:
+``S_lc = Σ_i ω_i y_il p_ic``, so ``R_l = Σ_i ω_i y_il ε_i`` and ``V_l = Σ_i ω_i y_il`` (the ``gdl``
+weights ``1 / (V_l + 1)`` count weighted volumes too); a mask is ``ignore_index``.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ from .._core.numerics import compute_dtype, safe_divide
 from .._core.options import (
     Options,
     Reduction,
+    call_input,
     check_bool,
     check_choice,
     check_ignore_index,
     check_number,
     check_reduction,
 )
+from .._core.pixel_weights import PixelWeights, pixel_inputs, pixel_weights
 from .._core.reduction import reduce_region
 from .._core.registry import register
 from .._core.stats import (
@@ -50,7 +56,7 @@ from .._core.stats import (
 )
 from .._core.targets import IndexTarget, check_logits, input_checks_enabled, softmax_target
 from ..distributed import ProcessGroup, all_reduce_sum, check_process_group
-from .base import module_for
+from .base import PixelWeightedModule, module_for
 
 DistMatrix = Union[Sequence[Sequence[float]], Tensor, np.ndarray]
 Weighting = Literal["default", "gdl"]
@@ -133,7 +139,8 @@ def check_weighting(value: object) -> str:
 @dataclass(frozen=True, kw_only=True, eq=False)
 class GWDLOptions(Options):
     """The options of :func:`gwdl_loss`: the distance matrix (None: ``1 - I``), the weighting, and the
-    region options ``batch``, ``smooth``, ``ignore_index``, ``reduction``, ``sync``, ``process_group``."""
+    region options ``batch``, ``smooth``, ``ignore_index``, ``reduction``, ``sync``, ``process_group``, and
+    a call's weight map and mask (``pixel_weights``)."""
 
     dist_matrix: Optional[DistMatrix]
     weighting: str
@@ -143,6 +150,7 @@ class GWDLOptions(Options):
     reduction: str
     sync: bool = False
     process_group: Optional[ProcessGroup] = None
+    pixel_weights: Optional[PixelWeights] = call_input()  # a call's weight map and mask
 
     def checked(self) -> Dict[str, Any]:
         if check_bool("sync", self.sync) and not self.batch:
@@ -189,36 +197,49 @@ def _distances(matrix: Tensor, logits: Tensor) -> Tensor:
 
 
 def _class_errors(
-    logits: Tensor, target: Tensor, matrix: Optional[Tensor], ignore_index: Optional[int]
+    logits: Tensor,
+    target: Tensor,
+    matrix: Optional[Tensor],
+    ignore_index: Optional[int],
+    pixels: Optional[PixelWeights] = None,
 ) -> ClassErrors:
-    """``R`` and ``V`` ``(N, C)`` (see the module docstring), ``M`` normalised to a largest entry of 1."""
+    """``R`` and ``V`` ``(N, C)`` (see the module docstring), ``M`` normalised to a largest entry of 1;
+    every pixel's terms times its weight with a weight map (``pixels``), a mask as ``ignore_index``."""
     check_logits(logits, min_classes=2)
+    logits, target, ignore_index, omega = pixel_inputs(logits, target, ignore_index, pixels, binary=False)
     distances = None if matrix is None else _distances(matrix, logits)
-    prepared = softmax_target(logits, target, ignore_index, kernel_checks=distances is None)
+    plain = distances is None and omega is None
+    prepared = softmax_target(logits, target, ignore_index, kernel_checks=plain)
     if distances is None:  # M = 1 - I: ε_i = 1 - p_{i,y_i}, so R = FN
         if isinstance(prepared, IndexTarget):
             s = softmax_overlap_from_index(
-                logits, prepared.labels, prepared.valid, prepared.ignore_index, prepared
+                logits, prepared.labels, prepared.valid, prepared.ignore_index, prepared, weight=omega
             )
         else:
-            s = softmax_overlap_from_dense(logits, prepared.dense)
+            weight = None if omega is None else omega.unsqueeze(1)
+            s = softmax_overlap_from_dense(logits, prepared.dense, weight=weight)
         return ClassErrors(s.fn, s.tp + s.fn)
     dtype = compute_dtype(logits)
     if isinstance(prepared, IndexTarget):
-        confusion, volume = _index_confusion(prepared.clean(logits), prepared, dtype)
+        confusion, volume = _index_confusion(prepared.clean(logits), prepared, dtype, omega)
     else:
         probs = torch.softmax(logits.flatten(2), dim=1, dtype=dtype)
         dense = prepared.dense.to(dtype).flatten(2)
-        confusion = torch.bmm(dense, probs.transpose(1, 2))  # S_lc = Σ_i y_il p_ic
+        if omega is not None:  # y_il ω_i
+            dense = dense * omega.flatten(1).unsqueeze(1).to(dtype)
+        confusion = torch.bmm(dense, probs.transpose(1, 2))  # S_lc = Σ_i (ω_i) y_il p_ic
         volume = dense.sum(-1)
     return ClassErrors((confusion * distances).sum(-1), volume)
 
 
-def _index_confusion(logits: Tensor, prepared: IndexTarget, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+def _index_confusion(
+    logits: Tensor, prepared: IndexTarget, dtype: torch.dtype, omega: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
     """The soft confusion matrix ``S`` ``(N, C, C)`` (true, predicted) and the class volumes ``(N, C)``
     of an index target: each valid pixel's probabilities added into the row of its label, one
     ``scatter_add`` over the pixel dim with the labels broadcast over the classes (a view, not a
-    one-hot). Ignored pixels have ``p = 0`` (their logits were cleaned, so a NaN there reaches nothing)."""
+    one-hot). Ignored pixels have ``p = 0`` (their logits were cleaned, so a NaN there reaches nothing).
+    With ``omega`` ``(N, *S)`` each pixel's probabilities and count are times its weight."""
     n, c = logits.shape[:2]
     probs = torch.softmax(logits.flatten(2), dim=1, dtype=dtype)  # (N, C, P); flatten: N = 0 works
     labels = class_labels(prepared.labels, prepared.valid)  # (N, P), class 0 at ignored pixels
@@ -227,6 +248,9 @@ def _index_confusion(logits: Tensor, prepared: IndexTarget, dtype: torch.dtype) 
     else:
         weights = valid_weights(prepared.valid, dtype)
         probs = torch.where(prepared.valid.flatten(1).unsqueeze(1), probs, 0.0)
+    if omega is not None:
+        flat = omega.flatten(1).to(dtype)
+        weights, probs = weights * flat, probs * flat.unsqueeze(1)
     table = probs.new_zeros(n, c, c).scatter_add(2, labels.unsqueeze(1).expand(n, c, -1), probs)
     volume = probs.new_zeros(n, c).scatter_add(1, labels, weights)
     return table.transpose(1, 2), volume  # table[n, c, l] = S[n, l, c]
@@ -259,7 +283,7 @@ def _gwdl_terms(errors: ClassErrors, weighting: str, smooth: float) -> Tensor:
 def _gwdl(logits: Tensor, target: Tensor, opts: GWDLOptions) -> Tensor:
     matrix = opts.dist_matrix
     assert matrix is None or isinstance(matrix, Tensor)  # GWDLOptions.checked made it one
-    errors = _class_errors(logits, target, matrix, opts.ignore_index)
+    errors = _class_errors(logits, target, matrix, opts.ignore_index, opts.pixel_weights)
     if opts.batch:
         errors = errors.pooled()
     if opts.sync:  # one all-reduce of (R, V); its backward sums the gradients over ranks
@@ -270,6 +294,8 @@ def _gwdl(logits: Tensor, target: Tensor, opts: GWDLOptions) -> Tensor:
 def gwdl_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     dist_matrix: Optional[DistMatrix] = None,
     weighting: Weighting = "default",
@@ -329,6 +355,12 @@ def gwdl_loss(
     Args:
         logits: ``(N, C, *S)``, one to three spatial dims; ``p = softmax(z)`` over ``C >= 2`` classes.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
+        weight_map: ``ω`` ``(N, *S)``, non-negative per-pixel weights: every sum over pixels is weighted,
+            ``TP = Σ_i ω_i α_{y_i} (1 - ε_i)``, ``Σ_i ω_i a_{y_i} ε_i``, and with ``gdl`` the class volumes
+            ``V_l = Σ_{i: y_i = l} ω_i`` of the class weights; an integer ``ω`` counts the pixel ``ω``
+            times.
+        mask: ``(N, *S)`` bool, True where a pixel counts: ``ignore_index`` at the others (a soft target's
+            masked pixels count nowhere either).
         dist_matrix: ``M`` ``(C, C)`` as nested lists, a numpy array or a tensor: finite, non-negative,
             zero diagonal, not all zero; ``M[l, c]`` is the cost of predicting ``c`` where the truth is
             ``l``, background is class 0. None: ``1 - I``. A tensor that requires grad gets its gradient.
@@ -359,13 +391,14 @@ def gwdl_loss(
         0.0
     """
     opts = GWDLOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         dist_matrix=dist_matrix, weighting=weighting, batch=batch, smooth=smooth, ignore_index=ignore_index,
         reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
     return _gwdl(logits, target, opts)
 
 
-GWDLoss = module_for("GWDLoss", gwdl_loss, GWDLOptions, _gwdl)
+GWDLoss = module_for("GWDLoss", gwdl_loss, GWDLOptions, _gwdl, PixelWeightedModule)
 
 register(
     "gwdl",
