@@ -473,3 +473,119 @@ def test_non_finite_logit_gives_a_non_finite_loss_with_checks_off(entry, dense, 
 def test_bad_options_raise(make, message):
     with pytest.raises(sl.SegLossError, match=message):
         make()
+
+
+# --------------------------------------------------------------------------- weight maps and masks (issue 19)
+
+WEIGHTED = [DifficultyCELoss, *STATEFUL]
+
+
+def test_difficulty_ce_weighted_by_hand():
+    """Logits (0, ln 3) at two pixels, of class 1 (p_t = 3/4) and class 0 (p_t = 1/4); α = 0.25, γ = 2:
+    w = 0.25 + 0.75 (1/4)^2 and 0.25 + 0.75 (3/4)^2; ω = (2, 0.5):
+    mean = (2 w_1 ln 4/3 + 0.5 w_2 ln 4) / 2.5."""
+    logits = torch.tensor([[0.0, 0.0], [LN3, LN3]], dtype=torch.float64).unsqueeze(0)
+    target, weights = torch.tensor([[1, 0]]), torch.tensor([[2.0, 0.5]], dtype=torch.float64)
+    w1, w2 = 0.25 + 0.75 * (1 / 4) ** 2, 0.25 + 0.75 * (3 / 4) ** 2
+    expected = (2 * w1 * math.log(4 / 3) + 0.5 * w2 * math.log(4)) / 2.5
+    torch.testing.assert_close(difficulty_ce_loss(logits, target, weights).item(), expected)
+
+
+def test_weighted_statistics_by_hand():
+    """tiny() with ω = (2, 1, 0.5, 7), D ignored: class 0 has mass 2 + 1 = 3, class 1 has 0.5.
+    Counts (3, 0.5); frequencies (3, 0.5) / 3.5; adaptive focal: L̄_0 = (2 ln 4/3 + ln 4) / 3, L̄_1 = ln 4/3,
+    L̄ = (2.5 ln 4/3 + ln 4) / 3.5, recalls (2/3, 1), and the loss Σ ω_i focal_i / 3.5 under them."""
+    logits, target = tiny()
+    weights = torch.tensor([[2.0, 1.0, 0.5, 7.0]], dtype=torch.float64)
+    cb = ClassBalancedFocalLoss(ignore_index=IGNORE)
+    cb(logits, target, weights)
+    torch.testing.assert_close(cb.counts, torch.tensor([3.0, 0.5], dtype=torch.float64))
+    frequency = FrequencyFocalLoss(ignore_index=IGNORE)
+    frequency(logits, target, weights)
+    torch.testing.assert_close(frequency.frequency, torch.tensor([3 / 3.5, 0.5 / 3.5], dtype=torch.float64))
+    loss = AdaptiveFocalLoss(gamma=2.0, lam=1.0, ignore_index=IGNORE)
+    value = loss(logits, target, weights)
+    easy, hard = math.log(4 / 3), math.log(4)
+    mean_0, mean_1, mean = (2 * easy + hard) / 3, easy, (2.5 * easy + hard) / 3.5
+    alpha = [mean_0 / mean, mean_1 / mean]
+    gamma = [2.0, 2.0 * math.exp(-1.0)]  # A = (2/3, 1): class 0 is the worst
+    torch.testing.assert_close(loss.class_recall, torch.tensor([2 / 3, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(loss.current_alpha(), torch.tensor(alpha, dtype=torch.float64))
+    expected = (
+        2 * alpha[0] * (1 / 4) ** gamma[0] * easy
+        + 1 * alpha[0] * (3 / 4) ** gamma[0] * hard
+        + 0.5 * alpha[1] * (1 / 4) ** gamma[1] * easy
+    ) / 3.5
+    torch.testing.assert_close(value.item(), expected, rtol=1e-14, atol=0)
+
+
+def test_weighted_confidence_by_hand():
+    """Max-probabilities 3/4 (logits (ln 3, 0)) and 1/2 (logits (0, 0)) with ω = (2, 1): the batch's
+    confidence is (2 · 3/4 + 1/2) / 3 = 2/3, and ε = clip(0.1 · (2/3) / 0.9, 0, 0.3)."""
+    logits = torch.tensor([[LN3, 0.0], [0.0, 0.0]], dtype=torch.float64).unsqueeze(0)
+    loss = AdaptiveSmoothingCELoss()
+    loss(logits, torch.tensor([[0, 1]]), torch.tensor([[2.0, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(loss.confidence.item(), 2 / 3)
+    torch.testing.assert_close(loss.current_epsilon().item(), 0.1 * (2 / 3) / 0.9)
+
+
+def one_image(seed=0, length=14):
+    """Logits (1, 3, L) and an index target with two ignored pixels."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(1, 3, length, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    target = torch.randint(0, 3, (1, length), generator=g)
+    target[0, :2] = IGNORE
+    return logits, target, g
+
+
+@pytest.mark.parametrize("cls", WEIGHTED, ids=lambda c: c.__name__)
+def test_integer_weights_are_repeated_pixels(cls):
+    """An integer ω_i is pixel i repeated ω_i times: the loss, its gradient and the state after two
+    training steps (the second under the state the first folded in)."""
+    logits, target, g = one_image()
+    counts = torch.randint(0, 4, (1, 14), generator=g)
+    big_logits, big_target = logits.repeat_interleave(counts[0], 2), target.repeat_interleave(counts[0], 1)
+    weighted, plain = cls(ignore_index=IGNORE), cls(ignore_index=IGNORE)
+    for _ in range(2):
+        value, expected = weighted(logits, target, counts.double()), plain(big_logits, big_target)
+        torch.testing.assert_close(value, expected)
+    # big_logits repeats logits: the gradient reaching logits sums over each pixel's copies
+    torch.testing.assert_close(*(torch.autograd.grad(v, logits)[0] for v in (value, expected)))
+    for name, state in weighted.state_dict().items():
+        torch.testing.assert_close(state, plain.state_dict()[name])
+
+
+@pytest.mark.parametrize("cls", WEIGHTED, ids=lambda c: c.__name__)
+def test_mask_on_a_soft_target(cls):
+    """A soft target's masked pixels count nowhere (loss, gradient, state) even with NaN logits there:
+    the loss and the state are those of the unmasked pixels alone."""
+    logits, _, g = one_image(1)
+    soft = torch.softmax(torch.randn(1, 3, 14, generator=g, dtype=torch.float64), 1)
+    mask = torch.rand(1, 14, generator=g) > 0.3
+    weights = torch.rand(1, 14, generator=g, dtype=torch.float64) + 0.5
+    poisoned = logits.detach().masked_fill(~mask.unsqueeze(1), torch.nan).requires_grad_()
+    masked, alone = cls(), cls()
+    value = masked(poisoned, soft, weights, mask)
+    (grad,) = torch.autograd.grad(value, poisoned)
+    assert torch.isfinite(grad).all() and not grad.masked_select(~mask.unsqueeze(1)).any()
+    keep = mask[0]
+    torch.testing.assert_close(value, alone(logits[..., keep], soft[..., keep], weights[..., keep]))
+    for name, state in masked.state_dict().items():
+        torch.testing.assert_close(state, alone.state_dict()[name])
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_weighted_function_module_and_compound_agree(name):
+    """module(z, y, ω, m) is function(z, y, ω, m, **module.options) under the state it folded in, and a
+    compound passes the weights and the mask to the term."""
+    logits, target = make_inputs("softmax", ignore_fraction=0.2)
+    g = torch.Generator().manual_seed(11)
+    weights = torch.rand(target.shape, generator=g, dtype=torch.float64) * 3
+    mask = torch.rand(target.shape, generator=g) > 0.2
+    module = sl.create_loss(f"{name}(ignore_index={IGNORE})")
+    value = module(logits, target, weights, mask)
+    torch.testing.assert_close(value, module.function(logits, target, weights, mask, **module.options))
+    compound = sl.create_loss(f"dice(ignore_index={IGNORE}) + {name}(ignore_index={IGNORE})")
+    total = compound(logits, target, weight_map=weights, mask=mask)
+    dice = sl.dice_loss(logits, target, weights, mask, ignore_index=IGNORE)
+    torch.testing.assert_close(total, dice + value)

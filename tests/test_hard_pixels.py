@@ -94,3 +94,135 @@ def test_ohem_one_hot_equals_index_and_bad_options_raise():
         sl.OHEMCELoss(thresh=1.5)
     with pytest.raises(sl.SegLossError, match="k "):
         sl.TopKCELoss(k=0)
+
+
+# --------------------------------------------------------------------------- weight maps and masks (issue 19)
+
+
+def four_pixels():
+    """Two classes, four pixels of class 1 with p_t = (0.9, 0.5, 0.2, 0.7): CE = -log p_t."""
+    p = torch.tensor([0.9, 0.5, 0.2, 0.7], dtype=torch.float64)
+    logits = torch.stack([torch.zeros(4, dtype=torch.float64), torch.log(p / (1 - p))]).unsqueeze(0)
+    return logits.requires_grad_(), torch.ones(1, 4, dtype=torch.long)
+
+
+def test_topk_weighted_by_hand():
+    """ω = (1, 2, 0.5, 1): W = 4.5, k = 50 keeps K = ⌊2.25⌋ = 2 of the mass. In decreasing CE the pixel
+    with p_t = 0.2 gives all its 0.5, the one with p_t = 0.5 the remaining 1.5 of its 2:
+    mean = (0.5 ln 5 + 1.5 ln 2) / 2; none holds κ_i L_i."""
+    logits, target = four_pixels()
+    weights = torch.tensor([[1.0, 2.0, 0.5, 1.0]], dtype=torch.float64)
+    value = sl.topk_ce_loss(logits, target, weights, k=50)
+    assert value.item() == pytest.approx((0.5 * math.log(5) + 1.5 * math.log(2)) / 2)
+    none = sl.topk_ce_loss(logits, target, weights, k=50, reduction="none")
+    expected = torch.tensor([[0.0, 1.5 * math.log(2), 0.5 * math.log(5), 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(none, expected)
+    small = torch.full((1, 4), 0.1, dtype=torch.float64)  # W = 0.4 < 1: K = W, every pixel's whole weight
+    ce = -torch.log(torch.tensor([0.9, 0.5, 0.2, 0.7], dtype=torch.float64))
+    torch.testing.assert_close(sl.topk_ce_loss(logits, target, small, k=50), ce.mean())
+
+
+def test_ohem_weighted_by_hand():
+    """ω = (1, 2, 0.5, 1), thresh = 0.3. In increasing p_t (0.2, 0.5, 0.7, 0.9) the cumulative weights
+    are (0.5, 2.5, 3.5, 4.5). min_kept = 3: the first to exceed 3 has p_t = 0.7, so p_t = 0.2 and 0.5
+    are kept: (0.5 ln 5 + 2 ln 2) / 2.5. min_kept = 10: none exceeds, the last (p_t = 0.9) is the bound:
+    (0.5 ln 5 + 2 ln 2 + ln(10/7)) / 3.5; with ω = 0 at p_t = 0.9 the last of positive weight (0.7) is."""
+    logits, target = four_pixels()
+    weights = torch.tensor([[1.0, 2.0, 0.5, 1.0]], dtype=torch.float64)
+    value = sl.ohem_ce_loss(logits, target, weights, thresh=0.3, min_kept=3)
+    assert value.item() == pytest.approx((0.5 * math.log(5) + 2 * math.log(2)) / 2.5)
+    value = sl.ohem_ce_loss(logits, target, weights, thresh=0.3, min_kept=10)
+    assert value.item() == pytest.approx((0.5 * math.log(5) + 2 * math.log(2) + math.log(10 / 7)) / 3.5)
+    weights[0, 0] = 0.0
+    value = sl.ohem_ce_loss(logits, target, weights, thresh=0.3, min_kept=10)
+    assert value.item() == pytest.approx((0.5 * math.log(5) + 2 * math.log(2)) / 2.5)
+
+
+def repeated(logits, target, counts):
+    """Each pixel of a one-image input ``(1, C, L)`` repeated ``counts`` times along the pixels."""
+    return logits.repeat_interleave(counts, dim=2), target.repeat_interleave(counts, dim=1)
+
+
+@pytest.mark.parametrize("k", [10, 35, 100])
+def test_topk_integer_weights_are_repeated_pixels(k):
+    """An integer ω_i is pixel i repeated ω_i times (a pixel straddling K gives part of its copies),
+    with class weights and ignored pixels, for the batch and per image."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 3, 17, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 3, (2, 17), generator=g)
+    target[0, :3] = IGNORE
+    counts = torch.randint(0, 4, (2, 17), generator=g)
+    options = dict(k=k, weight=[1.0, 2.0, 0.5], ignore_index=IGNORE)
+    weighted = sl.topk_ce_loss(logits, target, counts.double(), **options)
+    flat_logits, flat_target = logits.movedim(0, 1).reshape(1, 3, -1), target.reshape(1, -1)
+    plain = sl.topk_ce_loss(*repeated(flat_logits, flat_target, counts.flatten()), **options)
+    torch.testing.assert_close(weighted, plain)
+    per_image = sl.topk_ce_loss(logits, target, counts.double(), per_image=True, **options)
+    means = [sl.topk_ce_loss(*repeated(logits[i : i + 1], target[i : i + 1], counts[i]), **options)
+             for i in range(2)]  # fmt: skip
+    torch.testing.assert_close(per_image, torch.stack(means).mean())
+
+
+@pytest.mark.parametrize("thresh, min_kept", [(0.7, 3), (0.3, 8), (0.9, 0), (0.1, 1000)])
+def test_ohem_integer_weights_are_repeated_pixels(thresh, min_kept):
+    """The min_kept-th smallest p_t in weighted mass is the one of the repeated pixels; with class weights
+    and ignored pixels; value and gradient."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(1, 3, 23, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 3, (1, 23), generator=g)
+    target[0, :4] = IGNORE
+    counts = torch.randint(0, 4, (1, 23), generator=g)
+    options = dict(thresh=thresh, min_kept=min_kept, weight=[1.0, 2.0, 0.5], ignore_index=IGNORE)
+    weighted = sl.ohem_ce_loss(logits, target, counts.double(), **options)
+    plain = sl.ohem_ce_loss(*repeated(logits, target, counts[0]), **options)
+    torch.testing.assert_close(weighted, plain)
+    torch.testing.assert_close(*(torch.autograd.grad(v, logits)[0] for v in (weighted, plain)))
+
+
+@pytest.mark.parametrize("name", ["topk_ce", "ohem_ce"])
+def test_weights_of_ones_are_exactly_the_plain_loss(name):
+    """ω = 1 is the loss without weights, bit for bit (float32, every reduction)."""
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, 3, 20, 25, generator=g)
+    target = torch.randint(0, 3, (2, 20, 25), generator=g)
+    ones = torch.ones(2, 20, 25)
+    for options in ({"per_image": False}, {"per_image": True}) if name == "topk_ce" else ({"min_kept": 300},):
+        for reduction in ("mean", "sum", "none"):
+            loss = (sl.TopKCELoss if name == "topk_ce" else sl.OHEMCELoss)(reduction=reduction, **options)
+            assert torch.equal(loss(logits, target, ones), loss(logits, target))
+
+
+@pytest.mark.parametrize("name", ["topk_ce", "ohem_ce"])
+def test_mask_on_a_soft_target(name):
+    """A one-hot target with a mask is the index target with the mask; a NaN logit at a masked pixel of a
+    soft target reaches neither the value nor the gradient, and the masked pixels are never kept."""
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 3, (2, 4, 5), generator=g)
+    mask = torch.rand(2, 4, 5, generator=g) > 0.3
+    weights = torch.rand(2, 4, 5, generator=g, dtype=torch.float64) + 0.5
+    one_hot = F.one_hot(target, 3).movedim(-1, 1).double()
+    loss = sl.TopKCELoss(k=30) if name == "topk_ce" else sl.OHEMCELoss(min_kept=4)
+    torch.testing.assert_close(loss(logits, one_hot, weights, mask), loss(logits, target, weights, mask))
+    soft = torch.softmax(torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64), 1)
+    poisoned = logits.detach().clone().masked_fill(~mask.unsqueeze(1), torch.nan).requires_grad_()
+    value = loss(poisoned, soft, weights, mask)
+    (grad,) = torch.autograd.grad(value, poisoned)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+    assert not grad.masked_select(~mask.unsqueeze(1)).any()
+    torch.testing.assert_close(value, loss(logits, soft, torch.where(mask, weights, 0.0)))
+    none = loss.function(poisoned, soft, weights, mask, **{**loss.options, "reduction": "none"})
+    assert not none[~mask].any()
+
+
+@pytest.mark.parametrize("spec", ["topk_ce(k=20, per_image=True)", "ohem_ce(min_kept=5)"])
+def test_weighted_function_module_and_compound_agree(spec):
+    logits, target = inputs(7)
+    g = torch.Generator().manual_seed(10)
+    weights = torch.rand(target.shape, generator=g, dtype=torch.float64) * 3
+    mask = torch.rand(target.shape, generator=g) > 0.2
+    module = sl.create_loss(spec)
+    value = module(logits, target, weights, mask)
+    torch.testing.assert_close(value, module.function(logits, target, weights, mask, **module.options))
+    compound = sl.create_loss(f"dice + {spec}")(logits, target, weight_map=weights, mask=mask)
+    torch.testing.assert_close(compound, sl.dice_loss(logits, target, weights, mask) + value)

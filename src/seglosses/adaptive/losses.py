@@ -10,6 +10,10 @@ are modules whose statistics live in buffers and follow one rule (SPEC §2, "Run
   statistic sets it; a class absent from a batch keeps its value. (``cb_focal`` sums its counts instead.)
 * before any update the module equals its static form (α = α_init, γ = γ_0, ε = ε_0); ``eval()`` freezes
   the state and uses it; the state round-trips through ``state_dict``, so a resumed run continues exactly.
+* ``forward(logits, target, weight_map=None, mask=None)``: a per-pixel ``weight_map`` ``ω`` ``(N, *S)``
+  weights the loss as the function's (``Σ ω_i L_i``, ``mean`` divided by the valid pixels' ``Σ ω_i``) and
+  the batch's statistics alike: each valid pixel counts ``ω_i`` times in every sum and count the state
+  folds in (an integer ``ω_i`` is the pixel repeated). ``mask`` is ``ignore_index`` in the state too.
 * :meth:`AdaptiveLoss.update` is the only place the state changes, and it receives the batch's sums and
   counts (``batch_sums``), so that a distributed run can all-reduce them before folding them in. The
   statistics are detached: the loss is differentiated (logits, a soft target), its state is not.
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Dict, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Literal, Optional, Sequence, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +43,7 @@ from .._core.options import (
     ClassValues,
     Options,
     Reduction,
+    call_input,
     check_bool,
     check_choice,
     check_ignore_index,
@@ -47,13 +52,15 @@ from .._core.options import (
     check_reduction,
     class_values,
 )
+from .._core.pixel_weights import PixelWeights, mask_as_ignore, pixel_weights, weighted_pixel_loss
 from .._core.reduction import reduce
 from .._core.registry import register
 from .._core.state import Accumulator, PerClass
 from .._core.targets import IndexTarget, SoftmaxTarget, num_valid, softmax_target
-from ..losses.base import module_for
+from ..losses.base import PixelWeightedModule, module_for
 from ..losses.cross_entropy import (
     CrossEntropyOptions,
+    _cross_entropy,
     _torch_ignore,
     ce_from_prepared,
     cross_entropy_loss,
@@ -61,7 +68,9 @@ from ..losses.cross_entropy import (
 )
 from ..losses.focal import (
     FocalOptions,
+    _focal,
     _FocalDense,
+    _pixel_shares,
     focal_from_prepared,
     focal_loss,
     focal_modulation,
@@ -78,6 +87,8 @@ ADAPT = ("both", "alpha", "gamma")
 def difficulty_ce_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 0.25,
     gamma: float = 2.0,
@@ -101,6 +112,11 @@ def difficulty_ce_loss(
     Args:
         logits: ``(N, C, *S)``, ``C >= 2``.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
+        weight_map: per-pixel weights ``(N, *S)``, ``>= 0``, multiplying the difficulty weight: the loss
+            sums ``ω_i w_i CE_i`` and ``mean`` divides by the valid pixels' summed ``ω_i`` (``Σ_i ω_i Σ_c
+            y_ic`` for a soft target); an integer ``ω_i`` is pixel i repeated ``ω_i`` times.
+        mask: ``(N, *S)`` bool, True where a pixel counts (the general form of ``ignore_index``; on a
+            soft target a masked pixel's logits reach neither value nor gradient).
         alpha: the weight floor ``α ∈ [0, 1]``.
         gamma: ``γ >= 0``.
         detach: compute the weight without gradient (default).
@@ -111,13 +127,20 @@ def difficulty_ce_loss(
         SegLossError: bad shapes, dtypes, target values or options.
     """
     opts = DifficultyCEOptions(
-        alpha=alpha, gamma=gamma, detach=detach, ignore_index=ignore_index, reduction=reduction
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        alpha=alpha,
+        gamma=gamma,
+        detach=detach,
+        ignore_index=ignore_index,
+        reduction=reduction,
     )
     return _difficulty_ce(logits, target, opts)
 
 
 def _difficulty_ce(logits: Tensor, target: Tensor, opts: DifficultyCEOptions) -> Tensor:
     """:func:`difficulty_ce_loss` on checked options (its module's forward too)."""
+    if opts.pixel_weights is not None:  # the per-pixel shares of mean's denominator are focal's
+        return weighted_pixel_loss(_difficulty_ce, _pixel_shares, logits, target, opts, binary=False)
     prepared = softmax_target(logits, target, opts.ignore_index, log_terms=True, kernel_checks=True)
     work = logits.to(compute_dtype(logits))
     a, g, detach = opts.alpha, opts.gamma, opts.detach
@@ -153,6 +176,7 @@ class DifficultyCEOptions(Options):
     detach: bool
     ignore_index: Optional[int]
     reduction: str
+    pixel_weights: Optional[PixelWeights] = call_input()  # a call's weight map and mask
 
     def checked(self) -> Dict[str, Any]:
         return {
@@ -164,7 +188,9 @@ class DifficultyCEOptions(Options):
         }
 
 
-DifficultyCELoss = module_for("DifficultyCELoss", difficulty_ce_loss, DifficultyCEOptions, _difficulty_ce)
+DifficultyCELoss = module_for(
+    "DifficultyCELoss", difficulty_ce_loss, DifficultyCEOptions, _difficulty_ce, PixelWeightedModule
+)
 
 
 # --------------------------------------------------------------------------- pure helpers of the state
@@ -226,13 +252,24 @@ def adaptive_gamma(gamma: float, recall: Tensor, seen: Tensor, lam: float) -> Te
 
 
 def class_sums(
-    index: Tensor, valid: Optional[Tensor], rows: Sequence[Tensor], num_classes: int, dtype: torch.dtype
+    index: Tensor,
+    valid: Optional[Tensor],
+    rows: Sequence[Tensor],
+    num_classes: int,
+    dtype: torch.dtype,
+    weight: Optional[Tensor] = None,
 ) -> Tensor:
     """Per-class sums over the valid pixels ``(len(rows) + 1, C)``: of each pixel tensor in ``rows`` (of
-    ``index``'s shape), then the pixel counts. Ignored pixels go to an extra bin that is dropped."""
+    ``index``'s shape), then the pixel counts. Ignored pixels go to an extra bin that is dropped. With
+    per-pixel weights ``ω`` (``index``'s shape) each pixel counts ``ω_i`` times: ``Σ ω r`` and ``Σ ω``
+    (a pixel of weight 0 adds nothing, not even a NaN of its row)."""
     bins = (index if valid is None else torch.where(valid, index, num_classes)).reshape(-1)
-    ones = torch.ones((), dtype=dtype, device=index.device).expand(bins.shape)
-    rows = [*(row.reshape(-1).to(dtype) for row in rows), ones]
+    if weight is None:
+        ones = torch.ones((), dtype=dtype, device=index.device).expand(bins.shape)
+        rows = [*(row.reshape(-1).to(dtype) for row in rows), ones]
+    else:
+        w = weight.detach().reshape(-1).to(dtype)
+        rows = [*(torch.where(w > 0, row.reshape(-1).to(dtype) * w, 0.0) for row in rows), w]
     return torch.stack([_bin_sum(bins, row, num_classes + 1) for row in rows])[:, :num_classes]
 
 
@@ -253,10 +290,13 @@ def _bin_sum(bins: Tensor, values: Tensor, size: int) -> Tensor:
     return values.new_zeros(size).scatter_add_(0, bins, values)
 
 
-def dense_class_sums(dense: Tensor, rows: Sequence[Tensor]) -> Tensor:
+def dense_class_sums(dense: Tensor, rows: Sequence[Tensor], weight: Optional[Tensor] = None) -> Tensor:
     """Per-class sums ``(len(rows) + 1, C)`` of ``y · r`` for a dense target ``y`` ``(N, C, *S)``, then
-    ``Σ y`` (the soft class counts); detached (statistics, not part of the loss's graph)."""
+    ``Σ y`` (the soft class counts); detached (statistics, not part of the loss's graph). With per-pixel
+    weights ``ω`` ``(N, *S)``: of ``ω y r`` and ``Σ ω y``."""
     dense = dense.detach()
+    if weight is not None:
+        dense = dense * weight.detach().unsqueeze(1).to(dense.dtype)
     dims = [0, *range(2, dense.ndim)]
     weighted = [torch.where(dense > 0, dense * r, 0.0).sum(dims) for r in rows]  # y = 0 at -log p = inf: 0
     return torch.stack([*weighted, dense.sum(dims)])
@@ -299,6 +339,10 @@ class AdaptiveLoss(Accumulator):
     stateful: ClassVar[bool] = True
     lazy_classes: ClassVar[bool] = True
     function: ClassVar[Callable[..., Tensor]]
+    #: ``function`` on checked options, ``implementation(logits, target, options)``
+    implementation: ClassVar[Callable[..., Tensor]]
+    #: the keyword inputs it takes in a compound (as :class:`~seglosses.losses.base.PixelWeightedModule`)
+    term_inputs: ClassVar[Dict[str, bool]] = {"weight_map": False, "mask": False}
 
     def __init__(self, num_classes: Optional[int], ignore_index: Optional[int], reduction: str) -> None:
         super().__init__(num_classes, min_classes=2)  # sync on by default: see fold()
@@ -311,11 +355,52 @@ class AdaptiveLoss(Accumulator):
         makes it ``+inf``: SPEC section 6)."""
         return False
 
-    def _prepare(self, logits: Tensor, target: Tensor) -> Tuple[Tensor, SoftmaxTarget]:
-        """Check the inputs once, size the state to C; the logits in their compute dtype and the target."""
-        prepared = softmax_target(logits, target, self.ignore_index, log_terms=True, smoothing=self.smoothing)
+    def _prepare(
+        self, logits: Tensor, target: Tensor, ignore_index: Union[int, None, str] = "own"
+    ) -> Tuple[Tensor, SoftmaxTarget]:
+        """Check the inputs once, size the state to C; the logits in their compute dtype and the target.
+        ``ignore_index``: the module's own (``"own"``), or the one a mask was folded in with."""
+        ignore = self.ignore_index if ignore_index == "own" else cast(Optional[int], ignore_index)
+        prepared = softmax_target(logits, target, ignore, log_terms=True, smoothing=self.smoothing)
         self.size_state(logits.shape[1], logits.device)
         return prepared.clean(logits.to(compute_dtype(logits))), prepared
+
+    def updates_state(self) -> bool:
+        """Whether a forward now folds its batch in (training mode)."""
+        return self.training
+
+    def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
+        """The loss as a term of a :class:`~seglosses.CompoundLoss` (its ``weight_map`` and ``mask``)."""
+        return self(logits, target, inputs.get("weight_map"), inputs.get("mask"))
+
+    def weighted_forward(
+        self, logits: Tensor, target: Tensor, weight_map: Optional[Tensor], mask: Optional[Tensor]
+    ) -> Tensor:
+        """The forward with a ``weight_map`` and / or a ``mask`` ``(N, *S)`` (one of them given).
+
+        The statistics count each valid pixel ``ω_i`` times (:meth:`batch_sums` with ``weight``); a mask
+        on an index target is folded into it as ``ignore_index`` first (a masked pixel is an ignored one,
+        in the state too), on a soft target a masked pixel has weight 0 and its logits are set to 0. The
+        loss is ``implementation`` with the options under the updated state and the weights:
+        ``function(logits, target, weight_map, mask, **options)``."""
+        pixels = cast(PixelWeights, pixel_weights(logits, weight_map, mask))
+        folded, ignore, soft_mask = mask_as_ignore(target, pixels.mask, self.ignore_index, binary=False)
+        weight = pixels.weight
+        if soft_mask is not None:
+            logits = logits.masked_fill(~soft_mask.unsqueeze(1), 0.0)
+            weight = soft_mask.to(logits.dtype) if weight is None else torch.where(soft_mask, weight, 0.0)
+        work, prepared = self._prepare(logits, folded, ignore)
+        if self.updates_state():
+            self.fold(self.batch_sums(work, prepared, weight=weight))
+        options = self.checked_options.with_values(pixel_weights=pixels)
+        # the logits cleaned as the unweighted forward's (a NaN at an ignored pixel reaches nothing)
+        return type(self).implementation(prepared.clean(logits), target, options)
+
+    def batch_sums(  # pragma: no cover - every subclass overrides it
+        self, work: Tensor, prepared: SoftmaxTarget, *, weight: Optional[Tensor] = None
+    ) -> Tensor:
+        """The batch's sums and counts (detached), each valid pixel counted ``weight_i`` times."""
+        raise NotImplementedError
 
     @property
     def checked_options(self) -> Options:  # pragma: no cover - every subclass overrides it
@@ -370,12 +455,12 @@ def _momentum(momentum: float) -> float:
     return check_number("momentum", momentum, low=0.0, high=1.0, low_open=True)
 
 
-def _class_counts(work: Tensor, prepared: SoftmaxTarget) -> Tensor:
-    """The batch's class counts ``(C,)`` over valid pixels: int64 for an index target, ``Σ y`` (float) for
-    a dense one."""
+def _class_counts(work: Tensor, prepared: SoftmaxTarget, weight: Optional[Tensor] = None) -> Tensor:
+    """The batch's class counts ``(C,)`` over valid pixels: float64 for an index target, ``Σ y`` (float) for
+    a dense one; with per-pixel weights ``ω``, ``Σ ω`` and ``Σ ω y``."""
     if isinstance(prepared, IndexTarget):
-        return class_sums(prepared.index(), prepared.valid, [], work.shape[1], torch.float64)[0]
-    return dense_class_sums(prepared.dense.to(work.dtype), [])[0]  # detached
+        return class_sums(prepared.index(), prepared.valid, [], work.shape[1], torch.float64, weight)[0]
+    return dense_class_sums(prepared.dense.to(work.dtype), [], weight)[0]  # detached
 
 
 # --------------------------------------------------------------------------- adaptive focal
@@ -399,6 +484,10 @@ class AdaptiveFocalLoss(AdaptiveLoss):
     pixel count. The statistics and ``alpha`` (α^init) are float64 buffers whatever the module is converted
     to (see :class:`AdaptiveLoss`, "State dtype"; checked when loaded).
 
+    **Weight maps** (:meth:`AdaptiveLoss.weighted_forward`): ``forward(logits, target, weight_map=None,
+    mask=None)``; the loss is ``focal_loss(logits, target, weight_map, mask, **options)`` and the
+    statistics count pixel i ``ω_i`` times: ``L̄_c = Σ ω CE / Σ ω`` over class c, ``A_c = Σ ω hits / Σ ω``.
+
     Args:
         num_classes: C, or None to size the state at the first forward.
         gamma: ``γ_0 >= 0``.
@@ -415,6 +504,7 @@ class AdaptiveFocalLoss(AdaptiveLoss):
     """
 
     function = staticmethod(focal_loss)
+    implementation = staticmethod(_focal)
     alpha: Optional[Tensor]
     running: Tensor
     seen: Tensor
@@ -451,7 +541,15 @@ class AdaptiveFocalLoss(AdaptiveLoss):
         self.add_state("seen", (PerClass(1),), dtype=torch.bool, kind="flag")
         self._static_options = _focal_options(self.gamma, self.ignore_index, self.reduction)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        weight_map: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        if weight_map is not None or mask is not None:
+            return self.weighted_forward(logits, target, weight_map, mask)
         work, prepared = self._prepare(logits, target)
         if not isinstance(prepared, IndexTarget):
             if self.training:
@@ -472,19 +570,24 @@ class AdaptiveFocalLoss(AdaptiveLoss):
         prepared: SoftmaxTarget,
         log_p: Optional[Tensor] = None,
         ce: Optional[Tensor] = None,
+        *,
+        weight: Optional[Tensor] = None,
     ) -> Tensor:
         """Sums ``(3, C + 1)`` over the batch's valid pixels of each class, then of all classes: ``Σ CE``,
         ``Σ hits`` (0 while γ is static), pixel count; ``log_p`` and ``ce``: the detached ``log_softmax``
-        and per-pixel CE of an index target, when already computed."""
+        and per-pixel CE of an index target, when already computed; ``weight`` ``(N, *S)``: each pixel
+        counts ``ω_i`` times (``Σ ω CE``, ``Σ ω hits``, ``Σ ω``)."""
         log_p = torch.log_softmax(work.detach(), 1) if log_p is None else log_p
         if not isinstance(prepared, IndexTarget):
             hits = log_p == log_p.amax(1, keepdim=True)
-            return with_total(dense_class_sums(prepared.dense.to(work.dtype), [-log_p, hits]))  # detached
+            dense = prepared.dense.to(work.dtype)
+            return with_total(dense_class_sums(dense, [-log_p, hits], weight))  # detached
         if ce is None:
-            ignore = _torch_ignore(self.ignore_index)
+            ignore = _torch_ignore(prepared.ignore_index)
             ce = F.nll_loss(log_p, prepared.labels.long(), ignore_index=ignore, reduction="none")
         hits = argmax_hits(log_p, ce) if self.adapt != "alpha" else torch.zeros_like(ce)
-        return with_total(class_sums(prepared.index(), prepared.valid, [ce, hits], work.shape[1], ce.dtype))
+        index, valid, classes = prepared.index(), prepared.valid, work.shape[1]
+        return with_total(class_sums(index, valid, [ce, hits], classes, ce.dtype, weight))
 
     def update(self, sums: Tensor) -> None:
         """Fold the batch's sums ``(3, C + 1)`` (``Σ CE``, ``Σ hits``, count; per class, then all) in."""
@@ -555,6 +658,10 @@ class ClassBalancedFocalLoss(AdaptiveLoss):
     target's counts are fractional; integers are exact up to 2^53) whatever the module is converted to
     (see :class:`AdaptiveLoss`, "State dtype"; checked when loaded: finite, non-negative).
 
+    **Weight maps** (:meth:`AdaptiveLoss.weighted_forward`): ``forward(logits, target, weight_map=None,
+    mask=None)``; the loss is ``focal_loss(logits, target, weight_map, mask, **options)`` and a
+    counted batch adds ``N_c += Σ_{i: y_i = c} ω_i`` (``Σ ω y`` for a soft target).
+
     Args:
         counts: class pixel counts ``(C,)``, all positive, or None to count the training batches.
         beta: ``β ∈ [0, 1)``.
@@ -568,6 +675,7 @@ class ClassBalancedFocalLoss(AdaptiveLoss):
     """
 
     function = staticmethod(focal_loss)
+    implementation = staticmethod(_focal)
     counts: Tensor
 
     def __init__(
@@ -596,15 +704,26 @@ class ClassBalancedFocalLoss(AdaptiveLoss):
             self.counts.copy_(fixed)
         self._static_options = _focal_options(self.gamma, self.ignore_index, self.reduction)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        weight_map: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        if weight_map is not None or mask is not None:
+            return self.weighted_forward(logits, target, weight_map, mask)
         work, prepared = self._prepare(logits, target)
-        if self.training and not self.fixed:
+        if self.updates_state():
             self.fold(self.batch_sums(work, prepared))
         return focal_from_prepared(work, prepared, self.checked_options)
 
-    def batch_sums(self, work: Tensor, prepared: SoftmaxTarget) -> Tensor:
-        """The batch's class counts ``(C,)`` over valid pixels."""
-        return _class_counts(work, prepared)
+    def updates_state(self) -> bool:
+        return self.training and not self.fixed
+
+    def batch_sums(self, work: Tensor, prepared: SoftmaxTarget, *, weight: Optional[Tensor] = None) -> Tensor:
+        """The batch's class counts ``(C,)`` over valid pixels (``Σ ω`` per class with ``weight``)."""
+        return _class_counts(work, prepared, weight)
 
     def update(self, sums: Tensor) -> None:
         """Add the batch's class counts ``(C,)``."""
@@ -635,6 +754,10 @@ class FrequencyFocalLoss(AdaptiveLoss):
     ``(C,)``. The loss is :func:`focal_loss` with ``alpha = α`` (see :attr:`options`). ``frequency`` is a
     float64 buffer whatever the module is converted to (see :class:`AdaptiveLoss`, "State dtype").
 
+    **Weight maps** (:meth:`AdaptiveLoss.weighted_forward`): ``forward(logits, target, weight_map=None,
+    mask=None)``; the loss is ``focal_loss(logits, target, weight_map, mask, **options)`` and the
+    batch's frequencies are weighted, ``f_c = Σ_{i: y_i = c} ω_i / Σ_i ω_i`` over the valid pixels.
+
     Args:
         num_classes: C, or None to size the state at the first forward.
         scale: ``k >= 0``.
@@ -645,6 +768,7 @@ class FrequencyFocalLoss(AdaptiveLoss):
     """
 
     function = staticmethod(focal_loss)
+    implementation = staticmethod(_focal)
     frequency: Tensor
     frequency_seen: Tensor
 
@@ -668,15 +792,23 @@ class FrequencyFocalLoss(AdaptiveLoss):
         self.add_state("frequency_seen", dtype=torch.bool, kind="flag")
         self._static_options = _focal_options(self.gamma, self.ignore_index, self.reduction)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        weight_map: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        if weight_map is not None or mask is not None:
+            return self.weighted_forward(logits, target, weight_map, mask)
         work, prepared = self._prepare(logits, target)
         if self.training:
             self.fold(self.batch_sums(work, prepared))
         return focal_from_prepared(work, prepared, self.checked_options)
 
-    def batch_sums(self, work: Tensor, prepared: SoftmaxTarget) -> Tensor:
-        """The batch's class counts ``(C,)`` over valid pixels."""
-        return _class_counts(work, prepared)
+    def batch_sums(self, work: Tensor, prepared: SoftmaxTarget, *, weight: Optional[Tensor] = None) -> Tensor:
+        """The batch's class counts ``(C,)`` over valid pixels (``Σ ω`` per class with ``weight``)."""
+        return _class_counts(work, prepared, weight)
 
     def update(self, sums: Tensor) -> None:
         """Fold the batch's class frequencies (from its counts ``(C,)``) into ``frequency``."""
@@ -704,6 +836,10 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
     whatever the module is converted to: see :class:`AdaptiveLoss`, "State dtype"), ``confidence_seen``;
     ``update(sums)`` takes ``(Σ max-probability, valid pixel count)``.
 
+    **Weight maps** (:meth:`AdaptiveLoss.weighted_forward`): ``forward(logits, target, weight_map=None,
+    mask=None)``; the loss is ``cross_entropy_loss(logits, target, weight_map, mask, **options)`` and the
+    batch's confidence is the weighted mean ``Σ ω_i max_c p_ic / Σ ω_i`` over the valid pixels.
+
     Args:
         epsilon: ``ε_0``, with ``eps_min <= ε_0 <= eps_max``.
         eps_min: lower clip, in ``[0, 1)``.
@@ -715,6 +851,7 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
     """
 
     function = staticmethod(cross_entropy_loss)
+    implementation = staticmethod(_cross_entropy)
     confidence: Tensor
     confidence_seen: Tensor
 
@@ -750,19 +887,38 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
     def smoothing(self) -> bool:
         return self.eps_max > 0
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        weight_map: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        if weight_map is not None or mask is not None:
+            return self.weighted_forward(logits, target, weight_map, mask)
         work, prepared = self._prepare(logits, target)
         log_p = torch.log_softmax(work.detach(), 1)  # shared by the statistic and the loss
         if self.training:
             self.fold(self.batch_sums(work, prepared, log_p))
         return ce_from_prepared(work, prepared, self.checked_options, log_p=log_p)
 
-    def batch_sums(self, work: Tensor, prepared: SoftmaxTarget, log_p: Optional[Tensor] = None) -> Tensor:
+    def batch_sums(
+        self,
+        work: Tensor,
+        prepared: SoftmaxTarget,
+        log_p: Optional[Tensor] = None,
+        *,
+        weight: Optional[Tensor] = None,
+    ) -> Tensor:
         """``(Σ max_c p_ic, count)`` over the batch's valid pixels, ``(2,)``; ``log_p``: the detached
-        ``log_softmax(work)`` when already computed."""
+        ``log_softmax(work)`` when already computed; ``weight`` ``(N, *S)``: ``(Σ ω max_c p, Σ ω)``."""
         log_p = torch.log_softmax(work.detach(), 1) if log_p is None else log_p
         top = log_p.amax(1).exp()
         valid = getattr(prepared, "valid", None)
+        if weight is not None:  # each valid pixel counted ω_i times (one of weight 0 adds nothing)
+            w = weight.detach().to(top.dtype)
+            w = w if valid is None else torch.where(valid, w, 0.0)
+            return torch.stack([torch.where(w > 0, top * w, 0.0).sum(), w.sum()])
         total = top.sum() if valid is None else torch.where(valid, top, 0.0).sum()
         count = torch.as_tensor(num_valid(valid, top.shape), device=total.device)
         return torch.stack([total, count.to(total.dtype)])

@@ -5,6 +5,10 @@ weights, ``ignore_index``) and keep a data-dependent subset of the valid pixels;
 the kept pixels. The subset is chosen on the device without reading a count on the host: TopK takes the
 largest ``⌊k · V / 100⌋`` losses of a row (``V`` its valid pixels) out of ``torch.topk`` with the bound
 for ``V = all pixels``; OHEM sorts ``p_t`` once.
+
+A ``weight_map`` makes each pixel a multiplicity (an integer weight is the pixel repeated) and a ``mask``
+is ``ignore_index`` (issue 19): the selection then runs in weighted mass, by a full sort and a cumulative
+sum of the weights in float64 (how many pixels TopK keeps is no longer bounded by ``k`` % of them).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from .._core.options import (
     ClassValues,
     Options,
     Reduction,
+    call_input,
     check_bool,
     check_ignore_index,
     check_int,
@@ -28,10 +33,11 @@ from .._core.options import (
     check_reduction,
     class_values,
 )
+from .._core.pixel_weights import PixelWeights, mask_as_ignore, pixel_weights
 from .._core.registry import register
 from .._core.targets import _valid_mask
 from ..ops.sort import descending_order
-from .base import module_for
+from .base import PixelWeightedModule, module_for
 from .cross_entropy import CrossEntropyOptions, _cross_entropy
 
 
@@ -45,6 +51,7 @@ class TopKOptions(Options):
     weight: Optional[ClassValues]
     ignore_index: Optional[int]
     reduction: str
+    pixel_weights: Optional[PixelWeights] = call_input()  # a call's weight map and mask
 
     def checked(self) -> Dict[str, Any]:
         return {
@@ -68,6 +75,7 @@ class OHEMOptions(Options):
     weight: Optional[ClassValues]
     ignore_index: Optional[int]
     reduction: str
+    pixel_weights: Optional[PixelWeights] = call_input()  # a call's weight map and mask
 
     def checked(self) -> Dict[str, Any]:
         return {
@@ -110,7 +118,38 @@ def _kept_sum(losses: Tensor, kept: Tensor, bound: int, with_mask: bool) -> Tupl
     return total, torch.zeros_like(losses, dtype=torch.bool).scatter_(-1, top.indices, chosen)
 
 
+def _with_pixels(
+    logits: Tensor, target: Tensor, ignore_index: Optional[int], pixels: PixelWeights
+) -> Tuple[Tensor, Tensor, Optional[int], Optional[Tensor], Optional[Tensor]]:
+    """``(logits, target, ignore_index, weight, mask)`` of a call with a weight map and / or a mask.
+
+    An integer target gets the mask folded in as ``ignore_index`` (-1 when there is none), so a masked
+    pixel is an ignored one; a soft target keeps the mask (returned), its masked pixels' logits set to 0
+    (a NaN there reaches nothing) and their weight 0. ``weight`` ``(N, *S)``: the weight map with 0 at
+    the masked pixels of a soft target, or None (no weight map and no mask left)."""
+    target, ignore_index, mask = mask_as_ignore(target, pixels.mask, ignore_index, binary=False)
+    weight = pixels.weight
+    if mask is not None:
+        logits = logits.masked_fill(~mask.unsqueeze(1), 0.0)
+        weight = mask.to(logits.dtype) if weight is None else torch.where(mask, weight, 0.0)
+    return logits, target, ignore_index, weight, mask
+
+
+def _mass(weight: Tensor, valid: Optional[Tensor]) -> Tensor:
+    """The weights as multiplicities in float64 (sums and cumulative sums of integer weights are exact),
+    0 at the pixels that are not valid."""
+    mass = weight.to(torch.float64)
+    return mass if valid is None else torch.where(valid, mass, 0.0)
+
+
 def _topk_ce(logits: Tensor, target: Tensor, opts: TopKOptions) -> Tensor:
+    if opts.pixel_weights is not None:
+        logits, target, ignore, weight, _ = _with_pixels(
+            logits, target, opts.ignore_index, opts.pixel_weights
+        )
+        opts = opts.with_values(ignore_index=ignore, pixel_weights=None)
+        if weight is not None:
+            return _weighted_topk_ce(logits, target, weight, opts)
     ce = _pixel_ce(logits, target, opts.weight, opts.ignore_index)
     rows = ce.flatten(1) if opts.per_image else ce.reshape(1, -1)
     valid = _valid(logits, target, opts.ignore_index)
@@ -133,19 +172,67 @@ def _topk_ce(logits: Tensor, target: Tensor, opts: TopKOptions) -> Tensor:
     return safe_divide(total.sum(), kept.sum().to(total.dtype), 0.0)
 
 
+def _weighted_topk_ce(logits: Tensor, target: Tensor, weight: Tensor, opts: TopKOptions) -> Tensor:
+    """:func:`topk_ce_loss` with per-pixel multiplicities ``ω`` ``(N, *S)`` (0 where a soft target is
+    masked): the pixels in decreasing CE, each kept with the part of its weight that keeps the row's
+    kept mass within ``K``; ``Σ ω`` kept is then exactly ``K`` (see the function's docstring)."""
+    ce = _pixel_ce(logits, target, opts.weight, opts.ignore_index)
+    mass = _mass(weight, _valid(logits, target, opts.ignore_index))
+    if opts.per_image:
+        rows, row_mass = ce.flatten(1), mass.flatten(1)
+    else:
+        rows, row_mass = ce.reshape(1, -1), mass.reshape(1, -1)
+    total_mass = row_mass.sum(-1)
+    budget = torch.minimum((total_mass.detach() * opts.k / 100).floor().clamp_min(1), total_mass)
+    budget = torch.where(total_mass > 0, budget, 0.0)  # K: the mass kept of each row
+    order = descending_order(torch.nan_to_num(rows.detach(), nan=torch.inf))  # a NaN is kept: visible
+    ordered, ordered_mass = rows.gather(-1, order), row_mass.gather(-1, order)
+    before = ordered_mass.cumsum(-1) - ordered_mass  # exact for integer weights (float64)
+    taken = torch.minimum((budget[:, None] - before).clamp_min(0.0), ordered_mass)
+    terms = torch.where(taken > 0, taken.to(ce.dtype) * ordered, 0.0)
+    if opts.reduction == "none":
+        return torch.zeros_like(rows).scatter(-1, order, terms).view_as(ce)
+    total = terms.sum(-1)
+    if opts.reduction == "sum":
+        return total.sum()
+    budget = budget.to(total.dtype)
+    if opts.per_image:  # each image's mean, then the mean over the images with a weighted pixel
+        means = safe_divide(total, budget, 0.0)
+        return safe_divide(means.sum(), (budget > 0).sum().to(total.dtype), 0.0)
+    return safe_divide(total.sum(), budget.sum(), 0.0)
+
+
 def _ohem_ce(logits: Tensor, target: Tensor, opts: OHEMOptions) -> Tensor:
+    weight = mask = None
+    if opts.pixel_weights is not None:
+        logits, target, ignore, weight, mask = _with_pixels(
+            logits, target, opts.ignore_index, opts.pixel_weights
+        )
+        opts = opts.with_values(ignore_index=ignore, pixel_weights=None)
     ce = _pixel_ce(logits, target, opts.weight, opts.ignore_index)
     valid = _valid(logits, target, opts.ignore_index)
+    if mask is not None:  # a soft target's mask: its pixels are never kept
+        valid = mask if valid is None else valid & mask
     if ce.numel() == 0:
         return ce if opts.reduction == "none" else ce.sum()
     with torch.no_grad():  # p_t = exp(-CE) unweighted (Π_c p_c^y_c for a soft target); no gradient
         plain = ce if opts.weight is None else _pixel_ce(logits.detach(), target, None, opts.ignore_index)
         p_true = torch.exp(-plain.detach()).flatten()
         valid_flat = None if valid is None else valid.flatten()
-        keys = -p_true if valid_flat is None else torch.where(valid_flat, -p_true, -torch.inf)
-        order = descending_order(keys.unsqueeze(0))[0]  # ascending p_t, ignored pixels last
-        count = torch.full((), p_true.numel(), device=ce.device) if valid_flat is None else valid_flat.sum()
-        index = (count - 1).clamp(max=min(opts.min_kept * logits.shape[0], 2**62))  # Python bound: no copy
+        most = min(opts.min_kept * logits.shape[0], 2**62)  # m, a Python bound: no copy
+        if weight is None:
+            keys = -p_true if valid_flat is None else torch.where(valid_flat, -p_true, -torch.inf)
+            order = descending_order(keys.unsqueeze(0))[0]  # ascending p_t, ignored pixels last
+            count = (
+                torch.full((), p_true.numel(), device=ce.device) if valid_flat is None else valid_flat.sum()
+            )
+            index = (count - 1).clamp(max=most)
+        else:  # the m-th smallest p_t in weighted mass: the first pixel whose cumulative weight exceeds m
+            mass = _mass(weight.detach(), valid).flatten()
+            counted = mass > 0  # a pixel of weight 0 is not there (repeated 0 times)
+            order = descending_order(torch.where(counted, -p_true, -torch.inf).unsqueeze(0))[0]
+            count = counted.sum()
+            index = torch.minimum((mass.gather(0, order).cumsum(0) <= most).sum(), count - 1)
         at = p_true.gather(0, order.gather(0, index.clamp_min(0).view(1)))[0]  # the index-th smallest p_t
         floor = torch.where(count > 0, at, 0.0)
         threshold = torch.clamp(floor, min=opts.thresh)
@@ -153,17 +240,23 @@ def _ohem_ce(logits: Tensor, target: Tensor, opts: OHEMOptions) -> Tensor:
         if valid_flat is not None:
             kept &= valid_flat
         kept = kept.view_as(ce)
-    losses = torch.where(kept, ce, 0.0)
+    if weight is None:
+        losses, kept_mass = torch.where(kept, ce, 0.0), kept.sum().to(ce.dtype)
+    else:
+        omega = weight.to(ce.dtype)
+        losses, kept_mass = torch.where(kept, ce * omega, 0.0), torch.where(kept, omega, 0.0).sum()
     if opts.reduction == "none":
         return losses
     if opts.reduction == "sum":
         return losses.sum()
-    return safe_divide(losses.sum(), kept.sum().to(losses.dtype), 0.0)
+    return safe_divide(losses.sum(), kept_mass, 0.0)
 
 
 def topk_ce_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     k: float = 10.0,
     per_image: bool = False,
@@ -176,21 +269,40 @@ def topk_ce_loss(
     With ``V`` valid pixels (of the batch, or of each image with ``per_image``), the ``max(1, ⌊k V / 100⌋)``
     largest per-pixel losses ``L_i = -w_t log p_t`` are kept (ties: any of them; the sum is the same).
 
+    **Pixel weights** are multiplicities: an integer ``ω_i`` is pixel i repeated ``ω_i`` times. The pixels
+    are ranked by their CE ``L_i`` (not by ``ω_i L_i``), and the ``k`` % hardest of the weighted mass is
+    kept: with ``W = Σ_{i∈V} ω_i``, the kept mass is ``K = min(W, max(1, ⌊k W / 100⌋))`` (0 when
+    ``W = 0``; the pixel-count rule, with ``min(W, ·)`` only for ``W < 1``), and in decreasing ``L`` each
+    pixel keeps ``κ_i = clamp(K - Σ_{j before i} ω_j, 0, ω_i)`` of its weight (the pixel at the boundary
+    a part of it), so ``Σ κ = K``. ``mean = Σ κ_i L_i / K`` (per image with ``per_image``), ``sum =
+    Σ κ_i L_i``; ``ω = 1`` gives the loss without weights.
+
     Args:
         logits: ``(N, C, *S)``.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
-        k: the percentage kept, in ``(0, 100]``; ``k = 100`` is plain CE (unweighted).
+        weight_map: per-pixel weights ``(N, *S)``, ``>= 0``, as multiplicities (above): the selection
+            and ``mean``'s denominator are in weighted mass. The sort reads no weight (no host read).
+        mask: ``(N, *S)`` bool, True where a pixel counts (the general form of ``ignore_index``; on a
+            soft target a masked pixel has weight 0 and is never kept).
+        k: the percentage kept, in ``(0, 100]``; ``k = 100`` is plain CE (unweighted; with a weight map
+            whose valid sum ``W`` is not an integer it keeps ``⌊W⌋`` of the mass, the rounding rule).
         per_image: keep each image's own ``k`` % and average the images' means (over images with a
             valid pixel) instead of the batch's ``k`` %.
         weight: class weights ``(C,)`` of the per-pixel CE (they change which pixels are hardest; ``mean``
             still divides by the number kept).
         ignore_index: target value whose pixels are never kept and not counted in ``V``.
-        reduction: ``none`` -> ``(N, *S)``, the kept pixels' CE and 0 elsewhere; ``sum``; ``mean``.
+        reduction: ``none`` -> ``(N, *S)``, the kept pixels' CE and 0 elsewhere (``κ_i L_i`` with
+            weights); ``sum``; ``mean``.
 
     nnU-Net counts ignored pixels in ``V`` (they have loss 0); here they are not.
     """
     opts = TopKOptions(
-        k=k, per_image=per_image, weight=weight, ignore_index=ignore_index, reduction=reduction
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        k=k,
+        per_image=per_image,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
     )
     return _topk_ce(logits, target, opts)
 
@@ -198,6 +310,8 @@ def topk_ce_loss(
 def ohem_ce_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     thresh: float = 0.7,
     min_kept: int = 100000,
@@ -212,26 +326,41 @@ def ohem_ce_loss(
     ``m = min_kept · N``: at least ``min_kept`` pixels per image when there are that many. ``p_t`` is
     the unweighted softmax probability; the selection carries no gradient.
 
+    **Pixel weights** are multiplicities (an integer ``ω_i`` is pixel i repeated ``ω_i`` times): ``p_(m)``
+    is the ``m``-th smallest in weighted mass, the first pixel in increasing ``p_t`` whose cumulative
+    weight exceeds ``m`` (the last pixel of positive weight when none does; pixels of weight 0 are not
+    counted), the kept set is the valid pixels with ``p_t < max(thresh, p_(m))``, and ``mean = Σ_kept ω_i
+    L_i / Σ_kept ω_i``.
+
     Args:
         logits: ``(N, C, *S)``.
         target: class indices ``(N, *S)`` (or one-hot / soft ``(N, C, *S)``: ``p_t = exp(-CE)``, the
             geometric mean ``Π_c p_c^{y_c}``).
+        weight_map: per-pixel weights ``(N, *S)``, ``>= 0``, as multiplicities (above); ``p_t`` stays
+            unweighted.
+        mask: ``(N, *S)`` bool, True where a pixel counts (the general form of ``ignore_index``; on a
+            soft target a masked pixel is never kept).
         thresh: the probability below which a pixel is hard, in ``[0, 1]``.
         min_kept: pixels per image kept at least (``>= 0``).
         weight: class weights ``(C,)`` of the per-pixel CE.
         ignore_index: target value whose pixels are never kept.
-        reduction: ``none`` -> ``(N, *S)``, the kept pixels' CE and 0 elsewhere; ``sum``; ``mean`` over
-            the kept pixels (mmsegmentation divides by every pixel of the batch, kept or not, so its
-            value is this one times the kept fraction).
+        reduction: ``none`` -> ``(N, *S)``, the kept pixels' CE (``ω_i L_i``) and 0 elsewhere; ``sum``;
+            ``mean`` over the kept pixels (mmsegmentation divides by every pixel of the batch, kept or
+            not, so its value is this one times the kept fraction).
     """
     opts = OHEMOptions(
-        thresh=thresh, min_kept=min_kept, weight=weight, ignore_index=ignore_index, reduction=reduction
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        thresh=thresh,
+        min_kept=min_kept,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
     )
     return _ohem_ce(logits, target, opts)
 
 
-TopKCELoss = module_for("TopKCELoss", topk_ce_loss, TopKOptions, _topk_ce)
-OHEMCELoss = module_for("OHEMCELoss", ohem_ce_loss, OHEMOptions, _ohem_ce)
+TopKCELoss = module_for("TopKCELoss", topk_ce_loss, TopKOptions, _topk_ce, PixelWeightedModule)
+OHEMCELoss = module_for("OHEMCELoss", ohem_ce_loss, OHEMOptions, _ohem_ce, PixelWeightedModule)
 
 register("topk_ce", TopKCELoss, domain="softmax", description="mean CE of the k % hardest pixels (nnU-Net)")
 register("ohem_ce", OHEMCELoss, domain="softmax", description="CE with online hard example mining (mmseg)")
