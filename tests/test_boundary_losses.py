@@ -198,3 +198,166 @@ def test_errors(call, message):
     logits, target = torch.randn(2, 3, 4, 5), torch.randint(0, 3, (2, 4, 5))
     with pytest.raises(sl.SegLossError, match=message):
         call(logits, target)
+
+
+# --- weight_map and mask (issue 19, item 9) ----------------------------------------------------------
+
+
+def binary_logits(p) -> torch.Tensor:
+    """Binary logits (1, 1, *S) whose sigmoid is ``p`` (*S)."""
+    p = torch.as_tensor(p, dtype=torch.float64)
+    return torch.log(p / (1 - p))[None, None].requires_grad_()
+
+
+def test_boundary_loss_weighted_hand_value():
+    """Target [0 1 1 1 0], φ_1 = [1, 0, -1, 0, 1], ω = [1, 2, 3, 1, 1]: the maps do not see ω, so
+    Σ ω φ p / Σ ω = (0.2 - 3·0.9 + 0.1) / 8; ``none`` is ω φ p per pixel."""
+    p, w = [0.2, 0.6, 0.9, 0.5, 0.1], torch.tensor([[1.0, 2, 3, 1, 1]], dtype=torch.float64)
+    target = torch.tensor([[0, 1, 1, 1, 0]])
+    loss = SF.boundary_loss(two_class_logits(p), target, None, w)
+    assert loss.item() == pytest.approx((0.2 - 3 * 0.9 + 0.1) / 8)
+    none = SF.boundary_loss(two_class_logits(p), target, None, w, reduction="none")
+    torch.testing.assert_close(none, torch.tensor([[0.2, 0, -3 * 0.9, 0, 0.1]], dtype=torch.float64))
+
+
+def test_hausdorff_dt_weighted_hand_value():
+    """Binary y = [0 0 1 1], p = [.2 .6 .7 .9] (P = [0 1 1 1]), α = 1: d_G = EDT(G) + EDT(¬G) = [2 1 1 2],
+    d_P = [1 1 2 3]; terms (p - y)² (d_G + d_P) = [.04·3, .36·2, .09·3, .01·5]; ω = [1 2 0 1]:
+    (.12 + 2·.72 + 0 + .05) / 4. The log form: log(1 + that); its ``none`` is ω log(1 + t)."""
+    p, y = [0.2, 0.6, 0.7, 0.9], torch.tensor([[[0, 0, 1, 1]]])
+    w = torch.tensor([[1.0, 2, 0, 1]], dtype=torch.float64)
+    loss = SF.binary_hausdorff_dt_loss(binary_logits(p), y, w, alpha=1.0)
+    assert loss.item() == pytest.approx((0.12 + 2 * 0.72 + 0.05) / 4)
+    log_loss = SF.binary_log_hausdorff_dt_loss(binary_logits(p), y, w, alpha=1.0)
+    assert log_loss.item() == pytest.approx(math.log1p((0.12 + 2 * 0.72 + 0.05) / 4))
+    none = SF.binary_log_hausdorff_dt_loss(binary_logits(p), y, w, alpha=1.0, reduction="none")
+    expected = [math.log1p(0.12), 2 * math.log1p(0.72), 0.0, math.log1p(0.05)]
+    torch.testing.assert_close(none, torch.tensor([[expected]], dtype=torch.float64))
+
+
+def test_boundary_iou_weighted_hand_value():
+    """dilation_ratio 0 (d = 1, windows of 3, zero padding): y = [0 1 1 1 0] -> B(y) = [0 1 0 1 0];
+    p = [.2 .6 .9 .5 .1] -> B(p) = p - minpool(p) = [.2 .4 .4 .4 .1]; ω = [1 2 1 3 1]:
+    I = 2·.4 + 3·.4 = 2, Σ ω B(p) = 2.7, Σ ω B(y) = 5, U = 2.7 + 5 - 2: loss 1 - 2 / 5.7."""
+    p, y = [0.2, 0.6, 0.9, 0.5, 0.1], torch.tensor([[[0, 1, 1, 1, 0]]])
+    w = torch.tensor([[1.0, 2, 1, 3, 1]], dtype=torch.float64)
+    loss = SF.binary_boundary_iou_loss(binary_logits(p), y, None, w, dilation_ratio=0.0)
+    assert loss.item() == pytest.approx(1 - 2 / 5.7)
+    bands = sl.target_boundary_bands(y, dilation_ratio=0.0)  # precomputed bands: the same sums
+    given = SF.binary_boundary_iou_loss(binary_logits(p), y, bands, w, dilation_ratio=0.0)
+    assert given.item() == pytest.approx(1 - 2 / 5.7)
+
+
+def test_active_contour_weighted_hand_value():
+    """p = [.2 .6 .9], y = [0 1 1], ω = [2 1 3]: the length terms sit at grid points 0 and 1 (the pixel
+    each forward difference starts from): (2·.4 + 1·.3) / (2 + 1); region Σ ω (p (1-y)² + (1-p) y²) =
+    (2·.2 + .4 + 3·.1) / 6. Loss 1.1/3 + 1.1/6 (ε = 1e-8 under the square roots)."""
+    p, y = [0.2, 0.6, 0.9], torch.tensor([[[0, 1, 1]]])
+    w = torch.tensor([[2.0, 1, 3]], dtype=torch.float64)
+    loss = SF.binary_active_contour_loss(binary_logits(p), y, w)
+    assert loss.item() == pytest.approx(1.1 / 3 + 1.1 / 6, rel=1e-7)
+    plain = SF.binary_active_contour_loss(binary_logits(p), y, w, normalize=False)
+    assert plain.item() == pytest.approx(1.1 + 1.1, rel=1e-7)
+
+
+PIXEL_LOSSES = ["boundary", "binary_boundary", "hausdorff_dt", "binary_hausdorff_dt"]
+BOUNDARY_LOSSES = PIXEL_LOSSES + [
+    "boundary_iou", "binary_boundary_iou", "active_contour", "binary_active_contour",
+]  # fmt: skip
+
+
+def weighted_inputs(name: str, shape=(2, 3, 6, 7)):
+    """Logits, an index (softmax) or 0/1 (binary) target, a weight map and a mask for ``name``."""
+    g = torch.Generator().manual_seed(11)
+    n, c, *spatial = shape
+    logits = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    if name.startswith("binary_"):
+        target = torch.randint(0, 2, shape, generator=g)
+    else:
+        target = torch.randint(0, c, (n, *spatial), generator=g)
+    weights = torch.rand((n, *spatial), generator=g, dtype=torch.float64) * 3
+    mask = torch.rand((n, *spatial), generator=g) > 0.3
+    return logits, target, weights, mask
+
+
+def as_soft(name: str, target: torch.Tensor, c: int) -> torch.Tensor:
+    if name.startswith("binary_"):
+        return target.double()
+    return torch.nn.functional.one_hot(target, c).movedim(-1, 1).double()
+
+
+def as_ignored(name: str, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return target.masked_fill(~(mask.unsqueeze(1) if name.startswith("binary_") else mask), IGNORE)
+
+
+@pytest.mark.parametrize("name", PIXEL_LOSSES)
+def test_weights_multiply_the_terms_not_the_maps(name):
+    """Pixel losses: the distance maps come from the unweighted target, so the weighted mean is
+    Σ ω t / Σ ω of the unweighted per-pixel terms t (``none``), and ``none`` with ω is ω t."""
+    logits, target, weights, _ = weighted_inputs(name)
+    loss = sl.create_loss(name)
+    terms = type(loss)(reduction="none")(logits, target)
+    omega = weights.unsqueeze(1).expand_as(terms) if name.startswith("binary_") else weights
+    torch.testing.assert_close(loss(logits, target, weight_map=weights), (omega * terms).sum() / omega.sum())
+    torch.testing.assert_close(
+        type(loss)(reduction="none")(logits, target, weight_map=weights), omega * terms
+    )
+
+
+def test_weight_zero_is_not_a_mask_for_the_distances():
+    """ω = 0 drops a pixel's term but the pixel still shapes the distance maps (a mask removes it from
+    the target first): the two differ, and ω = 0 equals the masked loss only where no map changes."""
+    logits, target, _, mask = weighted_inputs("hausdorff_dt")
+    zero_where_masked = mask.double()
+    weighted = SF.hausdorff_dt_loss(logits, target, zero_where_masked)
+    masked = SF.hausdorff_dt_loss(logits, target, mask=mask)
+    assert not torch.allclose(weighted, masked)
+
+
+@pytest.mark.parametrize("name", BOUNDARY_LOSSES)
+def test_mask_on_a_soft_target_is_ignore_index(name):
+    """A one-hot (binary: float) target with a mask equals the index target with ignore_index at the
+    masked pixels, value and gradient; a NaN logit there reaches neither."""
+    logits, target, weights, mask = weighted_inputs(name)
+    soft = as_soft(name, target, logits.shape[1])
+    module = sl.create_loss(name)
+    masked = module(logits, soft, weight_map=weights, mask=mask)
+    expected = type(module)(ignore_index=IGNORE)(logits, as_ignored(name, target, mask), weight_map=weights)
+    torch.testing.assert_close(masked, expected)
+    (grad,) = torch.autograd.grad(masked, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
+    poisoned = logits.detach().masked_fill(~mask.unsqueeze(1), torch.nan).requires_grad_()
+    value = module(poisoned, soft, weight_map=weights, mask=mask)
+    torch.testing.assert_close(value, masked)
+    (grad,) = torch.autograd.grad(value, poisoned)
+    assert torch.isfinite(grad).all() and (grad.masked_select(~mask.unsqueeze(1)) == 0).all()
+
+
+@pytest.mark.parametrize("name", BOUNDARY_LOSSES)
+def test_weighted_module_function_and_compound_agree(name):
+    logits, target, weights, mask = weighted_inputs(name)
+    module = sl.create_loss(name)
+    value = module(logits, target, weight_map=weights, mask=mask)
+    torch.testing.assert_close(value, module.function(logits, target, weight_map=weights, mask=mask))
+    dice = "binary_dice" if name.startswith("binary_") else "dice"
+    compound = sl.create_loss(f"{dice} + {name}")(logits, target, weight_map=weights, mask=mask)
+    expected = sl.create_loss(dice)(logits, target, weight_map=weights, mask=mask) + value
+    torch.testing.assert_close(compound, expected)
+
+
+def test_precomputed_maps_of_the_masked_target():
+    """The documented recipe: maps and bands computed from the target with the mask folded in (as
+    ignore_index) give the on-the-fly loss with that mask."""
+    logits, target, weights, mask = weighted_inputs("boundary")
+    folded = target.masked_fill(~mask, IGNORE)
+    maps = sl.target_distance_maps(folded, 3, ignore_index=IGNORE)
+    torch.testing.assert_close(
+        SF.boundary_loss(logits, target, maps, weights, mask),
+        SF.boundary_loss(logits, target, None, weights, mask),
+    )
+    bands = sl.target_boundary_bands(folded, 3, ignore_index=IGNORE)
+    torch.testing.assert_close(
+        SF.boundary_iou_loss(logits, target, bands, weights, mask),
+        SF.boundary_iou_loss(logits, target, None, weights, mask),
+    )

@@ -413,3 +413,118 @@ def test_distance_ce_weights_divide_by_target_weight_sum():
     )
     with pytest.raises(sl.SegLossError, match="weight"):
         DistanceCELoss(weight=[-1.0, 1.0, 1.0])
+
+
+# --- weight_map and mask (issue 19, item 9) ----------------------------------------------------------
+
+P_LINE = [0.2, 0.6, 0.9, 0.5, 0.1]  # σ(z) on the line y = [0 1 1 1 0]
+W_LINE = [1.0, 2, 1, 3, 1]
+
+
+def line_inputs():
+    """Binary logits (1, 1, 5) with σ(z) = P_LINE, the target [0 1 1 1 0] and the weights W_LINE."""
+    y = torch.tensor([[[0, 1, 1, 1, 0]]])
+    return logit(P_LINE)[None, None].requires_grad_(), y, torch.tensor([W_LINE], dtype=torch.float64)
+
+
+def test_boundary_dou_weighted_hand_value():
+    """α from the unweighted target: S = 3, C = 2 (the ends), α = 1 - 2·2/3 = -1/3. Weighted squared
+    overlap: TP = Σ ω p y = 2·.6 + .9 + 3·.5 = 3.6, Σ ω p² = .04 + 2·.36 + .81 + 3·.25 + .01 = 2.33,
+    Σ ω y² = 6; FP + FN = 2.33 + 6 - 2·3.6 = 1.13; L = 1.13 / (1.13 + (4/3)·3.6)."""
+    z, y, w = line_inputs()
+    loss = binary_boundary_dou_loss(z, y, w)
+    assert loss.item() == pytest.approx(1.13 / (1.13 + 4 / 3 * 3.6))
+
+
+def test_region_wise_weighted_hand_value():
+    """Z = [1, -1/2, -1, -1/2, 1] (the unweighted target's RRW map): Σ ω Z p / Σ ω =
+    (.2 - 2·.3 - .9 - 3·.25 + .1) / 8."""
+    z, y, w = line_inputs()
+    loss = binary_region_wise_loss(z, y, None, w)
+    assert loss.item() == pytest.approx((0.2 - 0.6 - 0.9 - 0.75 + 0.1) / 8)
+
+
+def test_distance_ce_weighted_hand_value():
+    """D = [1 1 0 1 1] (inside: (max d - d) / (max d - min d) with depths [1 2 1]; the background's two
+    single pixels are flat: 1); Σ ω (1 + D) BCE / Σ ω with BCE = -log(1 - p) at y = 0, -log p at y = 1."""
+    z, y, w = line_inputs()
+    bce = [-math.log(0.8), -math.log(0.6), -math.log(0.9), -math.log(0.5), -math.log(0.9)]
+    expected = sum(wi * (1 + d) * b for wi, d, b in zip(W_LINE, [1, 1, 0, 1, 1], bce)) / sum(W_LINE)
+    assert binary_distance_ce_loss(z, y, None, w).item() == pytest.approx(expected)
+    class_w = torch.tensor([2.0], dtype=torch.float64)  # a channel weight: in both sums, cancels here
+    assert binary_distance_ce_loss(z, y, None, w, weight=class_w).item() == pytest.approx(expected)
+
+
+def test_distance_ce_weighted_mean_divides_by_omega_times_class_weight():
+    """Softmax with class weights: mean = Σ ω L / Σ ω w_t, ``none`` = ω L (L the unweighted terms)."""
+    logits, target, weights, _ = weighted_inputs("distance_ce")
+    w = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    terms = distance_ce_loss(logits, target, weight=w, reduction="none")
+    value = distance_ce_loss(logits, target, None, weights, weight=w)
+    torch.testing.assert_close(value, (weights * terms).sum() / (weights * w[target]).sum())
+
+
+WEIGHTED = ["boundary_dou", "binary_boundary_dou", "region_wise", "binary_region_wise"]
+WEIGHTED += ["distance_ce", "binary_distance_ce"]
+
+
+def weighted_inputs(name: str, shape=(2, 3, 6, 7)):
+    """Logits, an index (softmax) or 0/1 (binary) target, a weight map and a mask for ``name``."""
+    g = torch.Generator().manual_seed(12)
+    n, c, *spatial = shape
+    logits = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    if name.startswith("binary_"):
+        target = torch.randint(0, 2, shape, generator=g)
+    else:
+        target = torch.randint(0, c, (n, *spatial), generator=g)
+    weights = torch.rand((n, *spatial), generator=g, dtype=torch.float64) * 3
+    mask = torch.rand((n, *spatial), generator=g) > 0.3
+    return logits, target, weights, mask
+
+
+@pytest.mark.parametrize("name", ["region_wise", "binary_region_wise", "distance_ce", "binary_distance_ce"])
+def test_weights_multiply_the_terms_not_the_maps(name):
+    """The maps come from the unweighted target: the weighted mean is Σ ω t / Σ ω of the unweighted
+    per-pixel terms t (no class weights), and ``none`` with ω is ω t."""
+    logits, target, weights, _ = weighted_inputs(name)
+    loss = sl.create_loss(name)
+    terms = type(loss)(reduction="none")(logits, target)
+    omega = weights.unsqueeze(1).expand_as(terms) if name.startswith("binary_") else weights
+    torch.testing.assert_close(loss(logits, target, weight_map=weights), (omega * terms).sum() / omega.sum())
+    torch.testing.assert_close(
+        type(loss)(reduction="none")(logits, target, weight_map=weights), omega * terms
+    )
+
+
+@pytest.mark.parametrize("name", WEIGHTED)
+def test_mask_on_a_soft_target_is_ignore_index(name):
+    """A one-hot (binary: float) target with a mask equals the index target with ignore_index at the
+    masked pixels, value and gradient; a NaN logit there reaches neither."""
+    logits, target, weights, mask = weighted_inputs(name)
+    binary = name.startswith("binary_")
+    soft = target.double() if binary else F.one_hot(target, logits.shape[1]).movedim(-1, 1).double()
+    ignored = target.masked_fill(~(mask.unsqueeze(1) if binary else mask), IGNORE)
+    module = sl.create_loss(name)
+    masked = module(logits, soft, weight_map=weights, mask=mask)
+    expected = type(module)(ignore_index=IGNORE)(logits, ignored, weight_map=weights)
+    torch.testing.assert_close(masked, expected)
+    (grad,) = torch.autograd.grad(masked, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
+    poisoned = logits.detach().masked_fill(~mask.unsqueeze(1), torch.nan).requires_grad_()
+    value = module(poisoned, soft, weight_map=weights, mask=mask)
+    torch.testing.assert_close(value, masked)
+    (grad,) = torch.autograd.grad(value, poisoned)
+    assert torch.isfinite(grad).all() and (grad.masked_select(~mask.unsqueeze(1)) == 0).all()
+
+
+@pytest.mark.parametrize("name", WEIGHTED)
+def test_weighted_module_function_and_compound_agree(name):
+    logits, target, weights, mask = weighted_inputs(name)
+    module = sl.create_loss(name)
+    value = module(logits, target, weight_map=weights, mask=mask)
+    torch.testing.assert_close(value, module.function(logits, target, weight_map=weights, mask=mask))
+    dice = "binary_dice" if name.startswith("binary_") else "dice"
+    compound = sl.create_loss(f"{dice} + {name}")(logits, target, weight_map=weights, mask=mask)
+    expected = sl.create_loss(dice)(logits, target, weight_map=weights, mask=mask) + value
+    torch.testing.assert_close(compound, expected)

@@ -307,3 +307,101 @@ def test_log_hausdorff_dt_ignore_index():
     )
     none = log_hausdorff_dt_loss(logits, ignored, ignore_index=IGNORE, reduction="none")
     assert (none[:, 0] == 0).all()
+
+
+# --- weight_map and mask (issue 19, item 9) ----------------------------------------------------------
+
+
+def test_hausdorff_er_weighted_hand_value():
+    """y = 1 everywhere on 5 pixels, prediction 0: E_0 = [1 1 1 1 1]; K * E_0 (1-D cross of weight 1/3,
+    zero padding) = [2/3 1 1 1 2/3], minus 1/2: [1/6 1/2 1/2 1/2 1/6], normalised: E_1 = [0 1 1 1 0]. With
+    k = 1 and ω = [3 1 1 2 1] the erosion does not see ω and the mean is weighted: (1 + 1 + 2) / 8."""
+    logits = torch.full((1, 1, 5), -SATURATED, dtype=torch.float64, requires_grad=True)
+    target = torch.ones(1, 1, 5, dtype=torch.long)
+    w = torch.tensor([[3.0, 1, 1, 2, 1]], dtype=torch.float64)
+    loss = binary_hausdorff_er_loss(logits, target, w, k=1)
+    assert loss.item() == pytest.approx(4 / 8, rel=1e-6)
+    none = binary_hausdorff_er_loss(logits, target, w, k=1, reduction="none")
+    expected = torch.tensor([[[0.0, 1, 1, 2, 0]]], dtype=torch.float64)
+    torch.testing.assert_close(none, expected, rtol=1e-6, atol=1e-12)  # σ(-100)² is not quite 0
+
+
+def weighted_inputs(name: str, shape=(2, 3, 6, 7)):
+    """Logits, an index (softmax) or 0/1 (binary) target, a weight map and a mask for ``name``."""
+    g = torch.Generator().manual_seed(13)
+    n, c, *spatial = shape
+    logits = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    if name.startswith("binary_"):
+        target = torch.randint(0, 2, shape, generator=g)
+    else:
+        target = torch.randint(0, c, (n, *spatial), generator=g)
+    weights = torch.rand((n, *spatial), generator=g, dtype=torch.float64) * 3
+    mask = torch.rand((n, *spatial), generator=g) > 0.3
+    return logits, target, weights, mask
+
+
+NAMES = ["hausdorff_er", "binary_hausdorff_er", "log_hausdorff_dt", "binary_log_hausdorff_dt"]
+
+
+@pytest.mark.parametrize("name", ["hausdorff_er", "binary_hausdorff_er"])
+def test_erosion_sees_no_weights(name):
+    """The erosions run on the unweighted error maps: the weighted mean is Σ ω H / Σ ω of the unweighted
+    per-pixel sums H (``none``), and ``none`` with ω is ω H."""
+    logits, target, weights, _ = weighted_inputs(name)
+    loss = sl.create_loss(name)
+    terms = type(loss)(reduction="none")(logits, target)
+    omega = weights.unsqueeze(1).expand_as(terms) if name.startswith("binary_") else weights
+    torch.testing.assert_close(loss(logits, target, weight_map=weights), (omega * terms).sum() / omega.sum())
+    torch.testing.assert_close(
+        type(loss)(reduction="none")(logits, target, weight_map=weights), omega * terms
+    )
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_log_hausdorff_dt_is_the_log_of_the_weighted_loss(binary):
+    """mean: log(1 + weighted HD-DT); none: ω log(1 + t); sum: its sum."""
+    name = "binary_log_hausdorff_dt" if binary else "log_hausdorff_dt"
+    logits, target, weights, mask = weighted_inputs(name)
+    plain = SF.binary_hausdorff_dt_loss if binary else SF.hausdorff_dt_loss
+    logged = binary_log_hausdorff_dt_loss if binary else log_hausdorff_dt_loss
+    value = logged(logits, target, weights, mask)
+    torch.testing.assert_close(value, torch.log1p(plain(logits, target, weights, mask)))
+    terms = plain(logits, target, mask=mask, reduction="none")
+    omega = weights.unsqueeze(1) if binary else weights
+    none = logged(logits, target, weights, mask, reduction="none")
+    torch.testing.assert_close(none, omega * torch.log1p(terms))
+    torch.testing.assert_close(logged(logits, target, weights, mask, reduction="sum"), none.sum())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mask_on_a_soft_target_is_ignore_index(name):
+    """A one-hot (binary: float) target with a mask equals the index target with ignore_index at the
+    masked pixels, value and gradient; a NaN logit there reaches neither."""
+    logits, target, weights, mask = weighted_inputs(name)
+    binary = name.startswith("binary_")
+    soft = target.double() if binary else torch.nn.functional.one_hot(target, 3).movedim(-1, 1).double()
+    ignored = target.masked_fill(~(mask.unsqueeze(1) if binary else mask), IGNORE)
+    module = sl.create_loss(name)
+    masked = module(logits, soft, weight_map=weights, mask=mask)
+    expected = type(module)(ignore_index=IGNORE)(logits, ignored, weight_map=weights)
+    torch.testing.assert_close(masked, expected)
+    (grad,) = torch.autograd.grad(masked, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
+    poisoned = logits.detach().masked_fill(~mask.unsqueeze(1), torch.nan).requires_grad_()
+    value = module(poisoned, soft, weight_map=weights, mask=mask)
+    torch.testing.assert_close(value, masked)
+    (grad,) = torch.autograd.grad(value, poisoned)
+    assert torch.isfinite(grad).all() and (grad.masked_select(~mask.unsqueeze(1)) == 0).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weighted_module_function_and_compound_agree(name):
+    logits, target, weights, mask = weighted_inputs(name)
+    module = sl.create_loss(name)
+    value = module(logits, target, weight_map=weights, mask=mask)
+    torch.testing.assert_close(value, module.function(logits, target, weight_map=weights, mask=mask))
+    dice = "binary_dice" if name.startswith("binary_") else "dice"
+    compound = sl.create_loss(f"{dice} + {name}")(logits, target, weight_map=weights, mask=mask)
+    expected = sl.create_loss(dice)(logits, target, weight_map=weights, mask=mask) + value
+    torch.testing.assert_close(compound, expected)

@@ -9,6 +9,14 @@ Targets are those of every other loss: softmax losses take class indices ``(N, *
 background for every class in both prediction and target; a finite difference that touches an ignored
 pixel is dropped; ignored pixels enter no sum. All-ignored gives 0 with a gradient.
 
+**weight_map and mask** (``(N, *S)``, :mod:`seglosses._core.pixel_weights`). ``mask`` is ``ignore_index``:
+an index (or integer binary) target gets the ignore value at the masked pixels before anything is
+computed from it; a floating (soft) or bool target is set to 0 there (background for every class, as an
+ignored pixel) and the masked pixels count nowhere, their logits reaching neither value nor gradient.
+Distances, bands and finite differences are computed on these unweighted maps; the weight ``ω``
+multiplies the per-pixel terms that are summed afterwards (a binary loss's ``ω`` applies to every
+channel). Precomputed ``dist_maps`` / ``bands`` are used as given: compute them from the masked target.
+
 Distances are computed without gradient by :func:`seglosses.ops.distance_transform` on the logits'
 device; precompute target maps once with :func:`target_distance_maps` / :class:`DistanceMapTransform`.
 """
@@ -17,24 +25,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .._core.deferred import check_count
 from .._core.errors import expected
-from .._core.numerics import safe_divide, sigmoid_f32, softmax_f32
+from .._core.numerics import compute_dtype, safe_divide, sigmoid_f32, softmax_f32
 from .._core.options import (
     ClassValues,
     Options,
     Reduction,
+    call_input,
     check_bool,
     check_ignore_index,
     check_int,
     check_number,
     check_reduction,
 )
+from .._core.pixel_weights import PixelWeights, mask_as_ignore, pixel_weights
 from .._core.reduction import reduce, reduce_region
 from .._core.registry import register
 from .._core.stats import Overlap
@@ -50,7 +60,7 @@ from .._core.targets import (
 )
 from ..ops.bands import band_width, boundary_band
 from ..ops.distance import Spacing, check_spacing, sample_extremes, signed_distance_map, two_sided_distance
-from .base import PrecomputedInputModule, module_pair
+from .base import PixelWeightedModule, PrecomputedInputModule, module_pair
 from .overlap import RegionOptions, Statistics, jaccard_score, region_loss
 
 _LENGTH_EPS = 1e-8  # inside the square root of the active contour's length term (Chen et al.)
@@ -59,21 +69,67 @@ _LENGTH_EPS = 1e-8  # inside the square root of the active contour's length term
 # --- shared preparation ------------------------------------------------------------------------------
 
 
+class _Folded(NamedTuple):
+    """One call's inputs with its ``mask`` folded in (:func:`_fold_mask`): the logits and target to use,
+    the ignore value, the mask left ``(N, *S)`` (a floating or bool target's; None when folded into the
+    target or absent) and the weight map ``(N, *S)`` or None."""
+
+    logits: Tensor
+    target: Tensor
+    ignore_index: Optional[int]
+    mask: Optional[Tensor]
+    weight: Optional[Tensor]
+
+
+def _fold_mask(logits: Tensor, target: Tensor, opts: Any, binary: bool) -> _Folded:
+    """``opts.pixel_weights`` applied to the inputs, before anything is computed from the target.
+
+    An integer target gets ``ignore_index`` (its own, or -1) at the masked pixels, so the loss is exactly
+    that of the ignored pixels. A floating or bool target of the logits' shape is set to 0 at the masked
+    pixels (background for every class, as an ignored pixel) and their logits to 0 (a NaN there reaches
+    nothing); the mask is left for the valid masks of the loss."""
+    pixels: Optional[PixelWeights] = getattr(opts, "pixel_weights", None)
+    if pixels is None:
+        return _Folded(logits, target, opts.ignore_index, None, None)
+    target, ignore_index, mask = mask_as_ignore(target, pixels.mask, opts.ignore_index, binary=binary)
+    if mask is not None and isinstance(target, Tensor) and target.shape == logits.shape:
+        outside = ~mask.unsqueeze(1)
+        logits, target = logits.masked_fill(outside, 0.0), target.masked_fill(outside, 0)
+    elif mask is not None:  # a target the loss's checks reject: leave it to them
+        logits = logits.masked_fill(~mask.unsqueeze(1), 0.0)
+    return _Folded(logits, target, ignore_index, mask, pixels.weight)
+
+
+def _with_mask(valid: Optional[Tensor], mask: Optional[Tensor]) -> Optional[Tensor]:
+    """A valid mask ``(N, 1 | C, *S)`` (or None) and a pixel mask ``(N, *S)`` (or None), as one."""
+    if mask is None:
+        return valid
+    return mask.unsqueeze(1) if valid is None else valid & mask.unsqueeze(1)
+
+
 def _prepare(
-    logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool
+    logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool, mask: Optional[Tensor] = None
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Probabilities and dense target ``(N, C, *S)`` in the compute dtype, both 0 at ignored pixels
-    (background for every class), and the valid mask broadcastable to them, or None."""
-    probs, masks, valid = _probabilities(logits, target, ignore_index, binary, masks=True)
+    (background for every class), and the valid mask broadcastable to them, or None. ``mask``
+    ``(N, *S)``: pixels outside it are invalid too (the target must already be 0 there,
+    :func:`_fold_mask`)."""
+    probs, masks, valid = _probabilities(logits, target, ignore_index, binary, masks=True, mask=mask)
     assert masks is not None
     return probs, masks, valid
 
 
 def _probabilities(
-    logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool, masks: bool
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: Optional[int],
+    binary: bool,
+    masks: bool,
+    mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """:func:`_prepare`; with ``masks=False`` no dense form of an index target is made (None)."""
     dense: Optional[Tensor]
+    valid: Optional[Tensor]
     if binary:
         prepared = binary_target(logits, target, ignore_index)  # its dense target is 0 at ignored pixels
         probs, dense, valid = sigmoid_f32(logits), prepared.dense, prepared.valid
@@ -81,9 +137,11 @@ def _probabilities(
         soft = softmax_target(logits, target, ignore_index)
         probs = softmax_f32(logits)
         if isinstance(soft, DenseTarget):
-            return probs, soft.dense.to(probs.dtype), None
-        dense = _target_masks(soft, logits.shape[1], 0).to(probs.dtype) if masks else None  # ignored: 0
-        valid = None if soft.valid is None else soft.valid.unsqueeze(1)
+            dense, valid = soft.dense.to(probs.dtype), None
+        else:
+            dense = _target_masks(soft, logits.shape[1], 0).to(probs.dtype) if masks else None  # ignored: 0
+            valid = None if soft.valid is None else soft.valid.unsqueeze(1)
+    valid = _with_mask(valid, mask)
     if valid is None:
         return probs, dense, None
     return torch.where(valid, probs, 0.0), dense, valid
@@ -98,15 +156,25 @@ def _first_class(opts: ClassOptions, binary: bool) -> int:
     return 0 if binary or opts.include_background else 1
 
 
-def _reduce_pixels(loss: Tensor, valid: Optional[Tensor], reduction: str, binary: bool) -> Tensor:
+def _reduce_pixels(
+    loss: Tensor, valid: Optional[Tensor], reduction: str, binary: bool, weight: Optional[Tensor] = None
+) -> Tensor:
     """Pixel-loss reduction of ``(N, C', *S)`` terms: the class mean per pixel (softmax), then ``reduce``
-    over valid pixels (SPEC: mean over valid pixels and supervised classes)."""
+    over valid pixels (SPEC: mean over valid pixels and supervised classes). With a weight map ``ω``
+    ``(N, *S)`` (on every channel of a binary loss): ``ω_i L_i``, and ``mean`` divides by ``Σ_valid ω_i``."""
     if not binary:
         loss = loss.mean(1)
         valid = None if valid is None else valid[:, 0]
+    elif valid is not None:
+        valid = valid.expand_as(loss)  # a pixel mask (N, 1, *S) holds for every channel
     if valid is not None:
         loss = torch.where(valid, loss, 0.0)
-    return reduce(loss, reduction, num_valid(valid, loss.shape))
+    if weight is None:
+        return reduce(loss, reduction, num_valid(valid, loss.shape))
+    omega = (weight.unsqueeze(1) if binary else weight).to(loss.dtype)
+    loss = loss * omega
+    shares = omega.expand_as(loss) if valid is None else torch.where(valid, omega, 0.0)
+    return reduce(loss, reduction, shares.sum(dtype=compute_dtype(loss)))
 
 
 def _spatial_sum(values: Tensor) -> Tensor:
@@ -121,6 +189,7 @@ class ClassOptions(Options):
     include_background: bool
     ignore_index: Optional[int]
     reduction: str
+    pixel_weights: Optional[PixelWeights] = call_input()  # a call's weight map and mask
 
     def checked(self) -> Dict[str, Any]:
         return {
@@ -220,28 +289,33 @@ def _target_masks(prepared: Union[SoftmaxTarget, BinaryTarget], num_classes: int
 def _surface(
     logits: Tensor, target: Tensor, dist_maps: Optional[Tensor], opts: BoundaryOptions, binary: bool
 ) -> Tensor:
+    folded = _fold_mask(logits, target, opts, binary)
+    logits, target = folded.logits, folded.target
     start = _first_class(opts, binary)
     prepared: Union[SoftmaxTarget, BinaryTarget]
     if binary:
-        prepared = binary_target(logits, target, opts.ignore_index)
+        prepared = binary_target(logits, target, folded.ignore_index)
         probs, valid = sigmoid_f32(logits), prepared.valid
     else:
-        prepared = softmax_target(logits, target, opts.ignore_index)
+        prepared = softmax_target(logits, target, folded.ignore_index)
         probs, valid = softmax_f32(logits), getattr(prepared, "valid", None)
         valid = None if valid is None else valid.unsqueeze(1)
+    valid = _with_mask(valid, folded.mask)
     if dist_maps is None:
         masks = _target_masks(prepared, logits.shape[1], start)
         phi = signed_distance_map(masks, opts.spacing, spatial_dims=logits.ndim - 2)
     else:
         phi = _check_maps(dist_maps, logits)[:, start:]
     loss = phi.to(probs.dtype) * probs[:, start:]
-    return _reduce_pixels(loss, valid, opts.reduction, binary)
+    return _reduce_pixels(loss, valid, opts.reduction, binary, folded.weight)
 
 
 def boundary_loss(
     logits: Tensor,
     target: Tensor,
     dist_maps: Optional[Tensor] = None,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     include_background: bool = False,
     spacing: Spacing = None,
@@ -256,13 +330,21 @@ def boundary_loss(
     and not 0 for a perfect one; combine it with a region loss as ``α R + (1 - α) B``, ``α`` decreasing
     from 1 with the epoch (a schedule).
 
+    With a weight map ``ω`` the loss is ``Σ_i ω_i mean_c φ_ic p_ic / Σ_i ω_i`` over the valid pixels: the
+    maps ``φ`` are those of the unweighted (masked) target, the weight multiplies each pixel's term.
+
     Args:
         logits: ``(N, C, *S)``.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)`` (class mask ``y > 0.5``).
         dist_maps: precomputed ``φ`` of shape ``(N, C, *S)`` (e.g. by :func:`target_distance_maps`), or
             None to compute them from the target without gradient. With the input checks on
             (:func:`seglosses.set_input_checks`) a NaN or ±inf in them raises; with them off it makes the
-            loss non-finite where it enters the formula.
+            loss non-finite where it enters the formula. Used as given with a ``mask``: compute them from
+            the masked target (``target_distance_maps(target.masked_fill(~mask, i), C, ignore_index=i)``).
+        weight_map: per-pixel weights ``ω`` ``(N, *S)``, ``>= 0``: ``ω_i mean_c φ_ic p_ic`` per pixel,
+            ``mean`` divides by ``Σ_valid ω_i``; ``φ`` does not depend on ``ω``.
+        mask: ``(N, *S)`` bool, True where a pixel counts: exactly ``ignore_index`` at the pixels outside
+            it (a soft target is 0 there, background for every class, and its pixels count nowhere).
         include_background: supervise class 0 too (default: foreground classes only).
         spacing: pixel size per spatial axis for the maps.
         ignore_index: target value whose pixels count nowhere.
@@ -270,8 +352,10 @@ def boundary_loss(
             its mean over valid pixels; ``sum``.
     """
     opts = BoundaryOptions(
-        include_background=include_background, spacing=spacing, ignore_index=ignore_index, reduction=reduction
-    )
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        include_background=include_background, spacing=spacing, ignore_index=ignore_index,
+        reduction=reduction,
+    )  # fmt: skip
     return _surface(logits, target, dist_maps, opts, binary=False)
 
 
@@ -279,14 +363,24 @@ def binary_boundary_loss(
     logits: Tensor,
     target: Tensor,
     dist_maps: Optional[Tensor] = None,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     spacing: Spacing = None,
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
     r"""Surface loss per sigmoid channel, ``mean(φ_G · p)``, ``p = sigmoid(z)``; ``none`` -> ``(N, C, *S)``,
-    ``mean`` over valid elements. Target and ``dist_maps`` have the logits' shape."""
-    opts = BoundaryOptions(spacing=spacing, ignore_index=ignore_index, reduction=reduction)
+    ``mean`` over valid elements. Target and ``dist_maps`` have the logits' shape.
+
+    ``weight_map`` ``ω`` ``(N, *S)`` (``>= 0``) weighs every channel of a pixel: ``ω_i φ_ic p_ic``, ``mean``
+    divides by ``Σ_valid ω_i`` (counted per channel); ``mask`` ``(N, *S)`` is ``ignore_index`` at the
+    pixels outside it (a float or bool target is 0 there and they count nowhere). ``φ`` does not depend on
+    ``ω``."""
+    opts = BoundaryOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        spacing=spacing, ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
     return _surface(logits, target, dist_maps, opts, binary=True)
 
 
@@ -313,19 +407,31 @@ class HausdorffOptions(BoundaryOptions):
         return {**super().checked(), "alpha": alpha}
 
 
-def _hausdorff(logits: Tensor, target: Tensor, opts: HausdorffOptions, binary: bool) -> Tensor:
-    probs, dense, valid = _prepare(logits, target, opts.ignore_index, binary)
+def _hausdorff_terms(
+    logits: Tensor, target: Tensor, opts: HausdorffOptions, binary: bool
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """The Hausdorff DT loss's unreduced terms ``(p - y)² (d_G^α + d_P^α)`` ``(N, C', *S)`` (the mask of
+    ``opts.pixel_weights`` folded in), their valid mask and the weight map ``(N, *S)`` (or None)."""
+    folded = _fold_mask(logits, target, opts, binary)
+    probs, dense, valid = _prepare(folded.logits, folded.target, folded.ignore_index, binary, folded.mask)
     probs, dense = _kept(_first_class(opts, binary), probs, dense)
     masks = torch.cat([dense > 0.5, probs.detach() > 0.5])  # target and prediction in one transform
     d_target, d_prediction = _distance_fields(masks, opts.spacing).to(probs.dtype).chunk(2)
     alpha = opts.alpha
     loss = (probs - dense) ** 2 * (d_target**alpha + d_prediction**alpha)
-    return _reduce_pixels(loss, valid, opts.reduction, binary)
+    return loss, valid, folded.weight
+
+
+def _hausdorff(logits: Tensor, target: Tensor, opts: HausdorffOptions, binary: bool) -> Tensor:
+    loss, valid, weight = _hausdorff_terms(logits, target, opts, binary)
+    return _reduce_pixels(loss, valid, opts.reduction, binary, weight)
 
 
 def hausdorff_dt_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 2.0,
     include_background: bool = False,
@@ -339,9 +445,16 @@ def hausdorff_dt_loss(
     target mask, ``P = {p > 0.5}``; distances carry no gradient. ``α = 2`` as in the paper and MONAI's
     ``HausdorffDTLoss``. Perfect prediction gives 0.
 
+    With a weight map ``ω``: ``Σ_i ω_i mean_c (p_ic - y_ic)² (d_G^α + d_P^α)_ic / Σ_i ω_i`` over the valid
+    pixels; the distance fields are those of the unweighted (masked) target and prediction.
+
     Args:
         logits: ``(N, C, *S)``.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
+        weight_map: per-pixel weights ``ω`` ``(N, *S)``, ``>= 0``, multiplying each pixel's term (not the
+            distances); ``mean`` divides by ``Σ_valid ω_i``.
+        mask: ``(N, *S)`` bool, True where a pixel counts: exactly ``ignore_index`` at the pixels outside
+            it (a soft target is 0 there, background for every class, and its pixels count nowhere).
         alpha: the exponent ``α > 0``.
         include_background: supervise class 0 too (default: foreground classes only).
         spacing: pixel size per spatial axis.
@@ -349,6 +462,7 @@ def hausdorff_dt_loss(
         reduction: ``none`` -> ``(N, *S)`` (class mean per pixel); ``mean`` over valid pixels; ``sum``.
     """
     opts = HausdorffOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         alpha=alpha, include_background=include_background, spacing=spacing, ignore_index=ignore_index,
         reduction=reduction,
     )  # fmt: skip
@@ -358,6 +472,8 @@ def hausdorff_dt_loss(
 def binary_hausdorff_dt_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 2.0,
     spacing: Spacing = None,
@@ -366,9 +482,14 @@ def binary_hausdorff_dt_loss(
 ) -> Tensor:
     r"""Hausdorff DT loss per sigmoid channel, ``mean((p - y)² (d_G^α + d_P^α))``.
 
-    ``none`` -> ``(N, C, *S)``.
+    ``none`` -> ``(N, C, *S)``. ``weight_map`` ``ω`` ``(N, *S)`` weighs every channel of a pixel (its
+    term, not the distances; ``mean`` divides by ``Σ_valid ω_i`` per channel); ``mask`` ``(N, *S)`` is
+    ``ignore_index`` at the pixels outside it (a float or bool target is 0 there, counting nowhere).
     """
-    opts = HausdorffOptions(alpha=alpha, spacing=spacing, ignore_index=ignore_index, reduction=reduction)
+    opts = HausdorffOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        alpha=alpha, spacing=spacing, ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
     return _hausdorff(logits, target, opts, binary=True)
 
 
@@ -448,10 +569,15 @@ class BoundaryBandTransform:
         return bands[0]
 
 
-def _band_statistics(ratio: float, bands: Optional[Tensor]) -> Statistics:
+def _band_statistics(ratio: float, bands: Optional[Tensor], folded: Optional[_Folded] = None) -> Statistics:
+    """The statistics of the soft bands; ``folded``: a call's mask (left of a soft target) and weights."""
+    mask = None if folded is None else folded.mask
+    weight = None if folded is None else folded.weight
+
     def statistics(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Overlap:
-        """Overlap of the soft bands: ``I = Σ B(p) B(y)``, ``FP = Σ B(p) - I``, ``FN = Σ B(y) - I``."""
-        probs, dense, _ = _probabilities(logits, target, ignore_index, binary, masks=bands is None)
+        """Overlap of the soft bands: ``I = Σ ω B(p) B(y)``, ``FP = Σ ω B(p) - I``, ``FN = Σ ω B(y) - I``
+        (``ω = 1`` without a weight map; 0 outside a mask left of a soft target)."""
+        probs, dense, _ = _probabilities(logits, target, ignore_index, binary, masks=bands is None, mask=mask)
         width = band_width(ratio, logits.shape[2:])
         if bands is None:
             assert dense is not None
@@ -459,8 +585,19 @@ def _band_statistics(ratio: float, bands: Optional[Tensor]) -> Statistics:
         else:
             band_y = _check_maps(bands, logits, "bands").to(probs.dtype)
         band_p = boundary_band(probs, width)
-        intersection = _spatial_sum(band_p * band_y)
-        return Overlap(intersection, _spatial_sum(band_p) - intersection, _spatial_sum(band_y) - intersection)
+        if mask is not None:  # a given band counts nowhere outside the mask (one computed here is 0)
+            band_y = torch.where(mask.unsqueeze(1), band_y, 0.0)
+        if weight is None:
+            intersection = _spatial_sum(band_p * band_y)
+            return Overlap(
+                intersection, _spatial_sum(band_p) - intersection, _spatial_sum(band_y) - intersection
+            )
+        omega = weight.unsqueeze(1).to(probs.dtype)  # the bands of the unweighted maps, terms times ω
+        weighted_p = band_p * omega
+        intersection = _spatial_sum(weighted_p * band_y)
+        return Overlap(
+            intersection, _spatial_sum(weighted_p) - intersection, _spatial_sum(band_y * omega) - intersection
+        )
 
     return statistics
 
@@ -468,16 +605,21 @@ def _band_statistics(ratio: float, bands: Optional[Tensor]) -> Statistics:
 def _boundary_iou(
     logits: Tensor, target: Tensor, bands: Optional[Tensor], opts: BoundaryIoUOptions, binary: bool
 ) -> Tensor:
-    statistics = _band_statistics(opts.dilation_ratio, bands)
+    folded = _fold_mask(logits, target, opts, binary)
+    statistics = _band_statistics(opts.dilation_ratio, bands, folded)
+    plain = opts.with_values(ignore_index=folded.ignore_index, pixel_weights=None)
     return region_loss(
-        logits, target, opts, binary, lambda s, _: 1 - jaccard_score(s, opts.smooth), statistics=statistics
-    )
+        folded.logits, folded.target, plain, binary, lambda s, _: 1 - jaccard_score(s, opts.smooth),
+        statistics=statistics,
+    )  # fmt: skip
 
 
 def boundary_iou_loss(
     logits: Tensor,
     target: Tensor,
     bands: Optional[Tensor] = None,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     dilation_ratio: float = 0.02,
     include_background: bool = True,
@@ -496,12 +638,20 @@ def boundary_iou_loss(
     class absent from the target but with any predicted band has loss 1 (and no gradient), as in the
     region losses; ``smooth > 0`` makes the loss continuous there.
 
+    With a weight map ``ω`` the bands are those of the unweighted (masked) maps and the statistics their
+    weighted sums: ``I = Σ ω B(p) B(y)``, ``U = Σ ω B(p) + Σ ω B(y) - I``.
+
     Args:
         logits: ``(N, C, *S)``.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
         bands: the target's bands ``(N, C, *S)`` precomputed by :func:`target_boundary_bands` (or
             :class:`BoundaryBandTransform` per sample) with the same ``dilation_ratio`` and
-            ``ignore_index``; None computes them on the fly, about half the loss's time.
+            ``ignore_index``; None computes them on the fly, about half the loss's time. Used as given
+            with a ``mask`` (compute them from the masked target), except that a soft target's masked
+            pixels count nowhere.
+        weight_map: per-pixel weights ``ω`` ``(N, *S)``, ``>= 0``, in every sum of the band statistics.
+        mask: ``(N, *S)`` bool, True where a pixel counts: exactly ``ignore_index`` at the pixels outside
+            it (a soft target is 0 there, background for every class, and its pixels count nowhere).
         dilation_ratio: ``r >= 0``, the band width relative to the image diagonal.
         include_background, batch, smooth, weight, ignore_index: as the region losses
             (:func:`seglosses.functional.dice_loss`).
@@ -509,6 +659,7 @@ def boundary_iou_loss(
             class mean averaged over samples; ``sum``.
     """
     opts = BoundaryIoUOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         dilation_ratio=dilation_ratio, include_background=include_background, batch=batch, smooth=smooth,
         weight=weight, ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
@@ -519,6 +670,8 @@ def binary_boundary_iou_loss(
     logits: Tensor,
     target: Tensor,
     bands: Optional[Tensor] = None,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     dilation_ratio: float = 0.02,
     batch: bool = False,
@@ -527,8 +680,13 @@ def binary_boundary_iou_loss(
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    r"""Boundary-IoU loss per sigmoid channel, ``1 - (I + s) / (U + s)`` on soft bands ``x - minpool(x)``."""
+    r"""Boundary-IoU loss per sigmoid channel, ``1 - (I + s) / (U + s)`` on soft bands ``x - minpool(x)``.
+
+    ``weight_map`` ``ω`` ``(N, *S)`` weighs every channel's band sums (``I = Σ ω B(p) B(y)``, ...; the
+    bands of the unweighted maps); ``mask`` ``(N, *S)`` is ``ignore_index`` at the pixels outside it (a
+    float or bool target is 0 there, counting nowhere)."""
     opts = BoundaryIoUOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         dilation_ratio=dilation_ratio, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index,
         reduction=reduction,
     )  # fmt: skip
@@ -547,9 +705,13 @@ def _window(values: Tensor, shifted_axis: Optional[int]) -> Tensor:
 
 
 def _contour_sums(
-    probs: Tensor, dense: Tensor, valid: Optional[Tensor]
+    probs: Tensor, dense: Tensor, valid: Optional[Tensor], weight: Optional[Tensor] = None
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(length, pairs, region, pixels)``, each summed over space ``(N, C)`` (counts ``(N, 1|C)``)."""
+    """``(length, pairs, region, pixels)``, each summed over space ``(N, C)`` (counts ``(N, 1|C)``).
+
+    ``weight`` ``ω`` ``(N, *S)``: each region term times its pixel's ``ω`` and each length term (a point
+    of the gradient magnitude map) times the ``ω`` of the pixel it starts from (the grid point, before the
+    forward differences); the counts become the summed weights."""
     rank = probs.ndim - 2
     base = _window(probs, None)
     squares = torch.zeros_like(base)
@@ -557,17 +719,28 @@ def _contour_sums(
         squares = squares + (_window(probs, axis) - base) ** 2
     length = torch.sqrt(squares + _LENGTH_EPS)
     region = probs * (1 - dense) ** 2 + (1 - probs) * dense**2
-    if valid is None:
+    if valid is None and weight is None:
         n = probs.shape[0]
         pairs = torch.tensor(float(math.prod(base.shape[2:])), device=probs.device).expand(n, 1)
         pixels = torch.tensor(float(math.prod(probs.shape[2:])), device=probs.device).expand(n, 1)
         return _spatial_sum(length), pairs, _spatial_sum(region), pixels
-    grid = _window(valid, None)
-    for a in range(rank):
-        grid = grid & _window(valid, a)
-    length = torch.where(grid, length, 0.0)
-    region = torch.where(valid, region, 0.0)
-    return _spatial_sum(length), _spatial_sum(grid.float()), _spatial_sum(region), _spatial_sum(valid.float())
+    grid: Optional[Tensor] = None
+    if valid is not None:
+        grid = _window(valid, None)
+        for a in range(rank):
+            grid = grid & _window(valid, a)
+        length = torch.where(grid, length, 0.0)
+        region = torch.where(valid, region, 0.0)
+    if weight is None:
+        assert grid is not None and valid is not None
+        pairs, pixels = _spatial_sum(grid.float()), _spatial_sum(valid.float())
+        return _spatial_sum(length), pairs, _spatial_sum(region), pixels
+    omega = weight.unsqueeze(1).to(probs.dtype)  # (N, 1, *S)
+    at_grid = _window(omega, None)
+    length, region = length * at_grid, region * omega
+    pairs = at_grid if grid is None else torch.where(grid, at_grid, 0.0)
+    pixels = omega if valid is None else torch.where(valid, omega, 0.0)
+    return _spatial_sum(length), _spatial_sum(pairs), _spatial_sum(region), _spatial_sum(pixels)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -589,9 +762,10 @@ class ActiveContourOptions(ClassOptions):
 
 
 def _active_contour(logits: Tensor, target: Tensor, opts: ActiveContourOptions, binary: bool) -> Tensor:
-    probs, dense, valid = _prepare(logits, target, opts.ignore_index, binary)
+    folded = _fold_mask(logits, target, opts, binary)
+    probs, dense, valid = _prepare(folded.logits, folded.target, folded.ignore_index, binary, folded.mask)
     probs, dense = _kept(_first_class(opts, binary), probs, dense)
-    length, pairs, region, pixels = _contour_sums(probs, dense, valid)
+    length, pairs, region, pixels = _contour_sums(probs, dense, valid, folded.weight)
     pairs, pixels = pairs.expand_as(length), pixels.expand_as(length)
     if opts.batch:
         length, pairs, region, pixels = (t.sum(0) for t in (length, pairs, region, pixels))
@@ -603,6 +777,8 @@ def _active_contour(logits: Tensor, target: Tensor, opts: ActiveContourOptions, 
 def active_contour_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     lam: float = 1.0,
     normalize: bool = True,
@@ -619,9 +795,19 @@ def active_contour_loss(
     number of terms (valid difference tuples, valid pixels), so the loss does not grow with the image;
     ``normalize=False`` gives the paper's plain sums. Not 0 for a perfect prediction (its length remains).
 
+    With a weight map ``ω``: ``region = Σ_i ω_i (p_i (1 - y_i)² + (1 - p_i) y_i²)``, and the length term
+    is weighted per point of the gradient magnitude map, each point by the ``ω`` of the pixel its forward
+    differences start from: ``length = Σ_i ω_i sqrt(Σ_a (p_{i + e_a} - p_i)² + ε)``; ``normalize`` divides
+    each by its summed weights (``Σ ω`` over the valid difference tuples, over the valid pixels). The
+    differences are those of the unweighted probabilities.
+
     Args:
         logits: ``(N, C, *S)``, any spatial size, 1-D to 3-D.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
+        weight_map: per-pixel weights ``ω`` ``(N, *S)``, ``>= 0``, on the region and length terms (above).
+        mask: ``(N, *S)`` bool, True where a pixel counts: exactly ``ignore_index`` at the pixels outside
+            it (a soft target is 0 there, background for every class; its pixels and the differences
+            touching them count nowhere).
         lam: ``λ >= 0``, the weight of the region term.
         normalize: divide each term by its number of terms.
         include_background: keep class 0.
@@ -630,6 +816,7 @@ def active_contour_loss(
         reduction: ``none`` -> ``(N, C)`` (``(C,)`` with ``batch=True``); ``mean`` over pairs; ``sum``.
     """
     opts = ActiveContourOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         lam=lam, normalize=normalize, include_background=include_background, batch=batch,
         ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
@@ -639,6 +826,8 @@ def active_contour_loss(
 def binary_active_contour_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     lam: float = 1.0,
     normalize: bool = True,
@@ -646,10 +835,14 @@ def binary_active_contour_loss(
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    r"""Active contour loss per sigmoid channel, ``length + λ · region`` (see :func:`active_contour_loss`)."""
+    r"""Active contour loss per sigmoid channel, ``length + λ · region`` (see :func:`active_contour_loss`).
+
+    ``weight_map`` ``ω`` ``(N, *S)`` weighs every channel's region and length terms as there; ``mask``
+    ``(N, *S)`` is ``ignore_index`` at the pixels outside it (a float or bool target is 0 there)."""
     opts = ActiveContourOptions(
-        lam=lam, normalize=normalize, batch=batch, ignore_index=ignore_index, reduction=reduction
-    )
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        lam=lam, normalize=normalize, batch=batch, ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
     return _active_contour(logits, target, opts, binary=True)
 
 
@@ -692,14 +885,16 @@ BoundaryLoss, BinaryBoundaryLoss = module_pair(
     "Boundary", boundary_loss, binary_boundary_loss, BoundaryOptions, _surface, _WithMaps
 )
 HausdorffDTLoss, BinaryHausdorffDTLoss = module_pair(
-    "HausdorffDT", hausdorff_dt_loss, binary_hausdorff_dt_loss, HausdorffOptions, _hausdorff
-)
+    "HausdorffDT", hausdorff_dt_loss, binary_hausdorff_dt_loss, HausdorffOptions, _hausdorff,
+    PixelWeightedModule,
+)  # fmt: skip
 BoundaryIoULoss, BinaryBoundaryIoULoss = module_pair(
     "BoundaryIoU", boundary_iou_loss, binary_boundary_iou_loss, BoundaryIoUOptions, _boundary_iou, _WithBands
 )
 ActiveContourLoss, BinaryActiveContourLoss = module_pair(
-    "ActiveContour", active_contour_loss, binary_active_contour_loss, ActiveContourOptions, _active_contour
-)
+    "ActiveContour", active_contour_loss, binary_active_contour_loss, ActiveContourOptions, _active_contour,
+    PixelWeightedModule,
+)  # fmt: skip
 
 for _name, _module, _domain, _kind, _text in (
     ("boundary", BoundaryLoss, "softmax", "pixel", "surface loss mean(φ_G · p) on signed distance maps"),

@@ -12,6 +12,13 @@ class mask is ``y > 0.5``; ignored pixels belong to no class mask (they are outs
 enter no sum. Maps are computed without gradient by :func:`seglosses.ops.distance_transform` on the
 logits' device; ``region_wise`` and ``distance_ce`` also take them precomputed (``dist_maps``, see
 :func:`rectified_region_maps` and :func:`boundary_penalty_maps`).
+
+``weight_map`` ``ω`` and ``mask`` ``(N, *S)`` (:mod:`seglosses._core.pixel_weights`), as in
+:mod:`seglosses.losses.boundary`: the mask is ``ignore_index`` (an integer target gets the ignore value
+outside it; a soft or bool target is 0 there, in no class mask, and its pixels count nowhere); maps, face
+boundaries and ``α`` come from the unweighted (masked) target, and ``ω`` multiplies the per-pixel terms
+that are summed: ``ω_i L_i`` of the pixel losses (``mean`` divides by the valid pixels' summed weights, as
+their class weights do), and ``TP = Σ ω p y``, ``Σ ω p²``, ``Σ ω y²`` of Boundary DoU.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from .._core.options import (
     ClassValues,
     Options,
     Reduction,
+    call_input,
     channel_tensor,
     check_ignore_index,
     check_number,
@@ -34,6 +42,7 @@ from .._core.options import (
     class_tensor,
     class_values,
 )
+from .._core.pixel_weights import PixelWeights, pixel_weights
 from .._core.reduction import reduce
 from .._core.registry import register
 from .._core.stats import (
@@ -54,8 +63,18 @@ from .._core.targets import (
 )
 from ..ops.bands import face_boundary
 from ..ops.distance import Spacing, check_spacing, distance_transform
-from .base import module_pair
-from .boundary import BoundaryOptions, _check_maps, _first_class, _reduce_pixels, _target_masks, _WithMaps
+from .base import PixelWeightedModule, module_pair
+from .boundary import (
+    BoundaryOptions,
+    _check_maps,
+    _first_class,
+    _fold_mask,
+    _Folded,
+    _reduce_pixels,
+    _target_masks,
+    _with_mask,
+    _WithMaps,
+)
 from .cross_entropy import CrossEntropyOptions, ce_from_prepared
 from .overlap import RegionOptions, Statistics, region_loss
 
@@ -145,21 +164,34 @@ class DoUStats(NamedTuple):
         return DoUStats(*(t[..., start:] for t in self))
 
 
-def _dou_statistics(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> DoUStats:
+def _dou_statistics(
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: Optional[int],
+    binary: bool,
+    mask: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+) -> DoUStats:
+    """The squared-form overlap, weighted by ``weight`` ``(N, *S)`` (``Σ ω p y``, ``Σ ω p²``, ``Σ ω y²``),
+    and the unweighted edge and area of the target's masks; ``mask`` ``(N, *S)``: the mask left of a soft
+    or bool target (:func:`~seglosses.losses.boundary._fold_mask`, which set the target to 0 outside it)."""
     overlap: Overlap
+    omega = None if weight is None else weight.unsqueeze(1)
     if binary:
-        valid = check_binary_target(logits, target, ignore_index)
-        overlap = sigmoid_overlap_from_dense(logits, target, valid, squared=True)
+        valid = _with_mask(check_binary_target(logits, target, ignore_index), mask)
+        valid = None if valid is None else valid.expand(logits.shape)
+        overlap = sigmoid_overlap_from_dense(logits, target, valid, squared=True, weight=omega)
         masks = target > 0.5 if target.dtype != torch.bool else target
         masks = masks if valid is None else masks & valid
     else:
         soft = softmax_target(logits, target, ignore_index)
-        if isinstance(soft, IndexTarget):
+        if isinstance(soft, IndexTarget):  # a mask is folded into its ignore_index
             overlap = softmax_overlap_from_index(
-                logits, soft.labels, soft.valid, soft.ignore_index, soft, squared=True
+                logits, soft.labels, soft.valid, soft.ignore_index, soft, squared=True, weight=weight
             )
         else:
-            overlap = softmax_overlap_from_dense(logits, soft.dense, squared=True)
+            inside = None if mask is None else mask.unsqueeze(1)
+            overlap = softmax_overlap_from_dense(logits, soft.dense, squared=True, valid=inside, weight=omega)
         masks = _target_masks(soft, logits.shape[1], 0)
     dtype = overlap.tp.dtype
     edge = face_boundary(masks).flatten(2).sum(-1).to(dtype)
@@ -195,13 +227,23 @@ def _dou_per_class(opts: BoundaryDoUOptions):  # noqa: ANN202 - region_loss's Pe
 
 
 def _boundary_dou(logits: Tensor, target: Tensor, opts: BoundaryDoUOptions, binary: bool) -> Tensor:
-    statistics = cast(Statistics, _dou_statistics)  # region_loss needs only pooled / select / tp of them
-    return region_loss(logits, target, opts, binary, _dou_per_class(opts), statistics=statistics)
+    folded = _fold_mask(logits, target, opts, binary)
+
+    def statistics(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> DoUStats:
+        return _dou_statistics(logits, target, ignore_index, binary, folded.mask, folded.weight)
+
+    plain = opts.with_values(ignore_index=folded.ignore_index, pixel_weights=None)
+    return region_loss(  # region_loss needs only pooled / select / tp of the statistics
+        folded.logits, folded.target, plain, binary, _dou_per_class(opts),
+        statistics=cast(Statistics, statistics),
+    )  # fmt: skip
 
 
 def boundary_dou_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     max_alpha: float = 0.8,
     include_background: bool = True,
@@ -228,10 +270,17 @@ def boundary_dou_loss(
     ``s / ((1 - α) S + s)``). A class absent from the target but predicted gives 1 with no gradient, in
     both.
 
+    With a weight map ``ω`` the overlap is weighted, ``I = Σ ω p y``, ``FP = Σ ω p² - I``,
+    ``FN = Σ ω y² - I``, while ``α`` stays the target's geometry: ``C`` and ``S`` are pixel counts of the
+    unweighted (masked) target, since ``α`` describes its shape, not the weights.
+
     Args:
         logits: ``(N, C, *S)``, one to three spatial dims.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)`` (``y`` as given; the masks for
             ``C`` and ``S``: ``y > 0.5``).
+        weight_map: per-pixel weights ``ω`` ``(N, *S)``, ``>= 0``, in the overlap's sums (not in ``α``).
+        mask: ``(N, *S)`` bool, True where a pixel counts: exactly ``ignore_index`` at the pixels outside
+            it (a soft target is 0 there, in no class mask, and its pixels count nowhere).
         max_alpha: the upper clip of ``α``, in ``[-1, 1)``.
         include_background: keep class 0 (default, as the authors).
         batch: pool the sums and counts over the batch: one loss per class (the authors' form).
@@ -241,6 +290,7 @@ def boundary_dou_loss(
         reduction: ``none`` -> ``(N, C)`` (``(C,)`` with ``batch=True``); ``mean``; ``sum``.
     """
     opts = BoundaryDoUOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         max_alpha=max_alpha, include_background=include_background, batch=batch, smooth=smooth,
         weight=weight, ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
@@ -250,6 +300,8 @@ def boundary_dou_loss(
 def binary_boundary_dou_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     max_alpha: float = 0.8,
     batch: bool = False,
@@ -258,8 +310,11 @@ def binary_boundary_dou_loss(
     ignore_index: Optional[int] = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    r"""Boundary DoU loss per sigmoid channel (see :func:`boundary_dou_loss`); ``none`` -> ``(N, C)``."""
+    r"""Boundary DoU loss per sigmoid channel (see :func:`boundary_dou_loss`); ``none`` -> ``(N, C)``.
+    ``weight_map`` ``ω`` ``(N, *S)`` weighs every channel's overlap sums (not ``α``); ``mask`` ``(N, *S)``
+    is ``ignore_index`` at the pixels outside it (a float or bool target is 0 there)."""
     opts = BoundaryDoUOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         max_alpha=max_alpha, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index,
         reduction=reduction,
     )  # fmt: skip
@@ -279,15 +334,18 @@ class RegionWiseOptions(BoundaryOptions):
 def _region_wise(
     logits: Tensor, target: Tensor, dist_maps: Optional[Tensor], opts: RegionWiseOptions, binary: bool
 ) -> Tensor:
+    folded = _fold_mask(logits, target, opts, binary)
+    logits, target = folded.logits, folded.target
     start = _first_class(opts, binary)
     prepared: Union[SoftmaxTarget, BinaryTarget]
     if binary:
-        prepared = binary_target(logits, target, opts.ignore_index)
+        prepared = binary_target(logits, target, folded.ignore_index)
         probs, valid = sigmoid_f32(logits), prepared.valid
     else:
-        prepared = softmax_target(logits, target, opts.ignore_index)
+        prepared = softmax_target(logits, target, folded.ignore_index)
         probs, valid = softmax_f32(logits), getattr(prepared, "valid", None)
         valid = None if valid is None else valid.unsqueeze(1)
+    valid = _with_mask(valid, folded.mask)
     if dist_maps is None:
         if isinstance(prepared, BinaryTarget):
             masks = _binary_masks(prepared)
@@ -299,13 +357,15 @@ def _region_wise(
     loss = maps.to(probs.dtype) * probs[:, start:]
     if valid is not None:  # a NaN logit at an ignored pixel reaches nothing
         loss = torch.where(valid, loss, 0.0)
-    return _reduce_pixels(loss, valid, opts.reduction, binary)
+    return _reduce_pixels(loss, valid, opts.reduction, binary, folded.weight)
 
 
 def region_wise_loss(
     logits: Tensor,
     target: Tensor,
     dist_maps: Optional[Tensor] = None,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     include_background: bool = True,
     spacing: Spacing = None,
@@ -324,11 +384,19 @@ def region_wise_loss(
     Any region-wise map can be passed as ``dist_maps`` (e.g. precomputed RRW maps, or class-weighted maps:
     the RW framework of the paper), then used as given.
 
+    With a weight map ``ω``: ``L = Σ_i ω_i mean_c p_ic Z_ic / Σ_i ω_i`` over the valid pixels, ``Z`` the
+    maps of the unweighted (masked) target.
+
     Args:
         logits: ``(N, C, *S)``.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)`` (class mask ``y > 0.5``).
         dist_maps: maps ``Z`` of the logits' shape, or None to compute the RRW maps from the target
-            without gradient. A map that requires grad gets ``∂L/∂Z = p`` (divided as the loss).
+            without gradient. A map that requires grad gets ``∂L/∂Z = p`` (divided as the loss). Used as
+            given with a ``mask``: compute them from the masked target.
+        weight_map: per-pixel weights ``ω`` ``(N, *S)``, ``>= 0``, multiplying each pixel's term (not
+            ``Z``); ``mean`` divides by ``Σ_valid ω_i``.
+        mask: ``(N, *S)`` bool, True where a pixel counts: exactly ``ignore_index`` at the pixels outside
+            it (a soft target is 0 there, in no class mask, and its pixels count nowhere).
         include_background: keep class 0 (default, as the authors).
         spacing: pixel size per spatial axis for the distances.
         ignore_index: target value whose pixels count nowhere (outside every class mask).
@@ -336,8 +404,10 @@ def region_wise_loss(
             its mean over valid pixels; ``sum``.
     """
     opts = RegionWiseOptions(
-        include_background=include_background, spacing=spacing, ignore_index=ignore_index, reduction=reduction
-    )
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        include_background=include_background, spacing=spacing, ignore_index=ignore_index,
+        reduction=reduction,
+    )  # fmt: skip
     return _region_wise(logits, target, dist_maps, opts, binary=False)
 
 
@@ -345,6 +415,8 @@ def binary_region_wise_loss(
     logits: Tensor,
     target: Tensor,
     dist_maps: Optional[Tensor] = None,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     spacing: Spacing = None,
     ignore_index: Optional[int] = None,
@@ -352,8 +424,13 @@ def binary_region_wise_loss(
 ) -> Tensor:
     r"""Region-wise loss per sigmoid channel, ``mean(σ(z) · Z)`` with the RRW map ``Z`` of each channel's
     foreground (as :func:`~seglosses.functional.binary_boundary_loss` uses the foreground's map only; the
-    two-class form is :func:`region_wise_loss` on two channels). ``none`` -> ``(N, C, *S)``."""
-    opts = RegionWiseOptions(spacing=spacing, ignore_index=ignore_index, reduction=reduction)
+    two-class form is :func:`region_wise_loss` on two channels). ``none`` -> ``(N, C, *S)``.
+    ``weight_map`` ``ω`` ``(N, *S)`` weighs every channel of a pixel (its term, not ``Z``); ``mask``
+    ``(N, *S)`` is ``ignore_index`` at the pixels outside it (a float or bool target is 0 there)."""
+    opts = RegionWiseOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        spacing=spacing, ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
     return _region_wise(logits, target, dist_maps, opts, binary=True)
 
 
@@ -368,6 +445,7 @@ class DistanceCEOptions(Options):
     spacing: Spacing
     ignore_index: Optional[int]
     reduction: str
+    pixel_weights: Optional[PixelWeights] = call_input()  # a call's weight map and mask
 
     def checked(self) -> Dict[str, Any]:
         return {
@@ -383,12 +461,23 @@ _CE_NONE = CrossEntropyOptions(
 )
 
 
+def _weighted_reduce(loss: Tensor, shares: Tensor, reduction: str, weight: Optional[Tensor]) -> Tensor:
+    """``reduce`` of ``ω_i L_i`` with ``mean`` over ``Σ ω_i d_i`` (``shares`` ``d``: each element's share of
+    the unweighted mean's denominator, 0 where invalid; ``weight`` ``ω`` broadcastable, or None)."""
+    if weight is not None:
+        omega = weight.to(loss.dtype)
+        loss, shares = loss * omega, shares * omega
+    return reduce(loss, reduction, shares.sum(dtype=loss.dtype))
+
+
 def _distance_ce(
     logits: Tensor, target: Tensor, dist_maps: Optional[Tensor], opts: DistanceCEOptions, binary: bool
 ) -> Tensor:
+    folded = _fold_mask(logits, target, opts, binary)
     if binary:
-        return _binary_distance_ce(logits, target, dist_maps, opts)
-    prepared = softmax_target(logits, target, opts.ignore_index, log_terms=True)
+        return _binary_distance_ce(dist_maps, opts, folded)
+    logits, target, omega = folded.logits, folded.target, folded.weight
+    prepared = softmax_target(logits, target, folded.ignore_index, log_terms=True)
     work = logits.to(compute_dtype(logits))
     if dist_maps is None:
         maps = boundary_penalty_maps(_target_masks(prepared, logits.shape[1], 0), opts.spacing)
@@ -396,30 +485,34 @@ def _distance_ce(
         maps = _check_maps(dist_maps, logits)
     maps = maps.to(work.dtype)
     w = class_tensor(cast(Optional[Tensor], opts.weight), work, "weight")
-    ce_opts = _CE_NONE.with_values(weight=w, ignore_index=opts.ignore_index)
-    if isinstance(prepared, IndexTarget):
+    ce_opts = _CE_NONE.with_values(weight=w, ignore_index=folded.ignore_index)
+    if isinstance(prepared, IndexTarget):  # a mask is folded into its ignore_index
         index = prepared.index()
         factor = 1 + maps.gather(1, index.unsqueeze(1)).squeeze(1)
         loss = ce_from_prepared(work, prepared, ce_opts) * factor  # w_t ce (0 at ignored pixels) (1 + D_t)
         if prepared.valid is not None:  # a non-finite map at an ignored pixel reaches nothing
             loss = torch.where(prepared.valid, loss, 0.0)
-        if w is None:
+        if w is None and omega is None:
             return reduce(loss, opts.reduction, prepared.num_valid())
-        pixel_w = torch.take(w, index.clamp(0, work.shape[1] - 1))
+        pixel_w = (
+            work.new_ones(index.shape) if w is None else torch.take(w, index.clamp(0, work.shape[1] - 1))
+        )
         pixel_w = pixel_w if prepared.valid is None else pixel_w * prepared.valid
-        return reduce(loss, opts.reduction, pixel_w.sum(dtype=work.dtype))
-    dense = prepared.dense.to(work.dtype)
+        return _weighted_reduce(loss, pixel_w, opts.reduction, omega)
+    dense = prepared.dense.to(work.dtype)  # 0 outside a mask (_fold_mask)
     loss = ce_from_prepared(work, DenseTarget(dense * (1 + maps)), ce_opts)  # -Σ_c w_c (1 + D_c) y_c log p_c
+    if folded.mask is not None:  # a non-finite given map there reaches nothing
+        loss = torch.where(folded.mask, loss, 0.0)
     mass = dense.sum(1) if w is None else torch.einsum("nc...,c->n...", dense, w)
-    return reduce(loss, opts.reduction, mass.sum(dtype=work.dtype))
+    return _weighted_reduce(loss, mass, opts.reduction, omega)
 
 
-def _binary_distance_ce(
-    logits: Tensor, target: Tensor, dist_maps: Optional[Tensor], opts: DistanceCEOptions
-) -> Tensor:
-    prepared = binary_target(logits, target, opts.ignore_index, log_terms=True)
+def _binary_distance_ce(dist_maps: Optional[Tensor], opts: DistanceCEOptions, folded: _Folded) -> Tensor:
+    logits = folded.logits
+    prepared = binary_target(logits, folded.target, folded.ignore_index, log_terms=True)
     work = logits.to(compute_dtype(logits))
-    valid = prepared.valid
+    valid = _with_mask(prepared.valid, folded.mask)
+    valid = None if valid is None else valid.expand(logits.shape)
     if dist_maps is None:
         foreground = _binary_masks(prepared)
         background = ~foreground if valid is None else ~foreground & valid
@@ -437,16 +530,19 @@ def _binary_distance_ce(
         loss = loss * w
     if valid is not None:
         loss = torch.where(valid, loss, 0.0)
-    if w is None:
+    omega = None if folded.weight is None else folded.weight.unsqueeze(1)  # every channel
+    if w is None and omega is None:
         return reduce(loss, opts.reduction, num_valid(valid, loss.shape))
-    element_w = w.expand_as(loss) if valid is None else w * valid
-    return reduce(loss, opts.reduction, element_w.sum(dtype=work.dtype))
+    element_w = (work.new_ones(()) if w is None else w).expand_as(loss)
+    return _weighted_reduce(loss, element_w if valid is None else element_w * valid, opts.reduction, omega)
 
 
 def distance_ce_loss(
     logits: Tensor,
     target: Tensor,
     dist_maps: Optional[Tensor] = None,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     weight: Optional[ClassValues] = None,
     spacing: Spacing = None,
@@ -466,17 +562,28 @@ def distance_ce_loss(
     ``compute_edts_forPenalizedLoss``, used there with ``+ 1``); a one-pixel-wide line, where that
     function divides 0 by 0, gets ``D = 1``.
 
+    With a weight map ``ω``: ``Σ_i ω_i (1 + D_i) CE_i / Σ_i ω_i w_{t_i}`` over the valid pixels (for a
+    dense target the denominator is ``Σ_i ω_i Σ_c w_c y_ic``), ``D`` the maps of the unweighted (masked)
+    target: ``ω`` and ``D`` both multiply the pixel's term, but only ``ω`` enters the denominator.
+
     Args:
         logits: ``(N, C, *S)``, ``C >= 2``.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)`` (class mask ``y > 0.5``).
         dist_maps: per-class maps ``D`` of the logits' shape, or None to compute them from the target
-            without gradient; a pixel takes its target class's map.
+            without gradient; a pixel takes its target class's map. Used as given with a ``mask``:
+            compute them from the masked target.
+        weight_map: per-pixel weights ``ω`` ``(N, *S)``, ``>= 0`` (above).
+        mask: ``(N, *S)`` bool, True where a pixel counts: exactly ``ignore_index`` at the pixels outside
+            it (a soft target is 0 there, in no class region, and its pixels count nowhere).
         weight: per-class weights ``(C,)``.
         spacing: pixel size per spatial axis for the distances.
         ignore_index: target value whose pixels count nowhere (outside every class region).
         reduction: ``none`` -> ``(N, *S)``; ``mean`` / ``sum`` -> scalar.
     """
-    opts = DistanceCEOptions(weight=weight, spacing=spacing, ignore_index=ignore_index, reduction=reduction)
+    opts = DistanceCEOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        weight=weight, spacing=spacing, ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
     return _distance_ce(logits, target, dist_maps, opts, binary=False)
 
 
@@ -484,6 +591,8 @@ def binary_distance_ce_loss(
     logits: Tensor,
     target: Tensor,
     dist_maps: Optional[Tensor] = None,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     weight: Optional[ClassValues] = None,
     spacing: Spacing = None,
@@ -493,16 +602,23 @@ def binary_distance_ce_loss(
     r"""Distance-penalised binary cross-entropy per channel, ``(1 + D) · BCE`` with
     ``D = boundary_penalty_maps(M) + boundary_penalty_maps(¬M)`` of the channel's foreground ``M`` (the
     background ``¬M`` without the ignored elements). Equal to :func:`distance_ce_loss` on the two-class
-    logits ``[0, z]``. ``weight``: per channel ``(C,)``; ``none`` -> ``(N, C, *S)``."""
-    opts = DistanceCEOptions(weight=weight, spacing=spacing, ignore_index=ignore_index, reduction=reduction)
+    logits ``[0, z]``. ``weight``: per channel ``(C,)``; ``none`` -> ``(N, C, *S)``. ``weight_map`` ``ω``
+    ``(N, *S)`` weighs every channel of a pixel: ``Σ ω w_c (1 + D) BCE / Σ_valid ω w_c``; ``mask``
+    ``(N, *S)`` is ``ignore_index`` at the pixels outside it (a float or bool target is 0 there, in
+    neither the foreground nor the background map)."""
+    opts = DistanceCEOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        weight=weight, spacing=spacing, ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
     return _distance_ce(logits, target, dist_maps, opts, binary=True)
 
 
 # --- modules and registry ----------------------------------------------------------------------------
 
 BoundaryDoULoss, BinaryBoundaryDoULoss = module_pair(
-    "BoundaryDoU", boundary_dou_loss, binary_boundary_dou_loss, BoundaryDoUOptions, _boundary_dou
-)
+    "BoundaryDoU", boundary_dou_loss, binary_boundary_dou_loss, BoundaryDoUOptions, _boundary_dou,
+    PixelWeightedModule,
+)  # fmt: skip
 RegionWiseLoss, BinaryRegionWiseLoss = module_pair(
     "RegionWise", region_wise_loss, binary_region_wise_loss, RegionWiseOptions, _region_wise, _WithMaps
 )

@@ -10,6 +10,10 @@ with an index or dense target, in 1-D to 3-D, with ``ignore_index``.
 
 Ignored pixels are background for every class in prediction and target (their error is 0 before the
 first erosion) and enter no sum, as in the boundary losses (:mod:`seglosses.losses.boundary`).
+
+``weight_map`` ``ω`` and ``mask`` ``(N, *S)`` as there: the mask is ``ignore_index`` (a soft target is 0 and
+counts nowhere outside it); the erosions and distances run on the unweighted maps and ``ω`` weighs each
+pixel's term in the mean (``Σ ω_i H_i / Σ ω_i``).
 """
 
 from __future__ import annotations
@@ -23,14 +27,17 @@ from torch import Tensor
 
 from .._core.numerics import LeanFunction
 from .._core.options import Reduction, check_int, check_number
+from .._core.pixel_weights import pixel_weights
 from .._core.registry import register
 from ..ops.distance import Spacing
-from .base import module_pair
+from .base import PixelWeightedModule, module_pair
 from .boundary import (
     ClassOptions,
     HausdorffOptions,
     _first_class,
+    _fold_mask,
     _hausdorff,
+    _hausdorff_terms,
     _kept,
     _prepare,
     _reduce_pixels,
@@ -125,17 +132,20 @@ def erosion_sum(error: Tensor, alpha: float, k: int) -> Tensor:
 
 
 def _hausdorff_er(logits: Tensor, target: Tensor, opts: HausdorffEROptions, binary: bool) -> Tensor:
-    probs, dense, valid = _prepare(logits, target, opts.ignore_index, binary)
+    folded = _fold_mask(logits, target, opts, binary)
+    probs, dense, valid = _prepare(folded.logits, folded.target, folded.ignore_index, binary, folded.mask)
     probs, dense = _kept(_first_class(opts, binary), probs, dense)
     error = (probs - dense) ** 2
     n, c, *spatial = error.shape
     summed = erosion_sum(error.reshape(n * c, 1, *spatial), opts.alpha, opts.k).reshape(error.shape)
-    return _reduce_pixels(summed, valid, opts.reduction, binary)
+    return _reduce_pixels(summed, valid, opts.reduction, binary, folded.weight)
 
 
 def hausdorff_er_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 2.0,
     k: int = 10,
@@ -159,9 +169,17 @@ def hausdorff_er_loss(
     is ``C`` times ours (it sums over classes, seglosses averages them per pixel) and its ``none`` is
     ``(C, N, 1, *S)``, whose class mean is ours.
 
+    With a weight map ``ω`` the erosions run on the unweighted error maps ``(p - y)²`` and each eroded
+    map's mean becomes a weighted mean: ``L = Σ_i ω_i mean_c H_ic / Σ_i ω_i`` over the valid pixels.
+
     Args:
         logits: ``(N, C, *S)``, one to three spatial dims.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)`` (``y`` as given).
+        weight_map: per-pixel weights ``ω`` ``(N, *S)``, ``>= 0``, multiplying each pixel's ``mean_c H_ic``
+            (not the error maps the erosions see); ``mean`` divides by ``Σ_valid ω_i``.
+        mask: ``(N, *S)`` bool, True where a pixel counts: exactly ``ignore_index`` at the pixels outside
+            it (a soft target is 0 there, background for every class: its error is 0 before the first
+            erosion, and its pixels count nowhere).
         alpha: ``α >= 0``, the exponent of the step weights ``j^α``.
         k: the number of erosions, ``>= 1``.
         include_background: keep class 0 (default, as kornia).
@@ -170,6 +188,7 @@ def hausdorff_er_loss(
             its mean over valid pixels; ``sum``.
     """
     opts = HausdorffEROptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         alpha=alpha,
         k=k,
         include_background=include_background,
@@ -182,6 +201,8 @@ def hausdorff_er_loss(
 def binary_hausdorff_er_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 2.0,
     k: int = 10,
@@ -191,8 +212,13 @@ def binary_hausdorff_er_loss(
     r"""Hausdorff loss by erosion per sigmoid channel, ``Σ_{j=1..k} j^α E_j`` of ``E_0 = (σ(z) - y)²``
     (see :func:`hausdorff_er_loss`). ``none`` -> ``(N, C, *S)``; ``mean`` over valid elements. Equal to
     kornia's ``HausdorffERLoss`` per channel on ``[σ(z), 1 - σ(z)]`` with the target ``1 - y`` (kornia
-    compares channel ``i`` with ``target == i``; both channels' error maps are then ``(σ(z) - y)²``)."""
-    opts = HausdorffEROptions(alpha=alpha, k=k, ignore_index=ignore_index, reduction=reduction)
+    compares channel ``i`` with ``target == i``; both channels' error maps are then ``(σ(z) - y)²``).
+    ``weight_map`` ``ω`` ``(N, *S)`` weighs every channel of a pixel in the mean (not the erosions);
+    ``mask`` ``(N, *S)`` is ``ignore_index`` at the pixels outside it (a float or bool target is 0 there)."""
+    opts = HausdorffEROptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        alpha=alpha, k=k, ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
     return _hausdorff_er(logits, target, opts, binary=True)
 
 
@@ -200,15 +226,20 @@ def binary_hausdorff_er_loss(
 
 
 def _log_hausdorff(logits: Tensor, target: Tensor, opts: HausdorffOptions, binary: bool) -> Tensor:
-    if opts.reduction == "mean":  # MONAI: the log of the reduced loss
+    if opts.reduction == "mean":  # MONAI: the log of the reduced loss (a weighted mean with a weight map)
         return torch.log1p(_hausdorff(logits, target, opts, binary))
-    logged = torch.log1p(_hausdorff(logits, target, opts.with_values(reduction="none"), binary))
+    terms, valid, weight = _hausdorff_terms(logits, target, opts, binary)
+    logged = torch.log1p(_reduce_pixels(terms, valid, "none", binary))  # log(1 + t_i), 0 where invalid
+    if weight is not None:  # ω_i log(1 + t_i): the weight of a pixel loss
+        logged = logged * (weight.unsqueeze(1) if binary else weight).to(logged.dtype)
     return logged if opts.reduction == "none" else logged.sum()
 
 
 def log_hausdorff_dt_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 2.0,
     include_background: bool = False,
@@ -226,9 +257,17 @@ def log_hausdorff_dt_loss(
     pixels) and ``sum`` its sum, so ``sum`` is not ``N · mean``. (MONAI's ``none`` and ``sum`` log
     per-(sample, class) means and their sum; no option here matches them.) A perfect prediction gives 0.
 
+    With a weight map ``ω``: ``mean`` is ``log(1 + L_ω)`` of the weighted Hausdorff DT loss
+    ``L_ω = Σ_i ω_i t_i / Σ_i ω_i`` (:func:`~seglosses.functional.hausdorff_dt_loss` with the same
+    ``weight_map``); ``none`` gives ``ω_i log(1 + t_i)`` and ``sum`` its sum.
+
     Args:
         logits: ``(N, C, *S)``.
         target: class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``.
+        weight_map: per-pixel weights ``ω`` ``(N, *S)``, ``>= 0`` (above); the distances do not depend on
+            them.
+        mask: ``(N, *S)`` bool, True where a pixel counts: exactly ``ignore_index`` at the pixels outside
+            it (a soft target is 0 there, background for every class, and its pixels count nowhere).
         alpha: the exponent ``α > 0``.
         include_background: supervise class 0 too (default: foreground classes only, as MONAI).
         spacing: pixel size per spatial axis.
@@ -236,6 +275,7 @@ def log_hausdorff_dt_loss(
         reduction: ``mean`` -> ``log(1 + mean)``; ``none`` -> ``(N, *S)`` per-pixel logs; ``sum``.
     """
     opts = HausdorffOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         alpha=alpha, include_background=include_background, spacing=spacing, ignore_index=ignore_index,
         reduction=reduction,
     )  # fmt: skip
@@ -245,6 +285,8 @@ def log_hausdorff_dt_loss(
 def binary_log_hausdorff_dt_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 2.0,
     spacing: Spacing = None,
@@ -252,19 +294,26 @@ def binary_log_hausdorff_dt_loss(
     reduction: Reduction = "mean",
 ) -> Tensor:
     r"""``log(1 + L_HD-DT)`` per sigmoid channel (see :func:`log_hausdorff_dt_loss`); ``mean`` equals
-    MONAI's ``LogHausdorffDTLoss(sigmoid=True, include_background=True)``. ``none`` -> ``(N, C, *S)``."""
-    opts = HausdorffOptions(alpha=alpha, spacing=spacing, ignore_index=ignore_index, reduction=reduction)
+    MONAI's ``LogHausdorffDTLoss(sigmoid=True, include_background=True)``. ``none`` -> ``(N, C, *S)``.
+    ``weight_map`` ``ω`` ``(N, *S)`` weighs every channel of a pixel as there; ``mask`` ``(N, *S)`` is
+    ``ignore_index`` at the pixels outside it (a float or bool target is 0 there)."""
+    opts = HausdorffOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
+        alpha=alpha, spacing=spacing, ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
     return _log_hausdorff(logits, target, opts, binary=True)
 
 
 # --- modules and registry ----------------------------------------------------------------------------
 
 HausdorffERLoss, BinaryHausdorffERLoss = module_pair(
-    "HausdorffER", hausdorff_er_loss, binary_hausdorff_er_loss, HausdorffEROptions, _hausdorff_er
-)
+    "HausdorffER", hausdorff_er_loss, binary_hausdorff_er_loss, HausdorffEROptions, _hausdorff_er,
+    PixelWeightedModule,
+)  # fmt: skip
 LogHausdorffDTLoss, BinaryLogHausdorffDTLoss = module_pair(
-    "LogHausdorffDT", log_hausdorff_dt_loss, binary_log_hausdorff_dt_loss, HausdorffOptions, _log_hausdorff
-)
+    "LogHausdorffDT", log_hausdorff_dt_loss, binary_log_hausdorff_dt_loss, HausdorffOptions, _log_hausdorff,
+    PixelWeightedModule,
+)  # fmt: skip
 
 for _name, _module, _domain, _text in (
     ("hausdorff_er", HausdorffERLoss, "softmax",
