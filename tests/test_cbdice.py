@@ -468,3 +468,94 @@ def test_compiles_with_precomputed_maps():
     (grad,) = torch.autograd.grad(value, logits)
     torch.testing.assert_close(value, eager)
     torch.testing.assert_close(grad, eager_grad)
+
+
+# --- weight_map and mask (issue 19, item 9) ----------------------------------------------------------
+
+
+def weighted_inputs(seed: int = 60):
+    """Blob labels ``(2, 12, 13)`` of three classes, logits that roughly agree, a weight map, a mask."""
+    labels = blobs((2, 12, 13), 3, seed=seed)
+    logits = noisy_logits(labels, 3, seed=seed + 1)
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.rand(2, 12, 13, generator=g, dtype=torch.float64) * 3
+    mask = torch.rand(2, 12, 13, generator=g) > 0.3
+    return logits, labels, weights, mask
+
+
+def test_weighted_value_by_hand():
+    """1-D, isolated pixels (each its own skeleton with ``D = 1``: every map is 1 on it), ``y =
+    [1,0,1,0,0]``, ``p = [0.8, 0, 0.2, 0, 0.8]`` (``P = {0, 4}``), ``ω = [2,1,3,1,5]``, ``s = 1``:
+    ``Σ ω I_P p D̂_Y = 2·0.8 = 1.6``; ``Σ ω I_P p [R̂_Y on K_Y, else R̂_P p] = 2·0.8 + 5·0.8·0.8 = 4.8``;
+    ``Σ ω I_Y D̂_P p = 2·0.8 = 1.6``; ``Σ ω I_Y [R̂_P p on K_P, else R̂_Y] = 2·0.8 + 3·1 = 4.6``.
+    ``Tprec = 2.6/5.8``, ``Tsens = 2.6/5.6``, whose harmonic mean is ``2·2.6/(5.8 + 5.6) = 26/57``: the
+    loss is ``31/57``."""
+    logit = math.log(4)  # σ = 0.8
+    logits = torch.tensor([[[logit, -50, -logit, -50, logit]]], dtype=torch.float64)
+    target = torch.tensor([[[1, 0, 1, 0, 0]]])
+    weights = torch.tensor([[2.0, 1, 3, 1, 5]], dtype=torch.float64)
+    torch.testing.assert_close(binary_cbdice_loss(logits, target, None, weights).item(), 31 / 57)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_weights_multiply_the_sums_after_the_maps(batch):
+    """``ω`` multiplies each pixel's term of the four sums; the maps (skeletons, distances, radii, the hard
+    prediction) are the unweighted masks' (:func:`radius_maps`); a zero weight is not a mask."""
+    logits, labels, weights, _ = weighted_inputs()
+    probs = logits.softmax(1)[:, 1:]
+    masks = F.one_hot(labels, 3).movedim(-1, 1)[:, 1:].bool()
+    d_y, r_y, i_y = radius_maps(masks).double()
+    d_p, r_p, i_p = radius_maps(probs.detach() > 0.5).double()
+    omega, dims = weights.unsqueeze(1), ((0, 2, 3) if batch else (2, 3))
+    tprec = ((omega * i_p * probs * d_y).sum(dims) + 1) / (
+        (omega * i_p * probs * torch.where(r_y > 0, r_y, r_p * probs)).sum(dims) + 1
+    )
+    tsens = ((omega * i_y * d_p * probs).sum(dims) + 1) / (
+        (omega * i_y * torch.where(r_p > 0, r_p * probs, r_y)).sum(dims) + 1
+    )
+    value = cbdice_loss(logits, labels, None, weights, batch=batch, reduction="none")
+    torch.testing.assert_close(value, 1 - 2 * tprec * tsens / (tprec + tsens))
+    zeroed = (labels == 1) & (torch.arange(13) % 2 == 0)
+    as_weight = cbdice_loss(logits, labels, None, weights * ~zeroed, reduction="none")
+    assert not torch.allclose(
+        as_weight, cbdice_loss(logits, labels, None, weights, ~zeroed, reduction="none")
+    )
+
+
+def test_precomputed_maps_with_a_mask():
+    """Maps precomputed with the masked pixels as ``ignore_index`` give the loss with the mask."""
+    logits, labels, weights, mask = weighted_inputs(62)
+    maps = target_cbdice_maps(labels.masked_fill(~mask, IGNORE), 3, ignore_index=IGNORE)
+    torch.testing.assert_close(
+        cbdice_loss(logits, labels, maps, weights, mask), cbdice_loss(logits, labels, None, weights, mask)
+    )
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_mask_on_a_soft_target(binary):
+    """A float target's masked pixels are ignored ones, and a NaN logit there reaches neither value nor
+    gradient."""
+    logits, labels, _, mask = weighted_inputs(64)
+    hard = F.one_hot(labels, 3).movedim(-1, 1)
+    function = binary_cbdice_loss if binary else cbdice_loss
+    ignored = hard.masked_fill(~mask.unsqueeze(1), IGNORE) if binary else labels.masked_fill(~mask, IGNORE)
+    expected = function(logits, ignored, ignore_index=IGNORE)
+    poisoned = logits.detach().masked_fill(~mask.unsqueeze(1), math.nan).requires_grad_()
+    value = function(poisoned, hard.double(), mask=mask)
+    (grad,) = torch.autograd.grad(value, poisoned)
+    torch.testing.assert_close(value, expected)
+    assert torch.isfinite(grad).all() and (grad.masked_select(~mask.unsqueeze(1)) == 0).all()
+
+
+@pytest.mark.parametrize("name", ["cbdice", "binary_cbdice"])
+def test_weighted_module_function_and_compound_agree(name):
+    logits, labels, weights, mask = weighted_inputs(66)
+    binary = name.startswith("binary")
+    target = F.one_hot(labels, 3).movedim(-1, 1) if binary else labels
+    value = getattr(sl.functional, f"{name}_loss")(logits, target, None, weights, mask)
+    module = BinaryCbDiceLoss if binary else CbDiceLoss
+    torch.testing.assert_close(module()(logits, target, weight_map=weights, mask=mask), value)
+    dice = "binary_dice" if binary else "dice"
+    compound = sl.create_loss(f"{dice} + {name}")(logits, target, weight_map=weights, mask=mask)
+    dice_value = getattr(sl.functional, f"{dice}_loss")(logits, target, weights, mask)
+    torch.testing.assert_close(compound, dice_value + value)

@@ -505,3 +505,93 @@ def test_torch_func_grad_equals_autograd():
     grad = torch.func.grad(lambda z: loss(z, target))(logits.detach())
     (expected,) = torch.autograd.grad(loss(logits, target), logits)
     torch.testing.assert_close(grad, expected)
+
+
+# --- weight_map and mask (issue 19, item 9) ----------------------------------------------------------
+
+
+def weighted_inputs(seed: int = 40):
+    """Small softmax inputs (float64 logits, an index target, a weight map and a mask), 2-D."""
+    logits, labels = make_inputs("softmax", (2, 3, 7, 8), seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.rand(2, 7, 8, generator=g, dtype=torch.float64) * 3
+    mask = torch.rand(2, 7, 8, generator=g) > 0.3
+    return logits, labels, weights, mask
+
+
+def test_weighted_value_by_hand():
+    """1-D, isolated pixels (each its own skeleton: its erosion is empty), saturated logits:
+    ``y = [1,0,1,0,0]``, ``p = [1,0,0,0,1]``, ``ω = [2,1,3,1,5]``, ``s = 1``.
+    ``Tprec = (Σ ω S(p) y + 1) / (Σ ω S(p) + 1) = (2 + 1) / (2 + 5 + 1) = 3/8``,
+    ``Tsens = (Σ ω S(y) p + 1) / (Σ ω S(y) + 1) = (2 + 1) / (2 + 3 + 1) = 1/2``, clDice
+    ``1 - 2 (3/8)(1/2) / (3/8 + 1/2) = 1 - 3/7 = 4/7`` (unweighted: ``1 - 2/3 = 1/3``). Dice:
+    ``TP = Σ ω p y = 2``, ``Σ ω p = 7``, ``Σ ω y = 5``: ``(2·2 + 1) / (7 + 5 + 1) = 5/13``, so
+    ``dice_cldice`` (``α = 1/2``) is ``(1 - 5/13)/2 + (4/7)/2 = 4/13 + 2/7 = 54/91``."""
+    logits = hard_logits(torch.tensor([[[1, 0, 0, 0, 1]]]))
+    target = torch.tensor([[[1, 0, 1, 0, 0]]])
+    weights = torch.tensor([[2.0, 1, 3, 1, 5]], dtype=torch.float64)
+    torch.testing.assert_close(binary_cldice_loss(logits, target).item(), 1 / 3)
+    torch.testing.assert_close(binary_cldice_loss(logits, target, weights).item(), 4 / 7)
+    torch.testing.assert_close(binary_dice_cldice_loss(logits, target, weights).item(), 54 / 91)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_weights_multiply_the_sums_after_the_skeletons(batch):
+    """``Tprec = (Σ ω S(p) y + s) / (Σ ω S(p) + s)`` (and ``Tsens``, Dice's ``TP, FP, FN`` alike) with
+    ``S`` the soft skeleton of the unweighted maps; a zero weight is not a mask (the mask cuts the
+    structures before the skeletons are taken)."""
+    logits, labels, weights, _ = weighted_inputs()
+    probs, dense = logits.softmax(1), F.one_hot(labels, 3).movedim(-1, 1).double()
+    omega = weights.unsqueeze(1)
+    dims = (0, 2, 3) if batch else (2, 3)
+
+    def ratio(skeleton, other):
+        return ((omega * skeleton * other).sum(dims) + 1) / ((omega * skeleton).sum(dims) + 1)
+
+    tprec, tsens = ratio(soft_skeleton(probs, 3), dense), ratio(soft_skeleton(dense, 3), probs)
+    cl = 1 - 2 * tprec * tsens / (tprec + tsens)
+    tp = (omega * probs * dense).sum(dims)
+    dice = 1 - (2 * tp + 1) / ((omega * probs).sum(dims) + (omega * dense).sum(dims) + 1)
+    options = dict(batch=batch, reduction="none")
+    torch.testing.assert_close(cldice_loss(logits, labels, weights, **options), cl)
+    torch.testing.assert_close(dice_cldice_loss(logits, labels, weights, **options), (dice + cl) / 2)
+    zeroed = (labels == 1) & (torch.arange(8) % 2 == 0)  # every other pixel of class 1
+    as_weight = cldice_loss(logits, labels, weights * ~zeroed, reduction="none")
+    as_mask = cldice_loss(logits, labels, weights, ~zeroed, reduction="none")
+    assert not torch.allclose(as_weight, as_mask)
+
+
+@pytest.mark.parametrize(
+    "function", [cldice_loss, dice_cldice_loss, binary_cldice_loss, binary_dice_cldice_loss]
+)
+def test_mask_on_a_soft_target(function):
+    """A float target's masked pixels count as ignored ones (the integer target with IGNORE there, or
+    a bool one with the mask), and a NaN logit there reaches neither the value nor the gradient."""
+    logits, labels, _, mask = weighted_inputs(41)
+    binary = function.__name__.startswith("binary")
+    hard = F.one_hot(labels, 3).movedim(-1, 1)
+    keep = mask.unsqueeze(1) if binary else mask
+    ignored = (hard if binary else labels).masked_fill(~keep, IGNORE)
+    expected = function(logits, ignored, ignore_index=IGNORE)
+    poisoned = logits.detach().masked_fill(~mask.unsqueeze(1), math.nan).requires_grad_()
+    value = function(poisoned, hard.double(), mask=mask)
+    (grad,) = torch.autograd.grad(value, poisoned)
+    torch.testing.assert_close(value, expected)
+    assert torch.isfinite(grad).all() and (grad.masked_select(~mask.unsqueeze(1)) == 0).all()
+    if binary:
+        torch.testing.assert_close(function(logits, hard.bool(), mask=mask), expected)
+
+
+@pytest.mark.parametrize("name", ["cldice", "dice_cldice", "binary_cldice", "binary_dice_cldice"])
+def test_weighted_module_function_and_compound_agree(name):
+    logits, labels, weights, mask = weighted_inputs(42)
+    binary = name.startswith("binary")
+    target = F.one_hot(labels, 3).movedim(-1, 1) if binary else labels
+    function = getattr(sl.functional, f"{name}_loss")
+    value = function(logits, target, weights, mask)
+    module = sl.create_loss(name)
+    torch.testing.assert_close(module(logits, target, weights, mask), value)
+    dice = "binary_dice" if binary else "dice"
+    compound = sl.create_loss(f"{dice} + {name}")(logits, target, weight_map=weights, mask=mask)
+    dice_value = getattr(sl.functional, f"{dice}_loss")(logits, target, weights, mask)
+    torch.testing.assert_close(compound, dice_value + value)

@@ -555,3 +555,101 @@ def test_bad_inputs_raise():
         target_skeletons(labels.float(), 2)
     with pytest.raises(sl.SegLossError, match="num_classes"):
         SkeletonTransform(num_classes=1)
+
+
+# --- weight_map and mask (issue 19, item 9) ----------------------------------------------------------
+
+
+def _weighted_inputs(seed: int = 50):
+    """Small softmax inputs: float64 logits ``(2, 3, 9, 10)``, labels of ``3 × 4`` blocks (every class in
+    every sample, so that no skeleton is empty), a weight map and a mask."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 3, 9, 10, generator=g, dtype=torch.float64).requires_grad_()
+    blocks = torch.tensor([[[0, 1, 2], [1, 2, 0], [2, 0, 1]], [[1, 1, 0], [2, 2, 0], [0, 1, 2]]])
+    labels = blocks.repeat_interleave(3, 1).repeat_interleave(4, 2)  # 3 x 4 blocks of each class
+    weights = torch.rand(2, 9, 10, generator=g, dtype=torch.float64) * 3
+    mask = torch.rand(2, 9, 10, generator=g) > 0.3
+    return logits, labels[:, :9, :10], weights, mask
+
+
+def test_weighted_value_by_hand():
+    """Precomputed skeleton ``S = [1,1,0,1]``, ``p = σ([0, 50, 0, -50]) = [1/2, 1, 1/2, 0]``,
+    ``ω = [2, 1, 5, 3]``: ``Σ ω p S = 2·1/2 + 1·1 + 0 + 3·0 = 2``, ``Σ ω S = 2 + 1 + 3 = 6``; with
+    ``s = 0`` the loss is ``1 - 2/6 = 2/3``, with ``s = 1`` ``1 - 3/7 = 4/7`` (unweighted, ``s = 0``:
+    ``1 - 1.5/3 = 1/2``)."""
+    logits = torch.tensor([[[0.0, 50, 0, -50]]], dtype=torch.float64)
+    skeletons = torch.tensor([[[True, True, False, True]]])
+    target, weights = skeletons.double(), torch.tensor([[2.0, 1, 5, 3]], dtype=torch.float64)
+    torch.testing.assert_close(binary_skeleton_recall_loss(logits, target, skeletons, smooth=0).item(), 1 / 2)
+    value = binary_skeleton_recall_loss(logits, target, skeletons, weights, smooth=0)
+    torch.testing.assert_close(value.item(), 2 / 3)
+    torch.testing.assert_close(binary_skeleton_recall_loss(logits, target, skeletons, weights).item(), 4 / 7)
+
+
+def test_integer_weights_repeat_pixels_given_the_skeletons():
+    """With the skeletons given the loss is pixel-local: an integer ``ω`` is the pixel (with its skeleton
+    value and target) repeated ``ω`` times (1-D, pixels repeated along the axis)."""
+    g = torch.Generator().manual_seed(51)
+    logits = torch.randn(2, 3, 12, generator=g, dtype=torch.float64)
+    skeletons = torch.rand(2, 3, 12, generator=g) > 0.4
+    counts = torch.randint(0, 4, (12,), generator=g)
+    weights = counts.double().expand(2, 12)
+    cases = (
+        (skeleton_recall_loss, torch.randint(0, 3, (2, 12), generator=g), {"include_background": True}),
+        (binary_skeleton_recall_loss, skeletons.double(), {}),
+    )
+    for function, target, options in cases:
+        value = function(logits, target, skeletons, weights, reduction="none", **options)
+        repeated = [t.repeat_interleave(counts, dim=-1) for t in (logits, target, skeletons)]
+        torch.testing.assert_close(value, function(*repeated, reduction="none", **options))
+
+
+def test_weights_leave_the_skeletons_and_precomputed_ones_agree_with_a_mask():
+    """On the fly the skeletons are the unweighted target's (``1 - (Σ ω p S + s)/(Σ ω S + s)`` with
+    ``S`` from :func:`target_skeletons`); precomputed with the masked pixels as ``ignore_index`` they
+    give the loss with the mask."""
+    logits, labels, weights, mask = _weighted_inputs()
+    skeletons = target_skeletons(labels, 3).double()
+    probs = logits.softmax(1)[:, 1:]
+    covered = (weights.unsqueeze(1) * probs * skeletons[:, 1:]).sum((2, 3))
+    total = (weights.unsqueeze(1) * skeletons[:, 1:]).sum((2, 3))
+    assert (total > 0).all()  # every class of every sample has a skeleton
+    value = skeleton_recall_loss(logits, labels, None, weights, reduction="none")
+    torch.testing.assert_close(value, 1 - (covered + 1) / (total + 1))
+    masked = labels.masked_fill(~mask, IGNORE)
+    given = target_skeletons(masked, 3, ignore_index=IGNORE)
+    torch.testing.assert_close(
+        skeleton_recall_loss(logits, labels, given, weights, mask),
+        skeleton_recall_loss(logits, labels, None, weights, mask),
+    )
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_mask_on_a_soft_target(binary):
+    """A float target's masked pixels are ignored ones (no class before the skeletonisation), and a NaN
+    logit there reaches neither value nor gradient."""
+    logits, labels, _, mask = _weighted_inputs(52)
+    hard = torch.nn.functional.one_hot(labels, 3).movedim(-1, 1)
+    function = binary_skeleton_recall_loss if binary else skeleton_recall_loss
+    ignored = hard.masked_fill(~mask.unsqueeze(1), IGNORE) if binary else labels.masked_fill(~mask, IGNORE)
+    expected = function(logits, ignored, ignore_index=IGNORE)
+    poisoned = logits.detach().masked_fill(~mask.unsqueeze(1), float("nan")).requires_grad_()
+    value = function(poisoned, hard.double(), mask=mask)
+    (grad,) = torch.autograd.grad(value, poisoned)
+    torch.testing.assert_close(value, expected)
+    assert torch.isfinite(grad).all() and (grad.masked_select(~mask.unsqueeze(1)) == 0).all()
+
+
+@pytest.mark.parametrize("name", ["skeleton_recall", "binary_skeleton_recall"])
+def test_weighted_module_function_and_compound_agree(name):
+    logits, labels, weights, mask = _weighted_inputs(53)
+    binary = name.startswith("binary")
+    target = torch.nn.functional.one_hot(labels, 3).movedim(-1, 1) if binary else labels
+    function = getattr(sl.functional, f"{name}_loss")
+    value = function(logits, target, None, weights, mask)
+    module = SkeletonRecallLoss if not binary else BinarySkeletonRecallLoss
+    torch.testing.assert_close(module()(logits, target, weight_map=weights, mask=mask), value)
+    dice = "binary_dice" if binary else "dice"
+    compound = sl.create_loss(f"{dice} + {name}")(logits, target, weight_map=weights, mask=mask)
+    dice_value = getattr(sl.functional, f"{dice}_loss")(logits, target, weights, mask)
+    torch.testing.assert_close(compound, dice_value + value)

@@ -57,6 +57,20 @@ call (a distance transform of ``P``: on the CPU by the ``edt`` / scipy package, 
 **ignore_index.** Ignored pixels belong to no class in ``p`` and ``y`` before the skeletons and distances
 are taken (the library's rule for spatial operators): they add to no sum and get no gradient; near them
 the structures of both masks end as at a background pixel.
+
+**weight_map and mask** (``(N, *S)``, issue 19). The maps (skeletons, distances, radii, the hard
+prediction ``P``) are taken of the unweighted masks; the weight ``ω`` multiplies every pixel's term of the
+four sums::
+
+    Tprec = (Σ ω·I_P·p·D̂_Y + s) / (Σ ω·I_P·p·[R̂_Y on K_Y, else R̂_P·p] + s)
+    Tsens = (Σ ω·I_Y·D̂_P·p + s) / (Σ ω·I_Y·[R̂_P·p on K_P, else R̂_Y] + s)
+
+so it weighs where a skeleton pixel counts, not the maps (an integer ``ω`` is not the pixel repeated: the
+maps are spatial). ``mask`` False is ``ignore_index`` exactly: the masked pixels of an index target (or an
+integer binary one) get the ignore value before the maps are computed; a floating or bool target's masked
+pixels likewise belong to no class in ``p`` and ``y``, and their logits reach neither value nor gradient.
+Precomputed ``cbdice_maps`` are used as given, cut by the mask: compute them with the masked pixels as
+``ignore_index`` to get exactly the loss that computes them on the fly.
 """
 
 from __future__ import annotations
@@ -77,13 +91,14 @@ from .._core.options import (
     check_int,
     class_tensor,
 )
+from .._core.pixel_weights import pixel_weights
 from .._core.reduction import reduce_region
 from .._core.registry import register
 from .._core.targets import IndexTarget, SoftmaxTarget, input_checks_enabled
 from ..ops.distance import distance_transform
 from .base import PrecomputedInputModule, module_pair
 from .boundary import _target_masks
-from .cldice import _cldice_terms
+from .cldice import _cldice_terms, _pixel_inputs
 from .overlap import RegionOptions
 from .skeleton_recall import _binary_masks
 from .skeleton_recall import _prepare as _probabilities
@@ -279,11 +294,14 @@ def _spatial_sum(values: Tensor) -> Tensor:
     return values.flatten(2).sum(-1)
 
 
-def _sums(probs: Tensor, target_maps: Tensor, pred_maps: Tensor) -> Tensor:
-    """The four sums ``(4, N, C)``: Tprec's numerator and denominator, then Tsens's (module docstring)."""
+def _sums(probs: Tensor, target_maps: Tensor, pred_maps: Tensor, omega: Optional[Tensor]) -> Tensor:
+    """The four sums ``(4, N, C)``: Tprec's numerator and denominator, then Tsens's (module docstring),
+    every pixel's term times ``ω`` ``(N, 1, *S)`` when given."""
     d_y, r_y, i_y = target_maps.unbind(0)
     d_p, r_p, i_p = pred_maps.unbind(0)
     weighted = i_p * probs  # the authors' q_sp
+    if omega is not None:  # ω in the factor that every term of a sum has: I_P·p in Tprec, I_Y in Tsens
+        weighted, i_y = weighted * omega, i_y * omega
     return torch.stack(
         [
             _spatial_sum(weighted * d_y),
@@ -295,31 +313,39 @@ def _sums(probs: Tensor, target_maps: Tensor, pred_maps: Tensor) -> Tensor:
 
 
 def _masks(
-    prepared: Union[SoftmaxTarget, Tensor], valid: Optional[Tensor], logits: Tensor, start: int
+    prepared: Union[SoftmaxTarget, Tensor],
+    valid: Optional[Tensor],
+    logits: Tensor,
+    start: int,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
-    """The target's class masks ``(N, C - start, *S)`` bool, ignored pixels in none."""
-    if isinstance(prepared, Tensor):  # a binary target
+    """The target's class masks ``(N, C - start, *S)`` bool, ignored (and masked) pixels in none."""
+    if isinstance(prepared, Tensor):  # a binary target; valid holds the mask
         return _binary_masks(prepared, valid)
-    return _target_masks(prepared, logits.shape[1], start)
+    masks = _target_masks(prepared, logits.shape[1], start)
+    return masks if mask is None else masks & mask
 
 
 def _cbdice(
     logits: Tensor, target: Tensor, cbdice_maps: Optional[Tensor], opts: CbDiceOptions, binary: bool
 ) -> Tensor:
-    """Prepare -> the target's and the prediction's maps -> the four sums -> (pool) -> loss -> reduce."""
-    probs, prepared, valid = _probabilities(logits, target, opts.ignore_index, binary)  # p 0 at ignored
+    """Prepare (mask folded in) -> the target's and the prediction's maps -> the four sums -> (pool) ->
+    loss -> reduce."""
+    logits, target, ignore_index, mask, omega = _pixel_inputs(logits, target, opts, binary)
+    probs, prepared, valid = _probabilities(logits, target, ignore_index, binary, mask)  # p 0 at ignored
     start = 0 if binary or opts.include_background else 1
     probs = probs[:, start:]
     hard = probs.detach() > 0.5
     if cbdice_maps is None:
-        masks = _masks(prepared, valid, logits, start)
+        masks = _masks(prepared, valid, logits, start, mask)
         target_maps, pred_maps = radius_maps(torch.cat([masks, hard]), opts.iterations).chunk(2, 1)
     else:
         target_maps = _check_maps(cbdice_maps, logits).movedim(1, 0)[:, :, start:]
         if valid is not None:
             target_maps = torch.where(valid, target_maps, 0.0)  # (N, C or 1, *S) broadcasts
         pred_maps = radius_maps(hard, opts.iterations)
-    sums = _sums(probs, target_maps.to(probs.dtype), pred_maps.to(probs.dtype))
+    omega = None if omega is None else omega.to(probs.dtype)
+    sums = _sums(probs, target_maps.to(probs.dtype), pred_maps.to(probs.dtype), omega)
     if opts.batch:
         sums = sums.sum(1)
     weight = class_tensor(cast(Optional[Tensor], opts.weight), logits, "weight")
@@ -335,6 +361,11 @@ _SHARED_DOC = """
         cbdice_maps: the target's maps ``(N, 3, C, *S)`` (``D̂_Y, R̂_Y, I_Y`` along dim 1), e.g. stacked
             from :class:`CbDiceMapTransform` (computed with the same ``ignore_index`` and, for the softmax
             loss, ``include_background``); None computes them from the target at every call.
+        weight_map: per-pixel weights ``ω`` ``(N, *S)``, finite and ``>= 0``: every pixel's term of the
+            four sums times ``ω`` (``Σ ω·I_P·p·D̂_Y``, ...; module docstring), the maps taken of the
+            unweighted masks{binary_weights}. Ones give the loss without them.
+        mask: ``(N, *S)`` bool, True where a pixel counts: a pixel outside it is an ignored one (see
+            ``ignore_index``), whatever the target holds there (a soft target too).
         iterations: soft-skeleton steps (``>= 0``; the authors' 10) of the prediction's skeleton and of
             the target's when computed here; the skeleton reaches ``iterations + 1`` pixels deep, so
             choose it above the largest radius.{background}
@@ -362,7 +393,9 @@ _BACKGROUND_DOC = """
 
 def _document(function: Callable[..., Tensor], binary: bool) -> Callable[..., Tensor]:
     text = _SHARED_DOC.format(
-        target=_BINARY_TARGET if binary else _SOFTMAX_TARGET, background="" if binary else _BACKGROUND_DOC
+        target=_BINARY_TARGET if binary else _SOFTMAX_TARGET,
+        background="" if binary else _BACKGROUND_DOC,
+        binary_weights="; the same ``ω`` for every channel" if binary else "",
     )
     function.__doc__ = (function.__doc__ or "").rstrip() + "\n" + text
     return function
@@ -372,6 +405,8 @@ def cbdice_loss(
     logits: Tensor,
     target: Tensor,
     cbdice_maps: Optional[Tensor] = None,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     iterations: int = ITERATIONS,
     include_background: bool = False,
@@ -398,6 +433,7 @@ def cbdice_loss(
     batch=True) - 1`` (for two classes: this loss with ``batch=True``, minus 1).
     """
     opts = CbDiceOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         iterations=iterations, include_background=include_background, batch=batch, smooth=smooth,
         weight=weight, ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
@@ -408,6 +444,8 @@ def binary_cbdice_loss(
     logits: Tensor,
     target: Tensor,
     cbdice_maps: Optional[Tensor] = None,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     iterations: int = ITERATIONS,
     batch: bool = False,
@@ -423,6 +461,7 @@ def binary_cbdice_loss(
     foreground logit is ``max_{c≥1} z_c - z_0``, their target ``labels > 0``).
     """
     opts = CbDiceOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         iterations=iterations, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index,
         reduction=reduction,
     )  # fmt: skip

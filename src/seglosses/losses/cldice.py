@@ -25,6 +25,19 @@ its logits get no gradient. Near the ignored region the structures of ``p`` and 
 one-pixel vessel surrounded by an ignored margin, a common annotation, would never erode and so would
 have no skeleton at all.)
 
+**weight_map and mask** (``(N, *S)``, issue 19). The skeletons are taken of the unweighted maps; the
+weight ``ω`` multiplies the per-pixel products in every sum afterwards::
+
+    Tprec = (Σ ω·S(p)·y + s) / (Σ ω·S(p) + s)      Tsens = (Σ ω·S(y)·p + s) / (Σ ω·S(y) + s)
+
+and, for ``dice_cldice``, ``TP = Σ ω p y``, ``FP = Σ ω p (1 - y)``, ``FN = Σ ω (1 - p) y``. So ``ω``
+weighs where a skeleton pixel counts, not how the skeleton is formed: a pixel's weight does not reach
+its neighbours' skeleton values, and (the skeleton being spatial) an integer ``ω`` is not the pixel
+repeated. ``mask`` False is ``ignore_index`` exactly: an index target (or an integer binary one) gets
+the ignore value at the masked pixels before anything is computed; a floating or bool target's masked
+pixels are likewise background in ``p`` and ``y`` before the skeletons, and their logits reach neither
+value nor gradient (a NaN there neither).
+
 **Relation to MONAI** (1.6.1, ``SoftclDiceLoss`` / ``SoftDiceclDiceLoss``): the same soft skeleton and
 formula, but MONAI pools the sums over the channels (one clDice per sample, not per class) and adds
 ``smooth = 1e-4`` to the harmonic mean's denominator (so its loss of a perfect prediction is ``5e-5``,
@@ -48,11 +61,12 @@ from torch import Tensor
 
 from .._core.numerics import safe_divide
 from .._core.options import ClassValues, Reduction, check_bool, check_int, check_number, class_tensor
+from .._core.pixel_weights import mask_as_ignore, pixel_weights
 from .._core.reduction import reduce_region
 from .._core.registry import register
 from .._core.stats import Overlap
 from ..ops.morphology import soft_skeleton
-from .base import module_pair
+from .base import PixelWeightedModule, module_pair
 from .boundary import _prepare
 from .overlap import RegionOptions, dice_score
 
@@ -93,17 +107,46 @@ def _spatial_sum(a: Tensor) -> Tensor:
     return a.flatten(2).sum(-1)
 
 
-def _sums(probs: Tensor, dense: Tensor, opts: ClDiceOptions, dice: bool) -> Tensor:
-    """The statistics ``(K, N, C)``: ``Σ S(p)·y``, ``Σ S(p)``, ``Σ S(y)·p``, ``Σ S(y)`` and, for ``dice``,
-    ``Σ p·y``, ``Σ p``, ``Σ y``. One skeleton at a time, so the second is taken while only the first's
-    autograd graph (not its temporaries) is held."""
-    skeleton = soft_skeleton(probs, opts.iterations, checkpoint=opts.checkpoint)
+def _sums(probs: Tensor, dense: Tensor, opts: ClDiceOptions, dice: bool, omega: Optional[Tensor]) -> Tensor:
+    """The statistics ``(K, N, C)``: ``Σ ω S(p)·y``, ``Σ ω S(p)``, ``Σ ω S(y)·p``, ``Σ ω S(y)`` and, for
+    ``dice``, ``Σ ω p·y``, ``Σ ω p``, ``Σ ω y`` (``ω`` ``(N, 1, *S)``, or None: 1). The skeletons are of
+    the unweighted maps. One skeleton at a time, so the second is taken while only the first's autograd
+    graph (not its temporaries) is held."""
+
+    def weighted(x: Tensor) -> Tensor:
+        return x if omega is None else x * omega
+
+    skeleton = weighted(soft_skeleton(probs, opts.iterations, checkpoint=opts.checkpoint))
     sums = [_spatial_dot(skeleton, dense), _spatial_sum(skeleton)]
-    skeleton = soft_skeleton(dense, opts.iterations, checkpoint=opts.checkpoint)
+    skeleton = weighted(soft_skeleton(dense, opts.iterations, checkpoint=opts.checkpoint))
     sums += [_spatial_dot(skeleton, probs), _spatial_sum(skeleton)]
     if dice:
-        sums += [_spatial_dot(probs, dense), _spatial_sum(probs), _spatial_sum(dense)]
+        probs = weighted(probs)
+        sums += [_spatial_dot(probs, dense), _spatial_sum(probs), _spatial_sum(weighted(dense))]
     return torch.stack(sums)
+
+
+def _pixel_inputs(
+    logits: Tensor, target: Tensor, opts: RegionOptions, binary: bool
+) -> Tuple[Tensor, Tensor, Optional[int], Optional[Tensor], Optional[Tensor]]:
+    """``(logits, target, ignore_index, mask, ω)`` of a call with ``opts.pixel_weights``: the mask folded
+    into an index target (or an integer binary target) as ``ignore_index`` (-1 where there is none); of a
+    dense softmax, a floating or a bool target it is left, ``(N, 1, *S)``, with the logits set to 0 where
+    it is False (so that nothing there, a NaN neither, reaches value or gradient); ``ω`` ``(N, 1, *S)``.
+    Without pixel weights: the inputs as they are and two Nones."""
+    pixels = opts.pixel_weights
+    if pixels is None:
+        return logits, target, opts.ignore_index, None, None
+    mask, ignore_index = pixels.mask, opts.ignore_index
+    if mask is not None and isinstance(target, Tensor):
+        shape = logits.shape if binary else mask.shape  # a shape the target's check would refuse: left
+        if target.shape == shape:
+            target, ignore_index, mask = mask_as_ignore(target, mask, ignore_index, binary=binary)
+    keep = None if mask is None else mask.unsqueeze(1)
+    if keep is not None:
+        logits = logits.masked_fill(~keep, 0.0)
+    omega = None if pixels.weight is None else pixels.weight.unsqueeze(1)
+    return logits, target, ignore_index, keep, omega
 
 
 def _fraction(num: Tensor, den: Tensor, smooth: float) -> Tensor:
@@ -129,13 +172,17 @@ def _region(
     per_class: Callable[[Tensor], Tensor],
     dice: bool,
 ) -> Tensor:
-    """Prepare -> skeleton statistics of the kept classes -> (pool) -> ``per_class`` -> reduce."""
-    probs, dense, _ = _prepare(logits, target, opts.ignore_index, binary)  # both 0 at ignored pixels
+    """Prepare (mask folded in) -> skeleton statistics of the kept classes -> (pool) -> ``per_class`` ->
+    reduce."""
+    logits, target, ignore_index, mask, omega = _pixel_inputs(logits, target, opts, binary)
+    probs, dense, _ = _prepare(logits, target, ignore_index, binary)  # both 0 at ignored pixels
+    if mask is not None:  # masked pixels of a target that holds no ignore value: as ignored ones
+        probs, dense = torch.where(mask, probs, 0.0), torch.where(mask, dense, 0.0)
     weight = class_tensor(cast(Optional[Tensor], opts.weight), logits, "weight")  # checked: a tensor
     if not binary and not opts.include_background:
         probs, dense = probs[:, 1:], dense[:, 1:]
         weight = weight[1:] if weight is not None and weight.ndim == 1 else weight
-    sums = _sums(probs, dense, opts, dice)
+    sums = _sums(probs, dense, opts, dice, None if omega is None else omega.to(probs.dtype))
     if opts.batch:
         sums = sums.sum(1)
     return reduce_region(per_class(sums), opts.reduction, weight)
@@ -157,7 +204,13 @@ def _dice_cldice(logits: Tensor, target: Tensor, opts: DiceClDiceOptions, binary
 _SHARED_DOC = """
     Args:
         logits: ``(N, C, *S)``, one to three spatial dims.
-        target: {target}{alpha}
+        target: {target}
+        weight_map: per-pixel weights ``ω`` ``(N, *S)``, finite and ``>= 0``: they multiply every term of
+            the sums after the skeletons are taken of the unweighted maps, ``Tprec = (Σ ω S(p)·y + s) /
+            (Σ ω S(p) + s)``, ``Tsens = (Σ ω S(y)·p + s) / (Σ ω S(y) + s)``; a binary loss applies them
+            to every channel. Ones give the loss without them.{dice_weights}
+        mask: ``(N, *S)`` bool, True where a pixel counts: a pixel outside it is an ignored one (see
+            ``ignore_index``), whatever the target holds there (a soft target too).{alpha}
         iterations: erosion steps of the soft skeleton (``>= 0``, default 3 as the paper); it reaches
             ``iterations + 1`` pixels deep, so choose it above the largest radius of the structures.
         checkpoint: recompute the prediction's skeleton step by step in the backward instead of keeping
@@ -177,6 +230,8 @@ _SOFTMAX_TARGET = "class indices ``(N, *S)`` or one-hot / soft ``(N, C, *S)``; `
 _BINARY_TARGET = "the logits' shape; bool, integer or float in ``[0, 1]``; ``p = sigmoid(z)`` per channel."
 _BACKGROUND_DOC = """
         include_background: keep class 0 (default True, as MONAI's ``SoftclDiceLoss``)."""
+_DICE_WEIGHTS_DOC = """
+            Dice's statistics alike: ``TP = Σ ω p y``, ``FP = Σ ω p (1 - y)``, ``FN = Σ ω (1 - p) y``."""
 _ALPHA_DOC = """
         alpha: weight of the clDice term in ``(1 - α)·(1 - Dice) + α·clDice loss``, in ``[0, 1]``."""
 
@@ -187,6 +242,7 @@ def _document(function: Callable[..., Tensor], binary: bool, dice: bool) -> Call
         alpha=_ALPHA_DOC if dice else "",
         background="" if binary else _BACKGROUND_DOC,
         dice_smooth=" and Dice" if dice else "",
+        dice_weights=_DICE_WEIGHTS_DOC if dice else "",
     )
     function.__doc__ = (function.__doc__ or "").rstrip() + "\n" + text
     return function
@@ -195,6 +251,8 @@ def _document(function: Callable[..., Tensor], binary: bool, dice: bool) -> Call
 def cldice_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     iterations: int = 3,
     checkpoint: bool = True,
@@ -219,6 +277,7 @@ def cldice_loss(
     channels; see the module docstring for where the two differ).
     """
     opts = ClDiceOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         iterations=iterations, checkpoint=checkpoint, include_background=include_background, batch=batch,
         smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
@@ -228,6 +287,8 @@ def cldice_loss(
 def binary_cldice_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     iterations: int = 3,
     checkpoint: bool = True,
@@ -244,6 +305,7 @@ def binary_cldice_loss(
     harmonic mean); with ``batch=True`` the authors' ``soft_cldice``.
     """
     opts = ClDiceOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         iterations=iterations, checkpoint=checkpoint, batch=batch, smooth=smooth, weight=weight,
         ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
@@ -253,6 +315,8 @@ def binary_cldice_loss(
 def dice_cldice_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 0.5,
     iterations: int = 3,
@@ -272,6 +336,7 @@ def dice_cldice_loss(
     Dice loss, ``α = 1`` the clDice loss.
     """
     opts = DiceClDiceOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         alpha=alpha, iterations=iterations, checkpoint=checkpoint, include_background=include_background,
         batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
@@ -281,6 +346,8 @@ def dice_cldice_loss(
 def binary_dice_cldice_loss(
     logits: Tensor,
     target: Tensor,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     alpha: float = 0.5,
     iterations: int = 3,
@@ -297,6 +364,7 @@ def binary_dice_cldice_loss(
     the harmonic mean); with ``batch=True`` the authors' ``soft_dice_cldice``.
     """
     opts = DiceClDiceOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         alpha=alpha, iterations=iterations, checkpoint=checkpoint, batch=batch, smooth=smooth, weight=weight,
         ignore_index=ignore_index, reduction=reduction,
     )  # fmt: skip
@@ -311,9 +379,16 @@ for _function, _binary, _dice in (
 ):
     _document(_function, _binary, _dice)
 
-ClDiceLoss, BinaryClDiceLoss = module_pair("ClDice", cldice_loss, binary_cldice_loss, ClDiceOptions, _cldice)
+ClDiceLoss, BinaryClDiceLoss = module_pair(
+    "ClDice", cldice_loss, binary_cldice_loss, ClDiceOptions, _cldice, PixelWeightedModule
+)
 DiceClDiceLoss, BinaryDiceClDiceLoss = module_pair(
-    "DiceClDice", dice_cldice_loss, binary_dice_cldice_loss, DiceClDiceOptions, _dice_cldice
+    "DiceClDice",
+    dice_cldice_loss,
+    binary_dice_cldice_loss,
+    DiceClDiceOptions,
+    _dice_cldice,
+    PixelWeightedModule,
 )
 
 _REGISTERED: Tuple[Tuple[str, Any, str, str], ...] = (

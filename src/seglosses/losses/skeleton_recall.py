@@ -19,6 +19,16 @@ The background class, where kept, gets its own: ``S_0 = tube(skel(M_0)) ∩ M_0`
 skeletonise each channel on its own. Class masks are ``y == c`` for an index target and ``y > 0.5`` for a
 dense one; ignored pixels belong to no class before the skeletonisation (the fork counts them as
 foreground there and masks them afterwards) and enter neither sum.
+
+**weight_map and mask** (``(N, *S)``, issue 19). ``L_c = 1 - (Σ ω p_c S_c + s) / (Σ ω S_c + s)``: the
+skeletons are those of the unweighted target (the weights never change them), and ``ω`` multiplies each
+pixel's terms in both sums. Given the skeletons the loss is pixel-local, so an integer ``ω`` is the pixel
+(with its skeleton value) repeated ``ω`` times. ``mask`` False is ``ignore_index`` exactly: the masked
+pixels of an index target (or an integer binary one) get the ignore value before the skeletons are
+computed; a floating or bool target's masked pixels likewise belong to no class before the
+skeletonisation, and their logits reach neither value nor gradient. Precomputed ``skeletons`` are used as
+given, cut by the mask: compute them with the masked pixels as ``ignore_index`` to get exactly the loss
+that computes them on the fly.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from .._core.deferred import check_count
 from .._core.errors import expected
 from .._core.numerics import safe_divide, sigmoid_f32, softmax_f32
 from .._core.options import ClassValues, Reduction, check_bool, check_ignore_index, check_int
+from .._core.pixel_weights import pixel_weights
 from .._core.registry import register
 from .._core.stats import Overlap
 from .._core.targets import (
@@ -46,6 +57,7 @@ from ..distributed import ProcessGroup
 from ..ops.skeleton import dilate_cross, skeletonize
 from .base import PrecomputedInputModule, module_pair
 from .boundary import _target_masks
+from .cldice import _pixel_inputs
 from .overlap import RegionOptions, Statistics, region_loss
 
 TUBE = 2  # the fork's tube: two dilations by the cross
@@ -198,10 +210,11 @@ def _check_skeletons(skeletons: Tensor, logits: Tensor) -> Tensor:
 
 
 def _prepare(
-    logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool
+    logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool, mask: Optional[Tensor] = None
 ) -> Tuple[Tensor, Union[SoftmaxTarget, Tensor], Optional[Tensor]]:
     """Probabilities (0 at ignored pixels), the checked target (prepared for softmax, the tensor for
-    binary) and the valid mask broadcastable to ``(N, C, *S)``, or None."""
+    binary) and the valid mask broadcastable to ``(N, C, *S)``, or None; ``mask`` ``(N, 1, *S)`` (a
+    call's mask left after :func:`~seglosses.losses.cldice._pixel_inputs`) is part of the valid mask."""
     prepared: Union[SoftmaxTarget, Tensor]
     if binary:
         valid = check_binary_target(logits, target, ignore_index)
@@ -211,6 +224,8 @@ def _prepare(
         probs = softmax_f32(logits)
         valid = getattr(prepared, "valid", None)
         valid = None if valid is None else valid.unsqueeze(1)
+    if mask is not None:
+        valid = mask if valid is None else valid & mask
     if valid is not None:
         probs = torch.where(valid, probs, 0.0)
     return probs, prepared, valid
@@ -218,8 +233,9 @@ def _prepare(
 
 def _recall_statistics(skeletons: Optional[Tensor], opts: SkeletonRecallOptions) -> Statistics:
     def statistics(logits: Tensor, target: Tensor, ignore_index: Optional[int], binary: bool) -> Overlap:
-        """``TP = Σ p S``, ``FN = Σ S - TP`` (``FP`` is not used: 0)."""
-        probs, prepared, valid = _prepare(logits, target, ignore_index, binary)
+        """``TP = Σ ω p S``, ``FN = Σ ω S - TP`` (``FP`` is not used: 0)."""
+        logits, target, ignore_index, mask, omega = _pixel_inputs(logits, target, opts, binary)
+        probs, prepared, valid = _prepare(logits, target, ignore_index, binary, mask)
         if skeletons is not None:
             tubes = _check_skeletons(skeletons, logits)
         elif binary:
@@ -228,10 +244,14 @@ def _recall_statistics(skeletons: Optional[Tensor], opts: SkeletonRecallOptions)
         else:
             assert not isinstance(prepared, Tensor)
             masks = _target_masks(prepared, logits.shape[1], 0)
+            if mask is not None:  # a dense target's masked pixels: in no class, as ignored ones
+                masks = masks & mask
             tubes = skeleton_masks(masks, opts.tube, softmax=True, background=opts.include_background)
         weights = tubes.to(probs.dtype)
         if valid is not None:
             weights = torch.where(valid, weights, 0.0)
+        if omega is not None:
+            weights = weights * omega.to(probs.dtype)
         covered = (probs * weights).flatten(2).sum(-1)
         total = weights.flatten(2).sum(-1)
         return Overlap(covered, torch.zeros_like(covered), total - covered)
@@ -257,6 +277,8 @@ def skeleton_recall_loss(
     logits: Tensor,
     target: Tensor,
     skeletons: Optional[Tensor] = None,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     tube: int = TUBE,
     include_background: bool = False,
@@ -283,6 +305,11 @@ def skeleton_recall_loss(
         skeletons: precomputed ``S`` ``(N, C, *S)`` (bool, or numbers in ``[0, 1]``), e.g. stacked from
             :class:`SkeletonTransform`; None computes them from the target at every call, on the logits'
             device (the thinning reads the host: precompute them for training).
+        weight_map: per-pixel weights ``ω`` ``(N, *S)``, finite and ``>= 0``, in both sums:
+            ``1 - (Σ ω p_c S_c + s) / (Σ ω S_c + s)``; the skeletons are the unweighted target's. Ones
+            give the loss without them.
+        mask: ``(N, *S)`` bool, True where a pixel counts: a pixel outside it is an ignored one (see
+            ``ignore_index``; module docstring), whatever the target holds there (a soft target too).
         tube: dilations of the skeleton computed on the fly (the fork's 2; 0 keeps the bare skeleton).
         include_background: also class 0, with the skeleton of the background (default False: the
             foreground classes only, as the paper and the fork; ``none`` is then ``(N, C - 1)``).
@@ -296,6 +323,7 @@ def skeleton_recall_loss(
             ``sum``; ``mean`` -> the (weighted) class mean averaged over samples.
     """
     opts = SkeletonRecallOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         tube=tube, include_background=include_background, batch=batch, smooth=smooth, weight=weight,
         ignore_index=ignore_index, reduction=reduction, sync=sync, process_group=process_group,
     )  # fmt: skip
@@ -306,6 +334,8 @@ def binary_skeleton_recall_loss(
     logits: Tensor,
     target: Tensor,
     skeletons: Optional[Tensor] = None,
+    weight_map: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     *,
     tube: int = TUBE,
     batch: bool = False,
@@ -319,10 +349,12 @@ def binary_skeleton_recall_loss(
     r"""Skeleton Recall loss per sigmoid channel, ``1 - (Σ p_c S_c + s) / (Σ S_c + s)``, ``p = sigmoid(z)``.
 
     Each channel's mask (``y > 0.5``) is skeletonised on its own; target and ``skeletons`` have the
-    logits' shape (:class:`SkeletonTransform` without ``num_classes`` precomputes them). Options as
-    :func:`skeleton_recall_loss`; ``none`` -> ``(N, C)``.
+    logits' shape (:class:`SkeletonTransform` without ``num_classes`` precomputes them). Options,
+    ``weight_map`` and ``mask`` as :func:`skeleton_recall_loss` (``ω`` applies to every channel);
+    ``none`` -> ``(N, C)``.
     """
     opts = SkeletonRecallOptions(
+        pixel_weights=pixel_weights(logits, weight_map, mask),
         tube=tube, batch=batch, smooth=smooth, weight=weight, ignore_index=ignore_index, reduction=reduction,
         sync=sync, process_group=process_group,
     )  # fmt: skip
