@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from helpers import IGNORE, smp_losses
 
 import seglosses as sl
-from seglosses.ops.sort import descending_order
+from seglosses.ops import lovasz_sort, sort
 
 SMP = smp_losses()
 needs_smp = pytest.mark.skipif(SMP is None, reason="segmentation_models_pytorch is not installed")
@@ -128,7 +128,9 @@ def test_a_class_beyond_c_raises_at_the_call():
     ids=["random", "ties", "signed-zeros-infinities", "3-d"],
 )
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
-def test_descending_order_is_a_stable_descending_argsort(keys, backend):
+@pytest.mark.parametrize("module", [sort, lovasz_sort], ids=["packed", "radix"])
+def test_descending_order_is_a_stable_descending_argsort(keys, backend, module):
+    descending_order = module.descending_order
     with sl.backend(backend):
         order = descending_order(keys)
     assert torch.equal(order, keys.argsort(dim=-1, descending=True, stable=True))
@@ -214,7 +216,10 @@ def test_the_threaded_packed_sort_and_a_forked_child():
     try:
         torch.set_num_threads(2)
         with sl.backend("cpu"):
-            assert torch.equal(descending_order(keys), keys.argsort(dim=-1, descending=True, stable=True))
+            for module in (sort, lovasz_sort):
+                assert torch.equal(
+                    module.descending_order(keys), keys.argsort(dim=-1, descending=True, stable=True)
+                )
     finally:
         torch.set_num_threads(threads)
     assert _pool.cache_info().currsize == 1  # the parent's pool exists
@@ -226,3 +231,153 @@ def _pool_works_in_child() -> bool:
     from seglosses.ops.sort import _pool
 
     return _pool(2).submit(lambda: True).result(timeout=20)
+
+
+# --------------------------------------------------------------------------- weight maps and masks
+
+
+def test_binary_hinge_weighted_by_hand():
+    """z = (2, -1, 0.5), y = (1, 0, 0), ω = (1, 1, 2): margins (-1, 0, 1.5), sorted (1.5 ω=2 y=0, 0 ω=1
+    y=0, -1 ω=1 y=1), G = Σ ω y = 1. J_1 = 1 - (G - 0) / (G + 2) = 2/3; relu leaves the first hinge
+    only: loss = 1.5 · 2/3 = 1, as the pixel repeated twice gives (1.5 · 1/2 + 1.5 · (2/3 - 1/2)). The
+    gradient at z_3 is -(2y - 1) · 2/3 = 2/3."""
+    z = torch.tensor([[[2.0, -1.0, 0.5]]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[[1, 0, 0]]])
+    w = torch.tensor([[1.0, 1.0, 2.0]], dtype=torch.float64)
+    loss = sl.binary_lovasz_loss(z, y, w)
+    torch.testing.assert_close(loss, torch.tensor(1.5 * 2 / 3, dtype=torch.float64))
+    loss.backward()
+    torch.testing.assert_close(z.grad, torch.tensor([[[0.0, 0.0, 2 / 3]]], dtype=torch.float64))
+
+
+def test_softmax_weighted_by_hand():
+    """p_1 = (0.9, 0.6, 0.2), y = (1, 0, 1), ω = (2, 1, 0.5); both classes have the errors (0.1, 0.6, 0.8),
+    sorted (0.8, 0.6, 0.1) with ω (0.5, 1, 2). Class 1: g = (1, 0, 1), G = 2.5; J_k = 1 - I_k / U_k with
+    I = (2, 2, 0), U = (2.5, 3.5, 3.5): J = (1/5, 3/7, 1), steps (1/5, 3/7 - 1/5, 4/7). Class 0: g = (0, 1,
+    0), G = 1; I = (1, 0, 0), U = (1.5, 1.5, 3.5): J = (1/3, 1, 1), steps (1/3, 2/3, 0)."""
+    p1 = torch.tensor([0.9, 0.6, 0.2], dtype=torch.float64)
+    logits = torch.stack([torch.zeros(3, dtype=torch.float64), torch.log(p1 / (1 - p1))]).unsqueeze(0)
+    y = torch.tensor([[1, 0, 1]])
+    w = torch.tensor([[2.0, 1.0, 0.5]], dtype=torch.float64)
+    expected = torch.tensor(
+        [0.8 / 3 + 0.6 * 2 / 3, 0.8 / 5 + 0.6 * (3 / 7 - 1 / 5) + 0.1 * 4 / 7], dtype=torch.float64
+    )
+    torch.testing.assert_close(sl.lovasz_loss(logits, y, w, reduction="none"), expected)
+    torch.testing.assert_close(sl.lovasz_loss(logits, y, weight_map=w), expected.mean())
+
+
+def _repeated(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(N, ..., L)``'s pixels as one image ``(1, ..., 1, Σ counts)``, pixel i ``counts[i]`` times
+    (the images laid side by side; ``counts`` ``(N, L)``)."""
+    flat = x.movedim(0, -2).flatten(-2)  # (..., N·L)
+    return flat.repeat_interleave(counts.flatten(), dim=-1).unsqueeze(0).unsqueeze(-2)
+
+
+@pytest.mark.parametrize("name", ["lovasz", "binary_lovasz"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_an_integer_weight_is_the_pixel_repeated(name, reduction):
+    """ω ∈ {0, 1, 2, 3}: the loss and the logits' gradient are those of the batch with every pixel
+    repeated ω times (ω = 0: removed, a class left without pixels is not "present"), in float64."""
+    g = torch.Generator().manual_seed(11)
+    n, c, length = 2, 3, 40
+    logits = torch.randn(n, c, 1, length, generator=g, dtype=torch.float64, requires_grad=True)
+    if name == "lovasz":
+        target = torch.randint(0, c, (n, 1, length), generator=g)
+        target[target == 2] = 1  # class 2 absent ...
+        target[0, 0, 0] = 2  # ... but for one pixel, removed below
+    else:
+        target = torch.randint(0, 2, (n, c, 1, length), generator=g)
+    counts = torch.randint(0, 4, (n, length), generator=g)
+    counts[0, 0] = 0
+    loss = (sl.LovaszLoss if name == "lovasz" else sl.BinaryLovaszLoss)(reduction=reduction)
+    weighted = loss(logits, target, counts.view(n, 1, length).double())
+    long_target = _repeated(target if name == "binary_lovasz" else target.unsqueeze(1), counts)
+    repeated = loss(_repeated(logits, counts), long_target if name == "binary_lovasz" else long_target[:, 0])
+    torch.testing.assert_close(weighted, repeated, rtol=1e-12, atol=1e-12)
+    grads = [torch.autograd.grad(v.sum(), logits)[0] for v in (weighted, repeated)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_mask_on_a_soft_target_counts_nowhere(per_image):
+    """A soft target's masked pixels (a row of each image) are as if cut out: value and gradient, and a
+    NaN logit there reaches neither."""
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64)
+    soft = torch.softmax(torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64), 1)
+    mask = torch.ones(2, 5, 6, dtype=torch.bool)
+    mask[:, 1] = False
+    poisoned = logits.clone()
+    poisoned[:, :, 1] = torch.nan
+    kept = torch.cat([logits[:, :, :1], logits[:, :, 2:]], 2).requires_grad_()
+    poisoned.requires_grad_()
+    for name in ("lovasz", "binary_lovasz"):
+        target = soft if name == "lovasz" else soft.clamp(0, 1)
+        loss = (sl.LovaszLoss if name == "lovasz" else sl.BinaryLovaszLoss)(per_image=per_image)
+        masked = loss(poisoned, target, mask=mask)
+        expected = loss(kept, torch.cat([target[:, :, :1], target[:, :, 2:]], 2))
+        torch.testing.assert_close(masked, expected)
+        (grad,) = torch.autograd.grad(masked, poisoned)
+        (expected_grad,) = torch.autograd.grad(expected, kept)
+        assert not grad[:, :, 1].any()
+        torch.testing.assert_close(torch.cat([grad[:, :, :1], grad[:, :, 2:]], 2), expected_grad)
+
+
+@pytest.mark.parametrize("name", ["lovasz", "binary_lovasz"])
+def test_weighted_module_function_and_compound_agree(name):
+    g = torch.Generator().manual_seed(13)
+    logits = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64)
+    if name == "lovasz":
+        target, dice = torch.randint(0, 3, (2, 6, 7), generator=g), sl.dice_loss
+    else:
+        target, dice = torch.randint(0, 2, (2, 3, 6, 7), generator=g), sl.binary_dice_loss
+    w = torch.rand(2, 6, 7, generator=g, dtype=torch.float64) * 3
+    m = torch.rand(2, 6, 7, generator=g) > 0.2
+    function = sl.lovasz_loss if name == "lovasz" else sl.binary_lovasz_loss
+    value = function(logits, target, w, m, per_image=True)
+    module = (sl.LovaszLoss if name == "lovasz" else sl.BinaryLovaszLoss)(per_image=True)
+    torch.testing.assert_close(module(logits, target, weight_map=w, mask=m), value)
+    compound = sl.create_loss(f"{'binary_' if name != 'lovasz' else ''}dice + {name}(per_image=True)")
+    torch.testing.assert_close(
+        compound(logits, target, weight_map=w, mask=m), dice(logits, target, w, m) + value
+    )
+
+
+def test_weighted_float32_agrees_with_float64_on_a_large_row():
+    """The weighted sums in float32 (torch's CPU cumsum accumulates in double) stay within 1e-5 of the
+    float64 loss on 2^17 pixels."""
+    g = torch.Generator().manual_seed(14)
+    logits = torch.randn(1, 4, 256, 512, generator=g)
+    target = torch.randint(0, 4, (1, 256, 512), generator=g)
+    w = torch.rand(1, 256, 512, generator=g) * 5
+    single = sl.lovasz_loss(logits, target, w, reduction="none")
+    double = sl.lovasz_loss(logits.double(), target, w.double(), reduction="none")
+    torch.testing.assert_close(single.double(), double, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["host-rows", "torch-rows"])
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("classes", ["present", (1, 3)])
+def test_fused_rows_equal_the_reference(dtype, per_image, weighted, classes):
+    """The eager-CPU forms (float32: numpy row by row; float64: torch ops) against the plain autograd
+    form, with ignored pixels, a mask and a weight map: values and gradients (the rows of classes not
+    averaged, or absent, are skipped by the float32 form)."""
+    g = torch.Generator().manual_seed(15)
+    logits = torch.randn(2, 4, 9, 11, generator=g, dtype=dtype)
+    target = torch.randint(0, 4, (2, 9, 11), generator=g)
+    target[0, :2] = IGNORE
+    target[1][target[1] == 3] = 2  # class 3 absent from image 1
+    w = torch.rand(2, 9, 11, generator=g, dtype=dtype) * 2 if weighted else None
+    m = torch.rand(2, 9, 11, generator=g) > 0.1 if weighted else None
+    results = []
+    for backend in ("cpu", "reference"):
+        x = logits.clone().requires_grad_()
+        with sl.backend(backend):
+            loss = sl.lovasz_loss(
+                x, target, w, m, classes=classes, ignore_index=IGNORE, per_image=per_image, reduction="none"
+            )
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        results.append((loss.detach(), grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
