@@ -23,6 +23,7 @@ def fused_at_every_size(monkeypatch):
     numerics.FUSED_MIN elements take torch's kernels and the plain references)."""
     monkeypatch.setattr(numerics, "FUSED_MIN", 0)
 
+
 REGION = ["dice", "jaccard", "tversky", "focal_tversky", "gdl"]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,8 @@ class DeepSupervision(nn.Module):
     makes them). ``weight_map`` ``(N, *S)`` and ``mask`` ``(N, *S)`` (optional; passed on only when
     given, so the loss must take them: every registered loss does) are resized like the target: the
     weight map by area (each coarse pixel the mean weight of the pixels it covers), the mask by nearest;
-    or given as lists, one per scale. Equal to nnU-Net's ``DeepSupervisionWrapper`` given the same weights and targets, and to
+    or given as lists, one per scale. Equal to nnU-Net's ``DeepSupervisionWrapper`` given the same weights
+    and targets, and to
     MONAI's ``DeepSupervisionLoss(weights=...)`` (it resizes targets by ``nearest-exact`` too; its
     default weights differ: ``max(0.5^i, 1/16)``, unnormalised).
     """
@@ -151,7 +152,7 @@ def _check_scales(logits: Sequence[Tensor]) -> List[Tensor]:
     return scales
 
 
-def _given(**inputs: Optional[Tensor]) -> Dict[str, Tensor]:
+def _given(**inputs: Any) -> Dict[str, Any]:
     """The inputs that were given (a loss that takes no weight map is not handed ``weight_map=None``)."""
     return {name: value for name, value in inputs.items() if value is not None}
 
@@ -161,7 +162,7 @@ def _per_scale(scales: List[Tensor], value: Optional[PerScale], name: str) -> Li
     if value is None:
         return [None] * len(scales)
     if not isinstance(value, Tensor):
-        given = list(value)
+        given: List[Optional[Tensor]] = list(value)
         if len(given) != len(scales):
             raise expected(f"one {name} per scale ({len(scales)})", f"{len(given)} of them")
         return given

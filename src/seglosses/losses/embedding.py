@@ -73,7 +73,7 @@ from torch.utils.checkpoint import checkpoint
 from .._core.errors import SegLossError, expected, unknown_choice
 from .._core.numerics import LeanFunction, compute_dtype, first_order_backward, tracing, transformed
 from .._core.options import call_input, check_bool, check_choice, check_ignore_index, check_int, check_number
-from .._core.pixel_weights import _mask_as_ignore
+from .._core.pixel_weights import mask_as_ignore
 from .._core.reduction import reduce
 from .._core.registry import register
 from .._core.state import Accumulator
@@ -176,7 +176,7 @@ def _masked_labels(
     if not isinstance(labels, Tensor) or mask.shape != labels.shape or mask.device != labels.device:
         got = f"shape {tuple(mask.shape)} on {mask.device}"
         raise expected(f"mask of the labels' shape {tuple(labels.shape)} on {labels.device}", got)
-    folded, value, _ = _mask_as_ignore(labels, mask, ignore_index)
+    folded, value, _ = mask_as_ignore(labels, mask, ignore_index, binary=False)
     return folded, value
 
 
