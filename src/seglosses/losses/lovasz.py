@@ -14,7 +14,7 @@ ties are broken); the sort is stable, so the gradient is deterministic.
 
 One batched sort per call (all classes, or all (image, class) rows, at once) replaces the per-class
 sorts of the reference implementations. On the eager CPU path (index targets) the rows go through an
-exact radix sort (:mod:`seglosses.ops.lovasz_sort`) and, in float32, are processed row by row with numpy
+exact radix sort (:mod:`seglosses.ops.sort`) and, in float32, are processed row by row with numpy
 in torch's intra-op threads; the loss is ``Σ_i (p_i - y_i) s_i`` with the signed slopes
 ``s = sign(p - y) w`` handed to autograd as the gradient (no backward through the sort, no copy of the
 probabilities in the graph). The plain autograd form is the reference (and serves other devices, traced
@@ -53,7 +53,7 @@ from .._core.options import (
 from .._core.pixel_weights import PixelWeights, mask_as_ignore, pixel_weights
 from .._core.registry import register
 from .._core.targets import IndexTarget, binary_target, softmax_target
-from ..ops.lovasz_sort import descending_order, each_row, radix_available, radix_order_row
+from ..ops.sort import descending_order, each_row, radix_available, radix_order_row
 from .base import PixelWeightedModule, module_for
 
 Classes = Union[Literal["present", "all"], Sequence[int]]
