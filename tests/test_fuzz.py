@@ -962,6 +962,26 @@ def test_boundary_iou_gradient_is_finite_when_a_class_underflows(margin):
         assert torch.isfinite(value) and torch.isfinite(grad).all(), type(loss).__name__
 
 
+def test_region_gradient_is_finite_for_a_weighted_class_near_float32_tiny():
+    """Found by the fuzz (dice_cldice, float16 ±200 logits, smooth=0, class weight 50): a class absent from
+    the target with probabilities about 5e-38 (normal, not subnormal) in float32: ``50 / den`` overflowed,
+    and ``inf · y = inf · 0`` was NaN in every logit's gradient (the float64 gradient is 0). Fixed in
+    ``_core.numerics.safe_divide`` (``|den|`` bounded at ``tiny / eps`` in its backward)."""
+    logits = torch.zeros(1, 3, 1, 4)
+    logits[:, 0], logits[:, 2] = 86.0, -100.0
+    logits[:, 2, :, 0] = 0.0  # class 2: p = e^-86 ≈ 4e-38 at one pixel, 0 (underflowed) elsewhere
+    logits.requires_grad_()
+    target = torch.zeros(1, 1, 4, dtype=torch.long)
+    for name in ("dice", "dice_cldice"):
+        value = ENTRIES[name].module(smooth=0.0, weight=[0.0, 0.0, 50.0], reduction="sum")(logits, target)
+        (grad,) = torch.autograd.grad(value, logits)
+        assert torch.isfinite(grad).all(), name
+    wide = logits.detach().double().requires_grad_()
+    dice = sl.DiceLoss(smooth=0.0, weight=[0.0, 0.0, 50.0], reduction="sum")
+    (exact,), (bounded,) = (torch.autograd.grad(dice(z, target), z) for z in (wide, logits))
+    torch.testing.assert_close(bounded.double(), exact, atol=1e-6, rtol=0)
+
+
 def test_safe_divide_keeps_its_values_and_gradients():
     """The bounded backward equals autograd's ``num / den`` wherever ``den`` is a normal number."""
     from seglosses._core.numerics import safe_divide

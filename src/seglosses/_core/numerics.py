@@ -52,10 +52,12 @@ def safe_divide(num: Tensor, den: Tensor, empty: float) -> Tensor:
     """``num / den``, and ``empty`` where ``den == 0`` exactly (a stated policy, never 0/0 = NaN).
 
     Only an exact 0 is special, so a NaN input stays NaN; the gradient there is 0. Elsewhere the gradient
-    is ``1 / den`` and ``-(num / den) / den``, with ``|den|`` taken as at least the dtype's smallest
-    normal number: for a subnormal ``den`` (a class whose probabilities all underflowed, e.g. logit margins
-    above ~88 in float32) the exact ``1 / den`` overflows to inf, and an inf gradient times a zero factor
-    further down (an empty target band) would be NaN.
+    is ``1 / den`` and ``-(num / den) / den``, with ``|den|`` taken as at least ``tiny / eps`` (the
+    dtype's smallest normal number over its epsilon, about 1e-31 in float32): at a smaller ``den`` (a class
+    whose probabilities all underflowed, e.g. logit margins above ~70 in float32) the exact
+    ``grad / den`` overflows to inf for a class weight or upstream gradient above ``den · max`` (50 at
+    ``den = 5e-38``), and an inf gradient times a zero factor further down (an empty target, an empty
+    band) would be NaN. Below that bound the gradient is capped, not exact.
     """
     if torch.is_grad_enabled() and isinstance(num, Tensor) and isinstance(den, Tensor):
         if num.requires_grad or den.requires_grad:
@@ -98,7 +100,8 @@ class _SafeDivide(LeanFunction):
         num, den = ctx.saved_tensors
         zero = den == 0
         dtype = den.dtype if den.is_floating_point() else num.dtype
-        tiny = torch.finfo(dtype).tiny if dtype.is_floating_point else 1.0
+        info = torch.finfo(dtype) if dtype.is_floating_point else None
+        tiny = info.tiny / info.eps if info is not None else 1.0
         bounded = torch.where(zero, 1.0, den)
         bounded = torch.where(bounded.abs() < tiny, torch.where(bounded < 0, -tiny, tiny), bounded)
         inverse = torch.where(zero, 0.0, grad / bounded)
