@@ -226,3 +226,16 @@ def test_weighted_function_module_and_compound_agree(spec):
     torch.testing.assert_close(value, module.function(logits, target, weights, mask, **module.options))
     compound = sl.create_loss(f"dice + {spec}")(logits, target, weight_map=weights, mask=mask)
     torch.testing.assert_close(compound, sl.dice_loss(logits, target, weights, mask) + value)
+
+
+def test_weighted_topk_at_100_percent_is_weighted_ce():
+    """``k = 100`` keeps all of ``W`` (a non-integer total too): the weighted CE, per image as well."""
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 5, 6), generator=g)
+    weights = torch.rand(2, 5, 6, generator=g, dtype=torch.float64) * 2.5  # W not a whole number
+    expected = sl.cross_entropy_loss(logits, target, weights)
+    torch.testing.assert_close(sl.create_loss("topk_ce(k=100)")(logits, target, weight_map=weights), expected)
+    per_image = sl.create_loss("topk_ce(k=100, per_image=True)")(logits, target, weight_map=weights)
+    images = [(logits[i : i + 1], target[i : i + 1], weights[i : i + 1]) for i in range(2)]
+    torch.testing.assert_close(per_image, sum(sl.cross_entropy_loss(*image) for image in images) / 2)

@@ -183,7 +183,8 @@ def _weighted_topk_ce(logits: Tensor, target: Tensor, weight: Tensor, opts: TopK
     else:
         rows, row_mass = ce.reshape(1, -1), mass.reshape(1, -1)
     total_mass = row_mass.sum(-1)
-    budget = torch.minimum((total_mass.detach() * opts.k / 100).floor().clamp_min(1), total_mass)
+    share = (total_mass.detach() * opts.k / 100).floor().clamp_min(1)
+    budget = total_mass.detach() if opts.k == 100 else torch.minimum(share, total_mass.detach())
     budget = torch.where(total_mass > 0, budget, 0.0)  # K: the mass kept of each row
     order = descending_order(torch.nan_to_num(rows.detach(), nan=torch.inf))  # a NaN is kept: visible
     ordered, ordered_mass = rows.gather(-1, order), row_mass.gather(-1, order)
@@ -271,8 +272,9 @@ def topk_ce_loss(
 
     **Pixel weights** are multiplicities: an integer ``ω_i`` is pixel i repeated ``ω_i`` times. The pixels
     are ranked by their CE ``L_i`` (not by ``ω_i L_i``), and the ``k`` % hardest of the weighted mass is
-    kept: with ``W = Σ_{i∈V} ω_i``, the kept mass is ``K = min(W, max(1, ⌊k W / 100⌋))`` (0 when
-    ``W = 0``; the pixel-count rule, with ``min(W, ·)`` only for ``W < 1``), and in decreasing ``L`` each
+    kept: with ``W = Σ_{i∈V} ω_i``, the kept mass is ``K = min(W, max(1, ⌊k W / 100⌋))`` (``W`` at
+    ``k = 100``; 0 when ``W = 0``; the pixel-count rule, with ``min(W, ·)`` only for ``W < 1``), and in
+    decreasing ``L`` each
     pixel keeps ``κ_i = clamp(K - Σ_{j before i} ω_j, 0, ω_i)`` of its weight (the pixel at the boundary
     a part of it), so ``Σ κ = K``. ``mean = Σ κ_i L_i / K`` (per image with ``per_image``), ``sum =
     Σ κ_i L_i``; ``ω = 1`` gives the loss without weights.
@@ -284,8 +286,8 @@ def topk_ce_loss(
             and ``mean``'s denominator are in weighted mass. The sort reads no weight (no host read).
         mask: ``(N, *S)`` bool, True where a pixel counts (the general form of ``ignore_index``; on a
             soft target a masked pixel has weight 0 and is never kept).
-        k: the percentage kept, in ``(0, 100]``; ``k = 100`` is plain CE (unweighted; with a weight map
-            whose valid sum ``W`` is not an integer it keeps ``⌊W⌋`` of the mass, the rounding rule).
+        k: the percentage kept, in ``(0, 100]``; ``k = 100`` is plain CE (with a weight map too: it keeps
+            all of ``W``, whole number or not).
         per_image: keep each image's own ``k`` % and average the images' means (over images with a
             valid pixel) instead of the batch's ``k`` %.
         weight: class weights ``(C,)`` of the per-pixel CE (they change which pixels are hardest; ``mean``
