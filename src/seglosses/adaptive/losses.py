@@ -369,6 +369,23 @@ class AdaptiveLoss(Accumulator):
         """Whether a forward now folds its batch in (training mode)."""
         return self.training
 
+    def forward(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        weight_map: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """The loss under the running statistics, after folding the batch in (training mode); with a
+        ``weight_map`` or ``mask``, :meth:`weighted_forward`."""
+        if weight_map is not None or mask is not None:
+            return self.weighted_forward(logits, target, weight_map, mask)
+        return self.plain_forward(logits, target)
+
+    def plain_forward(self, logits: Tensor, target: Tensor) -> Tensor:  # pragma: no cover - overridden
+        """The forward without weight map and mask (each subclass's own statistics and loss)."""
+        raise NotImplementedError
+
     def forward_term(self, logits: Tensor, target: Tensor, inputs: Dict[str, Tensor]) -> Tensor:
         """The loss as a term of a :class:`~seglosses.CompoundLoss` (its ``weight_map`` and ``mask``)."""
         return self(logits, target, inputs.get("weight_map"), inputs.get("mask"))
@@ -541,15 +558,7 @@ class AdaptiveFocalLoss(AdaptiveLoss):
         self.add_state("seen", (PerClass(1),), dtype=torch.bool, kind="flag")
         self._static_options = _focal_options(self.gamma, self.ignore_index, self.reduction)
 
-    def forward(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        weight_map: Optional[Tensor] = None,
-        mask: Optional[Tensor] = None,
-    ) -> Tensor:
-        if weight_map is not None or mask is not None:
-            return self.weighted_forward(logits, target, weight_map, mask)
+    def plain_forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
         if not isinstance(prepared, IndexTarget):
             if self.training:
@@ -704,15 +713,7 @@ class ClassBalancedFocalLoss(AdaptiveLoss):
             self.counts.copy_(fixed)
         self._static_options = _focal_options(self.gamma, self.ignore_index, self.reduction)
 
-    def forward(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        weight_map: Optional[Tensor] = None,
-        mask: Optional[Tensor] = None,
-    ) -> Tensor:
-        if weight_map is not None or mask is not None:
-            return self.weighted_forward(logits, target, weight_map, mask)
+    def plain_forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
         if self.updates_state():
             self.fold(self.batch_sums(work, prepared))
@@ -792,15 +793,7 @@ class FrequencyFocalLoss(AdaptiveLoss):
         self.add_state("frequency_seen", dtype=torch.bool, kind="flag")
         self._static_options = _focal_options(self.gamma, self.ignore_index, self.reduction)
 
-    def forward(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        weight_map: Optional[Tensor] = None,
-        mask: Optional[Tensor] = None,
-    ) -> Tensor:
-        if weight_map is not None or mask is not None:
-            return self.weighted_forward(logits, target, weight_map, mask)
+    def plain_forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
         if self.training:
             self.fold(self.batch_sums(work, prepared))
@@ -887,15 +880,7 @@ class AdaptiveSmoothingCELoss(AdaptiveLoss):
     def smoothing(self) -> bool:
         return self.eps_max > 0
 
-    def forward(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        weight_map: Optional[Tensor] = None,
-        mask: Optional[Tensor] = None,
-    ) -> Tensor:
-        if weight_map is not None or mask is not None:
-            return self.weighted_forward(logits, target, weight_map, mask)
+    def plain_forward(self, logits: Tensor, target: Tensor) -> Tensor:
         work, prepared = self._prepare(logits, target)
         log_p = torch.log_softmax(work.detach(), 1)  # shared by the statistic and the loss
         if self.training:
