@@ -52,7 +52,7 @@ from .._core.options import (
     check_reduction,
     class_values,
 )
-from .._core.pixel_weights import PixelWeights, mask_as_ignore, pixel_weights, weighted_pixel_loss
+from .._core.pixel_weights import PixelWeights, pixel_inputs, pixel_weights, weighted_pixel_loss
 from .._core.reduction import reduce
 from .._core.registry import register
 from .._core.state import Accumulator, PerClass
@@ -401,11 +401,7 @@ class AdaptiveLoss(Accumulator):
         loss is ``implementation`` with the options under the updated state and the weights:
         ``function(logits, target, weight_map, mask, **options)``."""
         pixels = cast(PixelWeights, pixel_weights(logits, weight_map, mask))
-        folded, ignore, soft_mask = mask_as_ignore(target, pixels.mask, self.ignore_index, binary=False)
-        weight = pixels.weight
-        if soft_mask is not None:
-            logits = logits.masked_fill(~soft_mask.unsqueeze(1), 0.0)
-            weight = soft_mask.to(logits.dtype) if weight is None else torch.where(soft_mask, weight, 0.0)
+        logits, folded, ignore, weight = pixel_inputs(logits, target, self.ignore_index, pixels, binary=False)
         work, prepared = self._prepare(logits, folded, ignore)
         if self.updates_state():
             self.fold(self.batch_sums(work, prepared, weight=weight))

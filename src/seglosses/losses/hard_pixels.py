@@ -33,7 +33,7 @@ from .._core.options import (
     check_reduction,
     class_values,
 )
-from .._core.pixel_weights import PixelWeights, mask_as_ignore, pixel_weights
+from .._core.pixel_weights import PixelWeights, pixel_inputs, pixel_weights
 from .._core.registry import register
 from .._core.targets import _valid_mask
 from ..ops.sort import descending_order
@@ -118,23 +118,6 @@ def _kept_sum(losses: Tensor, kept: Tensor, bound: int, with_mask: bool) -> Tupl
     return total, torch.zeros_like(losses, dtype=torch.bool).scatter_(-1, top.indices, chosen)
 
 
-def _with_pixels(
-    logits: Tensor, target: Tensor, ignore_index: Optional[int], pixels: PixelWeights
-) -> Tuple[Tensor, Tensor, Optional[int], Optional[Tensor], Optional[Tensor]]:
-    """``(logits, target, ignore_index, weight, mask)`` of a call with a weight map and / or a mask.
-
-    An integer target gets the mask folded in as ``ignore_index`` (-1 when there is none), so a masked
-    pixel is an ignored one; a soft target keeps the mask (returned), its masked pixels' logits set to 0
-    (a NaN there reaches nothing) and their weight 0. ``weight`` ``(N, *S)``: the weight map with 0 at
-    the masked pixels of a soft target, or None (no weight map and no mask left)."""
-    target, ignore_index, mask = mask_as_ignore(target, pixels.mask, ignore_index, binary=False)
-    weight = pixels.weight
-    if mask is not None:
-        logits = logits.masked_fill(~mask.unsqueeze(1), 0.0)
-        weight = mask.to(logits.dtype) if weight is None else torch.where(mask, weight, 0.0)
-    return logits, target, ignore_index, weight, mask
-
-
 def _mass(weight: Tensor, valid: Optional[Tensor]) -> Tensor:
     """The weights as multiplicities in float64 (sums and cumulative sums of integer weights are exact),
     0 at the pixels that are not valid."""
@@ -144,8 +127,8 @@ def _mass(weight: Tensor, valid: Optional[Tensor]) -> Tensor:
 
 def _topk_ce(logits: Tensor, target: Tensor, opts: TopKOptions) -> Tensor:
     if opts.pixel_weights is not None:
-        logits, target, ignore, weight, _ = _with_pixels(
-            logits, target, opts.ignore_index, opts.pixel_weights
+        logits, target, ignore, weight = pixel_inputs(
+            logits, target, opts.ignore_index, opts.pixel_weights, binary=False
         )
         opts = opts.with_values(ignore_index=ignore, pixel_weights=None)
         if weight is not None:
@@ -204,16 +187,14 @@ def _weighted_topk_ce(logits: Tensor, target: Tensor, weight: Tensor, opts: TopK
 
 
 def _ohem_ce(logits: Tensor, target: Tensor, opts: OHEMOptions) -> Tensor:
-    weight = mask = None
-    if opts.pixel_weights is not None:
-        logits, target, ignore, weight, mask = _with_pixels(
-            logits, target, opts.ignore_index, opts.pixel_weights
+    weight = None
+    if opts.pixel_weights is not None:  # a soft target's masked pixels: weight 0, never counted or kept
+        logits, target, ignore, weight = pixel_inputs(
+            logits, target, opts.ignore_index, opts.pixel_weights, binary=False
         )
         opts = opts.with_values(ignore_index=ignore, pixel_weights=None)
     ce = _pixel_ce(logits, target, opts.weight, opts.ignore_index)
     valid = _valid(logits, target, opts.ignore_index)
-    if mask is not None:  # a soft target's mask: its pixels are never kept
-        valid = mask if valid is None else valid & mask
     if ce.numel() == 0:
         return ce if opts.reduction == "none" else ce.sum()
     with torch.no_grad():  # p_t = exp(-CE) unweighted (Π_c p_c^y_c for a soft target); no gradient
