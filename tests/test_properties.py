@@ -14,6 +14,8 @@ SPATIAL |= {"dice_cldice", "cbdice", "hausdorff_er", "log_hausdorff_dt", "bounda
 SPATIAL |= {"distance_ce"}  # each reads where pixels are (distances, erosions, skeletons)
 SPATIAL |= {f"binary_{name}" for name in SPATIAL}
 NEGATIVE_ALLOWED = {"boundary", "binary_boundary"}
+# the rectified region-wise maps are -D / max D inside a class (docs/families/topology.rst): negative there
+NEGATIVE_ALLOWED |= {"region_wise", "binary_region_wise"}
 
 
 @st.composite
