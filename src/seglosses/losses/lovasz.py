@@ -14,8 +14,8 @@ ties are broken); the sort is stable, so the gradient is deterministic.
 
 One batched sort per call (all classes, or all (image, class) rows, at once) replaces the per-class
 sorts of the reference implementations. On the eager CPU path (index targets) the rows go through an
-exact radix sort (:mod:`seglosses.ops.sort`) and, in float32, are processed row by row with numpy
-in torch's intra-op threads; the loss is ``Σ_i (p_i - y_i) s_i`` with the signed slopes
+exact sort of packed (key, index) integers (:mod:`seglosses.ops.sort`) and, in float32, are processed
+row by row with numpy in torch's intra-op threads; the loss is ``Σ_i (p_i - y_i) s_i`` with the signed slopes
 ``s = sign(p - y) w`` handed to autograd as the gradient (no backward through the sort, no copy of the
 probabilities in the graph). The plain autograd form is the reference (and serves other devices, traced
 code, soft targets and small inputs).
@@ -53,7 +53,7 @@ from .._core.options import (
 from .._core.pixel_weights import PixelWeights, mask_as_ignore, pixel_weights
 from .._core.registry import register
 from .._core.targets import IndexTarget, binary_target, softmax_target
-from ..ops.sort import descending_order, each_row, radix_available, radix_order_row
+from ..ops.sort import descending_order, each_row, fused_sort_available, order_of_row
 from .base import PixelWeightedModule, module_for
 
 Classes = Union[Literal["present", "all"], Sequence[int]]
@@ -274,7 +274,7 @@ def _fused_softmax_rows(
         keys = difference.abs()
         if row_mask is not None:  # ignored pixels sort last
             keys.masked_fill_(~row_mask, -torch.inf)
-        if radix_available(keys):
+        if fused_sort_available(keys):
             slopes, per_row, total = _rows_on_host(difference, keys, truth, omega, needed)
         else:
             slopes, per_row, total = _rows_in_torch(difference, keys, truth, omega)
@@ -310,7 +310,7 @@ def _rows_on_host(
     difference: Tensor, keys: Tensor, truth: Tensor, omega: Optional[Tensor], needed: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """:func:`_fused_softmax_rows` for float32 rows on the eager CPU path, row by row with numpy (the
-    radix sort, the sorted truth, the steps, their scatter and the row's loss, in one thread per row and
+    packed sort, the sorted truth, the steps, their scatter and the row's loss, in one thread per row and
     in cache), the rows spread over torch's intra-op threads. Returns the slopes (rows), the losses and
     ``G`` per row (0 for the rows not ``needed``). ``difference`` (``p - y``) is overwritten."""
     length = keys.shape[-1]
@@ -331,7 +331,7 @@ def _rows_on_host(
         if needed_np is not None and not needed_np[r]:
             slopes_np[r] = 0.0
             return
-        order = radix_order_row(keys_np[r])
+        order = order_of_row(keys_np[r])
         g = truth_np[r].take(order)
         if weight_np is None:
             steps, totals[r] = _host_counted_steps(g, ahead, ahead_f)

@@ -2,12 +2,13 @@
 ties by index.
 
 Reference: ``torch.argsort(stable=True, descending=True)`` (any device, any float dtype). Fused eager-CPU
-implementation (float32 keys): an exact least-significant-digit radix argsort. Each key maps to a 32-bit
-integer whose ascending order is the keys' descending order, sorted in two stable passes of 16 bits with
-numpy's radix argsort (the low half first, then the high half in that order: a stable sort keeps the first
-pass's order among equal high halves, so ties end in index order), the rows spread over torch's intra-op
-threads (numpy's sort releases the GIL). Both give the same permutation: decreasing keys, equal keys in
-increasing index order (``-0.0`` equals ``0.0``, ``-inf`` last).
+implementation (float32 keys): each key maps to an unsigned 32-bit integer whose ascending order is the
+keys' descending order, packed above its 32-bit index into one unsigned 64-bit integer, and each row of
+these is sorted by numpy's vectorised sort (AVX2 / AVX-512 where the CPU has them; any correct sort gives
+the same result, the packed values being distinct), the rows spread over torch's intra-op threads
+(numpy's sort releases the GIL). The low halves of the sorted values are the order. Both give the same
+permutation: decreasing keys, equal keys in increasing index order (``-0.0`` equals ``0.0``, ``-inf``
+last).
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ def descending_order(keys: Tensor, *, nonnegative: bool = False) -> Tensor:
     promises keys that are ``+0.0`` or more, or ``-inf`` (``abs()`` of anything, masked with ``-inf``):
     their bits are in order as they are. A ``-0.0`` key breaks the promise (it would sort last)."""
     keys = keys.detach()
-    if radix_available(keys):
-        return _radix_order(keys, nonnegative)
+    if fused_sort_available(keys):
+        return _packed_order(keys, nonnegative)
     return keys.argsort(dim=-1, descending=True, stable=True)
 
 
-def radix_available(keys: Tensor) -> bool:
-    """Whether the fused radix sort serves the rows of ``keys`` (float32 on the eager CPU path)."""
+def fused_sort_available(keys: Tensor) -> bool:
+    """Whether the fused packed sort serves the rows of ``keys`` (float32 on the eager CPU path)."""
     return (
         keys.dtype == torch.float32
         and keys.ndim >= 1
@@ -47,38 +48,44 @@ def radix_available(keys: Tensor) -> bool:
     )
 
 
-def _radix_order(keys: Tensor, nonnegative: bool) -> Tensor:
-    """:func:`descending_order` by two stable 16-bit passes.
+def _packed_order(keys: Tensor, nonnegative: bool) -> Tensor:
+    """:func:`descending_order` by sorting packed (key, index) integers.
 
     ``s = bits ^ ((bits >> 31) & 0x7FFFFFFF)`` is a signed int32 in the order of the floats (the magnitude
     bits of negative ones reversed; nonnegative keys and ``-inf`` are in order as their bits); its bitwise
-    complement ``d`` reverses the order. As a little-endian pair of 16-bit halves, ``d``'s ascending
-    order is that of (its high half as int16, its low half as uint16)."""
+    complement reverses the order (:func:`order_of_row` takes it from there)."""
     shape, length = keys.shape, keys.shape[-1]
     bits = keys.contiguous().view(torch.int32) if nonnegative else (keys + 0.0).view(torch.int32)
     if not nonnegative:  # + 0.0 above turned -0.0 into 0.0
         bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    halves = torch.bitwise_not(bits).contiguous().view(torch.int16).view(-1, length, 2)
-    low = halves[..., 0].contiguous().numpy().view(np.uint16)
-    high = halves[..., 1].contiguous().numpy()
-    order = np.empty(low.shape, dtype=np.int32)  # lengths < 2^31
+    rows = bits.reshape(-1, length).numpy()
+    order = np.empty(rows.shape, dtype=np.int64)
 
     def sort_row(r: int) -> None:
-        first = np.argsort(low[r], kind="stable")  # numpy's radix sort for 16-bit integers
-        second = np.argsort(high[r].take(first), kind="stable")
-        np.take(first.astype(np.int32), second, out=order[r])
+        order[r] = _sorted_indices(rows[r])
 
-    each_row(low.shape[0], sort_row, low.size)
-    return torch.from_numpy(order).long().view(shape)
+    each_row(rows.shape[0], sort_row, rows.size)
+    return torch.from_numpy(order).view(shape)
 
 
-def radix_order_row(keys: np.ndarray) -> np.ndarray:
+def order_of_row(keys: np.ndarray) -> np.ndarray:
     """The descending stable order (int32) of one contiguous float32 row of keys that are ``>= +0.0`` or
-    ``-inf`` (:func:`_radix_order` for one row, for callers that work row by row in threads)."""
-    complement = np.invert(keys.view(np.int32))
-    first = np.argsort(complement.view(np.uint16)[0::2], kind="stable")
-    second = np.argsort(complement.view(np.int16)[1::2].take(first), kind="stable")
-    return first.astype(np.int32).take(second)
+    ``-inf`` (:func:`_packed_order` for one row, for callers that work row by row in threads)."""
+    return _sorted_indices(keys.view(np.int32)).astype(np.int32)
+
+
+def _sorted_indices(ordered_bits: np.ndarray) -> np.ndarray:
+    """The indices (a uint32 view) that sort a row of int32 ``s`` (ascending as signed integers in the
+    keys' order) into decreasing ``s``, equal ones by index: ``~s ^ 0x80000000`` as uint32 ascends as the
+    keys descend; packed as ``(that << 32) | index`` the values are distinct and their ascending sort is
+    the stable order."""
+    packed = np.empty(ordered_bits.shape, dtype=np.uint64)
+    halves = packed.view(np.uint32)  # little-endian: the low half first
+    np.invert(ordered_bits.view(np.uint32), out=halves[1::2])
+    halves[1::2] ^= np.uint32(0x80000000)
+    halves[0::2] = np.arange(ordered_bits.shape[0], dtype=np.uint32)
+    packed.sort()
+    return halves[0::2]
 
 
 def each_row(rows: int, run: Callable[[int], None], size: int) -> None:
