@@ -87,6 +87,19 @@ def test_student_interval_over_three_seeds():
     assert (high - low) / 2 == pytest.approx(half, rel=0.08) and (low + high) / 2 == pytest.approx(0.7)
 
 
+def test_difference_intervals_stay_within_the_metrics_range():
+    """Seeds of loss 0 score Dice 1, 0, 0; loss 1 scores 1: the difference -2/3 has a half-width of about
+    t(0.975, 2) · 0.577 / √3 ≈ 1.43, so Student's interval reaches below -1, which no difference of two
+    Dice values can: it is reported from -1 (HD95, unbounded, is not clipped)."""
+    seeds = [[[(100, 0, 0), c]] for c in ((5, 0, 0), (0, 5, 5), (0, 5, 5))]
+    c = compare([seeds] + constant(5, 0, 0, images=1))
+    estimate, low, high = c.differences["dice"][0]
+    assert estimate == pytest.approx(-2 / 3) and low == -1.0 and -2 / 3 < high < 1.0
+    for name, rows in c.differences.items():
+        if name != "hd95":
+            assert np.nanmin(rows) >= -1.0 and np.nanmax(rows) <= 1.0, name
+
+
 def test_t_quantiles_match_scipy():
     stats = pytest.importorskip("scipy.stats")
     for dof in [*range(1, 40), 50, 100, 1000]:

@@ -106,7 +106,7 @@ class Comparison:
     values: Dict[str, np.ndarray]  # metric -> (L,) over scored classes; "dice_<k>" -> (L,) per class
     per_seed: Dict[str, np.ndarray]  # metric -> (L, S)
     intervals: Dict[str, np.ndarray]  # metric -> (L, 2): the loss's own interval
-    differences: Dict[str, np.ndarray]  # metric -> (L, 3): value - best's, and its interval
+    differences: Dict[str, np.ndarray]  # metric -> (L, 3): value - best's, its interval (HD95's unclipped)
     best: Dict[str, Optional[int]]  # metric -> index of the loss that beats every other, or None
     missed: np.ndarray  # (L, K): (seed, image) pairs where the class is in the target and not predicted
     hd95_pairs: np.ndarray  # (L, K): (seed, image) pairs where HD95 is defined
@@ -214,7 +214,10 @@ def compare_scores(
         else:
             delta = draws_of - draws_of[:, [top]]
         bounds = _student(delta, units)
-        differences[name] = np.column_stack([delta[0], bounds])
+        # a difference of two metrics in [0, 1] lies in [-1, 1]: so does its interval as reported (the
+        # claims read the unclipped bounds, which exclude 0 exactly when the clipped ones do)
+        shown = bounds if lower else bounds.clip(-1.0, 1.0)
+        differences[name] = np.column_stack([delta[0], shown])
         others = [k for k in range(n_losses) if k != top]
         clear = all((bounds[k, 0] > 0) if lower else (bounds[k, 1] < 0) for k in others)
         best[name] = top if claims and others and clear else None
