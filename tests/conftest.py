@@ -30,6 +30,35 @@ def _seed_and_checks():
     seglosses.set_backend("auto")
 
 
+# Per-loss checks that cost seconds each (torch.compile traces the whole loss). The default run (the README's
+# command, and CI) keeps one loss per implementation module and input domain; the others carry the `full`
+# marker, deselected by default: `python -m pytest -m full` runs them.
+BOUNDED_PER_LOSS = {
+    "tests/test_conformance.py::TestRegisteredLosses::test_torch_compile_equals_eager",
+    "tests/test_reliability_specs.py::test_every_loss_compiles_with_dynamic_shapes",
+    "tests/test_fuzz.py::test_dynamic_compile_equals_eager",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before the `-m` deselection reads the markers
+def pytest_collection_modifyitems(config, items):
+    """Mark all but the first loss of each (module, domain) group of a bounded per-loss check ``full``."""
+    import seglosses
+
+    registry = {entry.name: entry for entry in seglosses.list_losses(details=True)}
+    seen = set()
+    for item in items:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        entry = params.get("entry", registry.get(params.get("name")))
+        test = item.nodeid.split("[")[0]
+        if test not in BOUNDED_PER_LOSS or entry is None:
+            continue
+        group = (test, entry.module.__module__, entry.domain)
+        if group in seen:
+            item.add_marker(pytest.mark.full)
+        seen.add(group)
+
+
 def pytest_generate_tests(metafunc):
     """Parametrise ``entry`` by the ``entries`` of a conformance class."""
     entries = getattr(metafunc.cls, "entries", None)

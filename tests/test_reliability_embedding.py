@@ -328,6 +328,9 @@ def test_eager_double_backward_still_raises_a_clear_error(name):
 # --- 3. torch.compile ---------------------------------------------------------------------------------
 
 
+COMPILE_FULL_ONLY = {"contrastive_normalized", "triplet_hard_squared", "triplet_all_squared"}
+
+
 def assert_compiled_equals_eager(function, compiled):
     """Values and gradients of ``compiled`` equal ``function``'s on two shapes (dynamic shapes)."""
     for shape in [(2, 5, 3, 4), (3, 5, 4, 5)]:
@@ -338,7 +341,12 @@ def assert_compiled_equals_eager(function, compiled):
         torch.testing.assert_close(compiled_grad, grad)
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize(
+    "name",
+    [  # one per loss and mining in the default run; the other options with -m full (tests/conftest.py)
+        pytest.param(name, marks=pytest.mark.full) if name in COMPILE_FULL_ONLY else name for name in LOSSES
+    ],
+)
 def test_compile_fullgraph_dynamic_equals_eager(name):
     """torch.compile(fullgraph=True, dynamic=True) of every loss, ignored pixels included, on two shapes:
     eager's values and gradients (the gathered valid pixels and nonzero() had data-dependent shapes)."""
