@@ -53,7 +53,7 @@ def _packed_order(keys: Tensor, nonnegative: bool) -> Tensor:
 
     ``s = bits ^ ((bits >> 31) & 0x7FFFFFFF)`` is a signed int32 in the order of the floats (the magnitude
     bits of negative ones reversed; nonnegative keys and ``-inf`` are in order as their bits); its bitwise
-    complement reverses the order (:func:`order_of_row` takes it from there)."""
+    complement reverses the order (:func:`_sorted_indices` takes it from there)."""
     shape, length = keys.shape, keys.shape[-1]
     bits = keys.contiguous().view(torch.int32) if nonnegative else (keys + 0.0).view(torch.int32)
     if not nonnegative:  # + 0.0 above turned -0.0 into 0.0
