@@ -91,3 +91,40 @@ def smp_losses():
     package.__path__ = list(spec.submodule_search_locations)
     sys.modules["segmentation_models_pytorch"] = package
     return importlib.import_module("segmentation_models_pytorch.losses")
+
+
+def check_soft_mask_is_ignore_index(name: str, logits: Tensor, target: Tensor, weights: Tensor, mask: Tensor):
+    """A one-hot (binary: float) target with a mask equals the index target with ``IGNORE`` at the masked
+    pixels, value and gradient; a NaN logit there reaches neither (``target``: class indices, or the binary
+    loss's 0 / 1 integer target)."""
+    binary = name.startswith("binary_")
+    if binary:
+        soft = target.double()
+    else:
+        soft = torch.nn.functional.one_hot(target, logits.shape[1]).movedim(-1, 1).double()
+    ignored = target.masked_fill(~(mask.unsqueeze(1) if binary else mask), IGNORE)
+    module = sl.create_loss(name)
+    masked = module(logits, soft, weight_map=weights, mask=mask)
+    expected = type(module)(ignore_index=IGNORE)(logits, ignored, weight_map=weights)
+    torch.testing.assert_close(masked, expected)
+    (grad,) = torch.autograd.grad(masked, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
+    poisoned = logits.detach().masked_fill(~mask.unsqueeze(1), torch.nan).requires_grad_()
+    value = module(poisoned, soft, weight_map=weights, mask=mask)
+    torch.testing.assert_close(value, masked)
+    (grad,) = torch.autograd.grad(value, poisoned)
+    assert torch.isfinite(grad).all() and (grad.masked_select(~mask.unsqueeze(1)) == 0).all()
+
+
+def check_weighted_module_function_and_compound(
+    name: str, logits: Tensor, target: Tensor, weights: Tensor, mask: Tensor
+):
+    """With a weight map and a mask: the module equals its function, and ``dice + name`` the sum."""
+    module = sl.create_loss(name)
+    value = module(logits, target, weight_map=weights, mask=mask)
+    torch.testing.assert_close(value, module.function(logits, target, weight_map=weights, mask=mask))
+    dice = "binary_dice" if name.startswith("binary_") else "dice"
+    compound = sl.create_loss(f"{dice} + {name}")(logits, target, weight_map=weights, mask=mask)
+    expected = sl.create_loss(dice)(logits, target, weight_map=weights, mask=mask) + value
+    torch.testing.assert_close(compound, expected)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import IGNORE
+from helpers import IGNORE, check_soft_mask_is_ignore_index, check_weighted_module_function_and_compound
 
 import seglosses as sl
 import seglosses.functional as SF
@@ -280,16 +280,6 @@ def weighted_inputs(name: str, shape=(2, 3, 6, 7)):
     return logits, target, weights, mask
 
 
-def as_soft(name: str, target: torch.Tensor, c: int) -> torch.Tensor:
-    if name.startswith("binary_"):
-        return target.double()
-    return torch.nn.functional.one_hot(target, c).movedim(-1, 1).double()
-
-
-def as_ignored(name: str, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return target.masked_fill(~(mask.unsqueeze(1) if name.startswith("binary_") else mask), IGNORE)
-
-
 @pytest.mark.parametrize("name", PIXEL_LOSSES)
 def test_weights_multiply_the_terms_not_the_maps(name):
     """Pixel losses: the distance maps come from the unweighted target, so the weighted mean is
@@ -316,34 +306,13 @@ def test_weight_zero_is_not_a_mask_for_the_distances():
 
 @pytest.mark.parametrize("name", BOUNDARY_LOSSES)
 def test_mask_on_a_soft_target_is_ignore_index(name):
-    """A one-hot (binary: float) target with a mask equals the index target with ignore_index at the
-    masked pixels, value and gradient; a NaN logit there reaches neither."""
-    logits, target, weights, mask = weighted_inputs(name)
-    soft = as_soft(name, target, logits.shape[1])
-    module = sl.create_loss(name)
-    masked = module(logits, soft, weight_map=weights, mask=mask)
-    expected = type(module)(ignore_index=IGNORE)(logits, as_ignored(name, target, mask), weight_map=weights)
-    torch.testing.assert_close(masked, expected)
-    (grad,) = torch.autograd.grad(masked, logits)
-    (expected_grad,) = torch.autograd.grad(expected, logits)
-    torch.testing.assert_close(grad, expected_grad)
-    poisoned = logits.detach().masked_fill(~mask.unsqueeze(1), torch.nan).requires_grad_()
-    value = module(poisoned, soft, weight_map=weights, mask=mask)
-    torch.testing.assert_close(value, masked)
-    (grad,) = torch.autograd.grad(value, poisoned)
-    assert torch.isfinite(grad).all() and (grad.masked_select(~mask.unsqueeze(1)) == 0).all()
+    """A one-hot (binary: float) target with a mask is ignore_index at the masked pixels (helpers)."""
+    check_soft_mask_is_ignore_index(name, *weighted_inputs(name))
 
 
 @pytest.mark.parametrize("name", BOUNDARY_LOSSES)
 def test_weighted_module_function_and_compound_agree(name):
-    logits, target, weights, mask = weighted_inputs(name)
-    module = sl.create_loss(name)
-    value = module(logits, target, weight_map=weights, mask=mask)
-    torch.testing.assert_close(value, module.function(logits, target, weight_map=weights, mask=mask))
-    dice = "binary_dice" if name.startswith("binary_") else "dice"
-    compound = sl.create_loss(f"{dice} + {name}")(logits, target, weight_map=weights, mask=mask)
-    expected = sl.create_loss(dice)(logits, target, weight_map=weights, mask=mask) + value
-    torch.testing.assert_close(compound, expected)
+    check_weighted_module_function_and_compound(name, *weighted_inputs(name))
 
 
 def test_precomputed_maps_of_the_masked_target():

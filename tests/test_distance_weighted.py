@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import IGNORE
+from helpers import IGNORE, check_soft_mask_is_ignore_index, check_weighted_module_function_and_compound
 
 import seglosses as sl
 from seglosses.losses.distance_weighted import (
@@ -498,33 +498,10 @@ def test_weights_multiply_the_terms_not_the_maps(name):
 
 @pytest.mark.parametrize("name", WEIGHTED)
 def test_mask_on_a_soft_target_is_ignore_index(name):
-    """A one-hot (binary: float) target with a mask equals the index target with ignore_index at the
-    masked pixels, value and gradient; a NaN logit there reaches neither."""
-    logits, target, weights, mask = weighted_inputs(name)
-    binary = name.startswith("binary_")
-    soft = target.double() if binary else F.one_hot(target, logits.shape[1]).movedim(-1, 1).double()
-    ignored = target.masked_fill(~(mask.unsqueeze(1) if binary else mask), IGNORE)
-    module = sl.create_loss(name)
-    masked = module(logits, soft, weight_map=weights, mask=mask)
-    expected = type(module)(ignore_index=IGNORE)(logits, ignored, weight_map=weights)
-    torch.testing.assert_close(masked, expected)
-    (grad,) = torch.autograd.grad(masked, logits)
-    (expected_grad,) = torch.autograd.grad(expected, logits)
-    torch.testing.assert_close(grad, expected_grad)
-    poisoned = logits.detach().masked_fill(~mask.unsqueeze(1), torch.nan).requires_grad_()
-    value = module(poisoned, soft, weight_map=weights, mask=mask)
-    torch.testing.assert_close(value, masked)
-    (grad,) = torch.autograd.grad(value, poisoned)
-    assert torch.isfinite(grad).all() and (grad.masked_select(~mask.unsqueeze(1)) == 0).all()
+    """A one-hot (binary: float) target with a mask is ignore_index at the masked pixels (helpers)."""
+    check_soft_mask_is_ignore_index(name, *weighted_inputs(name))
 
 
 @pytest.mark.parametrize("name", WEIGHTED)
 def test_weighted_module_function_and_compound_agree(name):
-    logits, target, weights, mask = weighted_inputs(name)
-    module = sl.create_loss(name)
-    value = module(logits, target, weight_map=weights, mask=mask)
-    torch.testing.assert_close(value, module.function(logits, target, weight_map=weights, mask=mask))
-    dice = "binary_dice" if name.startswith("binary_") else "dice"
-    compound = sl.create_loss(f"{dice} + {name}")(logits, target, weight_map=weights, mask=mask)
-    expected = sl.create_loss(dice)(logits, target, weight_map=weights, mask=mask) + value
-    torch.testing.assert_close(compound, expected)
+    check_weighted_module_function_and_compound(name, *weighted_inputs(name))
